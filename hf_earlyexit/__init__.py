@@ -1,0 +1,21 @@
+"""hf_earlyexit: early-exit inference for BERT-style models in Hugging Face Transformers.
+
+Importing the package registers every config and model with the Auto classes and the exit-aware pipelines.
+"""
+
+__version__ = "0.1.0.dev0"
+
+from .models.bert import BertWithBypassExits, BypassBertConfig, EarlyExitSequenceClassifierOutput
+from .models.bert.exit_utils import ExitRule
+from .registration import register
+
+
+register()
+
+__all__ = [
+    "BertWithBypassExits",
+    "BypassBertConfig",
+    "EarlyExitSequenceClassifierOutput",
+    "ExitRule",
+    "__version__",
+]

@@ -1,0 +1,8 @@
+"""Early-exit BERT families. This folder is self-contained (torch and transformers only) so that it can be shipped
+with a checkpoint as `trust_remote_code` code."""
+
+from .configuration_early_exit_bert import BypassBertConfig
+from .modeling_bypass_bert import BertWithBypassExits, EarlyExitSequenceClassifierOutput
+
+
+__all__ = ["BertWithBypassExits", "BypassBertConfig", "EarlyExitSequenceClassifierOutput"]

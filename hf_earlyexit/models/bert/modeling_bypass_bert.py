@@ -1,0 +1,292 @@
+# Copyright 2026 The hf_earlyexit Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Multi-exit BERT with block-wise bypasses (BADGE) and per-example early exit in batches."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import BertModel, BertPreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_early_exit_bert import BypassBertConfig
+from .exit_utils import drop_padding_columns, encoder_layer_flops, max_prob
+from .modeling_exit_heads import (
+    BypassModule,
+    ClassificationHead,
+    EarlyExitModelMixin,
+    embed_and_mask,
+    layer_mask,
+    problem_type_of,
+    scale_gradient,
+    sequence_classification_loss,
+    weighted_exit_loss,
+)
+
+
+@dataclass
+class EarlyExitSequenceClassifierOutput(ModelOutput):
+    r"""
+    Output of [`BertWithBypassExits`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is provided):
+            With every exit computed (training, or `output_all_exits=True`): the joint loss
+            `sum_i i * loss_i / sum_i i` over exits at layers `i`. Otherwise: the loss of the returned `logits`.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+            Logits of the exit that answered each example.
+        exit_layer (`torch.LongTensor` of shape `(batch_size,)`):
+            1-based number of encoder layers computed for each example (the layer of the exit that answered).
+        flops (`torch.LongTensor` of shape `(batch_size,)`):
+            FLOPs this call spent on each example, counted from its real length (METHODS.md section 4): encoder
+            layers run, plus every exit head evaluated (fired or not), bypasses and poolers included.
+        confidence (`torch.FloatTensor` of shape `(batch_size,)`):
+            Largest class probability of the answering exit (for regression: `None`).
+        all_logits (`torch.FloatTensor` of shape `(num_exits, batch_size, num_labels)`, *optional*):
+            Every exit's logits, returned in training and with `output_all_exits=True`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    exit_layer: torch.LongTensor | None = None
+    flops: torch.LongTensor | None = None
+    confidence: torch.FloatTensor | None = None
+    all_logits: torch.FloatTensor | None = None
+
+
+class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
+    r"""
+    BERT for sequence classification with an exit head after each layer of `config.exit_layers`, BADGE's block-wise
+    bypasses, and per-example early exit in batches.
+
+    In evaluation mode, after each exit layer the examples whose criterion fired leave the batch: the following layers
+    run only on the examples still active (the batch is compacted, and sequence positions that became padding for every
+    remaining example are dropped). The last exit answers the rest. In training mode every exit is computed for every
+    example.
+
+    Per-call settings are forward arguments and never change the module or its config: `exit_threshold`,
+    `exit_criterion`, `patience`, `divergence`, `regression_tolerance`, `early_exit` (`False`: full depth, only the last
+    exit is evaluated) and `output_all_exits` (compute every exit for every example, e.g. to calibrate thresholds).
+
+    Criteria: PABEE (Zhou et al., 2020, https://huggingface.co/papers/2006.04152), DeeBERT (Xin et al., 2020,
+    https://huggingface.co/papers/2004.12993), FastBERT (Liu et al., 2020, https://huggingface.co/papers/2004.02178);
+    BADGE's block-wise bypasses and divergence-based exit as interpreted in [`BypassBertConfig`].
+
+    Example:
+
+    ```python
+    >>> from transformers import AutoTokenizer
+    >>> from hf_earlyexit import BertWithBypassExits
+
+    >>> model = BertWithBypassExits.from_pretrained("path/to/bert", num_labels=2, exit_criterion="entropy")
+    >>> tokenizer = AutoTokenizer.from_pretrained("path/to/bert")
+    >>> batch = tokenizer(["a gem", "a slow, muddled and ultimately forgettable film"], padding=True, return_tensors="pt")
+    >>> out = model.eval()(**batch, exit_threshold=0.2)
+    >>> out.exit_layer  # layers computed per example
+    ```
+    """
+
+    config: BypassBertConfig
+    config_class = BypassBertConfig
+    # a plain BERT checkpoint carries a pooler that the exit heads do not use
+    _keys_to_ignore_on_load_unexpected = [r"pooler\."]
+
+    def __init__(self, config: BypassBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.exit_heads = nn.ModuleList(
+            ClassificationHead(config, config.exit_pooling) for _ in config.resolved_exit_layers
+        )
+        if config.use_bypass:
+            num_blocks = -(-config.num_hidden_layers // config.bypass_block_size)
+            self.bypasses = nn.ModuleList(
+                BypassModule(config.hidden_size, config.bypass_dim) for _ in range(num_blocks)
+            )
+        else:
+            self.bypasses = None
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, BypassModule):
+            init.zeros_(module.up.weight)
+            init.zeros_(module.up.bias)
+
+    @property
+    def exit_layers(self) -> list[int]:
+        return self.config.resolved_exit_layers
+
+    def _exit_logits(self, exit_index: int, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        layer = self.exit_layers[exit_index]
+        bypass = None
+        if self.bypasses is not None:
+            bypass = self.bypasses[(layer - 1) // self.config.bypass_block_size]
+            if self.training and exit_index < len(self.exit_heads) - 1:
+                hidden_states = scale_gradient(hidden_states, float(self.config.bypass_grad_scale))
+        return self.exit_heads[exit_index](hidden_states, attention_mask, bypass)
+
+    def head_flops(self) -> int:
+        """FLOPs of one exit head (bypass included) for one example."""
+        bypass_dim = self.config.bypass_dim if self.bypasses is not None else 0
+        return self.exit_heads[0].flops(bypass_dim)
+
+    def flops_per_exit(self, lengths: torch.Tensor) -> torch.Tensor:
+        """FLOPs an example of each real length spends when it leaves at each exit, with early exit (every earlier head
+        evaluated). Shape `(num_exits, batch)`; used by the calibration to price hypothetical exits."""
+        layer = encoder_layer_flops(lengths.long(), self.config.hidden_size, self.config.intermediate_size)
+        layers = torch.tensor(self.exit_layers, device=lengths.device).unsqueeze(-1)
+        heads = torch.arange(1, len(self.exit_layers) + 1, device=lengths.device).unsqueeze(-1)
+        return layers * layer + heads * self.head_flops()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        early_exit: bool | None = None,
+        exit_criterion: str | None = None,
+        exit_threshold: float | list[float] | None = None,
+        patience: int | None = None,
+        divergence: str | None = None,
+        regression_tolerance: float | None = None,
+        output_all_exits: bool | None = None,
+        **kwargs,
+    ) -> EarlyExitSequenceClassifierOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            As for `BertForSequenceClassification`.
+        early_exit (`bool`, *optional*):
+            Defaults to `True` in evaluation mode. `False` runs every layer and answers with the last exit only.
+        exit_criterion, exit_threshold, patience, divergence, regression_tolerance (*optional*):
+            Override the config's exit settings for this call only (see [`BypassBertConfig`]).
+        output_all_exits (`bool`, *optional*):
+            Compute every exit for every example and return them in `all_logits`; the answering exit is still chosen
+            by the criterion, from the same logits. Always on in training.
+        """
+        rule = self.config.exit_rule(
+            exit_criterion=exit_criterion,
+            exit_threshold=exit_threshold,
+            patience=patience,
+            divergence=divergence,
+            regression_tolerance=regression_tolerance,
+        )
+        all_exits = self.training or bool(output_all_exits)
+        early_exit = (not self.training) if early_exit is None else early_exit
+
+        hidden_states, attention_mask = embed_and_mask(
+            self.bert, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
+        )
+        lengths = attention_mask.sum(dim=-1)
+        attention_mask, hidden_states = drop_padding_columns(attention_mask, hidden_states)
+        layer_flops = encoder_layer_flops(lengths, self.config.hidden_size, self.config.intermediate_size)
+
+        num_exits = len(self.exit_layers)
+        if all_exits or not early_exit:
+            stacked = self._forward_full_depth(hidden_states, attention_mask, all_exits)
+            if all_exits and early_exit:
+                exit_index = rule.simulate(stacked)
+            else:
+                exit_index = torch.full_like(lengths, num_exits - 1)
+            logits = stacked[-1] if not all_exits else stacked[exit_index, torch.arange(len(exit_index))]
+            all_logits = stacked if all_exits else None
+            flops = self.config.num_hidden_layers * layer_flops + (num_exits if all_exits else 1) * self.head_flops()
+        else:
+            logits, exit_index = self._forward_early_exit(hidden_states, attention_mask, rule)
+            exit_layers = torch.tensor(self.exit_layers, device=exit_index.device)
+            flops = exit_layers[exit_index] * layer_flops + (exit_index + 1) * self.head_flops()
+            all_logits = None
+
+        exit_layer = torch.tensor(self.exit_layers, device=exit_index.device)[exit_index]
+
+        loss = None
+        if labels is not None:
+            problem_type = problem_type_of(self.config, labels)
+            if all_logits is not None:
+                loss = weighted_exit_loss(all_logits, labels, problem_type, self.exit_layers)
+            else:
+                loss = sequence_classification_loss(logits, labels, problem_type)
+
+        return EarlyExitSequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            exit_layer=exit_layer,
+            flops=flops,
+            confidence=max_prob(logits) if self.num_labels > 1 else None,
+            all_logits=all_logits,
+        )
+
+    def _forward_full_depth(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, all_exits: bool
+    ) -> torch.Tensor:
+        """Every layer on every example; returns `(num_exits, batch, num_labels)` logits, or `(1, batch, num_labels)`
+        with the last exit only."""
+        mask = layer_mask(self.config, hidden_states, attention_mask)
+        exit_position = {layer: k for k, layer in enumerate(self.exit_layers)}
+        num_layers = self.config.num_hidden_layers
+        logits = []
+        for i, layer_module in enumerate(self.bert.encoder.layer):
+            hidden_states = layer_module(hidden_states, mask)
+            k = exit_position.get(i + 1)
+            if k is not None and (all_exits or i + 1 == num_layers):
+                logits.append(self._exit_logits(k, hidden_states, attention_mask))
+        return torch.stack(logits)
+
+    def _forward_early_exit(self, hidden_states, attention_mask, rule) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inference path: examples leave the batch as soon as their criterion fires."""
+        batch_size = hidden_states.shape[0]
+        num_exits = len(self.exit_layers)
+        active = torch.arange(batch_size, device=hidden_states.device)
+        out_logits = hidden_states.new_empty(batch_size, self.num_labels)
+        exit_index = torch.full((batch_size,), num_exits - 1, dtype=torch.long, device=hidden_states.device)
+        exit_position = {layer: k for k, layer in enumerate(self.exit_layers)}
+        mask = layer_mask(self.config, hidden_states, attention_mask)
+        prev_logits, counter = None, None
+        for i, layer_module in enumerate(self.bert.encoder.layer):
+            hidden_states = layer_module(hidden_states, mask)
+            k = exit_position.get(i + 1)
+            if k is None:
+                continue
+            logits = self._exit_logits(k, hidden_states, attention_mask)
+            if k == num_exits - 1:
+                out_logits[active] = logits
+                break
+            fires, counter = rule.step(k, logits, prev_logits, counter)
+            if bool(fires.any()):
+                leaving = active[fires]
+                out_logits[leaving] = logits[fires]
+                exit_index[leaving] = k
+                stay = ~fires
+                if not bool(stay.any()):
+                    break
+                active, hidden_states, attention_mask, logits = (
+                    active[stay],
+                    hidden_states[stay],
+                    attention_mask[stay],
+                    logits[stay],
+                )
+                if counter is not None:
+                    counter = counter[stay]
+                attention_mask, hidden_states = drop_padding_columns(attention_mask, hidden_states)
+                mask = layer_mask(self.config, hidden_states, attention_mask)
+            prev_logits = logits
+        return out_logits, exit_index
+
+
+__all__ = ["BertWithBypassExits", "EarlyExitSequenceClassifierOutput"]

@@ -1,0 +1,222 @@
+# Copyright 2026 The hf_earlyexit Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Building blocks shared by the early-exit families: classification heads, bypass modules, the per-layer encoder
+step, and the standard sequence-classification loss.
+
+Shipped with `trust_remote_code` checkpoints: imports only torch, transformers and single-dot siblings.
+"""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import BertConfig, PreTrainedConfig
+from transformers.activations import ACT2FN
+from transformers.masking_utils import create_bidirectional_mask
+
+from .exit_utils import classifier_head_flops
+
+
+POOLINGS: tuple[str, ...] = ("cls", "pooler", "mean")
+
+
+def masked_mean(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `hidden_states` over the positions where `attention_mask` is 1. `(batch, seq, d) -> (batch, d)`."""
+    weights = attention_mask.to(hidden_states.dtype).unsqueeze(-1)
+    return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+class _ScaleGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor, scale):
+        ctx.scale = scale
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output * ctx.scale, None
+
+
+def scale_gradient(tensor: torch.Tensor, scale: float) -> torch.Tensor:
+    """Identity in the forward pass; multiplies the gradient by `scale` in the backward pass."""
+    if scale == 1.0 or not tensor.requires_grad:
+        return tensor
+    return _ScaleGradient.apply(tensor, scale)
+
+
+class BypassModule(nn.Module):
+    """BADGE block-wise bypass (our interpretation, see [`BypassBertConfig`]): `z + W_up(act(W_down(z)))`.
+
+    `W_up` is zero-initialised by the model's `_init_weights`, so a fresh bypass is the identity.
+    """
+
+    def __init__(self, hidden_size: int, bottleneck: int):
+        super().__init__()
+        self.down = nn.Linear(hidden_size, bottleneck)
+        self.act = ACT2FN["gelu"]
+        self.up = nn.Linear(bottleneck, hidden_size)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return pooled + self.up(self.act(self.down(pooled)))
+
+
+class ClassificationHead(nn.Module):
+    """One exit: pool the layer's states, optionally pass them through a bypass, classify.
+
+    `pooling` is `"cls"` (the [CLS] state), `"pooler"` ([CLS] through dense + tanh, as BERT's pooler) or `"mean"` (mean
+    over real tokens).
+    """
+
+    def __init__(self, config: BertConfig, pooling: str):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"Unknown exit pooling {pooling!r}; expected one of {POOLINGS}.")
+        self.pooling = pooling
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if pooling == "pooler" else None
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "mean":
+            return masked_mean(hidden_states, attention_mask)
+        return hidden_states[:, 0]
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        bypass: BypassModule | None = None,
+    ) -> torch.Tensor:
+        pooled = self.pool(hidden_states, attention_mask)
+        if bypass is not None:
+            pooled = bypass(pooled)
+        if self.pooler is not None:
+            pooled = torch.tanh(self.pooler(pooled))
+        return self.classifier(self.dropout(pooled))
+
+    def flops(self, bypass_dim: int = 0) -> int:
+        """FLOPs of this head for one example (METHODS.md section 4)."""
+        hidden_size = self.classifier.in_features
+        return classifier_head_flops(hidden_size, self.classifier.out_features, self.pooler is not None, bypass_dim)
+
+
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+
+
+class EarlyExitModelMixin:
+    """Loading behaviour shared by the early-exit families.
+
+    transformers re-initialises a classifier whose size does not match the checkpoint and only warns. For an early-exit
+    checkpoint that would silently throw away every trained exit head, so asking for another `num_labels` than the
+    checkpoint's own is an error here. Starting from a plain BERT checkpoint (no heads yet) takes any `num_labels`.
+    """
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        requested = kwargs.get("num_labels")
+        if requested is None and kwargs.get("id2label") is not None:
+            requested = len(kwargs["id2label"])
+        if requested is not None and not isinstance(kwargs.get("config"), PreTrainedConfig):
+            hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+            config_dict, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+            if config_dict.get("model_type") == cls.config_class.model_type:
+                saved = len(config_dict["id2label"]) if config_dict.get("id2label") else 2
+                if saved != requested:
+                    raise ValueError(
+                        f"num_labels={requested} does not match the checkpoint {pretrained_model_name_or_path!r}, "
+                        f"whose exit heads were trained with {saved} labels. Leave `num_labels` out to load it as "
+                        f"saved, or start from the plain backbone to train new heads."
+                    )
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+
+def embed_and_mask(
+    bert: nn.Module,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    token_type_ids: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings of a `BertModel` and the 2D attention mask (all ones when none is given)."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+    hidden_states = bert.embeddings(
+        input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds
+    )
+    if attention_mask is None:
+        attention_mask = torch.ones(hidden_states.shape[:2], dtype=torch.long, device=hidden_states.device)
+    elif attention_mask.shape != hidden_states.shape[:2]:
+        raise ValueError(
+            f"`attention_mask` has shape {tuple(attention_mask.shape)} but the inputs have shape "
+            f"{tuple(hidden_states.shape[:2])}."
+        )
+    return hidden_states, attention_mask
+
+
+def layer_mask(config: BertConfig, hidden_states: torch.Tensor, attention_mask: torch.Tensor):
+    """The mask `BertLayer` expects for the current attention implementation (`None` when nothing is masked)."""
+    return create_bidirectional_mask(config=config, inputs_embeds=hidden_states, attention_mask=attention_mask)
+
+
+def problem_type_of(config: BertConfig, labels: torch.Tensor) -> str:
+    """transformers' rule for the classification problem type, without writing it into the config."""
+    if config.problem_type is not None:
+        return config.problem_type
+    if config.num_labels == 1:
+        return "regression"
+    if labels.dtype in (torch.long, torch.int):
+        return "single_label_classification"
+    return "multi_label_classification"
+
+
+def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str) -> torch.Tensor:
+    """The loss `BertForSequenceClassification` uses for `problem_type`, on `(batch, num_labels)` logits."""
+    if problem_type == "regression":
+        if logits.shape[-1] == 1:
+            return F.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
+        return F.mse_loss(logits, labels.to(logits.dtype))
+    if problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+def weighted_exit_loss(
+    per_exit_logits: torch.Tensor, labels: torch.Tensor, problem_type: str, weights: list[float] | torch.Tensor
+) -> torch.Tensor:
+    """`sum_i w_i * loss_i / sum_i w_i` over exits (PABEE's joint objective when `w_i` is the exit's layer number).
+
+    Args:
+        per_exit_logits: `(num_exits, batch, num_labels)`.
+        labels: The labels of the batch.
+        problem_type: As returned by [`problem_type_of`].
+        weights: One weight per exit.
+    """
+    weights = torch.as_tensor(weights, dtype=per_exit_logits.dtype, device=per_exit_logits.device)
+    losses = torch.stack([sequence_classification_loss(logits, labels, problem_type) for logits in per_exit_logits])
+    return (weights * losses).sum() / weights.sum()
+
+
+__all__ = [
+    "BypassModule",
+    "ClassificationHead",
+    "EarlyExitModelMixin",
+    "embed_and_mask",
+    "layer_mask",
+    "masked_mean",
+    "problem_type_of",
+    "scale_gradient",
+    "sequence_classification_loss",
+    "weighted_exit_loss",
+]

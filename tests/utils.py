@@ -1,0 +1,52 @@
+"""Helpers shared by the tests: tiny configs, a tokenizer from a written vocab, real SST-2 sentences."""
+
+import csv
+from pathlib import Path
+
+from transformers import BertTokenizerFast
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SST2_DIR = REPO_ROOT / "data" / "sst2"
+
+TINY_BERT = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+
+WORDS = (
+    "the a an film movie story acting plot good bad great awful boring fun funny dull sad happy long short "
+    "not very is was it this that and but of to in with for on best worst love hate slow fast charming mess"
+).split()
+
+
+def tiny_config_kwargs(**overrides):
+    return {**TINY_BERT, **overrides}
+
+
+def tiny_tokenizer(directory: Path) -> BertTokenizerFast:
+    """A WordPiece tokenizer over a 99-token vocabulary written to `directory`."""
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["##" + chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = special + WORDS + letters + [".", ",", "'", "!"]
+    vocab = list(dict.fromkeys(vocab))[: TINY_BERT["vocab_size"]]
+    vocab += [f"[unused{i}]" for i in range(TINY_BERT["vocab_size"] - len(vocab))]
+    path = Path(directory) / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n")
+    return BertTokenizerFast(
+        vocab_file=str(path), do_lower_case=True, model_max_length=TINY_BERT["max_position_embeddings"]
+    )
+
+
+def sst2_rows(split: str = "dev", limit: int | None = None) -> list[tuple[str, int]]:
+    with open(SST2_DIR / f"{split}.tsv", encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        next(reader)
+        rows = [(sentence, int(label)) for sentence, label in reader]
+    return rows[:limit] if limit else rows
