@@ -20,6 +20,7 @@ finite values.
 This module is shipped with `trust_remote_code` checkpoints: it imports only torch.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -237,6 +238,21 @@ class ExitRule:
         divergence: str = "jsd",
         regression_tolerance: float = 0.1,
     ) -> "ExitRule":
+        if isinstance(threshold, list):
+            threshold = tuple(threshold)
+        try:
+            return _build_rule(
+                cls, criterion, threshold, num_exits, num_labels, patience, divergence, regression_tolerance
+            )
+        except TypeError:  # an unhashable argument: validate without the cache (it raises the specific error)
+            return _build_rule.__wrapped__(
+                cls, criterion, threshold, num_exits, num_labels, patience, divergence, regression_tolerance
+            )
+
+    @classmethod
+    def _build(
+        cls, criterion, threshold, num_exits, num_labels, patience, divergence, regression_tolerance
+    ) -> "ExitRule":
         thresholds = resolve_thresholds(criterion, threshold, num_exits)
         check_criterion_fits_labels(criterion, num_labels)
         if criterion in ("patience", "divergence"):
@@ -289,21 +305,27 @@ class ExitRule:
         Returns:
             `(fires, counter)`: a `(batch,)` bool tensor and the updated counters (`None` for stateless criteria).
         """
-        if self.criterion == "max_prob":
-            return max_prob(logits) >= self.thresholds[exit_index], None
-        if self.criterion == "entropy":
-            return entropy(logits) < self.thresholds[exit_index], None
-        if self.criterion == "normalized_entropy":
-            return normalized_entropy(logits) <= self.thresholds[exit_index], None
+        if not self.is_stateful:
+            return self.passes(self.score(logits), exit_index), None
         if counter is None:
             counter = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         if prev_logits is not None:
             if self.criterion == "patience":
                 agree = predictions_agree(logits, prev_logits, self.regression_tolerance)
             else:
-                agree = divergence(logits, prev_logits, self.divergence) < self.thresholds[exit_index]
+                agree = self.passes(self.score(logits, prev_logits), exit_index)
             counter = torch.where(agree, counter + 1, 0)
         return counter >= self.patience, counter
+
+    def passes(self, score: torch.Tensor, exit_index: int) -> torch.Tensor:
+        """Compare criterion scores with the threshold of exit `exit_index`, in the criterion's direction:
+        `max_prob >= t`, `entropy < t`, `normalized_entropy <= t`, `divergence < t`."""
+        threshold = self.thresholds[exit_index]
+        if self.criterion == "max_prob":
+            return score >= threshold
+        if self.criterion == "normalized_entropy":
+            return score <= threshold
+        return score < threshold
 
     def simulate(self, all_logits: torch.Tensor) -> torch.Tensor:
         """Exit index (0-based) each example would take, from the logits of every exit.
@@ -317,16 +339,32 @@ class ExitRule:
         Returns:
             `(batch,)` long tensor of exit indices.
         """
-        num_exits, batch_size = all_logits.shape[:2]
-        exit_index = torch.full((batch_size,), num_exits - 1, dtype=torch.long, device=all_logits.device)
-        done = torch.zeros(batch_size, dtype=torch.bool, device=all_logits.device)
-        counter = None
-        for i in range(num_exits - 1):
-            fires, counter = self.step(i, all_logits[i], all_logits[i - 1] if i > 0 else None, counter)
-            newly = fires & ~done
-            exit_index[newly] = i
-            done |= fires
-        return exit_index
+        fires, counter = [], None
+        for i in range(all_logits.shape[0] - 1):
+            fired, counter = self.step(i, all_logits[i], all_logits[i - 1] if i > 0 else None, counter)
+            fires.append(fired)
+        fires.append(torch.ones_like(all_logits[0, :, 0], dtype=torch.bool))
+        return first_exit(torch.stack(fires))
+
+
+def first_exit(fires: torch.Tensor) -> torch.Tensor:
+    """Index of the first exit that fired, per example; the last exit always answers.
+
+    Args:
+        fires: `(num_exits, batch)` bool.
+
+    Returns:
+        `(batch,)` long tensor.
+    """
+    fires = fires.clone()
+    fires[-1] = True
+    return fires.to(torch.uint8).argmax(dim=0)
+
+
+@functools.lru_cache(maxsize=256)
+def _build_rule(cls, criterion, threshold, num_exits, num_labels, patience, divergence, regression_tolerance):
+    # every forward call resolves its rule; validation is pure, so identical settings share one validated rule
+    return cls._build(criterion, threshold, num_exits, num_labels, patience, divergence, regression_tolerance)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -352,8 +390,10 @@ def encoder_layer_flops(
         num_queries: `q`; defaults to `n` (no token exited).
     """
     n = num_positions
-    q = n if num_queries is None else num_queries
     d, f = hidden_size, intermediate_size
+    if num_queries is None:  # q = n: one polynomial, fewer tensor ops on the hot path
+        return n * (8 * d * d + 4 * d * f) + 4 * d * n * n
+    q = num_queries
     return 4 * n * d * d + 4 * q * d * d + 4 * q * n * d + 4 * q * d * f
 
 

@@ -144,6 +144,12 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
         bypass_dim = self.config.bypass_dim if self.bypasses is not None else 0
         return self.exit_heads[0].flops(bypass_dim)
 
+    def reference_flops(self, lengths: torch.Tensor) -> torch.Tensor:
+        """FLOPs of the full model (what `early_exit=False` spends: every layer, the last exit only) per example of
+        each real length; the numerator of the FLOPs speed-up. Shape `(batch,)`."""
+        layer = encoder_layer_flops(lengths.long(), self.config.hidden_size, self.config.intermediate_size)
+        return self.config.num_hidden_layers * layer + self.head_flops()
+
     def flops_per_exit(self, lengths: torch.Tensor) -> torch.Tensor:
         """FLOPs an example of each real length spends when it leaves at each exit, with early exit (every earlier head
         evaluated). Shape `(num_exits, batch)`; used by the calibration to price hypothetical exits."""

@@ -1,0 +1,197 @@
+"""Reading local datasets into `datasets.Dataset`: GLUE-style TSV, CSV, JSON lines, CoNLL columns, or a Hub name.
+
+The library never assumes where data lives: every function takes a path (or a `datasets` name) as an argument.
+"""
+
+import csv
+import os
+import random
+from pathlib import Path
+
+from datasets import ClassLabel, Dataset, Features, Sequence, Value, load_dataset
+
+
+TEXT_COLUMN_CANDIDATES = ("sentence", "text", "sentence1", "#1 String", "question")
+PAIR_COLUMN_CANDIDATES = {"sentence1": "sentence2", "#1 String": "#2 String", "question": "sentence"}
+LABEL_COLUMN_CANDIDATES = ("label", "Quality", "labels")
+
+
+def _read_delimited(path: Path, delimiter: str) -> Dataset:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        # GLUE files are not quoted: a quote character is part of the text
+        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{path} is empty: expected a header row.")
+        rows = []
+        for line_number, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise ValueError(
+                    f"{path}, line {line_number}: {len(row)} fields where the header has {len(header)} ({header})."
+                )
+            rows.append(row)
+    return Dataset.from_dict({name: [row[i] for row in rows] for i, name in enumerate(header)})
+
+
+def read_table(path_or_name: str | os.PathLike, split: str | None = None) -> Dataset:
+    """Read a table of examples.
+
+    Args:
+        path_or_name: A `.tsv` (GLUE style: tab-separated, header row, no quoting), `.csv`, `.json` or `.jsonl` file,
+            or the name of a dataset on the Hub (then `split` is required).
+        split: Split of a Hub dataset, e.g. `"validation"`.
+
+    Raises:
+        FileNotFoundError: `path_or_name` looks like a file path but does not exist.
+    """
+    path = Path(path_or_name)
+    suffix = path.suffix.lower()
+    if suffix in (".tsv", ".csv", ".json", ".jsonl", ".txt"):
+        if not path.is_file():
+            raise FileNotFoundError(f"Data file not found: {path}")
+        if suffix == ".tsv":
+            return _read_delimited(path, "\t")
+        if suffix == ".csv":
+            return _read_delimited(path, ",")
+        if suffix in (".json", ".jsonl"):
+            return load_dataset("json", data_files=str(path), split="train")
+        raise ValueError(f"{path}: use `read_conll` for CoNLL column files.")
+    if path.exists():
+        raise ValueError(f"Unsupported data file {path}: expected .tsv, .csv, .json or .jsonl.")
+    if split is None:
+        raise ValueError(f"{path_or_name!r} is not a local file; to read a Hub dataset, also pass `split`.")
+    return load_dataset(str(path_or_name), split=split)
+
+
+def _pick_column(dataset: Dataset, requested: str | None, candidates: tuple[str, ...], role: str) -> str:
+    if requested is not None:
+        if requested not in dataset.column_names:
+            raise ValueError(f"{role} column {requested!r} does not exist; the data has {dataset.column_names}.")
+        return requested
+    for name in candidates:
+        if name in dataset.column_names:
+            return name
+    raise ValueError(f"Could not find a {role} column among {dataset.column_names}; name it explicitly.")
+
+
+def load_text_classification(
+    path_or_name: str | os.PathLike,
+    split: str | None = None,
+    text_column: str | None = None,
+    text_pair_column: str | None = None,
+    label_column: str | None = None,
+    label_names: list[str] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """Load a text-classification dataset with columns `text`, optional `text_pair`, and integer `label`.
+
+    Args:
+        path_or_name: See [`read_table`].
+        split: Split of a Hub dataset.
+        text_column: Column with the text; guessed among `sentence`, `text`, `sentence1`, `#1 String`, ... if unset.
+        text_pair_column: Column with the second text of a pair (e.g. MRPC); guessed from the text column if unset.
+        label_column: Column with the label; guessed among `label`, `Quality`, `labels` if unset.
+        label_names: Names of the classes in index order; labels given as names are mapped to their index. If unset,
+            integer-like labels are used as they are and other labels are indexed in sorted order.
+        limit: Keep a random subset of this many examples (drawn with `seed`); `None` keeps everything.
+        seed: Seed of the subset.
+
+    Returns:
+        A `Dataset` with `text`, `label` (a `ClassLabel` carrying the class names, see [`label_names_of`]) and, for
+        pairs, `text_pair`.
+    """
+    table = read_table(path_or_name, split)
+    text_column = _pick_column(table, text_column, TEXT_COLUMN_CANDIDATES, "text")
+    label_column = _pick_column(table, label_column, LABEL_COLUMN_CANDIDATES, "label")
+    if text_pair_column is None:
+        guess = PAIR_COLUMN_CANDIDATES.get(text_column)
+        text_pair_column = guess if guess in table.column_names else None
+    elif text_pair_column not in table.column_names:
+        raise ValueError(f"text pair column {text_pair_column!r} does not exist; the data has {table.column_names}.")
+
+    raw_labels = [str(value).strip() for value in table[label_column]]
+    if label_names is None:
+        if all(value.lstrip("-").isdigit() for value in raw_labels):
+            labels = [int(value) for value in raw_labels]
+            label_names = [str(i) for i in range(max(labels) + 1)] if labels else []
+        else:
+            label_names = sorted(set(raw_labels))
+            labels = [label_names.index(value) for value in raw_labels]
+    else:
+        index = {name: i for i, name in enumerate(label_names)}
+        unknown = sorted(set(raw_labels) - set(index) - {str(i) for i in range(len(label_names))})
+        if unknown:
+            raise ValueError(f"labels {unknown[:5]} of column {label_column!r} are not in label_names {label_names}.")
+        labels = [index[value] if value in index else int(value) for value in raw_labels]
+
+    columns = {"text": [str(t) for t in table[text_column]], "label": labels}
+    if text_pair_column is not None:
+        columns["text_pair"] = [str(t) for t in table[text_pair_column]]
+    dataset = Dataset.from_dict(columns)
+    if limit is not None and limit < len(dataset):
+        indices = sorted(random.Random(seed).sample(range(len(dataset)), limit))
+        dataset = dataset.select(indices)
+    return dataset.cast_column("label", ClassLabel(names=list(label_names)))
+
+
+def label_names_of(dataset: Dataset, column: str = "label") -> list[str]:
+    """Class names stored in a `ClassLabel` column (as written by the loaders here)."""
+    feature = dataset.features[column]
+    names = getattr(feature, "names", None) or getattr(getattr(feature, "feature", None), "names", None)
+    if names is None:
+        raise ValueError(f"Column {column!r} carries no class names.")
+    return list(names)
+
+
+def read_conll(
+    path: str | os.PathLike, tag_column: int = -1, label_names: list[str] | None = None, limit: int | None = None
+) -> Dataset:
+    """Read a CoNLL column file (one token per line, blank line between sentences, `-DOCSTART-` lines skipped).
+
+    Args:
+        path: The file, e.g. CoNLL-2003 `valid.txt` (`word POS chunk NER`).
+        tag_column: Column holding the tag to predict (default: the last one).
+        label_names: Tag names in index order; defaults to the sorted tags found, with `O` first.
+        limit: Keep the first `limit` sentences.
+
+    Returns:
+        A `Dataset` with `tokens` (list of words) and `tags` (a `Sequence(ClassLabel)` of tag indices).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Data file not found: {path}")
+    sentences, tags, words, word_tags = [], [], [], []
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line or line.startswith("-DOCSTART-"):
+                if words:
+                    sentences.append(words)
+                    tags.append(word_tags)
+                    words, word_tags = [], []
+                continue
+            fields = line.split()
+            if len(fields) < 2:
+                raise ValueError(f"{path}, line {line_number}: expected a word and at least one tag, got {line!r}.")
+            words.append(fields[0])
+            word_tags.append(fields[tag_column])
+    if words:
+        sentences.append(words)
+        tags.append(word_tags)
+    if limit is not None:
+        sentences, tags = sentences[:limit], tags[:limit]
+    if label_names is None:
+        found = sorted({t for sentence in tags for t in sentence})
+        label_names = (["O"] if "O" in found else []) + [t for t in found if t != "O"]
+    index = {name: i for i, name in enumerate(label_names)}
+    unknown = sorted({t for sentence in tags for t in sentence} - set(index))
+    if unknown:
+        raise ValueError(f"tags {unknown[:5]} in {path} are not in label_names {label_names}.")
+    features = Features({"tokens": Sequence(Value("string")), "tags": Sequence(ClassLabel(names=label_names))})
+    return Dataset.from_dict(
+        {"tokens": sentences, "tags": [[index[t] for t in sentence] for sentence in tags]}, features=features
+    )

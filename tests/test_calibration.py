@@ -1,0 +1,140 @@
+import logging
+
+import pytest
+import torch
+
+from hf_earlyexit.calibration import calibrate, record
+from hf_earlyexit.evaluation import collect
+from tests.test_modeling_bypass_bert import padded_inputs, tiny_model
+
+
+def calibration_batches(num_batches=4, batch_size=16):
+    batches = []
+    for seed in range(num_batches):
+        batch = padded_inputs(batch_size=batch_size, seed=100 + seed)
+        batch["labels"] = torch.randint(0, 2, (batch_size,), generator=torch.Generator().manual_seed(seed))
+        batches.append(batch)
+    return batches
+
+
+def measure(model, batches, **settings):
+    """Run the live early-exit path and measure accuracy and FLOPs speed-up on the same batches."""
+    inputs = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
+    labels = torch.cat([b["labels"] for b in batches])
+    out = collect(model, inputs, **settings)
+    full = collect(model, inputs, early_exit=False)
+    return {
+        "accuracy": float((out["logits"].argmax(-1) == labels).float().mean()),
+        "flops_speedup": float(full["flops"].sum()) / float(out["flops"].sum()),
+        "mean_exit_layer": float(out["exit_layer"].float().mean()),
+    }
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return tiny_model(num_labels=2)
+
+
+@pytest.mark.parametrize("per_exit", [False, True])
+@pytest.mark.parametrize("target", [1.5, 2.0, 3.0])
+def test_target_speedup_is_reached_and_prediction_is_exact(model, per_exit, target):
+    batches = calibration_batches()
+    result = calibrate(model, batches, target_speedup=target, per_exit=per_exit)
+    assert result.reached
+    assert result.expected_flops_speedup >= target
+    # apply=True wrote the settings into the config: the live run uses them without any argument
+    measured = measure(model, batches)
+    assert measured["flops_speedup"] >= target
+    assert measured["flops_speedup"] == pytest.approx(result.expected_flops_speedup, rel=1e-12)
+    assert measured["accuracy"] == result.expected_accuracy
+    if per_exit:
+        assert isinstance(model.config.exit_threshold, list) and len(model.config.exit_threshold) == 4
+
+
+@pytest.mark.parametrize("criterion", ["entropy", "normalized_entropy", "patience", "divergence"])
+def test_every_criterion_calibrates_exactly(model, criterion):
+    batches = calibration_batches()
+    result = calibrate(model, batches, target_speedup=1.3, criterion=criterion)
+    measured = measure(model, batches)
+    assert model.config.exit_criterion == criterion
+    assert measured["accuracy"] == result.expected_accuracy
+    assert measured["flops_speedup"] == pytest.approx(result.expected_flops_speedup, rel=1e-12)
+
+
+def test_accuracy_drop_target(model):
+    batches = calibration_batches()
+    result = calibrate(model, batches, max_accuracy_drop=0.02)
+    measured = measure(model, batches)
+    assert result.reached
+    assert measured["accuracy"] >= result.full_accuracy - 0.02
+    assert measured["accuracy"] == result.expected_accuracy
+    # the fastest setting within the allowed drop: no frontier point is both within the drop and faster
+    faster = [p for p in result.frontier if p["flops_speedup"] > result.expected_flops_speedup]
+    assert all(p["accuracy"] < result.full_accuracy - 0.02 for p in faster)
+
+
+def test_model_runs_once_per_batch_not_per_candidate(model):
+    batches = calibration_batches()
+    calls = []
+    model.bert.embeddings.register_forward_hook(lambda *args: calls.append(1))
+    calibrate(model, batches, target_speedup=2.0, per_exit=True)
+    assert len(calls) == len(batches)
+
+
+def test_record_is_reusable_for_several_targets(model):
+    rec = record(model, calibration_batches())
+    fast = calibrate(model, rec, target_speedup=3.0, apply=False)
+    slow = calibrate(model, rec, target_speedup=1.2, apply=False)
+    assert fast.expected_flops_speedup >= 3.0 and slow.expected_flops_speedup >= 1.2
+    assert (
+        slow.expected_accuracy >= fast.expected_accuracy or slow.expected_flops_speedup < fast.expected_flops_speedup
+    )
+
+
+def test_unreachable_target_returns_nearest_point_and_says_so(model, caplog):
+    batches = calibration_batches()
+    with caplog.at_level(logging.WARNING, logger="hf_earlyexit.calibration"):
+        result = calibrate(model, batches, target_speedup=50.0)
+    assert not result.reached
+    assert "cannot be reached" in result.message and "cannot be reached" in caplog.text
+    # the nearest reachable point is the fastest one: everything at the first exit
+    assert result.expected_flops_speedup == max(p["flops_speedup"] for p in result.frontier)
+    assert measure(model, batches)["mean_exit_layer"] == 1.0
+
+
+def test_apply_false_leaves_config_alone(model):
+    before = model.config.to_dict()
+    calibrate(model, calibration_batches(), target_speedup=2.0, apply=False)
+    assert model.config.to_dict() == before
+
+
+def test_calibrated_thresholds_survive_save_and_reload(model, tmp_path):
+    from hf_earlyexit import BertWithBypassExits
+
+    batches = calibration_batches()
+    result = calibrate(model, batches, target_speedup=2.0, per_exit=True)
+    model.save_pretrained(tmp_path)
+    reloaded = BertWithBypassExits.from_pretrained(tmp_path).eval()
+    assert reloaded.config.exit_threshold == result.exit_threshold
+    assert measure(reloaded, batches)["accuracy"] == result.expected_accuracy
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(target_speedup=0.5), "must be >= 1, got 0.5"),
+        (dict(target_speedup=2.0, max_accuracy_drop=0.01), "exactly one calibration target"),
+        (dict(), "exactly one calibration target"),
+        (dict(max_accuracy_drop=1.5), r"fraction in \[0, 1\]"),
+        (dict(target_speedup=2.0, criterion="confidence"), "Unknown exit criterion 'confidence'"),
+    ],
+)
+def test_bad_input(model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        calibrate(model, calibration_batches(1), **kwargs)
+
+
+def test_batches_without_labels(model):
+    with pytest.raises(ValueError, match="needs `labels`"):
+        calibrate(model, [padded_inputs()], target_speedup=2.0)
