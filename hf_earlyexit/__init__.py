@@ -7,6 +7,7 @@ __version__ = "0.1.0.dev0"
 
 from .models.bert import BertWithBypassExits, BypassBertConfig, EarlyExitSequenceClassifierOutput
 from .models.bert.exit_utils import ExitRule
+from .pipelines import EarlyExitPipelineMixin, EarlyExitTextClassificationPipeline
 from .registration import register
 
 
@@ -15,7 +16,9 @@ register()
 __all__ = [
     "BertWithBypassExits",
     "BypassBertConfig",
+    "EarlyExitPipelineMixin",
     "EarlyExitSequenceClassifierOutput",
+    "EarlyExitTextClassificationPipeline",
     "ExitRule",
     "__version__",
 ]

@@ -1,14 +1,22 @@
 """The only place that touches transformers' Auto and pipeline registries. Idempotent: registering twice is a no-op."""
 
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .models.bert import BertWithBypassExits, BypassBertConfig
+from .pipelines import EarlyExitTextClassificationPipeline
 
 
 # (config class, model class, Auto model classes that must resolve the config to the model)
 FAMILIES = [
     (BypassBertConfig, BertWithBypassExits, (AutoModel, AutoModelForSequenceClassification)),
 ]
+
+# task -> the exit-aware pipeline class that `pipeline(task, ...)` builds instead of the stock one. Each behaves like
+# the stock class for models without early exit.
+PIPELINES = {
+    "text-classification": EarlyExitTextClassificationPipeline,
+}
 
 
 def register() -> None:
@@ -17,3 +25,19 @@ def register() -> None:
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         for auto_class in auto_classes:
             auto_class.register(config_class, model_class, exist_ok=True)
+    for task, pipeline_class in PIPELINES.items():
+        register_pipeline(task, pipeline_class)
+
+
+def register_pipeline(task: str, pipeline_class: type) -> None:
+    """Make `pipeline(task, ...)` build `pipeline_class`, keeping the stock entry's model classes, default and type.
+
+    `PIPELINE_REGISTRY.register_pipeline` is not used because it is meant for new tasks: on an existing one it warns
+    that it overwrites it, and it marks the class as a custom pipeline, so that `pipe.save_pretrained` would write
+    `custom_pipelines` into the config of every model saved through it (stock models included) and copy this
+    package's code next to it. Replacing only the entry's `impl` (with a new dict, so the stock one is left intact)
+    avoids both.
+    """
+    entry = PIPELINE_REGISTRY.supported_tasks[task]
+    if entry["impl"] is not pipeline_class:
+        PIPELINE_REGISTRY.supported_tasks[task] = {**entry, "impl": pipeline_class}
