@@ -2,12 +2,13 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
-from .models.bert import BertWithBypassExits, BypassBertConfig
+from .models.bert import BertForCascadeClassification, BertWithBypassExits, BypassBertConfig, CascadeBertConfig
 
 
 # (config class, model class, Auto model classes that must resolve the config to the model)
 FAMILIES = [
     (BypassBertConfig, BertWithBypassExits, (AutoModel, AutoModelForSequenceClassification)),
+    (CascadeBertConfig, BertForCascadeClassification, (AutoModel, AutoModelForSequenceClassification)),
 ]
 
 
