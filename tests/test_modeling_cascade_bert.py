@@ -451,6 +451,8 @@ def test_from_members_bad_input():
         BertForCascadeClassification.from_members([small, fine_tuned(3, num_labels=3)])
     with pytest.raises(ValueError, match="num_labels=3 does not match .* \\(2 labels\\)"):
         BertForCascadeClassification.from_members([small, large], num_labels=3)
+    with pytest.raises(ValueError, match="`id2label` has 3 entries but num_labels=2"):
+        BertForCascadeClassification.from_members([small, large], id2label={0: "a", 1: "b", 2: "c"})
     with pytest.raises(ValueError, match="Member 0 comes with a classifier trained on BERT's pooler output"):
         BertForCascadeClassification.from_members([small, large], exit_pooling=["mean", "mean"])
     with pytest.raises(StrictDataclassError, match="member 1 .* is smaller than member 0"):

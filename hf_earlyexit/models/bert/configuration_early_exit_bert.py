@@ -223,8 +223,8 @@ class CascadeBertConfig(PreTrainedConfig):
             The members' BERT configurations, from the smallest to the largest; each is a complete BERT with its own
             depth and width (hidden sizes may differ). Stored as one dict per member holding every BERT field, so the
             config saves as one `config.json` and reloads exactly. Members must share a tokenizer: `vocab_size` and
-            every `*_token_id` must agree. They must come in order of size, measured by their encoder FLOPs per token
-            (`num_hidden_layers x (8 d^2 + 4 d f)`, the part of the cost that does not depend on the length); equal
+            every `*_token_id` must agree. They must come in order of size, measured by the encoder FLOPs of a one-token
+            input (`num_hidden_layers x (8 d^2 + 4 d f + 4 d)`, the cost per token before attention grows); equal
             sizes are allowed, a smaller member after a larger one is an error (it would only add cost to the examples
             that reach it). Label fields of a member are dropped (they must agree with the cascade's).
         exit_criterion (`str`, *optional*, defaults to `"max_prob"`):
@@ -324,8 +324,8 @@ class CascadeBertConfig(PreTrainedConfig):
     def validate_cascade_members(self):
         if not self.members:
             raise ValueError(
-                "`members` must list at least one BERT configuration, from the smallest to the largest (to cut one BERT "
-                "checkpoint into members, use `BertForCascadeClassification.from_backbone`)."
+                "`members` must list at least one BERT configuration, from the smallest to the largest (to cut one "
+                "BERT checkpoint into members, use `BertForCascadeClassification.from_backbone`)."
             )
         configs = [self.member_config(i) for i in range(self.num_members)]
         token_fields = ["vocab_size"] + sorted(
@@ -346,8 +346,8 @@ class CascadeBertConfig(PreTrainedConfig):
             if sizes[k] < sizes[k - 1]:
                 raise ValueError(
                     f"Cascade members must be ordered from the smallest to the largest, but member {k} "
-                    f"({sizes[k]:,} encoder FLOPs per token) is smaller than member {k - 1} ({sizes[k - 1]:,}); a larger "
-                    f"member before a smaller one only adds cost to the examples it passes on."
+                    f"({sizes[k]:,} encoder FLOPs per token) is smaller than member {k - 1} ({sizes[k - 1]:,}); a "
+                    f"larger member before a smaller one only adds cost to the examples it passes on."
                 )
 
     def validate_exit_pooling(self):

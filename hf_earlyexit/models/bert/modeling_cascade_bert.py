@@ -144,7 +144,8 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
 
     >>> model = BertForCascadeClassification.from_backbone("path/to/bert", member_layers=[2, 12], num_labels=2)
     >>> tokenizer = AutoTokenizer.from_pretrained("path/to/bert")
-    >>> batch = tokenizer(["a gem", "a slow, muddled and ultimately forgettable film"], padding=True, return_tensors="pt")
+    >>> sentences = ["a gem", "a slow, muddled and ultimately forgettable film"]
+    >>> batch = tokenizer(sentences, padding=True, return_tensors="pt")
     >>> out = model(**batch, exit_threshold=0.8)
     >>> out.exit_stage, out.exit_layer  # which member answered, layers paid (cumulative)
     ```
@@ -218,7 +219,8 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         Example:
 
         ```python
-        >>> model = BertForCascadeClassification.from_members(["path/to/small-sst2", "path/to/large-sst2"], exit_threshold=0.9)
+        >>> members = ["path/to/small-sst2", "path/to/large-sst2"]  # fine-tuned BertForSequenceClassification
+        >>> model = BertForCascadeClassification.from_members(members, exit_threshold=0.9)
         ```
         """
         if not isinstance(members, (list, tuple)) or not members:
@@ -228,24 +230,7 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         sources = [_member_source(i, member, load_kwargs or {}) for i, member in enumerate(members)]
         trained = [(i, source) for i, source in enumerate(sources) if source["classifier"] is not None]
 
-        head_labels = {i: source["config"].num_labels for i, source in trained}
-        if len(set(head_labels.values())) > 1:
-            found = ", ".join(f"member {i}: {n}" for i, n in head_labels.items())
-            raise ValueError(f"Cascade members must agree on `num_labels`, but their classifiers have {found}.")
-        if num_labels is not None and head_labels and num_labels != next(iter(head_labels.values())):
-            raise ValueError(
-                f"num_labels={num_labels} does not match the members' trained classifiers "
-                f"({next(iter(head_labels.values()))} labels)."
-            )
-        if id2label is None:
-            named = {i: s["config"].id2label for i, s in trained if not _has_default_label_names(s["config"].id2label)}
-            if len({tuple(sorted(m.items())) for m in named.values()}) > 1:
-                raise ValueError(f"Cascade members label the classes differently: {named}.")
-            id2label = next(iter(named.values()), None)
-        if num_labels is None:
-            num_labels = next(iter(head_labels.values()), len(id2label) if id2label else 2)
-        if id2label is not None and len(id2label) != num_labels:
-            raise ValueError(f"`id2label` has {len(id2label)} entries but num_labels={num_labels}.")
+        labels = _resolve_labels(trained, num_labels, id2label)
 
         if exit_pooling is None:
             default = CascadeBertConfig.__dataclass_fields__["exit_pooling"].default
@@ -259,7 +244,6 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
                     f"be 'pooler', got {exit_pooling[i]!r}; to train a new head on another pooling, pass its `.bert`."
                 )
 
-        labels = {"id2label": id2label} if id2label is not None else {"num_labels": num_labels}
         config = CascadeBertConfig(
             members=[source["config"] for source in sources], exit_pooling=exit_pooling, **labels, **config_kwargs
         )
@@ -312,7 +296,7 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         ```python
         >>> from hf_earlyexit.utils import default_backbone
 
-        >>> model = BertForCascadeClassification.from_backbone(default_backbone(), member_layers=[1, 2, 6], exit_pooling="mean")
+        >>> model = BertForCascadeClassification.from_backbone(default_backbone(), member_layers=[1, 2, 6])
         ```
         """
         if isinstance(backbone, (str, os.PathLike)):
@@ -452,8 +436,8 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         limit = min(member.config.max_position_embeddings for member in self.members)
         if seq_len > limit:
             raise ValueError(
-                f"The inputs have {seq_len} positions but the cascade's smallest `max_position_embeddings` is {limit}; "
-                f"truncate them to {limit} tokens."
+                f"The inputs have {seq_len} positions but the cascade's smallest `max_position_embeddings` is "
+                f"{limit}; truncate them to {limit} tokens."
             )
         if position_ids is not None:
             position_ids = position_ids.reshape(-1, seq_len).expand(batch_size, -1)
@@ -501,8 +485,31 @@ def _drop_padding(inputs: dict) -> dict:
     return {**inputs, "attention_mask": attention_mask, **dict(zip(names, tensors))}
 
 
-def _has_default_label_names(id2label: dict) -> bool:
-    return all(_DEFAULT_LABEL.fullmatch(str(name)) for name in id2label.values())
+def _resolve_labels(trained: list[tuple[int, dict]], num_labels: int | None, id2label: dict | None) -> dict:
+    """The cascade's label setting, from the arguments and the members' trained classifiers (which must agree)."""
+    head_labels = {i: source["config"].num_labels for i, source in trained}
+    if len(set(head_labels.values())) > 1:
+        found = ", ".join(f"member {i}: {n}" for i, n in head_labels.items())
+        raise ValueError(f"Cascade members must agree on `num_labels`, but their classifiers have {found}.")
+    trained_labels = next(iter(head_labels.values()), None)
+    if num_labels is not None and trained_labels is not None and num_labels != trained_labels:
+        raise ValueError(
+            f"num_labels={num_labels} does not match the members' trained classifiers ({trained_labels} labels)."
+        )
+    if id2label is None:
+        named = {
+            i: source["config"].id2label
+            for i, source in trained
+            if not all(_DEFAULT_LABEL.fullmatch(str(name)) for name in source["config"].id2label.values())
+        }
+        if len({tuple(sorted(names.items())) for names in named.values()}) > 1:
+            raise ValueError(f"Cascade members label the classes differently: {named}.")
+        id2label = next(iter(named.values()), None)
+    if id2label is None:
+        return {"num_labels": num_labels or trained_labels or 2}
+    if len(id2label) != (num_labels or trained_labels or len(id2label)):
+        raise ValueError(f"`id2label` has {len(id2label)} entries but num_labels={num_labels or trained_labels}.")
+    return {"id2label": id2label}
 
 
 def _member_source(index: int, member, load_kwargs: dict) -> dict:
