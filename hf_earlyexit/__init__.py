@@ -5,7 +5,14 @@ Importing the package registers every config and model with the Auto classes and
 
 __version__ = "0.1.0.dev0"
 
-from .models.bert import BertWithBypassExits, BypassBertConfig, EarlyExitSequenceClassifierOutput
+from .models.bert import (
+    BertForCascadeClassification,
+    BertWithBypassExits,
+    BypassBertConfig,
+    CascadeBertConfig,
+    CascadeSequenceClassifierOutput,
+    EarlyExitSequenceClassifierOutput,
+)
 from .models.bert.exit_utils import ExitRule
 from .pipelines import EarlyExitPipelineMixin, EarlyExitTextClassificationPipeline
 from .registration import register
@@ -14,8 +21,11 @@ from .registration import register
 register()
 
 __all__ = [
+    "BertForCascadeClassification",
     "BertWithBypassExits",
     "BypassBertConfig",
+    "CascadeBertConfig",
+    "CascadeSequenceClassifierOutput",
     "EarlyExitPipelineMixin",
     "EarlyExitSequenceClassifierOutput",
     "EarlyExitTextClassificationPipeline",

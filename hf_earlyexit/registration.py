@@ -3,13 +3,14 @@
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .models.bert import BertWithBypassExits, BypassBertConfig
+from .models.bert import BertForCascadeClassification, BertWithBypassExits, BypassBertConfig, CascadeBertConfig
 from .pipelines import EarlyExitTextClassificationPipeline
 
 
 # (config class, model class, Auto model classes that must resolve the config to the model)
 FAMILIES = [
     (BypassBertConfig, BertWithBypassExits, (AutoModel, AutoModelForSequenceClassification)),
+    (CascadeBertConfig, BertForCascadeClassification, (AutoModel, AutoModelForSequenceClassification)),
 ]
 
 # task -> the exit-aware pipeline class that `pipeline(task, ...)` builds instead of the stock one. Each behaves like

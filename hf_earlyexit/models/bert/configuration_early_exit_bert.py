@@ -21,9 +21,9 @@ training behaviour lives in `EarlyExitTrainingArguments`.
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
-from transformers import BertConfig
+from transformers import BertConfig, PreTrainedConfig
 
-from .exit_utils import ExitRule, check_patience
+from .exit_utils import EXIT_CRITERIA, ExitRule, check_patience, encoder_layer_flops
 
 
 class _StartsFromPlainBertMixin:
@@ -168,4 +168,198 @@ class BypassBertConfig(_StartsFromPlainBertMixin, BertConfig):
             raise ValueError(f"`bypass_grad_scale` must be >= 0, got {self.bypass_grad_scale}.")
 
 
-__all__ = ["BypassBertConfig"]
+# A cascade routes on how sure a member is of its own answer. `patience` and `divergence` compare a member with the one
+# before it, so the first (cheapest) member could never answer and every example would pay for two members at least.
+CASCADE_EXIT_CRITERIA: tuple[str, ...] = ("max_prob", "entropy", "normalized_entropy")
+
+# Keys of a member's saved config that describe a checkpoint rather than the member's architecture.
+_MEMBER_BOOKKEEPING_KEYS = ("transformers_version", "architectures", "_name_or_path", "dtype", "torch_dtype")
+# The cascade's own label fields apply to every member.
+_MEMBER_LABEL_KEYS = ("id2label", "label2id", "num_labels", "problem_type")
+
+
+def _member_dict(index: int, member, num_labels: int) -> dict:
+    """A member's architecture as the complete, JSON-ready dict that the cascade config stores."""
+    if isinstance(member, PreTrainedConfig):
+        if member.model_type != "bert":
+            raise ValueError(
+                f"`members[{index}]` is a {type(member).__name__} (model_type {member.model_type!r}); cascade members "
+                "are plain BERT models (model_type 'bert')."
+            )
+        member = member.to_diff_dict()
+    elif isinstance(member, dict):
+        member = {"model_type": "bert", **member}
+        if member["model_type"] != "bert":
+            raise ValueError(
+                f"`members[{index}]` has model_type {member['model_type']!r}; cascade members are plain BERT models "
+                "(model_type 'bert')."
+            )
+    member = {key: value for key, value in member.items() if key not in _MEMBER_BOOKKEEPING_KEYS}
+    if member.get("id2label") is not None and len(member["id2label"]) != num_labels:
+        raise ValueError(
+            f"`members[{index}]` is configured for {len(member['id2label'])} labels but the cascade for {num_labels}; "
+            f"set `num_labels` (or `id2label`) on the cascade config, it applies to every member."
+        )
+    member = {key: value for key, value in member.items() if key not in _MEMBER_LABEL_KEYS}
+    try:
+        # every BERT field written out, so a member never depends on the defaults of the installed transformers
+        member = BertConfig(**member).to_diff_dict()
+    except Exception as err:  # BertConfig's own strict validation, re-raised with the member's position
+        raise ValueError(f"`members[{index}]` is not a valid BERT configuration: {err}") from err
+    return {key: value for key, value in member.items() if key not in _MEMBER_BOOKKEEPING_KEYS + _MEMBER_LABEL_KEYS}
+
+
+@strict
+class CascadeBertConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`BertForCascadeClassification`]: a cascade of complete BERT classifiers of increasing size
+    (CascadeBERT, Li et al., Findings of EMNLP 2021, https://huggingface.co/papers/2012.14682). An example is answered
+    by the first member whose confidence passes its threshold; the last member answers the rest.
+
+    The cascade's own `num_labels`, `id2label`, `label2id` and `problem_type` apply to every member.
+
+    Args:
+        members (`list[dict | BertConfig]`):
+            The members' BERT configurations, from the smallest to the largest; each is a complete BERT with its own
+            depth and width (hidden sizes may differ). Stored as one dict per member holding every BERT field, so the
+            config saves as one `config.json` and reloads exactly. Members must share a tokenizer: `vocab_size` and
+            every `*_token_id` must agree. They must come in order of size, measured by the encoder FLOPs of a one-token
+            input (`num_hidden_layers x (8 d^2 + 4 d f + 4 d)`, the cost per token before attention grows); equal
+            sizes are allowed, a smaller member after a larger one is an error (it would only add cost to the examples
+            that reach it). Label fields of a member are dropped (they must agree with the cascade's).
+        exit_criterion (`str`, *optional*, defaults to `"max_prob"`):
+            How a member decides to answer: `"max_prob"` (`max_c p(c) >= threshold`, CascadeBERT's rule), `"entropy"`
+            (`H(p) < threshold`, nats) or `"normalized_entropy"` (`H(p) / log C <= threshold`). `"patience"` and
+            `"divergence"` are refused: they compare a member with the previous one, so the first member could never
+            answer.
+        exit_threshold (`float` or `list[float]`, *optional*):
+            One value, or one per non-final member (the last member answers every example that reaches it). Defaults
+            to 0.9 (`max_prob`) or 0.3 (`entropy`, `normalized_entropy`).
+        exit_pooling (`str` or `list[str]`, *optional*, defaults to `"mean"`):
+            What each member's head reads, one value for all or one per member: `"cls"` (the [CLS] state), `"pooler"`
+            ([CLS] through dense + tanh, BERT's pooler: what a fine-tuned `BertForSequenceClassification` uses) or
+            `"mean"` (mean over real tokens; the default, because shallow [CLS] states of sentence-embedding backbones
+            such as all-MiniLM-L6-v2 are weak and its pooler puts a 1-layer member at chance level, METHODS.md section
+            5).
+
+    Example:
+
+    ```python
+    >>> from transformers import BertConfig
+    >>> from hf_earlyexit import CascadeBertConfig
+
+    >>> small = BertConfig(hidden_size=384, num_hidden_layers=2, num_attention_heads=12, intermediate_size=1536)
+    >>> large = BertConfig(hidden_size=768, num_hidden_layers=12)
+    >>> config = CascadeBertConfig(members=[small, large], num_labels=2, exit_threshold=0.8)
+    >>> config.member_config(1).hidden_size
+    768
+    ```"""
+
+    model_type = "cascade-bert"
+
+    members: list[dict | BertConfig] | None = None
+    exit_criterion: Literal["max_prob", "entropy", "normalized_entropy", "patience", "divergence"] = "max_prob"
+    exit_threshold: float | int | list[float | int] | None = None
+    exit_pooling: Literal["cls", "pooler", "mean"] | list[Literal["cls", "pooler", "mean"]] = "mean"
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.members is not None:
+            self.members = [_member_dict(i, member, self.num_labels) for i, member in enumerate(self.members)]
+
+    @property
+    def num_members(self) -> int:
+        return len(self.members or [])
+
+    def member_config(self, index: int) -> BertConfig:
+        """A new [`~transformers.BertConfig`] of member `index`, with the cascade's labels and attention
+        implementation."""
+        return BertConfig(
+            **self.members[index],
+            id2label=dict(self.id2label),
+            label2id=dict(self.label2id) if self.label2id is not None else None,
+            problem_type=self.problem_type,
+            attn_implementation=self._attn_implementation,
+        )
+
+    @property
+    def resolved_exit_pooling(self) -> list[str]:
+        """The pooling of each member's head."""
+        if isinstance(self.exit_pooling, str):
+            return [self.exit_pooling] * self.num_members
+        return list(self.exit_pooling)
+
+    def exit_rule(
+        self, exit_criterion: str | None = None, exit_threshold: float | list[float] | None = None
+    ) -> ExitRule:
+        """The validated routing rule, with optional per-call overrides; `None` keeps the config's value. A criterion
+        other than the config's, given without a threshold, uses its own default threshold (the saved one belongs to
+        another scale)."""
+        criterion = self.exit_criterion if exit_criterion is None else exit_criterion
+        threshold = exit_threshold
+        if threshold is None and criterion == self.exit_criterion:
+            threshold = self.exit_threshold
+        if criterion in EXIT_CRITERIA and criterion not in CASCADE_EXIT_CRITERIA:
+            raise ValueError(
+                f"Exit criterion {criterion!r} compares a member with the previous one, so the first member of a "
+                f"cascade could never answer; a cascade routes on each member's own confidence: use one of "
+                f"{CASCADE_EXIT_CRITERIA}."
+            )
+        if self.num_labels < 2:
+            raise ValueError(
+                f"A cascade routes on class probabilities and needs num_labels >= 2, got num_labels={self.num_labels}."
+            )
+        if isinstance(threshold, (list, tuple)):
+            if len(threshold) != self.num_members - 1:
+                raise ValueError(
+                    f"`exit_threshold` has {len(threshold)} values but the cascade has {self.num_members - 1} "
+                    f"non-final members; give one number or exactly one per non-final member (the last member answers "
+                    f"every example that reaches it)."
+                )
+            # ExitRule keeps one value per exit; the last member's is never read
+            threshold = [*threshold, threshold[-1]] if threshold else None
+        return ExitRule.build(criterion, threshold, num_exits=self.num_members, num_labels=self.num_labels)
+
+    # named to run before the other validators (they are called in alphabetical order), which need the members
+    def validate_cascade_members(self):
+        if not self.members:
+            raise ValueError(
+                "`members` must list at least one BERT configuration, from the smallest to the largest (to cut one "
+                "BERT checkpoint into members, use `BertForCascadeClassification.from_backbone`)."
+            )
+        configs = [self.member_config(i) for i in range(self.num_members)]
+        token_fields = ["vocab_size"] + sorted(
+            {name for config in configs for name in config.to_dict() if name.endswith("_token_id")}
+        )
+        for name in token_fields:
+            values = [getattr(config, name, None) for config in configs]
+            if len({repr(value) for value in values}) > 1:
+                raise ValueError(
+                    f"Cascade members must share one tokenizer, but their `{name}` differ: {values} (members 0.."
+                    f"{len(values) - 1})."
+                )
+        sizes = [
+            config.num_hidden_layers * encoder_layer_flops(1, config.hidden_size, config.intermediate_size)
+            for config in configs
+        ]
+        for k in range(1, len(sizes)):
+            if sizes[k] < sizes[k - 1]:
+                raise ValueError(
+                    f"Cascade members must be ordered from the smallest to the largest, but member {k} "
+                    f"({sizes[k]:,} encoder FLOPs per token) is smaller than member {k - 1} ({sizes[k - 1]:,}); a "
+                    f"larger member before a smaller one only adds cost to the examples it passes on."
+                )
+
+    def validate_exit_pooling(self):
+        poolings = self.resolved_exit_pooling
+        if len(poolings) != self.num_members:
+            raise ValueError(
+                f"`exit_pooling` has {len(poolings)} values but the cascade has {self.num_members} members; give one "
+                "value or one per member."
+            )
+
+    def validate_exit_rule(self):
+        self.exit_rule()
+
+
+__all__ = ["BypassBertConfig", "CascadeBertConfig"]

@@ -1,0 +1,554 @@
+# Copyright 2026 The hf_earlyexit Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""CascadeBERT: a cascade of complete BERT classifiers of increasing size, where each member runs only on the examples
+that the smaller members before it did not answer."""
+
+import copy
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    BertPreTrainedModel,
+    PreTrainedModel,
+)
+from transformers.utils import ModelOutput
+
+from .configuration_early_exit_bert import CascadeBertConfig
+from .exit_utils import ExitRule, drop_padding_columns, encoder_layer_flops, max_prob
+from .modeling_exit_heads import (
+    ClassificationHead,
+    EarlyExitModelMixin,
+    problem_type_of,
+    sequence_classification_loss,
+    weighted_exit_loss,
+)
+
+
+@dataclass
+class CascadeSequenceClassifierOutput(ModelOutput):
+    r"""
+    Output of [`BertForCascadeClassification`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is provided):
+            With every member computed (training, or `output_all_exits=True`): CascadeBERT's joint loss
+            `sum_k loss_k` over members. Otherwise: the loss of the returned `logits`.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+            Logits of the member that answered each example.
+        exit_stage (`torch.LongTensor` of shape `(batch_size,)`):
+            0-based index of the member that answered each example.
+        exit_layer (`torch.LongTensor` of shape `(batch_size,)`):
+            Encoder layers the routing costs each example, cumulated over the members it went through (a hard example
+            of a 2-layer/12-layer cascade pays 14); with `early_exit=False`, the last member's depth.
+        flops (`torch.LongTensor` of shape `(batch_size,)`):
+            FLOPs this call spent on each example, counted from its real length (METHODS.md section 4), summed over
+            every member that ran on it, heads and poolers included. With `output_all_exits=True` or in training every
+            member ran on every example, and this counts them all.
+        confidence (`torch.FloatTensor` of shape `(batch_size,)`):
+            Largest class probability of the answering member.
+        all_logits (`torch.FloatTensor` of shape `(num_members, batch_size, num_labels)`, *optional*):
+            Every member's logits, returned in training and with `output_all_exits=True`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    exit_stage: torch.LongTensor | None = None
+    exit_layer: torch.LongTensor | None = None
+    flops: torch.LongTensor | None = None
+    confidence: torch.FloatTensor | None = None
+    all_logits: torch.FloatTensor | None = None
+
+
+class CascadeMember(BertPreTrainedModel):
+    """One member of a cascade: a complete BERT encoder with its own classification head.
+
+    It is a `PreTrainedModel` of its own so that its weights are initialised with its own config and attention
+    implementation changes reach it.
+    """
+
+    def __init__(self, config: BertConfig, pooling: str):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.head = ClassificationHead(config, pooling)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`(batch, num_labels)` logits of this member."""
+        hidden_states = self.bert(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+        ).last_hidden_state
+        return self.head(hidden_states, attention_mask)
+
+    def flops(self, lengths: torch.Tensor) -> torch.Tensor:
+        """FLOPs of this member, encoder and head, on examples of the given real lengths. Shape of `lengths`."""
+        layer = encoder_layer_flops(lengths.long(), self.config.hidden_size, self.config.intermediate_size)
+        return self.config.num_hidden_layers * layer + self.head.flops()
+
+
+_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+_DEFAULT_LABEL = re.compile(r"LABEL_\d+")
+
+
+class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
+    r"""
+    CascadeBERT (Li et al., Findings of EMNLP 2021, https://huggingface.co/papers/2012.14682): a cascade of complete
+    BERT classifiers of increasing size that share a tokenizer. An example is answered by the first member whose
+    confidence passes its threshold (`config.exit_criterion`, `config.exit_threshold`); the last member answers the
+    rest.
+
+    In evaluation mode the routing is real: member 1 runs on the whole batch, member `k + 1` only on the examples
+    member `k` did not answer (a compacted sub-batch without the columns that are padding for all of them), and the
+    answers are put back in input order. The released CascadeBERT code ran every member on every example and
+    simulated the routing afterwards, saving nothing. In training mode every member runs on every example.
+
+    Per-call settings are forward arguments and never change the module or its config: `exit_threshold`,
+    `exit_criterion`, `early_exit` (`False`: only the last member runs) and `output_all_exits` (every member on every
+    example, e.g. to calibrate thresholds; the answer is still chosen by the routing rule).
+
+    Build one with [`~BertForCascadeClassification.from_members`] (separately fine-tuned checkpoints or models) or
+    [`~BertForCascadeClassification.from_backbone`] (one pretrained BERT cut to several depths); a saved cascade is a
+    single checkpoint that loads with `from_pretrained` and the Auto classes.
+
+    Example:
+
+    ```python
+    >>> from transformers import AutoTokenizer
+    >>> from hf_earlyexit import BertForCascadeClassification
+
+    >>> model = BertForCascadeClassification.from_backbone("path/to/bert", member_layers=[2, 12], num_labels=2)
+    >>> tokenizer = AutoTokenizer.from_pretrained("path/to/bert")
+    >>> sentences = ["a gem", "a slow, muddled and ultimately forgettable film"]
+    >>> batch = tokenizer(sentences, padding=True, return_tensors="pt")
+    >>> out = model(**batch, exit_threshold=0.8)
+    >>> out.exit_stage, out.exit_layer  # which member answered, layers paid (cumulative)
+    ```
+    """
+
+    config: CascadeBertConfig
+    config_class = CascadeBertConfig
+    base_model_prefix = "cascade"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["BertLayer"]
+    # what the members (BERT) support; the top-level choice is passed on to every member
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def __init__(self, config: CascadeBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.members = nn.ModuleList(
+            CascadeMember(config.member_config(k), pooling) for k, pooling in enumerate(config.resolved_exit_pooling)
+        )
+        self.post_init()
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Assembly
+    # ----------------------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_members(
+        cls,
+        members: list,
+        *,
+        num_labels: int | None = None,
+        id2label: dict[int, str] | None = None,
+        exit_pooling: str | list[str] | None = None,
+        load_kwargs: dict | None = None,
+        **config_kwargs,
+    ) -> "BertForCascadeClassification":
+        r"""
+        Assemble a cascade from complete models, given from the smallest to the largest.
+
+        Args:
+            members (`list`):
+                Each a checkpoint path or Hub id, a [`~transformers.BertForSequenceClassification`] or a
+                [`~transformers.BertModel`]. A sequence classifier (a model object, or a checkpoint whose
+                `architectures` name `BertForSequenceClassification`) keeps its encoder, pooler and classifier weights
+                exactly, so the member alone gives that model's logits. A plain BERT gets a fresh classifier (and keeps
+                its pretrained pooler when its head uses `"pooler"`).
+            num_labels (`int`, *optional*):
+                Defaults to the members' classifiers' (which must agree), else to `len(id2label)`, else 2.
+            id2label (`dict[int, str]`, *optional*):
+                Defaults to the members' non-default label names (which must agree).
+            exit_pooling (`str` or `list[str]`, *optional*):
+                One value or one per member. By default a member with a trained classifier uses `"pooler"` (what it was
+                trained with; anything else is an error) and the others the config's default (`"mean"`).
+            load_kwargs (`dict`, *optional*):
+                Passed to `from_pretrained` for the members given as paths or ids (e.g. `revision`, `cache_dir`).
+            config_kwargs:
+                Further [`CascadeBertConfig`] fields, e.g. `exit_criterion`, `exit_threshold`.
+
+        Returns:
+            [`BertForCascadeClassification`] in evaluation mode.
+
+        Raises:
+            ValueError: no members, members that do not share a tokenizer, disagree on `num_labels` or label names,
+                come in decreasing size, or a trained classifier asked to read anything but the pooler.
+            TypeError: a member of another kind.
+
+        Example:
+
+        ```python
+        >>> members = ["path/to/small-sst2", "path/to/large-sst2"]  # fine-tuned BertForSequenceClassification
+        >>> model = BertForCascadeClassification.from_members(members, exit_threshold=0.9)
+        ```
+        """
+        if not isinstance(members, (list, tuple)) or not members:
+            raise ValueError(
+                "`members` must be a non-empty list of checkpoints or models, from the smallest to the largest."
+            )
+        sources = [_member_source(i, member, load_kwargs or {}) for i, member in enumerate(members)]
+        trained = [(i, source) for i, source in enumerate(sources) if source["classifier"] is not None]
+
+        labels = _resolve_labels(trained, num_labels, id2label)
+
+        if exit_pooling is None:
+            default = CascadeBertConfig.__dataclass_fields__["exit_pooling"].default
+            exit_pooling = ["pooler" if s["classifier"] is not None else default for s in sources]
+        elif isinstance(exit_pooling, str):
+            exit_pooling = [exit_pooling] * len(sources)
+        for i, _ in trained:
+            if i < len(exit_pooling) and exit_pooling[i] != "pooler":
+                raise ValueError(
+                    f"Member {i} comes with a classifier trained on BERT's pooler output, so its `exit_pooling` must "
+                    f"be 'pooler', got {exit_pooling[i]!r}; to train a new head on another pooling, pass its `.bert`."
+                )
+
+        config = CascadeBertConfig(
+            members=[source["config"] for source in sources], exit_pooling=exit_pooling, **labels, **config_kwargs
+        )
+        model = cls(config)
+        with torch.no_grad():
+            for member, source in zip(model.members, sources):
+                member.bert.load_state_dict(source["encoder"])
+                if member.head.pooler is not None and source["pooler"] is not None:
+                    member.head.pooler.load_state_dict(source["pooler"])
+                if source["classifier"] is not None:
+                    member.head.classifier.load_state_dict(source["classifier"])
+        return model.eval()
+
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone: str | os.PathLike | BertModel,
+        member_layers: list[int],
+        *,
+        num_labels: int | None = None,
+        load_kwargs: dict | None = None,
+        **kwargs,
+    ) -> "BertForCascadeClassification":
+        r"""
+        Build a cascade by cutting one pretrained BERT to its first `k` layers for each `k` in `member_layers`.
+
+        Every member is a complete model (its own copy of the embeddings and of the first `k` layers, its own head),
+        so the members can be fine-tuned apart from each other. Heads are new; pretrained pooler weights are kept for
+        members whose head uses `"pooler"`.
+
+        Args:
+            backbone (`str`, `os.PathLike` or [`~transformers.BertModel`]):
+                A BERT checkpoint path or Hub id, or a loaded `BertModel`.
+            member_layers (`list[int]`):
+                Depth of each member, strictly increasing, each within `1..num_hidden_layers` of the backbone, e.g.
+                `[1, 2, 6]` for all-MiniLM-L6-v2.
+            num_labels (`int`, *optional*):
+                Number of classes; defaults to `len(id2label)` when `id2label` is given, else 2.
+            load_kwargs (`dict`, *optional*):
+                Passed to `BertModel.from_pretrained` when `backbone` is a path or id.
+            kwargs:
+                As for [`~BertForCascadeClassification.from_members`]: `exit_pooling`, `id2label`, and
+                [`CascadeBertConfig`] fields such as `exit_criterion`, `exit_threshold`.
+
+        Returns:
+            [`BertForCascadeClassification`] in evaluation mode.
+
+        Example:
+
+        ```python
+        >>> from hf_earlyexit.utils import default_backbone
+
+        >>> model = BertForCascadeClassification.from_backbone(default_backbone(), member_layers=[1, 2, 6])
+        ```
+        """
+        if isinstance(backbone, (str, os.PathLike)):
+            backbone_type = AutoConfig.from_pretrained(backbone, **(load_kwargs or {})).model_type
+            if backbone_type != "bert":
+                raise ValueError(
+                    f"`backbone` must be a BERT checkpoint, {str(backbone)!r} has model_type {backbone_type!r}."
+                )
+            backbone = BertModel.from_pretrained(backbone, **(load_kwargs or {}))
+        elif not isinstance(backbone, BertModel):
+            raise TypeError(
+                f"`backbone` must be a BERT checkpoint path or id or a BertModel, got {type(backbone).__name__}."
+            )
+        depth = backbone.config.num_hidden_layers
+        if (
+            not isinstance(member_layers, (list, tuple))
+            or not member_layers
+            or any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= depth for k in member_layers)
+        ):
+            raise ValueError(
+                f"`member_layers` must be a non-empty list of layer counts within 1..{depth} (the backbone's depth), "
+                f"got {member_layers!r}."
+            )
+        if list(member_layers) != sorted(set(member_layers)):
+            raise ValueError(f"`member_layers` must be strictly increasing, got {list(member_layers)}.")
+        return cls.from_members([_truncated(backbone, k) for k in member_layers], num_labels=num_labels, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Cost accounting
+    # ----------------------------------------------------------------------------------------------------------------
+
+    @property
+    def exit_layers(self) -> list[int]:
+        """Encoder layers paid by an example answered by each member: cumulative depths, e.g. `[2, 14]`."""
+        layers, total = [], 0
+        for member in self.members:
+            total += member.config.num_hidden_layers
+            layers.append(total)
+        return layers
+
+    def flops_per_exit(self, lengths: torch.Tensor) -> torch.Tensor:
+        """FLOPs an example of each real length spends when member `k` answers it, with routing (every earlier member
+        ran on it too). Shape `(num_members, batch)`; used by the calibration to price hypothetical exits."""
+        return torch.stack([member.flops(lengths) for member in self.members]).cumsum(dim=0)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Forward
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        early_exit: bool | None = None,
+        exit_criterion: str | None = None,
+        exit_threshold: float | list[float] | None = None,
+        output_all_exits: bool | None = None,
+        **kwargs,
+    ) -> CascadeSequenceClassifierOutput:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+            Token ids from the members' shared tokenizer. `inputs_embeds` is not supported: every member embeds the
+            tokens with its own embeddings (possibly of another width).
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            As for `BertForSequenceClassification`.
+        early_exit (`bool`, *optional*):
+            Defaults to `True` in evaluation mode. `False` answers with the last member only (and runs only it, unless
+            every member is computed anyway).
+        exit_criterion, exit_threshold (*optional*):
+            Override the config's routing for this call only (see [`CascadeBertConfig`]); `exit_threshold` is one
+            number or one per non-final member.
+        output_all_exits (`bool`, *optional*):
+            Run every member on every example and return their logits in `all_logits`; the answering member is still
+            chosen by the routing rule, from the same logits. Always on in training.
+        """
+        if inputs_embeds is not None or input_ids is None:
+            raise ValueError(
+                "BertForCascadeClassification needs `input_ids` (and does not take `inputs_embeds`): every member "
+                "embeds the tokens with its own embeddings."
+            )
+        rule = self.config.exit_rule(exit_criterion=exit_criterion, exit_threshold=exit_threshold)
+        all_exits = self.training or bool(output_all_exits)
+        early_exit = (not self.training) if early_exit is None else early_exit
+        inputs = self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids)
+        lengths = inputs["attention_mask"].sum(dim=-1)
+        last = len(self.members) - 1
+        arange = torch.arange(lengths.shape[0], device=lengths.device)
+
+        all_logits = None
+        if all_exits:
+            inputs = _drop_padding(inputs)
+            all_logits = torch.stack([member(**inputs) for member in self.members])
+            exit_stage = rule.simulate(all_logits) if early_exit else torch.full_like(lengths, last)
+            logits = all_logits[exit_stage, arange]
+            flops = self.flops_per_exit(lengths)[-1]
+        elif not early_exit:
+            logits = self.members[-1](**_drop_padding(inputs))
+            exit_stage = torch.full_like(lengths, last)
+            flops = self.members[-1].flops(lengths)
+        else:
+            logits, exit_stage = self._route(inputs, rule)
+            flops = self.flops_per_exit(lengths)[exit_stage, arange]
+
+        if early_exit:
+            exit_layer = torch.tensor(self.exit_layers, device=lengths.device)[exit_stage]
+        else:
+            exit_layer = torch.full_like(lengths, self.members[-1].config.num_hidden_layers)
+
+        loss = None
+        if labels is not None:
+            problem_type = problem_type_of(self.config, labels)
+            if all_logits is not None:
+                # CascadeBERT's sum over members: the mean that weighted_exit_loss gives, times the number of members
+                loss = len(self.members) * weighted_exit_loss(all_logits, labels, problem_type, [1.0] * (last + 1))
+            else:
+                loss = sequence_classification_loss(logits, labels, problem_type)
+
+        return CascadeSequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            exit_stage=exit_stage,
+            exit_layer=exit_layer,
+            flops=flops,
+            confidence=max_prob(logits),
+            all_logits=all_logits,
+        )
+
+    def _check_inputs(self, input_ids, attention_mask, token_type_ids, position_ids) -> dict:
+        """The member inputs as a dict of `(batch, seq)` tensors (`attention_mask` filled in), with clear errors."""
+        batch_size, seq_len = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        limit = min(member.config.max_position_embeddings for member in self.members)
+        if seq_len > limit:
+            raise ValueError(
+                f"The inputs have {seq_len} positions but the cascade's smallest `max_position_embeddings` is "
+                f"{limit}; truncate them to {limit} tokens."
+            )
+        if position_ids is not None:
+            position_ids = position_ids.reshape(-1, seq_len).expand(batch_size, -1)
+        inputs = dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+        )
+        for name, tensor in inputs.items():
+            if tensor is not None and tensor.shape != input_ids.shape:
+                raise ValueError(f"`{name}` has shape {tuple(tensor.shape)} but `input_ids` {tuple(input_ids.shape)}.")
+        return inputs
+
+    def _route(self, inputs: dict, rule: ExitRule) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inference path: each member runs on the examples that the members before it passed on."""
+        batch_size = inputs["input_ids"].shape[0]
+        device = inputs["input_ids"].device
+        active = torch.arange(batch_size, device=device)
+        exit_stage = torch.full((batch_size,), len(self.members) - 1, dtype=torch.long, device=device)
+        out_logits = None
+        for k, member in enumerate(self.members):
+            inputs = _drop_padding(inputs)
+            logits = member(**inputs)
+            if out_logits is None:
+                out_logits = logits.new_empty(batch_size, logits.shape[-1])
+            if k == len(self.members) - 1:
+                out_logits[active] = logits
+                break
+            fires, _ = rule.step(k, logits, None, None)
+            out_logits[active[fires]] = logits[fires]
+            exit_stage[active[fires]] = k
+            stay = ~fires
+            if not bool(stay.any()):
+                break
+            active = active[stay]
+            inputs = {name: None if tensor is None else tensor[stay] for name, tensor in inputs.items()}
+        return out_logits, exit_stage
+
+
+def _drop_padding(inputs: dict) -> dict:
+    """`inputs` without the sequence positions that are padding in every row."""
+    names = [name for name in _MODEL_INPUTS if name != "attention_mask" and inputs[name] is not None]
+    attention_mask, *tensors = drop_padding_columns(inputs["attention_mask"], *(inputs[name] for name in names))
+    return {**inputs, "attention_mask": attention_mask, **dict(zip(names, tensors))}
+
+
+def _resolve_labels(trained: list[tuple[int, dict]], num_labels: int | None, id2label: dict | None) -> dict:
+    """The cascade's label setting, from the arguments and the members' trained classifiers (which must agree)."""
+    head_labels = {i: source["config"].num_labels for i, source in trained}
+    if len(set(head_labels.values())) > 1:
+        found = ", ".join(f"member {i}: {n}" for i, n in head_labels.items())
+        raise ValueError(f"Cascade members must agree on `num_labels`, but their classifiers have {found}.")
+    trained_labels = next(iter(head_labels.values()), None)
+    if num_labels is not None and trained_labels is not None and num_labels != trained_labels:
+        raise ValueError(
+            f"num_labels={num_labels} does not match the members' trained classifiers ({trained_labels} labels)."
+        )
+    if id2label is None:
+        named = {
+            i: source["config"].id2label
+            for i, source in trained
+            if not all(_DEFAULT_LABEL.fullmatch(str(name)) for name in source["config"].id2label.values())
+        }
+        if len({tuple(sorted(names.items())) for names in named.values()}) > 1:
+            raise ValueError(f"Cascade members label the classes differently: {named}.")
+        id2label = next(iter(named.values()), None)
+    if id2label is None:
+        return {"num_labels": num_labels or trained_labels or 2}
+    if len(id2label) != (num_labels or trained_labels or len(id2label)):
+        raise ValueError(f"`id2label` has {len(id2label)} entries but num_labels={num_labels or trained_labels}.")
+    return {"id2label": id2label}
+
+
+def _member_source(index: int, member, load_kwargs: dict) -> dict:
+    """What a cascade member is made of: its BERT config, encoder weights, and pooler and classifier weights if any."""
+    if isinstance(member, (str, os.PathLike)):
+        member_config = AutoConfig.from_pretrained(member, **load_kwargs)
+        if member_config.model_type != "bert":
+            raise ValueError(
+                f"`members[{index}]` ({str(member)!r}) has model_type {member_config.model_type!r}; cascade members "
+                "are BERT checkpoints."
+            )
+        if "BertForSequenceClassification" in (member_config.architectures or []):
+            member = BertForSequenceClassification.from_pretrained(member, **load_kwargs)
+        else:
+            member = BertModel.from_pretrained(member, **load_kwargs)
+    if isinstance(member, BertForSequenceClassification):
+        encoder, classifier = member.bert, member.classifier.state_dict()
+    elif isinstance(member, BertModel):
+        encoder, classifier = member, None
+    else:
+        raise TypeError(
+            f"`members[{index}]` must be a checkpoint path or Hub id, a BertForSequenceClassification or a BertModel, "
+            f"got {type(member).__name__}."
+        )
+    state = encoder.state_dict()
+    return {
+        "config": encoder.config,
+        "encoder": {name: t for name, t in state.items() if not name.startswith("pooler.")},
+        "pooler": encoder.pooler.dense.state_dict() if encoder.pooler is not None else None,
+        "classifier": classifier,
+    }
+
+
+def _truncated(backbone: BertModel, num_layers: int) -> BertModel:
+    """A copy of `backbone` keeping its first `num_layers` encoder layers."""
+    member = copy.deepcopy(backbone)
+    member.encoder.layer = member.encoder.layer[:num_layers]
+    member.config.num_hidden_layers = num_layers
+    return member
+
+
+__all__ = ["BertForCascadeClassification", "CascadeMember", "CascadeSequenceClassifierOutput"]
