@@ -298,8 +298,11 @@ def test_num_labels_mismatch_on_load(tmp_path):
     tiny_model(num_labels=3).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="num_labels=5.*3 labels"):
         BertWithBypassExits.from_pretrained(tmp_path, num_labels=5)
+    with pytest.raises(ValueError, match="num_labels=5.*3 labels"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=5)
     # the saved checkpoint is untouched and still loads
     assert BertWithBypassExits.from_pretrained(tmp_path).config.num_labels == 3
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=3).config.num_labels == 3
 
 
 def test_mismatched_attention_mask():

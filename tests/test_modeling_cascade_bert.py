@@ -382,6 +382,8 @@ def test_num_labels_mismatch_on_load(tmp_path):
     tiny_cascade(num_labels=3).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="num_labels=5.*3 labels"):
         BertForCascadeClassification.from_pretrained(tmp_path, num_labels=5)
+    with pytest.raises(ValueError, match="num_labels=5.*3 labels"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=5)
     assert BertForCascadeClassification.from_pretrained(tmp_path).config.num_labels == 3
 
 

@@ -127,7 +127,10 @@ class EarlyExitModelMixin:
         requested = kwargs.get("num_labels")
         if requested is None and kwargs.get("id2label") is not None:
             requested = len(kwargs["id2label"])
-        if requested is not None and not isinstance(kwargs.get("config"), PreTrainedConfig):
+        if requested is None and isinstance(kwargs.get("config"), PreTrainedConfig):
+            # the Auto classes build the config (with the caller's `num_labels`) before calling us
+            requested = kwargs["config"].num_labels
+        if requested is not None:
             hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
             config_dict, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
             if config_dict.get("model_type") == cls.config_class.model_type:
