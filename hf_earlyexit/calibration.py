@@ -7,7 +7,7 @@ Candidate thresholds sit halfway between consecutive observed scores, never on o
 between a full batch and a compacted sub-batch cannot flip a decision.
 
 Works for every family whose forward accepts `output_all_exits=True` and that provides `exit_layers` (encoder layers
-computed when answering at each exit, cumulative for a cascade), `flops_per_exit(lengths)` and
+computed when answering at each exit, cumulative for a cascade), `full_depth_layers`, `flops_per_exit(lengths)` and
 `reference_flops(lengths)`.
 """
 
@@ -96,15 +96,8 @@ def record(model, batches: Iterable[dict]) -> CalibrationRecord:
         exit_flops=model.flops_per_exit(lengths),
         reference_flops=model.reference_flops(lengths),
         exit_layers=list(model.exit_layers),
-        full_layers=_full_layers(model),
+        full_layers=model.full_depth_layers,
     )
-
-
-def _full_layers(model) -> int:
-    # the depth of the model that `early_exit=False` runs: the whole encoder, or a cascade's last member
-    if hasattr(model, "full_depth_layers"):
-        return int(model.full_depth_layers)
-    return int(model.config.num_hidden_layers)
 
 
 class _Scorer:
@@ -207,13 +200,14 @@ def calibrate(
     if max_accuracy_drop is not None and not 0.0 <= max_accuracy_drop <= 1.0:
         raise ValueError(f"`max_accuracy_drop` is a fraction in [0, 1] (0.01 = one point), got {max_accuracy_drop}.")
     criterion = criterion or model.config.exit_criterion
+    model.config.exit_rule(exit_criterion=criterion)  # the family refuses criteria it cannot use, with its own message
     rec = batches if isinstance(batches, CalibrationRecord) else record(model, batches)
     scorer = _Scorer(rec, metric)
     num_exits = scorer.num_exits
     if num_exits < 2:
         raise ValueError("The model has a single exit: there is nothing to calibrate.")
     if per_exit is None:
-        per_exit = getattr(model, "num_members", 0) > 2
+        per_exit = getattr(model.config, "num_members", 0) > 2
     build = _rule_builder(model, criterion, num_exits)
     full_accuracy = scorer.metric(rec.all_logits[-1], rec.labels)
 
@@ -234,9 +228,12 @@ def calibrate(
             f"reachable setting: accuracy {choice['accuracy']:.4f} at {choice['flops_speedup']:.2f}x FLOPs speed-up."
         )
         logger.warning(message)
+    threshold = choice["threshold"]
+    if isinstance(threshold, list):  # in the family's convention (e.g. a cascade takes one per non-final member)
+        threshold = threshold[: model.config.num_exit_thresholds]
     result = CalibrationResult(
         criterion=criterion,
-        exit_threshold=choice["threshold"],
+        exit_threshold=threshold,
         patience=choice["patience"],
         expected_accuracy=choice["accuracy"],
         expected_flops_speedup=choice["flops_speedup"],

@@ -138,3 +138,39 @@ def test_bad_input(model, kwargs, message):
 def test_batches_without_labels(model):
     with pytest.raises(ValueError, match="needs `labels`"):
         calibrate(model, [padded_inputs()], target_speedup=2.0)
+
+
+# --- the cascade family ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cascade():
+    from tests.test_modeling_cascade_bert import tiny_cascade
+
+    torch.manual_seed(0)
+    return tiny_cascade(num_labels=2)
+
+
+@pytest.mark.parametrize("per_exit", [None, False])
+def test_cascade_calibration_is_exact(cascade, per_exit):
+    batches = calibration_batches()
+    result = calibrate(cascade, batches, target_speedup=1.5, per_exit=per_exit)
+    assert result.reached and result.expected_flops_speedup >= 1.5
+    if isinstance(result.exit_threshold, list):  # one per non-final member
+        assert len(result.exit_threshold) == 2 == len(cascade.config.exit_threshold)
+    measured = measure(cascade, batches)
+    assert measured["accuracy"] == result.expected_accuracy
+    assert measured["flops_speedup"] == pytest.approx(result.expected_flops_speedup, rel=1e-12)
+
+
+def test_per_stage_search_never_loses_to_a_shared_threshold(cascade):
+    rec = record(cascade, calibration_batches())
+    for target in (1.5, 2.0, 3.0):
+        shared = calibrate(cascade, rec, target_speedup=target, per_exit=False, apply=False)
+        per_stage = calibrate(cascade, rec, target_speedup=target, apply=False)
+        assert per_stage.expected_accuracy >= shared.expected_accuracy
+
+
+def test_cascade_refuses_criteria_it_cannot_route_on(cascade):
+    with pytest.raises(ValueError, match="a cascade routes on each member's own confidence"):
+        calibrate(cascade, calibration_batches(1), target_speedup=2.0, criterion="patience")

@@ -119,6 +119,11 @@ class BypassBertConfig(_StartsFromPlainBertMixin, BertConfig):
     def num_exits(self) -> int:
         return len(self.resolved_exit_layers)
 
+    @property
+    def num_exit_thresholds(self) -> int:
+        """Length of a per-exit `exit_threshold` list: one per exit (the last exit's value is never read)."""
+        return self.num_exits
+
     def exit_rule(self, **overrides) -> ExitRule:
         """The validated [`ExitRule`] of this config, with optional per-call overrides (`exit_criterion`,
         `exit_threshold`, `patience`, `divergence`, `regression_tolerance`); `None` values keep the config's."""
@@ -270,6 +275,11 @@ class CascadeBertConfig(PreTrainedConfig):
     @property
     def num_members(self) -> int:
         return len(self.members or [])
+
+    @property
+    def num_exit_thresholds(self) -> int:
+        """Length of a per-stage `exit_threshold` list: one per non-final member."""
+        return self.num_members - 1
 
     def member_config(self, index: int) -> BertConfig:
         """A new [`~transformers.BertConfig`] of member `index`, with the cascade's labels and attention

@@ -144,6 +144,11 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
         bypass_dim = self.config.bypass_dim if self.bypasses is not None else 0
         return self.exit_heads[0].flops(bypass_dim)
 
+    @property
+    def full_depth_layers(self) -> int:
+        """Depth of the full model: the `L` of the layer speed-up `L * N / sum(exit_layer)`."""
+        return self.config.num_hidden_layers
+
     def reference_flops(self, lengths: torch.Tensor) -> torch.Tensor:
         """FLOPs of the full model (what `early_exit=False` spends: every layer, the last exit only) per example of
         each real length; the numerator of the FLOPs speed-up. Shape `(batch,)`."""

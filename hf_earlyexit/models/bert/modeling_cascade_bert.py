@@ -337,6 +337,16 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
             layers.append(total)
         return layers
 
+    @property
+    def full_depth_layers(self) -> int:
+        """Depth of the full model, the last member: the `L` of the layer speed-up `L * N / sum(exit_layer)`."""
+        return self.members[-1].config.num_hidden_layers
+
+    def reference_flops(self, lengths: torch.Tensor) -> torch.Tensor:
+        """FLOPs of the full model (the last member alone, what `early_exit=False` runs) per example of each real
+        length; the numerator of the FLOPs speed-up. Shape `(batch,)`."""
+        return self.members[-1].flops(lengths)
+
     def flops_per_exit(self, lengths: torch.Tensor) -> torch.Tensor:
         """FLOPs an example of each real length spends when member `k` answers it, with routing (every earlier member
         ran on it too). Shape `(num_members, batch)`; used by the calibration to price hypothetical exits."""
@@ -399,7 +409,7 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         elif not early_exit:
             logits = self.members[-1](**_drop_padding(inputs))
             exit_stage = torch.full_like(lengths, last)
-            flops = self.members[-1].flops(lengths)
+            flops = self.reference_flops(lengths)
         else:
             logits, exit_stage = self._route(inputs, rule)
             flops = self.flops_per_exit(lengths)[exit_stage, arange]
@@ -407,7 +417,7 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         if early_exit:
             exit_layer = torch.tensor(self.exit_layers, device=lengths.device)[exit_stage]
         else:
-            exit_layer = torch.full_like(lengths, self.members[-1].config.num_hidden_layers)
+            exit_layer = torch.full_like(lengths, self.full_depth_layers)
 
         loss = None
         if labels is not None:
