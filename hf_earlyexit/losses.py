@@ -39,10 +39,10 @@ from .models.bert.modeling_exit_heads import problem_type_of, sequence_classific
 
 
 WEIGHT_SCHEMES: tuple[str, ...] = ("linear", "uniform")
-STAGED_RECIPES: tuple[str, ...] = ("two_stage", "distillation")
 
-# `register_exit_loss` fills this: (model_type, recipe) -> factory(model, args) -> ExitLoss
+# `register_exit_loss` fills these: (model_type, recipe) -> factory(model, args) -> ExitLoss; recipes run in stages
 _EXIT_LOSSES: dict[tuple[str, str], Callable[[nn.Module, Any], "ExitLoss"]] = {}
+_STAGED_RECIPES: set[str] = set()
 
 
 class ExitLoss(nn.Module):
@@ -393,11 +393,19 @@ class DistillationExitLoss(_StagedExitLoss):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def register_exit_loss(model_type: str, recipe: str, factory: Callable[[nn.Module, Any], ExitLoss]) -> None:
+def register_exit_loss(
+    model_type: str, recipe: str, factory: Callable[[nn.Module, Any], ExitLoss], staged: bool = False
+) -> None:
     """Make `factory(model, args)` the loss of `exit_recipe=recipe` for models of `model_type`.
 
     Registering again replaces the previous factory. A new recipe name becomes a valid `exit_recipe` of
     [`EarlyExitTrainingArguments`] created afterwards.
+
+    Args:
+        model_type: The `model_type` of the family's config, e.g. `"bypass-bert"`.
+        recipe: The `exit_recipe` name.
+        factory: Builds the loss from the model and the [`EarlyExitTrainingArguments`].
+        staged: The recipe runs in stages and needs `exit_stage` (1 or 2); other recipes refuse one.
 
     Example:
 
@@ -406,11 +414,18 @@ def register_exit_loss(model_type: str, recipe: str, factory: Callable[[nn.Modul
     ```
     """
     _EXIT_LOSSES[(model_type, recipe)] = factory
+    if staged:
+        _STAGED_RECIPES.add(recipe)
 
 
 def registered_recipes() -> tuple[str, ...]:
     """Every recipe some model family registered, sorted."""
     return tuple(sorted({recipe for _, recipe in _EXIT_LOSSES}))
+
+
+def staged_recipes() -> tuple[str, ...]:
+    """The registered recipes that run in stages (need `exit_stage`), sorted."""
+    return tuple(sorted(_STAGED_RECIPES))
 
 
 def exit_loss_from_args(model: nn.Module, args) -> ExitLoss:
@@ -430,13 +445,10 @@ def exit_loss_from_args(model: nn.Module, args) -> ExitLoss:
     return factory(model, args)
 
 
-for _recipe, _loss_class in {
-    "joint": JointExitLoss,
-    "two_stage": TwoStageExitLoss,
-    "alternating": AlternatingExitLoss,
-    "distillation": DistillationExitLoss,
-}.items():
-    register_exit_loss("bypass-bert", _recipe, _loss_class.from_args)
+register_exit_loss("bypass-bert", "joint", JointExitLoss.from_args)
+register_exit_loss("bypass-bert", "two_stage", TwoStageExitLoss.from_args, staged=True)
+register_exit_loss("bypass-bert", "alternating", AlternatingExitLoss.from_args)
+register_exit_loss("bypass-bert", "distillation", DistillationExitLoss.from_args, staged=True)
 
 
 __all__ = [
@@ -450,4 +462,5 @@ __all__ = [
     "register_exit_loss",
     "registered_recipes",
     "resolve_exit_weights",
+    "staged_recipes",
 ]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .losses import STAGED_RECIPES, WEIGHT_SCHEMES, registered_recipes
+from .losses import WEIGHT_SCHEMES, registered_recipes, staged_recipes
 
 
 @dataclass
@@ -130,7 +130,8 @@ class EarlyExitTrainingArguments(TrainingArguments):
         recipes = registered_recipes()
         if self.exit_recipe not in recipes:
             raise ValueError(f"Unknown `exit_recipe` {self.exit_recipe!r}; expected one of {recipes}.")
-        if self.exit_recipe in STAGED_RECIPES:
+        staged = staged_recipes()
+        if self.exit_recipe in staged:
             if self.exit_stage not in (1, 2) or isinstance(self.exit_stage, bool):
                 raise ValueError(
                     f"`exit_recipe={self.exit_recipe!r}` trains in two stages: set `exit_stage` to 1 or 2, got "
@@ -138,7 +139,7 @@ class EarlyExitTrainingArguments(TrainingArguments):
                 )
         elif self.exit_stage is not None:
             raise ValueError(
-                f"`exit_stage` is only used by the staged recipes {STAGED_RECIPES}; `exit_recipe={self.exit_recipe!r}` "
+                f"`exit_stage` is only used by the staged recipes {staged}; `exit_recipe={self.exit_recipe!r}` "
                 f"has no stages, so leave it unset (got {self.exit_stage!r})."
             )
         if self.exit_recipe == "alternating" and self.ddp_find_unused_parameters is False:

@@ -426,7 +426,13 @@ class DifficultyWeightedLoss(ExitLoss):
 
 def test_a_registered_family_loss_is_used_and_gets_its_columns(tmp_path, monkeypatch):
     monkeypatch.setattr(losses_module, "_EXIT_LOSSES", dict(losses_module._EXIT_LOSSES))
+    monkeypatch.setattr(losses_module, "_STAGED_RECIPES", set(losses_module._STAGED_RECIPES))
     register_exit_loss("bypass-bert", "difficulty_weighted", lambda model, args: DifficultyWeightedLoss())
+    register_exit_loss("bypass-bert", "warm_up_then_dar", lambda model, args: DifficultyWeightedLoss(), staged=True)
+    with pytest.raises(ValueError, match="`exit_recipe='warm_up_then_dar'` trains in two stages"):
+        make_args(tmp_path, exit_recipe="warm_up_then_dar")
+    with pytest.raises(ValueError, match="`exit_stage` is only used by the staged recipes"):
+        make_args(tmp_path, exit_recipe="difficulty_weighted", exit_stage=1)
     train = separable_dataset(32, seed=0)
     difficulty = [i % 2 for i in range(32)]
     train = train.add_column("difficulty", difficulty)
