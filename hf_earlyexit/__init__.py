@@ -5,6 +5,14 @@ Importing the package registers every config and model with the Auto classes and
 
 __version__ = "0.1.0.dev0"
 
+from .losses import (
+    AlternatingExitLoss,
+    DistillationExitLoss,
+    ExitLoss,
+    JointExitLoss,
+    TwoStageExitLoss,
+    register_exit_loss,
+)
 from .models.bert import (
     BertForCascadeClassification,
     BertWithBypassExits,
@@ -16,19 +24,29 @@ from .models.bert import (
 from .models.bert.exit_utils import ExitRule
 from .pipelines import EarlyExitPipelineMixin, EarlyExitTextClassificationPipeline
 from .registration import register
+from .trainer import EarlyExitTrainer
+from .training_args import EarlyExitTrainingArguments
 
 
 register()
 
 __all__ = [
+    "AlternatingExitLoss",
     "BertForCascadeClassification",
     "BertWithBypassExits",
     "BypassBertConfig",
     "CascadeBertConfig",
     "CascadeSequenceClassifierOutput",
+    "DistillationExitLoss",
     "EarlyExitPipelineMixin",
     "EarlyExitSequenceClassifierOutput",
     "EarlyExitTextClassificationPipeline",
+    "EarlyExitTrainer",
+    "EarlyExitTrainingArguments",
+    "ExitLoss",
     "ExitRule",
+    "JointExitLoss",
+    "TwoStageExitLoss",
     "__version__",
+    "register_exit_loss",
 ]

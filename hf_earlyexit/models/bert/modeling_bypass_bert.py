@@ -55,7 +55,7 @@ class EarlyExitSequenceClassifierOutput(ModelOutput):
         confidence (`torch.FloatTensor` of shape `(batch_size,)`):
             Largest class probability of the answering exit (for regression: `None`).
         all_logits (`torch.FloatTensor` of shape `(num_exits, batch_size, num_labels)`, *optional*):
-            Every exit's logits, returned in training and with `output_all_exits=True`.
+            Every exit's logits, returned when every exit is computed (`output_all_exits`, on by default in training).
     """
 
     loss: torch.FloatTensor | None = None
@@ -102,6 +102,9 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
     config_class = BypassBertConfig
     # a plain BERT checkpoint carries a pooler that the exit heads do not use
     _keys_to_ignore_on_load_unexpected = [r"pooler\."]
+    # `forward` takes `**kwargs` but its loss is a per-batch mean that ignores `num_items_in_batch`: without this a
+    # plain `Trainer` would take the loss as already scaled for gradient accumulation and not divide it
+    accepts_loss_kwargs = False
 
     def __init__(self, config: BypassBertConfig):
         super().__init__(config)
@@ -189,7 +192,9 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
             Override the config's exit settings for this call only (see [`BypassBertConfig`]).
         output_all_exits (`bool`, *optional*):
             Compute every exit for every example and return them in `all_logits`; the answering exit is still chosen
-            by the criterion, from the same logits. Always on in training.
+            by the criterion, from the same logits. Defaults to `True` in training mode and `False` in evaluation
+            mode. `False` in training computes the last exit only, so the other exits get no gradient at all (not even
+            a zero one), as when a recipe trains the final exit alone.
         """
         rule = self.config.exit_rule(
             exit_criterion=exit_criterion,
@@ -198,7 +203,7 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
             divergence=divergence,
             regression_tolerance=regression_tolerance,
         )
-        all_exits = self.training or bool(output_all_exits)
+        all_exits = self.training if output_all_exits is None else bool(output_all_exits)
         early_exit = (not self.training) if early_exit is None else early_exit
 
         hidden_states, attention_mask = embed_and_mask(
