@@ -102,6 +102,7 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
     config_class = BypassBertConfig
     # a plain BERT checkpoint carries a pooler that the exit heads do not use
     _keys_to_ignore_on_load_unexpected = [r"pooler\."]
+    hub_auto_classes = ("AutoModel", "AutoModelForSequenceClassification")
 
     def __init__(self, config: BypassBertConfig):
         super().__init__(config)
