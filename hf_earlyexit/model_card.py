@@ -238,6 +238,35 @@ class EvaluationRow:
     latency_ms: float | None = None
     measured_speedup: float | None = None
 
+    @classmethod
+    def from_sweep_point(cls, point, latency_key: str | None = None) -> "EvaluationRow":
+        """A row from a benchmark's [`~hf_earlyexit.evaluation.SweepPoint`] (or its `to_dict()`).
+
+        Args:
+            point: The sweep point; its `settings` give the row's label (`exit_threshold` when it is the only one).
+            latency_key (`str`, *optional*): Which entry of `latency_ms` / `wallclock_speedup` to show (e.g. one
+                batch size); defaults to the only entry when there is exactly one.
+        """
+        data = point.to_dict() if hasattr(point, "to_dict") else dict(point)
+        settings = data.get("settings") or {}
+        if set(settings) == {"exit_threshold"}:
+            setting = settings["exit_threshold"]
+        elif settings:
+            setting = ", ".join(f"{k}={format_setting(v)}" for k, v in settings.items())
+        else:
+            setting = data.get("method", "default")
+        latency, wallclock = data.get("latency_ms") or {}, data.get("wallclock_speedup") or {}
+        if latency_key is None and len(latency) == 1:
+            (latency_key,) = latency
+        return cls(
+            setting=setting,
+            metric=data["metric"],
+            layer_speedup=data["layer_speedup"],
+            flops_speedup=data["flops_speedup"],
+            latency_ms=latency.get(latency_key),
+            measured_speedup=wallclock.get(latency_key),
+        )
+
     def __post_init__(self):
         _check_number(self.metric, "metric", 0.0, 1.0)
         _check_number(self.layer_speedup, "layer_speedup", 0.0)
@@ -293,6 +322,7 @@ class EarlyExitModelCardData:
         metric (`str`, *optional*): The metric of the table; defaults to the family's (`accuracy`, `f1`).
         evaluation (`list[EvaluationRow]`): The speed/accuracy rows, in the order given.
         speed_setup (`dict`): How latency was measured (device, threads, batch size...), printed as given.
+        evaluation_note (`str`, *optional*): A sentence printed after the description of the evaluation data.
         training_hyperparameters (`dict`): Printed sorted by name.
         framework_versions (`dict`): Filled from the environment by [`model_card_data_of`]; printed as given.
         tags (`list[str]`): Extra Hub tags.
@@ -309,6 +339,7 @@ class EarlyExitModelCardData:
     metric: str | None = None
     evaluation: list[EvaluationRow] = field(default_factory=list)
     speed_setup: dict[str, Any] = field(default_factory=dict)
+    evaluation_note: str | None = None
     training_hyperparameters: dict[str, Any] = field(default_factory=dict)
     framework_versions: dict[str, str] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
@@ -346,6 +377,26 @@ class EarlyExitModelCardData:
         if eval_split is not None:
             self.eval_split = eval_split
         self.speed_setup = {**self.speed_setup, **speed_setup}
+
+    def set_calibration(self, result, *, max_rows: int = 8, dataset_name: str | None = None) -> None:
+        """Fills the speed/accuracy table from a [`~hf_earlyexit.calibration.CalibrationResult`] (or its `to_dict()`):
+        the full model first, then up to `max_rows` points of its speed/accuracy frontier, evenly spread, fastest
+        last. The numbers are those measured on the calibration set, which the card says."""
+        data = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+        frontier = sorted(data.get("frontier") or [], key=lambda point: point["flops_speedup"])
+        if len(frontier) > max_rows:
+            picks = sorted({round(i * (len(frontier) - 1) / (max_rows - 1)) for i in range(max_rows)})
+            frontier = [frontier[i] for i in picks]
+        rows = [EvaluationRow("full depth", data["full_accuracy"], 1.0, 1.0)]
+        for point in frontier:
+            threshold = point.get("threshold")
+            setting = threshold if threshold is not None else f"patience={point['patience']}"
+            rows.append(EvaluationRow(setting, point["accuracy"], point["layer_speedup"], point["flops_speedup"]))
+        self.set_evaluation(rows, dataset_name=dataset_name, eval_split="calibration")
+        self.evaluation_note = (
+            f"Exit criterion `{data['criterion']}`, scored by `hf_earlyexit.calibration` on the "
+            f"{data['num_examples']} calibration examples (no latency measured)."
+        )
 
     def set_training_arguments(self, args) -> None:
         """Records the hyperparameters of a `TrainingArguments` (or a dict): the ones that differ from their default,
@@ -567,6 +618,7 @@ def render_model_card(
         exit_settings=[(name, _value_text(config_dict.get(name))) for name in family_config_fields(config_class)],
         evaluation_rows=rows,
         evaluation_description=evaluation_description,
+        evaluation_note=card_data.evaluation_note,
         metric_label=metric_label,
         speed_setup=", ".join(f"{k}: {_value_text(v)}" for k, v in card_data.speed_setup.items()),
         threshold_call=threshold_call,
