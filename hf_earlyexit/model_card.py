@@ -681,6 +681,22 @@ def write_model_card(results_path: str | os.PathLike, output_path: str | os.Path
     return text
 
 
+def main(argv: list[str] | None = None) -> dict:
+    """`python -m hf_earlyexit.model_card RESULTS.json CARD.md`: [`write_model_card`] from the command line."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a model card from a results JSON file, reproducibly.")
+    parser.add_argument("results", help="results JSON (architecture, config, card_data, ...)")
+    parser.add_argument("output", help="where to write the card (README.md of a model repository)")
+    args = parser.parse_args(argv)
+    text = write_model_card(args.results, args.output)
+    return {"output": args.output, "bytes": len(text.encode("utf-8"))}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main()))
+
+
 __all__ = [
     "CITATIONS",
     "FAMILY_CARDS",

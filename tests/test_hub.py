@@ -100,6 +100,24 @@ def test_load_by_repo_id_from_hub_cache(family, tmp_path, hub_cache):
         type(model).from_pretrained(REPO_ID, num_labels=model.config.num_labels + 1)
 
 
+@pytest.mark.parametrize("family", HUB_FAMILIES)
+def test_load_a_branch_by_revision_from_hub_cache(family, tmp_path, hub_cache):
+    main_model, tokenizer, folder = published_folder(family, tmp_path)
+    write_hub_cache(folder, hub_cache, REPO_ID)
+    branch_model = family.build()  # other random weights
+    save_for_hub(branch_model, tmp_path / "branch", tokenizer=tokenizer)
+    write_hub_cache(tmp_path / "branch", hub_cache, REPO_ID, branch="v2")
+    inputs = family.make_inputs()
+    task_class = getattr(transformers, family.task_auto_class)
+    assert_same_outputs(
+        outputs_of(task_class.from_pretrained(REPO_ID, revision="v2"), family, inputs),
+        outputs_of(branch_model, family, inputs),
+    )
+    assert_same_outputs(
+        outputs_of(task_class.from_pretrained(REPO_ID), family, inputs), outputs_of(main_model, family, inputs)
+    )
+
+
 @pytest.mark.parametrize("family", [f for f in HUB_FAMILIES if f.values[0].pipeline_task])
 def test_pipeline_by_repo_id_from_hub_cache(family, tmp_path, hub_cache):
     model, tokenizer, folder = published_folder(family, tmp_path)

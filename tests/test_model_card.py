@@ -24,6 +24,7 @@ from hf_earlyexit.model_card import (
     render_model_card,
     write_model_card,
 )
+from hf_earlyexit.model_card import main as model_card_main
 from hf_earlyexit.models.bert.checkpoint_utils import family_config_fields
 from hf_earlyexit.registration import FAMILIES
 from tests.hub_testing import HUB_FAMILIES
@@ -202,6 +203,17 @@ def test_results_json_gives_the_same_bytes_every_time(tmp_path):
     # fixed formats: never a float repr, nothing that changes from run to run
     assert "2.05 | 1.97 | 2.20 |" in first and "3.33 | 3.00 | - | - |" in first
     assert not re.search(r"\d\.\d{5,}", first.split("## Citation")[0])
+
+
+def test_generator_command_line(tmp_path):
+    model = HUB_FAMILIES[0].values[0].build()
+    results = {"architecture": type(model).__name__, "config": model.config.to_dict(), "card_data": {}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    summary = model_card_main([str(tmp_path / "results.json"), str(tmp_path / "README.md")])
+    text = (tmp_path / "README.md").read_text()
+    assert summary == {"output": str(tmp_path / "README.md"), "bytes": len(text.encode())}
+    assert text == str(render_model_card(model.config, EarlyExitModelCardData(), architecture=type(model).__name__))
+    assert "Not recorded." in text  # framework versions come from the results file only
 
 
 def test_results_json_errors_are_specific(tmp_path):
