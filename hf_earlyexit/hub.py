@@ -24,6 +24,7 @@ the task Auto class or `pipeline(...)`, exactly as any model (with `trust_remote
 when it was pushed with `remote_code=True`).
 """
 
+import json
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -175,7 +176,15 @@ def save_for_hub(
     tokenizer.save_pretrained(save_directory)
     if model_card is None:
         shipped_code = any(save_directory.glob("*.py"))
-        model_card = model_card_for(model, card_data, remote_code=shipped_code)
+        custom_pipelines = json.loads((save_directory / "config.json").read_text(encoding="utf-8")).get(
+            "custom_pipelines"
+        )
+        model_card = model_card_for(
+            model,
+            card_data,
+            remote_code=shipped_code,
+            remote_pipeline_task=min(custom_pipelines) if custom_pipelines else None,
+        )
     # written last: nothing saved before may replace our card
     (save_directory / "README.md").write_text(str(model_card), encoding="utf-8")
     return sorted(path.relative_to(save_directory).as_posix() for path in save_directory.rglob("*") if path.is_file())

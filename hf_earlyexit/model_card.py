@@ -511,6 +511,7 @@ def render_model_card(
     architecture: str | None = None,
     num_parameters: int | None = None,
     remote_code: bool = False,
+    remote_pipeline_task: str | None = None,
 ) -> ModelCard:
     """Renders the model card of an early-exit checkpoint.
 
@@ -525,6 +526,8 @@ def render_model_card(
             Printed in the model details when given.
         remote_code (`bool`, *optional*, defaults to `False`):
             Whether the repository ships its modeling code (adds the `trust_remote_code` snippet and tag).
+        remote_pipeline_task (`str`, *optional*):
+            The task of the pipeline shipped with the code (its `custom_pipelines`), shown in the remote-code snippet.
 
     Returns:
         `huggingface_hub.ModelCard`: `str(card)` is the README, `card.data` its YAML metadata.
@@ -623,6 +626,7 @@ def render_model_card(
         speed_setup=", ".join(f"{k}: {_value_text(v)}" for k, v in card_data.speed_setup.items()),
         threshold_call=threshold_call,
         remote_code=remote_code,
+        remote_pipeline_task=remote_pipeline_task,
         hyperparameters=[(k, _value_text(v)) for k, v in sorted(card_data.training_hyperparameters.items())],
         framework_versions=list(card_data.framework_versions.items()),
         citations=[CITATIONS[key] for key in family.citations],
@@ -645,7 +649,13 @@ def _summary(family: FamilyCard, architecture: str, base_model: str | None, card
     return "".join(parts)
 
 
-def model_card_for(model, card_data: EarlyExitModelCardData | None = None, *, remote_code: bool = False) -> ModelCard:
+def model_card_for(
+    model,
+    card_data: EarlyExitModelCardData | None = None,
+    *,
+    remote_code: bool = False,
+    remote_pipeline_task: str | None = None,
+) -> ModelCard:
     """[`render_model_card`] for a model instance (its config, class name and parameter count)."""
     return render_model_card(
         model.config,
@@ -653,6 +663,7 @@ def model_card_for(model, card_data: EarlyExitModelCardData | None = None, *, re
         architecture=type(model).__name__,
         num_parameters=model.num_parameters(),
         remote_code=remote_code,
+        remote_pipeline_task=remote_pipeline_task,
     )
 
 
@@ -661,7 +672,7 @@ def write_model_card(results_path: str | os.PathLike, output_path: str | os.Path
 
     The JSON holds `architecture` (model class name), `config` (the saved `config.json` dict), `card_data` (fields of
     [`EarlyExitModelCardData`], `evaluation` as a list of [`EvaluationRow`] dicts), and optionally `num_parameters`
-    and `remote_code`. Nothing is read from the environment: the framework versions come from the file too.
+    `remote_code` and `remote_pipeline_task`. Nothing is read from the environment: the framework versions come from the file too.
     """
     results = json.loads(Path(results_path).read_text(encoding="utf-8"))
     missing = [key for key in ("architecture", "config", "card_data") if key not in results]
@@ -675,6 +686,7 @@ def write_model_card(results_path: str | os.PathLike, output_path: str | os.Path
         architecture=results["architecture"],
         num_parameters=results.get("num_parameters"),
         remote_code=bool(results.get("remote_code", False)),
+        remote_pipeline_task=results.get("remote_pipeline_task"),
     )
     text = str(card)
     Path(output_path).write_bytes(text.encode("utf-8"))

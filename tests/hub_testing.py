@@ -25,6 +25,9 @@ class HubFamily:
         make_inputs: Model inputs (right padding, mixed lengths).
         task_auto_class: The transformers Auto class name of the family's task.
         pipeline_task: The standard pipeline task that serves the family, or `None`.
+        remote_pipeline_task: The task of the pipeline shipped with remote-code checkpoints, or `None`.
+        pipeline_kwargs: Exit settings passed to the pipelines in the tests.
+        remote_code_modules: The Python files (stems) of a remote-code checkpoint.
         call_kwargs: Per-call settings whose outputs must survive a save and reload unchanged.
         compared_outputs: The output fields compared after a reload.
     """
@@ -33,6 +36,9 @@ class HubFamily:
     make_inputs: Callable[[], dict]
     task_auto_class: str
     pipeline_task: str | None = "text-classification"
+    remote_pipeline_task: str | None = "early-exit-text-classification"
+    pipeline_kwargs: dict = field(default_factory=dict)
+    remote_code_modules: frozenset[str] = frozenset()
     call_kwargs: list[dict] = field(default_factory=lambda: [{}])
     compared_outputs: tuple[str, ...] = ("logits", "exit_layer", "flops")
 
@@ -44,6 +50,17 @@ HUB_FAMILIES = [
             make_inputs=lambda: padded_inputs(batch_size=6),
             task_auto_class="AutoModelForSequenceClassification",
             call_kwargs=[{}, {"exit_threshold": [0.4, 0.4, 0.4, 0.4]}, {"early_exit": False}],
+            pipeline_kwargs={"exit_threshold": 0.4},
+            remote_code_modules=frozenset(
+                {
+                    "checkpoint_utils",
+                    "configuration_early_exit_bert",
+                    "exit_utils",
+                    "modeling_bypass_bert",
+                    "modeling_exit_heads",
+                    "pipelines",
+                }
+            ),
         ),
         id="bypass",
     ),

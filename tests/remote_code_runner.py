@@ -4,7 +4,7 @@ checkpoints with `trust_remote_code=True` and saves their outputs.
 
 Usage: python -S remote_code_runner.py job.json
 job.json: {"inputs": path, "sources": [dir or repo id], "auto_classes": [...], "call_kwargs": [...],
-           "compared_outputs": [...], "output": path}
+           "compared_outputs": [...], "output": path, "pipeline": {"texts": [...], "kwargs": {...}} or null}
 """
 
 import importlib.abc
@@ -55,6 +55,15 @@ def main(job_path):
                     out = model(**inputs, **kwargs)
                     outputs.append({name: getattr(out, name) for name in job["compared_outputs"]})
             results[f"{source}|{auto_class}"] = outputs
+    pipe_job = job.get("pipeline")
+    if pipe_job:
+        for source in job["sources"]:
+            # no task: transformers takes the only one declared in the checkpoint's `custom_pipelines`
+            predictor = transformers.pipeline(model=source, trust_remote_code=True)
+            report["models"].append(
+                {"source": source, "pipeline": type(predictor).__name__, "module": type(predictor).__module__}
+            )
+            report.setdefault("pipeline_results", {})[source] = predictor(pipe_job["texts"], **pipe_job["kwargs"])
     report["loaded_hf_earlyexit_modules"] = sorted(name for name in sys.modules if name.startswith("hf_earlyexit"))
     torch.save(results, job["output"])
     print("REPORT " + json.dumps(report))

@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModel, pipeline
 from transformers.dynamic_module_utils import check_imports, get_imports
 from transformers.utils.hub import PushToHubMixin
 
+import hf_earlyexit
 import hf_earlyexit.hub as hub
 from hf_earlyexit.hub import MissingTokenizerError, register_remote_code_pipeline, save_for_hub
 from hf_earlyexit.model_card import EarlyExitModelCardData, model_card_for
@@ -40,7 +41,7 @@ from tests.utils import tiny_tokenizer
 
 REPO_ID = "org/early-exit-tiny"
 TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json"}
-REMOTE_CODE_MODULES = {"checkpoint_utils", "configuration_early_exit_bert", "exit_utils", "modeling_exit_heads"}
+PIPELINE_TEXTS = ["a gem of a film", "the plot was a slow and boring mess", "fun"]
 
 
 @pytest.fixture
@@ -167,12 +168,18 @@ def test_remote_code_checkpoint_is_self_contained(family, tmp_path):
     }
     assert set(model.hub_auto_classes) == {"AutoModel", family.task_auto_class}
     py_files = {path.stem for path in tmp_path.glob("*.py")}
-    assert py_files == REMOTE_CODE_MODULES | {model_module}
+    assert py_files == family.remote_code_modules
+    assert model_module in py_files
+    package = Path(hf_earlyexit.__file__).parent
+    sources = {path.name: path for path in [*package.glob("*.py"), *package.glob("models/bert/*.py")]}
     for path in tmp_path.glob("*.py"):
         assert not any(name.split(".")[0] == "hf_earlyexit" for name in get_imports(path)), path
         check_imports(path)  # raises when a module imports a package that is not installed
-        # the files are copies of the package's own modules
-        assert path.read_bytes() == (Path(checkpoint_utils.__file__).parent / path.name).read_bytes()
+        assert path.read_bytes() == sources[path.name].read_bytes()  # copies of the package's own modules
+    if family.remote_pipeline_task:
+        (entry,) = saved["custom_pipelines"].values()
+        assert saved["custom_pipelines"] == {family.remote_pipeline_task: entry}
+        assert entry["pt"] == [family.task_auto_class] and entry["impl"].split(".")[0] in py_files
 
 
 @pytest.mark.parametrize("family", HUB_FAMILIES)
@@ -228,6 +235,9 @@ def test_remote_code_loads_without_hf_earlyexit(family, tmp_path):
         "call_kwargs": family.call_kwargs,
         "compared_outputs": list(family.compared_outputs),
         "output": str(tmp_path / "outputs.pt"),
+        "pipeline": {"texts": PIPELINE_TEXTS, "kwargs": family.pipeline_kwargs}
+        if family.remote_pipeline_task
+        else None,
     }
     (tmp_path / "job.json").write_text(json.dumps(job))
     workdir = tmp_path / "elsewhere"
@@ -256,7 +266,18 @@ def test_remote_code_loads_without_hf_earlyexit(family, tmp_path):
     assert report["loaded_hf_earlyexit_modules"] == []
     for entry in report["models"]:
         assert entry["module"].startswith("transformers_modules."), entry
-        assert entry["class"] in (type(model).__name__, type(model.config).__name__)
+        assert entry.get("class", type(model).__name__) in (type(model).__name__, type(model.config).__name__)
+    if family.remote_pipeline_task:
+        # the shipped pipeline gives what the installed exit-aware pipeline gives, exit layers included
+        local_pipeline = pipeline(family.pipeline_task, model=str(local), **family.pipeline_kwargs)
+        expected_results = local_pipeline(PIPELINE_TEXTS)
+        assert {entry.get("pipeline") for entry in report["models"]} - {None} == {type(local_pipeline).__name__}
+        for source in job["sources"]:
+            remote = report["pipeline_results"][source]
+            assert [(r["label"], r["exit_layer"]) for r in remote] == [
+                (r["label"], r["exit_layer"]) for r in expected_results
+            ]
+            assert [r["score"] for r in remote] == pytest.approx([r["score"] for r in expected_results], abs=1e-6)
     outputs = torch.load(tmp_path / "outputs.pt")
     expected = outputs_of(model, family, inputs)
     assert set(outputs) == {f"{source}|{auto}" for source in job["sources"] for auto in auto_classes}
@@ -299,13 +320,12 @@ def test_remote_code_pipeline_extension_point(family, tmp_path, pipeline_module)
     register_remote_code_pipeline("other-task", shippable.ThresholdPipeline, ("AutoModelForMaskedLM",))
     model.save_pretrained(tmp_path / "with-pipeline", remote_code=True)
     saved = json.loads((tmp_path / "with-pipeline" / "config.json").read_text())
-    assert saved["custom_pipelines"] == {
-        "threshold-classification": {
-            "impl": "shippable_pipeline.ThresholdPipeline",
-            "pt": [family.task_auto_class],
-            "type": "text",
-        }
+    assert saved["custom_pipelines"]["threshold-classification"] == {
+        "impl": "shippable_pipeline.ThresholdPipeline",
+        "pt": [family.task_auto_class],
+        "type": "text",
     }
+    assert "other-task" not in saved["custom_pipelines"]  # its Auto class does not load this model
     assert (tmp_path / "with-pipeline" / "shippable_pipeline.py").is_file()
     # a plain save ships neither the pipeline nor its declaration
     model.save_pretrained(tmp_path / "plain")
@@ -357,13 +377,15 @@ def test_push_to_hub_sends_one_commit_with_our_card(family, remote_code, tmp_pat
     assert sent["token"] == "hf_test_token" and sent["create_pr"] is False
     assert commit.commit_url.startswith(f"https://huggingface.co/{REPO_ID}")
 
-    code = {f"{name}.py" for name in REMOTE_CODE_MODULES | {type(model).__module__.split(".")[-1]}}
+    code = {f"{name}.py" for name in family.remote_code_modules}
     expected_files = {"README.md", "config.json", "model.safetensors"} | TOKENIZER_FILES
     assert set(api.committed) == expected_files | (code if remote_code else set())
 
     # the card sent is exactly ours, rendered for this repository
     card_data = EarlyExitModelCardData(**{**model.model_card_data.to_dict(), "model_id": REPO_ID})
-    assert api.committed["README.md"].decode() == str(model_card_for(model, card_data, remote_code=remote_code))
+    remote_pipeline_task = family.remote_pipeline_task if remote_code else None
+    card = model_card_for(model, card_data, remote_code=remote_code, remote_pipeline_task=remote_pipeline_task)
+    assert api.committed["README.md"].decode() == str(card)
     assert f'from_pretrained("{REPO_ID}"' in api.committed["README.md"].decode()
     # the weights and config sent are the model's
     weights = tmp_path / "sent.safetensors"

@@ -156,6 +156,22 @@ def test_usage_snippet_is_valid_python_with_the_threshold(family):
     assert f"{info.threshold_argument}=0.95" in blocks[0]  # the first numeric setting of the evaluation
 
 
+@pytest.mark.parametrize("family", HUB_FAMILIES)
+def test_remote_code_snippet_loads_without_the_package(family):
+    model = family.build()
+    text = str(model_card_for(model, card_data(), remote_code=True, remote_pipeline_task="early-exit-task"))
+    _, body = split_card(text)
+    blocks = re.findall(r"```python\n(.*?)```", body, flags=re.DOTALL)
+    assert len(blocks) == 2
+    remote = blocks[1]
+    compile(remote, "remote usage", "exec")
+    assert "hf_earlyexit" not in remote
+    info = family_card(type(model).__name__)
+    assert f'{info.task_auto_class}.from_pretrained("org/bypass-sst2", trust_remote_code=True)' in remote
+    assert 'pipeline("early-exit-task", model="org/bypass-sst2", trust_remote_code=True)' in remote
+    assert f"{info.threshold_argument}=0.95" in remote
+
+
 def test_every_family_has_a_card_and_its_citations():
     for _, model_class, _ in FAMILIES:
         assert model_class.__name__ in FAMILY_CARDS
