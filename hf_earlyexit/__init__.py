@@ -5,6 +5,7 @@ Importing the package registers every config and model with the Auto classes and
 
 __version__ = "0.1.0.dev0"
 
+from .hub import MissingTokenizerError
 from .losses import (
     AlternatingExitLoss,
     DistillationExitLoss,
@@ -13,6 +14,7 @@ from .losses import (
     TwoStageExitLoss,
     register_exit_loss,
 )
+from .model_card import EarlyExitModelCardData, EvaluationRow, ModelCardCallback
 from .models.bert import (
     BertForCascadeClassification,
     BertWithBypassExits,
@@ -21,6 +23,7 @@ from .models.bert import (
     CascadeSequenceClassifierOutput,
     EarlyExitSequenceClassifierOutput,
 )
+from .models.bert.checkpoint_utils import DamagedCheckpointError
 from .models.bert.exit_utils import ExitRule
 from .pipelines import EarlyExitPipelineMixin, EarlyExitTextClassificationPipeline
 from .registration import register
@@ -37,15 +40,20 @@ __all__ = [
     "BypassBertConfig",
     "CascadeBertConfig",
     "CascadeSequenceClassifierOutput",
+    "DamagedCheckpointError",
     "DistillationExitLoss",
+    "EarlyExitModelCardData",
     "EarlyExitPipelineMixin",
     "EarlyExitSequenceClassifierOutput",
     "EarlyExitTextClassificationPipeline",
     "EarlyExitTrainer",
     "EarlyExitTrainingArguments",
+    "EvaluationRow",
     "ExitLoss",
     "ExitRule",
     "JointExitLoss",
+    "MissingTokenizerError",
+    "ModelCardCallback",
     "TwoStageExitLoss",
     "__version__",
     "register_exit_loss",

@@ -3,6 +3,7 @@
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .hub import register_remote_code_pipeline
 from .models.bert import BertForCascadeClassification, BertWithBypassExits, BypassBertConfig, CascadeBertConfig
 from .pipelines import EarlyExitTextClassificationPipeline
 
@@ -20,6 +21,15 @@ PIPELINES = {
 }
 
 
+# task -> (pipeline class, Auto classes that load its models): shipped with remote-code checkpoints and declared in their
+# `custom_pipelines`, so that `pipeline(task, model=..., trust_remote_code=True)` works without hf_earlyexit. The task
+# names differ from the stock ones on purpose: transformers refuses a stock task name listed in `custom_pipelines`
+# unless `trust_remote_code=True` is passed, which would break `pipeline("text-classification", ...)` for everyone.
+REMOTE_CODE_PIPELINES = {
+    "early-exit-text-classification": (EarlyExitTextClassificationPipeline, ("AutoModelForSequenceClassification",)),
+}
+
+
 def register() -> None:
     """Register every family's config and model with the Auto classes, and the exit-aware pipelines."""
     for config_class, model_class, auto_classes in FAMILIES:
@@ -28,6 +38,8 @@ def register() -> None:
             auto_class.register(config_class, model_class, exist_ok=True)
     for task, pipeline_class in PIPELINES.items():
         register_pipeline(task, pipeline_class)
+    for task, (pipeline_class, auto_classes) in REMOTE_CODE_PIPELINES.items():
+        register_remote_code_pipeline(task, pipeline_class, auto_classes)
 
 
 def register_pipeline(task: str, pipeline_class: type) -> None:

@@ -40,7 +40,7 @@ def tiny_tokenizer(directory: Path) -> BertTokenizerFast:
     path = Path(directory) / "vocab.txt"
     path.write_text("\n".join(vocab) + "\n")
     return BertTokenizerFast(
-        vocab_file=str(path), do_lower_case=True, model_max_length=TINY_BERT["max_position_embeddings"]
+        vocab=str(path), do_lower_case=True, model_max_length=TINY_BERT["max_position_embeddings"]
     )
 
 

@@ -23,6 +23,7 @@ from typing import Literal
 from huggingface_hub.dataclasses import strict
 from transformers import BertConfig, PreTrainedConfig
 
+from .checkpoint_utils import warn_unknown_config_fields
 from .exit_utils import EXIT_CRITERIA, ExitRule, check_patience, encoder_layer_flops
 
 
@@ -41,8 +42,21 @@ class _StartsFromPlainBertMixin:
         return config_dict, kwargs
 
 
+class _WarnsOnUnknownFieldsMixin:
+    """Warns when a saved early-exit config has fields this version does not know (a checkpoint from a newer version).
+
+    transformers keeps such keys as plain attributes without a word; the config still loads, and the keys are saved
+    again, but the warning names them (see `checkpoint_utils.unknown_config_fields`).
+    """
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        warn_unknown_config_fields(cls, config_dict)
+        return super().from_dict(config_dict, **kwargs)
+
+
 @strict
-class BypassBertConfig(_StartsFromPlainBertMixin, BertConfig):
+class BypassBertConfig(_WarnsOnUnknownFieldsMixin, _StartsFromPlainBertMixin, BertConfig):
     r"""
     Configuration of [`BertWithBypassExits`]: a BERT encoder with an exit head after chosen layers, block-wise bypass
     modules (BADGE), and the classic exit criteria. Every [`~transformers.BertConfig`] field keeps its meaning.
@@ -215,7 +229,7 @@ def _member_dict(index: int, member, num_labels: int) -> dict:
 
 
 @strict
-class CascadeBertConfig(PreTrainedConfig):
+class CascadeBertConfig(_WarnsOnUnknownFieldsMixin, PreTrainedConfig):
     r"""
     Configuration of [`BertForCascadeClassification`]: a cascade of complete BERT classifiers of increasing size
     (CascadeBERT, Li et al., Findings of EMNLP 2021, https://huggingface.co/papers/2012.14682). An example is answered

@@ -105,6 +105,7 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
     # `forward` takes `**kwargs` but its loss is a per-batch mean that ignores `num_items_in_batch`: without this a
     # plain `Trainer` would take the loss as already scaled for gradient accumulation and not divide it
     accepts_loss_kwargs = False
+    hub_auto_classes = ("AutoModel", "AutoModelForSequenceClassification")
 
     def __init__(self, config: BypassBertConfig):
         super().__init__(config)

@@ -154,6 +154,9 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
     config: CascadeBertConfig
     config_class = CascadeBertConfig
     base_model_prefix = "cascade"
+    hub_auto_classes = ("AutoModel", "AutoModelForSequenceClassification")
+    # the loss is a per-batch mean that ignores `num_items_in_batch` (see `BertWithBypassExits`)
+    accepts_loss_kwargs = False
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _no_split_modules = ["BertLayer"]

@@ -17,6 +17,10 @@ step, and the standard sequence-classification loss.
 Shipped with `trust_remote_code` checkpoints: imports only torch, transformers and single-dot siblings.
 """
 
+import importlib
+import shutil
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -24,6 +28,7 @@ from transformers import BertConfig, PreTrainedConfig
 from transformers.activations import ACT2FN
 from transformers.masking_utils import create_bidirectional_mask
 
+from .checkpoint_utils import raise_if_damaged_weights, remote_code_auto_map, remote_code_files, write_sharing_fields
 from .exit_utils import classifier_head_flops
 
 
@@ -114,13 +119,35 @@ class ClassificationHead(nn.Module):
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
-class EarlyExitModelMixin:
-    """Loading behaviour shared by the early-exit families.
+def _optional_hub_module():
+    """`hf_earlyexit.hub` when the package is installed, else `None` (remote-code checkpoints run without it).
 
-    transformers re-initialises a classifier whose size does not match the checkpoint and only warns. For an early-exit
-    checkpoint that would silently throw away every trained exit head, so asking for another `num_labels` than the
-    checkpoint's own is an error here. Starting from a plain BERT checkpoint (no heads yet) takes any `num_labels`.
+    Imported by name at call time, never at module level: transformers scans remote-code files for import statements
+    and would otherwise demand hf_earlyexit from users who load the checkpoint with `trust_remote_code=True`.
     """
+    try:
+        return importlib.import_module("hf_earlyexit.hub")
+    except ImportError:
+        return None
+
+
+class EarlyExitModelMixin:
+    """Loading, saving and publishing behaviour shared by the early-exit families.
+
+    - Loading: transformers re-initialises a classifier whose size does not match the checkpoint and only warns. For an
+      early-exit checkpoint that would silently throw away every trained exit head, so asking for another `num_labels`
+      than the checkpoint's own is an error here. Starting from a plain BERT checkpoint (no heads yet) takes any
+      `num_labels`. A damaged safetensors file raises a [`~checkpoint_utils.DamagedCheckpointError`] naming the file.
+    - Saving: `save_pretrained(..., remote_code=True)` also writes the Python files of this folder and an `auto_map`
+      listing `AutoConfig` and every Auto class in `hub_auto_classes`, so that users without hf_earlyexit can load the
+      checkpoint with `trust_remote_code=True`. Nothing global changes (no `register_for_auto_class`): a later plain
+      save is a plain checkpoint again.
+    - Publishing: `push_to_hub` is `hf_earlyexit.hub.push_to_hub` (model, tokenizer, remote code and our model card in
+      one commit) when hf_earlyexit is installed, and transformers' own `push_to_hub` otherwise (a remote-code user).
+    """
+
+    # Auto classes written into `auto_map` by `save_pretrained(remote_code=True)`; every family overrides it.
+    hub_auto_classes: tuple[str, ...] = ("AutoModel",)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -130,8 +157,8 @@ class EarlyExitModelMixin:
         if requested is None and isinstance(kwargs.get("config"), PreTrainedConfig):
             # the Auto classes build the config (with the caller's `num_labels`) before calling us
             requested = kwargs["config"].num_labels
+        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
         if requested is not None:
-            hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
             config_dict, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
             if config_dict.get("model_type") == cls.config_class.model_type:
                 saved = len(config_dict["id2label"]) if config_dict.get("id2label") else 2
@@ -141,7 +168,60 @@ class EarlyExitModelMixin:
                         f"whose exit heads were trained with {saved} labels. Leave `num_labels` out to load it as "
                         f"saved, or start from the plain backbone to train new heads."
                     )
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except Exception as error:
+            raise_if_damaged_weights(pretrained_model_name_or_path, hub_kwargs, error)
+            raise
+
+    def save_pretrained(self, save_directory, *args, remote_code: bool | None = None, **kwargs):
+        """transformers' `save_pretrained`, plus:
+
+        Args:
+            remote_code (`bool`, *optional*):
+                `True`: also write this folder's Python files and an `auto_map`, so the checkpoint loads with
+                `trust_remote_code=True` without hf_earlyexit. `False`: a plain checkpoint. `None` (default): keep what
+                the model came with (remote code when its config has an `auto_map`).
+        """
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if not kwargs.get("is_main_process", args[0] if args else True):
+            return
+        if remote_code is None:
+            remote_code = bool(getattr(self.config, "auto_map", None))
+        files = remote_code_files(self)
+        if not remote_code:
+            if self.is_remote_code():  # transformers copied the files itself: a plain checkpoint has none
+                for file in files:
+                    copy = Path(save_directory, file.name)
+                    if copy.exists() and copy.resolve() != file.resolve():
+                        copy.unlink()
+            write_sharing_fields(save_directory, None, None)
+            return
+        extra_files, custom_pipelines = [], {}
+        hub = _optional_hub_module()
+        if hub is not None:
+            extra_files, custom_pipelines = hub.remote_code_pipelines(self)
+        for file in [*files, *map(Path, extra_files)]:
+            copy = Path(save_directory, file.name)
+            if not (copy.exists() and copy.resolve() == file.resolve()):
+                shutil.copyfile(file, copy)
+        write_sharing_fields(save_directory, remote_code_auto_map(self), custom_pipelines)
+
+    def push_to_hub(self, repo_id: str, *args, **kwargs):
+        """Publishes the model. With hf_earlyexit installed: [`hf_earlyexit.hub.push_to_hub`] (see there for the
+        arguments). Without it: transformers' `push_to_hub`, then `tokenizer.push_to_hub` when a `tokenizer` is given.
+        """
+        hub = _optional_hub_module()
+        if hub is not None:
+            return hub.push_to_hub(self, repo_id, *args, **kwargs)
+        tokenizer = kwargs.pop("tokenizer", None)
+        for key in ("remote_code", "card_data", "model_card"):
+            kwargs.pop(key, None)
+        commit = super().push_to_hub(repo_id, *args, **kwargs)
+        if tokenizer is not None:
+            passed = ("commit_message", "private", "token", "revision", "create_pr")
+            tokenizer.push_to_hub(repo_id, **{key: kwargs[key] for key in passed if key in kwargs})
+        return commit
 
 
 def embed_and_mask(
