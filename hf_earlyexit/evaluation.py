@@ -141,3 +141,121 @@ def speed_summary(exit_layer: torch.Tensor, flops: torch.Tensor, full_layers: in
         "layer_speedup": full_layers * exit_layer.numel() / float(exit_layer.sum()),
         "flops_speedup": float(full_flops.sum()) / float(flops.sum()),
     }
+
+
+def plain_baseline(model):
+    """The stock transformers model that the wall-clock speed-ups are measured against: the full model of `model`
+    (what `early_exit=False` runs), same size and same encoder weights, as a `BertForSequenceClassification`.
+
+    The classifier is the last exit's (or the last member's). A stock classifier reads [CLS] through a pooler, so with
+    another exit pooling (mean, plain [CLS]) or a bypass its predictions differ from the early-exit model's; its cost
+    is the same (give or take a pooler's `2 d^2` per example), which is what it is for.
+    """
+    from transformers import BertConfig, BertForSequenceClassification
+
+    if hasattr(model, "members"):  # a cascade: the full model is the last member
+        encoder, head = model.members[-1].bert, model.members[-1].head
+    else:
+        encoder, head = model.bert, model.exit_heads[-1]
+    config = BertConfig(**{**encoder.config.to_dict(), "num_labels": model.config.num_labels})
+    config.model_type = "bert"
+    baseline = BertForSequenceClassification(config)
+    baseline.bert.load_state_dict(encoder.state_dict(), strict=False)
+    baseline.classifier.load_state_dict(head.classifier.state_dict())
+    if head.pooler is not None:
+        baseline.bert.pooler.dense.load_state_dict(head.pooler.state_dict())
+    baseline.set_attn_implementation(model.config._attn_implementation or "sdpa")
+    return baseline.eval()
+
+
+def measure_points(
+    model,
+    points: Sequence[tuple[str, dict]],
+    eval_batches: Sequence[dict],
+    labels: torch.Tensor,
+    timing_batches: dict[int, Sequence[dict]] | None = None,
+    reference=None,
+    rounds: int = 3,
+    metric: Callable[[torch.Tensor, torch.Tensor], float] = accuracy,
+    metric_name: str = "accuracy",
+    progress: Callable[[str], None] | None = None,
+) -> list[SweepPoint]:
+    """Measure operating points of an early-exit model on real runs of its early-exit path.
+
+    For every `(method, settings)` point: the metric, mean exit layer and layer / FLOPs speed-up come from running the
+    model with `settings` over `eval_batches`; the wall-clock speed-up at each batch size of `timing_batches` is the
+    time of `reference` (default: [`plain_baseline`]) over the time of the model with `settings`, on the same batches,
+    interleaved round by round in this process.
+
+    Args:
+        model: An early-exit model in eval mode (any sequence-classification family).
+        points: `(method name, forward settings)` pairs, e.g. `("max_prob", {"exit_threshold": 0.9})`.
+        eval_batches: Tokenized batches of the evaluation set, in order.
+        labels: The evaluation labels, in the same order.
+        timing_batches: Batch size to the tokenized batches timed at that size (often a subset of the evaluation set).
+        reference: The model to time against; defaults to `plain_baseline(model)`.
+        rounds: Timed rounds per point (the median counts).
+        metric: `metric(logits, labels) -> float`.
+        metric_name: Its name in the results.
+        progress: Called with a short line before each point.
+    """
+    lengths = torch.cat([batch["attention_mask"].sum(-1) for batch in eval_batches])
+    full_flops = model.reference_flops(lengths)
+    reference = reference if reference is not None else (plain_baseline(model) if timing_batches else None)
+    results = []
+    for method, settings in points:
+        if progress is not None:
+            progress(f"{method} {settings}")
+        out = collect(model, eval_batches, **settings)
+        point = SweepPoint(
+            method=method,
+            settings=dict(settings),
+            metric_name=metric_name,
+            metric=metric(out["logits"], labels),
+            **speed_summary(out["exit_layer"], out["flops"], model.full_depth_layers, full_flops),
+        )
+        for batch_size, batches in (timing_batches or {}).items():
+            timed = interleaved_latency(
+                {"reference": forward_all(reference, batches), "model": forward_all(model, batches, **settings)},
+                rounds=rounds,
+            )
+            num_examples = sum(batch["input_ids"].shape[0] for batch in batches)
+            point.wallclock_speedup[str(batch_size)] = timed["reference"]["median_s"] / timed["model"]["median_s"]
+            point.latency_ms[str(batch_size)] = 1000 * timed["model"]["median_s"] / num_examples
+            point.latency_ms[f"{batch_size}_reference"] = 1000 * timed["reference"]["median_s"] / num_examples
+        results.append(point)
+    return results
+
+
+def markdown_table(points: Sequence[SweepPoint], batch_sizes: Sequence[int] = ()) -> str:
+    """A Markdown table of sweep points: metric, layer and FLOPs speed-up, wall-clock speed-up per batch size."""
+    header = [
+        "method",
+        "settings",
+        points[0].metric_name if points else "metric",
+        "mean exit layer",
+        "layer ×",
+        "FLOPs ×",
+    ]
+    header += [f"wall-clock × (bs {bs})" for bs in batch_sizes]
+    rows = [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(["---", "---"] + ["---:"] * (len(header) - 2)) + " |",
+    ]
+    for p in points:
+        settings = ", ".join(f"{k}={_fmt(v)}" for k, v in p.settings.items()) or "-"
+        cells = [p.method, settings, f"{100 * p.metric:.2f}", f"{p.mean_exit_layer:.2f}"]
+        cells += [f"{p.layer_speedup:.2f}", f"{p.flops_speedup:.2f}"]
+        cells += [
+            f"{p.wallclock_speedup[str(bs)]:.2f}" if str(bs) in p.wallclock_speedup else "-" for bs in batch_sizes
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)

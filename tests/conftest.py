@@ -13,6 +13,10 @@ from hf_earlyexit.utils import default_backbone  # noqa: E402
 from tests.utils import REPO_ROOT, tiny_tokenizer  # noqa: E402
 
 
+# the test models are tiny: thread synchronisation would cost more than the work, and a busy machine makes it worse
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -53,15 +53,6 @@ def assert_same_results(results, expected, atol=1e-5):
                 assert got[key] == want[key], key
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # these models are tiny: with several threads on a busy machine, thread synchronisation costs more than the work
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def model():
     return tiny_model(num_labels=3)

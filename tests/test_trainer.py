@@ -25,15 +25,6 @@ MAX_LEN = 10
 LABEL_TOKENS = (11, 10)  # the token that marks label 0 / label 1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models on a shared 2-core machine: one thread is an order of magnitude faster than two fighting threads
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(**overrides) -> BertWithBypassExits:
     return BertWithBypassExits(BypassBertConfig(**tiny_config_kwargs(**{"num_labels": 2, **overrides})))
 

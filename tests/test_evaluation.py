@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from hf_earlyexit.evaluation import collect, markdown_table, measure_points, plain_baseline
+from tests.test_modeling_bypass_bert import padded_inputs, tiny_model
+
+
+def test_plain_baseline_is_the_full_model():
+    model = tiny_model(num_labels=3, exit_pooling="pooler", use_bypass=False)
+    baseline = plain_baseline(model)
+    assert type(baseline).__name__ == "BertForSequenceClassification"
+    inputs = padded_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            baseline(**inputs).logits, model(**inputs, early_exit=False).logits, rtol=0, atol=1e-5
+        )
+
+
+def test_plain_baseline_of_a_cascade_is_its_last_member():
+    from tests.test_modeling_cascade_bert import tiny_cascade
+
+    cascade = tiny_cascade(num_labels=2, exit_pooling="pooler")
+    baseline = plain_baseline(cascade)
+    assert baseline.config.num_hidden_layers == cascade.full_depth_layers
+    inputs = padded_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            baseline(**inputs).logits, cascade(**inputs, early_exit=False).logits, rtol=0, atol=1e-5
+        )
+
+
+def test_measure_points_reports_what_the_runs_give():
+    model = tiny_model(num_labels=2)
+    batches = [padded_inputs(batch_size=8, seed=s) for s in range(3)]
+    labels = torch.randint(0, 2, (24,), generator=torch.Generator().manual_seed(0))
+    points = measure_points(
+        model,
+        [("max_prob", {"exit_threshold": 0.52}), ("full", {"early_exit": False})],
+        batches,
+        labels,
+        timing_batches={1: [padded_inputs(batch_size=1, seed=9)], 8: batches[:1]},
+        rounds=1,
+    )
+    out = collect(model, batches, exit_threshold=0.52)
+    assert points[0].metric == float((out["logits"].argmax(-1) == labels).float().mean())
+    assert points[0].mean_exit_layer == pytest.approx(float(out["exit_layer"].float().mean()))
+    full = collect(model, batches, early_exit=False)
+    assert points[0].flops_speedup == pytest.approx(float(full["flops"].sum() / out["flops"].sum()))
+    assert points[1].flops_speedup == pytest.approx(1.0) and points[1].layer_speedup == pytest.approx(1.0)
+    assert set(points[0].wallclock_speedup) == {"1", "8"} and all(v > 0 for v in points[0].wallclock_speedup.values())
+    table = markdown_table(points, batch_sizes=[1, 8])
+    assert table.count("\n") == 4 and f"{100 * points[0].metric:.2f}" in table
