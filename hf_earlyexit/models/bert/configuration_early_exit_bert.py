@@ -131,7 +131,7 @@ class BypassBertConfig(_WarnsOnUnknownFieldsMixin, _StartsFromPlainBertMixin, Be
 
     @property
     def num_exits(self) -> int:
-        return len(self.resolved_exit_layers)
+        return self.num_hidden_layers if self.exit_layers is None else len(self.exit_layers)
 
     @property
     def num_exit_thresholds(self) -> int:

@@ -121,7 +121,16 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
             )
         else:
             self.bypasses = None
+        # architecture facts read on every forward, kept as plain attributes: a config attribute read goes through
+        # transformers' `__getattribute__` and costs microseconds, dozens of times per call at batch size 1
+        self._exit_layers = tuple(config.resolved_exit_layers)
+        self._exit_position = {layer: k for k, layer in enumerate(self._exit_layers)}
+        self._exit_bypass = tuple(
+            (layer - 1) // config.bypass_block_size if config.use_bypass else None for layer in self._exit_layers
+        )
+        self._sizes = (config.num_hidden_layers, config.hidden_size, config.intermediate_size)
         self.post_init()
+        self._head_flops = self.exit_heads[0].flops(config.bypass_dim if config.use_bypass else 0)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -132,40 +141,40 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
 
     @property
     def exit_layers(self) -> list[int]:
-        return self.config.resolved_exit_layers
+        """The 1-based encoder layers that carry an exit."""
+        return list(self._exit_layers)
 
     def _exit_logits(self, exit_index: int, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        layer = self.exit_layers[exit_index]
         bypass = None
         if self.bypasses is not None:
-            bypass = self.bypasses[(layer - 1) // self.config.bypass_block_size]
+            bypass = self.bypasses[self._exit_bypass[exit_index]]
             if self.training and exit_index < len(self.exit_heads) - 1:
                 hidden_states = scale_gradient(hidden_states, float(self.config.bypass_grad_scale))
         return self.exit_heads[exit_index](hidden_states, attention_mask, bypass)
 
+    def _layer_flops(self, lengths: torch.Tensor) -> torch.Tensor:
+        return encoder_layer_flops(lengths.long(), self._sizes[1], self._sizes[2])
+
     def head_flops(self) -> int:
         """FLOPs of one exit head (bypass included) for one example."""
-        bypass_dim = self.config.bypass_dim if self.bypasses is not None else 0
-        return self.exit_heads[0].flops(bypass_dim)
+        return self._head_flops
 
     @property
     def full_depth_layers(self) -> int:
         """Depth of the full model: the `L` of the layer speed-up `L * N / sum(exit_layer)`."""
-        return self.config.num_hidden_layers
+        return self._sizes[0]
 
     def reference_flops(self, lengths: torch.Tensor) -> torch.Tensor:
         """FLOPs of the full model (what `early_exit=False` spends: every layer, the last exit only) per example of
         each real length; the numerator of the FLOPs speed-up. Shape `(batch,)`."""
-        layer = encoder_layer_flops(lengths.long(), self.config.hidden_size, self.config.intermediate_size)
-        return self.config.num_hidden_layers * layer + self.head_flops()
+        return self.full_depth_layers * self._layer_flops(lengths) + self.head_flops()
 
     def flops_per_exit(self, lengths: torch.Tensor) -> torch.Tensor:
         """FLOPs an example of each real length spends when it leaves at each exit, with early exit (every earlier head
         evaluated). Shape `(num_exits, batch)`; used by the calibration to price hypothetical exits."""
-        layer = encoder_layer_flops(lengths.long(), self.config.hidden_size, self.config.intermediate_size)
-        layers = torch.tensor(self.exit_layers, device=lengths.device).unsqueeze(-1)
-        heads = torch.arange(1, len(self.exit_layers) + 1, device=lengths.device).unsqueeze(-1)
-        return layers * layer + heads * self.head_flops()
+        layers = torch.tensor(self._exit_layers, device=lengths.device).unsqueeze(-1)
+        heads = torch.arange(1, len(self._exit_layers) + 1, device=lengths.device).unsqueeze(-1)
+        return layers * self._layer_flops(lengths) + heads * self.head_flops()
 
     def forward(
         self,
@@ -212,9 +221,9 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
         )
         lengths = attention_mask.sum(dim=-1)
         attention_mask, hidden_states = drop_padding_columns(attention_mask, hidden_states)
-        layer_flops = encoder_layer_flops(lengths, self.config.hidden_size, self.config.intermediate_size)
+        layer_flops = self._layer_flops(lengths)
 
-        num_exits = len(self.exit_layers)
+        num_exits = len(self._exit_layers)
         if all_exits or not early_exit:
             stacked = self._forward_full_depth(hidden_states, attention_mask, all_exits)
             if all_exits and early_exit:
@@ -223,14 +232,15 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
                 exit_index = torch.full_like(lengths, num_exits - 1)
             logits = stacked[-1] if not all_exits else stacked[exit_index, torch.arange(len(exit_index))]
             all_logits = stacked if all_exits else None
-            flops = self.config.num_hidden_layers * layer_flops + (num_exits if all_exits else 1) * self.head_flops()
+            flops = self.full_depth_layers * layer_flops + (num_exits if all_exits else 1) * self.head_flops()
         else:
             logits, exit_index = self._forward_early_exit(hidden_states, attention_mask, rule)
-            exit_layers = torch.tensor(self.exit_layers, device=exit_index.device)
-            flops = exit_layers[exit_index] * layer_flops + (exit_index + 1) * self.head_flops()
+            flops = None
             all_logits = None
 
-        exit_layer = torch.tensor(self.exit_layers, device=exit_index.device)[exit_index]
+        exit_layer = torch.tensor(self._exit_layers, device=exit_index.device)[exit_index]
+        if flops is None:  # every head up to the answering one was evaluated
+            flops = exit_layer * layer_flops + (exit_index + 1) * self._head_flops
 
         loss = None
         if labels is not None:
@@ -255,32 +265,31 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
         """Every layer on every example; returns `(num_exits, batch, num_labels)` logits, or `(1, batch, num_labels)`
         with the last exit only."""
         mask = layer_mask(self.config, hidden_states, attention_mask)
-        exit_position = {layer: k for k, layer in enumerate(self.exit_layers)}
-        num_layers = self.config.num_hidden_layers
+        num_layers = self.full_depth_layers
         logits = []
         for i, layer_module in enumerate(self.bert.encoder.layer):
             hidden_states = layer_module(hidden_states, mask)
-            k = exit_position.get(i + 1)
+            k = self._exit_position.get(i + 1)
             if k is not None and (all_exits or i + 1 == num_layers):
-                logits.append(self._exit_logits(k, hidden_states, attention_mask))
+                logits.append(self._exit_logits(k, hidden_states, None if mask is None else attention_mask))
         return torch.stack(logits)
 
     def _forward_early_exit(self, hidden_states, attention_mask, rule) -> tuple[torch.Tensor, torch.Tensor]:
         """The inference path: examples leave the batch as soon as their criterion fires."""
         batch_size = hidden_states.shape[0]
-        num_exits = len(self.exit_layers)
+        num_exits = len(self._exit_layers)
         active = torch.arange(batch_size, device=hidden_states.device)
         out_logits = hidden_states.new_empty(batch_size, self.num_labels)
         exit_index = torch.full((batch_size,), num_exits - 1, dtype=torch.long, device=hidden_states.device)
-        exit_position = {layer: k for k, layer in enumerate(self.exit_layers)}
         mask = layer_mask(self.config, hidden_states, attention_mask)
         prev_logits, counter = None, None
         for i, layer_module in enumerate(self.bert.encoder.layer):
             hidden_states = layer_module(hidden_states, mask)
-            k = exit_position.get(i + 1)
+            k = self._exit_position.get(i + 1)
             if k is None:
                 continue
-            logits = self._exit_logits(k, hidden_states, attention_mask)
+            # no layer mask means no padding: the heads can pool without one
+            logits = self._exit_logits(k, hidden_states, None if mask is None else attention_mask)
             if k == num_exits - 1:
                 out_logits[active] = logits
                 break

@@ -92,15 +92,16 @@ class ClassificationHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
-    def pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """`attention_mask=None` means no position is padding."""
         if self.pooling == "mean":
-            return masked_mean(hidden_states, attention_mask)
+            return hidden_states.mean(dim=1) if attention_mask is None else masked_mean(hidden_states, attention_mask)
         return hidden_states[:, 0]
 
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None,
         bypass: BypassModule | None = None,
     ) -> torch.Tensor:
         pooled = self.pool(hidden_states, attention_mask)
@@ -108,7 +109,9 @@ class ClassificationHead(nn.Module):
             pooled = bypass(pooled)
         if self.pooler is not None:
             pooled = torch.tanh(self.pooler(pooled))
-        return self.classifier(self.dropout(pooled))
+        if self.training:  # a head runs after every exit layer at inference: skip even the no-op module call there
+            pooled = self.dropout(pooled)
+        return self.classifier(pooled)
 
     def flops(self, bypass_dim: int = 0) -> int:
         """FLOPs of this head for one example (METHODS.md section 4)."""
@@ -250,6 +253,8 @@ def embed_and_mask(
 
 def layer_mask(config: BertConfig, hidden_states: torch.Tensor, attention_mask: torch.Tensor):
     """The mask `BertLayer` expects for the current attention implementation (`None` when nothing is masked)."""
+    if bool(attention_mask.all()):  # an encoder with no padding attends everywhere, whatever the implementation
+        return None
     return create_bidirectional_mask(config=config, inputs_embeds=hidden_states, attention_mask=attention_mask)
 
 

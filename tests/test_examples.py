@@ -1,0 +1,81 @@
+"""The benchmark scripts in examples/ run end to end on a tiny model and tiny data."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from transformers import BertConfig, BertModel
+
+from tests.utils import REPO_ROOT, sst2_rows, tiny_config_kwargs
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def tiny_backbone(tmp_path, tokenizer):
+    path = tmp_path / "tiny-bert"
+    BertModel(BertConfig(**tiny_config_kwargs())).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def write_tsv(path: Path, rows):
+    path.write_text("sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in rows))
+    return path
+
+
+def test_benchmark_bypass_runs_and_is_consistent(tmp_path, tiny_backbone):
+    train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", limit=96))
+    dev = write_tsv(tmp_path / "dev.tsv", sst2_rows("dev", limit=40))
+    out = tmp_path / "out"
+    results = load_example("benchmark_bypass").main(
+        [
+            "--model",
+            str(tiny_backbone),
+            "--train_file",
+            str(train),
+            "--dev_file",
+            str(dev),
+            "--output_dir",
+            str(out),
+            "--train_size",
+            "64",
+            "--calibration_size",
+            "32",
+            "--batch_size",
+            "16",
+            "--timing_size",
+            "4",
+            "--timing_size_batched",
+            "8",
+            "--timing_batch_size",
+            "4",
+            "--rounds",
+            "1",
+            "--criteria",
+            "max_prob",
+            "patience",
+            "--targets",
+            "1.5",
+            "3",
+        ]
+    )
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert set(saved["variants"]) == {"bypass", "no_bypass"}
+    for variant in saved["variants"].values():
+        points = variant["points"]
+        assert points[0]["settings"] == {"early_exit": False}
+        assert points[0]["flops_speedup"] == pytest.approx(1.0) and points[0]["mean_exit_layer"] == 4
+        assert {p["method"] for p in points[1:]} <= {"max_prob", "patience"}
+        for p in points:
+            assert set(p["wallclock_speedup"]) == {"1", "4"}
+            assert 1.0 <= p["layer_speedup"] <= 4.0 and p["flops_speedup"] >= 0.99
+        assert len(variant["dev_accuracy_per_exit"]) == 4
+    assert "| method |" in (out / "results.md").read_text()
