@@ -102,7 +102,11 @@ def test_alternating_tells_ddp_to_expect_unused_parameters(tmp_path):
 
 @pytest.mark.parametrize(
     "argv, expected",
-    [(["--exit_loss_weights", "uniform"], "uniform"), (["--exit_loss_weights", "1", "2", "0", "4"], [1, 2, 0, 4])],
+    [
+        ([], "linear"),
+        (["--exit_loss_weights", "uniform"], "uniform"),
+        (["--exit_loss_weights", "1", "2", "0", "4"], [1, 2, 0, 4]),
+    ],
 )
 def test_weights_from_the_command_line(tmp_path, argv, expected):
     (args,) = HfArgumentParser(EarlyExitTrainingArguments).parse_args_into_dataclasses(
