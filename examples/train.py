@@ -28,8 +28,8 @@ Two processes on CPU (DDP over gloo), with the same global batch as one process 
 
 The same without `--use_cpu` on a machine with GPUs. Why `--multi_gpu` on a CPU: it is the launcher that starts the
 processes (torchrun's); `--use_cpu` puts each of them on the CPU, where they join a gloo process group
-(`ACCELERATE_USE_CPU=true` in the environment does the same as `--use_cpu`, and `torchrun --standalone --nproc_per_node 2
-examples/train.py --use_cpu ...` is the same launch without accelerate). `accelerate launch --cpu --num_processes 2`
+(`ACCELERATE_USE_CPU=true` in the environment does the same as `--use_cpu`, and `torchrun --standalone
+--nproc_per_node 2 examples/train.py --use_cpu ...` is the same launch without accelerate). `accelerate launch --cpu --num_processes 2`
 starts a single process: accelerate's CPU launcher multiplies processes only through MPI (`--mpirun_hostfile`), so
 without MPI it runs the script once, and that script trains alone. This script refuses both silent failures (one
 process where several were asked for; several processes that joined no group) with an error that says what to run.
@@ -245,8 +245,8 @@ def main(argv: list[str] | None = None) -> dict:
         source_type = AutoConfig.from_pretrained(source).model_type
         if source_type not in ("bert", family.model_type):
             raise ValueError(
-                f"`--model_name_or_path` {source} holds a {source_type!r} model; `--family {model_args.family}` starts "
-                f"from a BERT checkpoint or continues a {family.model_type!r} one."
+                f"`--model_name_or_path` {source} holds a {source_type!r} model; `--family {model_args.family}` "
+                f"starts from a BERT checkpoint or continues a {family.model_type!r} one."
             )
     tokenizer = AutoTokenizer.from_pretrained(source) if source is not None and not data_args.synthetic_data else None
     train_dataset, eval_dataset, label_names = load_data(data_args, tokenizer)
