@@ -29,10 +29,12 @@ Two processes on CPU (DDP over gloo), with the same global batch as one process 
 The same without `--use_cpu` on a machine with GPUs. Why `--multi_gpu` on a CPU: it is the launcher that starts the
 processes (torchrun's); `--use_cpu` puts each of them on the CPU, where they join a gloo process group
 (`ACCELERATE_USE_CPU=true` in the environment does the same as `--use_cpu`, and `torchrun --standalone
---nproc_per_node 2 examples/train.py --use_cpu ...` is the same launch without accelerate). `accelerate launch --cpu --num_processes 2`
-starts a single process: accelerate's CPU launcher multiplies processes only through MPI (`--mpirun_hostfile`), so
-without MPI it runs the script once, and that script trains alone. This script refuses both silent failures (one
-process where several were asked for; several processes that joined no group) with an error that says what to run.
+--nproc_per_node 2 examples/train.py --use_cpu ...` is the same launch without accelerate).
+
+`accelerate launch --cpu --num_processes 2` starts a single process: accelerate's CPU launcher multiplies processes
+only through MPI (`--mpirun_hostfile`), so without MPI it runs the script once, and that script trains alone. This
+script refuses both silent failures (one process where several were asked for; several processes that joined no
+group) with an error that says what to run.
 
 `--tiny_model --synthetic_data` trains a tiny random BERT (hidden 32, 4 layers, no dropout) on synthetic token
 sequences whose label is written in their first tokens: seconds per run, for tests and smoke runs.
