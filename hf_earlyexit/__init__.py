@@ -8,6 +8,7 @@ __version__ = "0.1.0.dev0"
 from .hub import MissingTokenizerError
 from .losses import (
     AlternatingExitLoss,
+    CascadeJointLoss,
     DistillationExitLoss,
     ExitLoss,
     JointExitLoss,
@@ -39,6 +40,7 @@ __all__ = [
     "BertWithBypassExits",
     "BypassBertConfig",
     "CascadeBertConfig",
+    "CascadeJointLoss",
     "CascadeSequenceClassifierOutput",
     "DamagedCheckpointError",
     "DistillationExitLoss",

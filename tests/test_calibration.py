@@ -140,6 +140,25 @@ def test_batches_without_labels(model):
         calibrate(model, [padded_inputs()], target_speedup=2.0)
 
 
+def test_split_record_checks_every_batch_before_running_any(model):
+    """Split across processes, a batch without labels must fail in every process before any of them waits for the
+    others (otherwise the processes that own good batches would wait forever)."""
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    with pytest.raises(ValueError, match="needs `labels`"):
+        record(model, [*calibration_batches(2), padded_inputs()], split_across_processes=True)
+    assert calls == []
+
+
+def test_split_record_in_one_process_is_the_plain_record(model):
+    """The multi-process behaviour is tested in test_distributed.py; in one process splitting changes nothing."""
+    batches = calibration_batches(3)
+    split, plain = record(model, iter(batches), split_across_processes=True), record(model, iter(batches))
+    for name in ("all_logits", "labels", "exit_flops", "reference_flops"):
+        assert torch.equal(getattr(split, name), getattr(plain, name))
+    assert split.all_logits.shape == (4, 48, 2)
+
+
 # --- the cascade family ---------------------------------------------------------------------------------------------
 
 

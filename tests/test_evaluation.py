@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hf_earlyexit.evaluation import collect, markdown_table, measure_points, plain_baseline
+from hf_earlyexit.evaluation import collect, map_batches, markdown_table, measure_points, plain_baseline
 from tests.test_modeling_bypass_bert import padded_inputs, tiny_model
 
 
@@ -50,3 +50,20 @@ def test_measure_points_reports_what_the_runs_give():
     assert set(points[0].wallclock_speedup) == {"1", "8"} and all(v > 0 for v in points[0].wallclock_speedup.values())
     table = markdown_table(points, batch_sizes=[1, 8])
     assert table.count("\n") == 4 and f"{100 * points[0].metric:.2f}" in table
+
+
+def test_map_batches_keeps_order_and_splitting_in_one_process_changes_nothing():
+    batches = [{"x": torch.full((2,), float(i))} for i in range(5)]
+    expected = [float(i) * 2 for i in range(5)]
+    for split in (False, True):
+        results = map_batches(lambda batch: batch["x"].sum(), iter(batches), split_across_processes=split)
+        assert [float(r) for r in results] == expected
+
+
+def test_collect_split_in_one_process_is_the_plain_collect():
+    model = tiny_model(num_labels=2).eval()
+    batches = [padded_inputs(batch_size=4, seed=s) for s in range(3)]
+    split = collect(model, batches, split_across_processes=True, exit_threshold=0.6)
+    plain = collect(model, batches, exit_threshold=0.6)
+    assert split.keys() == plain.keys() == {"logits", "exit_layer", "flops"}
+    assert all(torch.equal(split[name], plain[name]) for name in plain)

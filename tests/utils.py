@@ -5,20 +5,12 @@ from pathlib import Path
 
 from transformers import BertTokenizerFast
 
+from hf_earlyexit.utils import TINY_BERT
+
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SST2_DIR = REPO_ROOT / "data" / "sst2"
 
-TINY_BERT = dict(
-    vocab_size=99,
-    hidden_size=32,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    intermediate_size=37,
-    max_position_embeddings=64,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
-)
 
 WORDS = (
     "the a an film movie story acting plot good bad great awful boring fun funny dull sad happy long short "

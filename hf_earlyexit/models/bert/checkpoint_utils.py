@@ -47,6 +47,11 @@ _TRANSFORMERS_KEYS = frozenset(
         "output_attentions",
         "_commit_hash",
         "_attn_implementation_autoset",
+        # `Trainer` sets these on the config of every model it trains (the token ids from its tokenizer)
+        "use_cache",
+        "pad_token_id",
+        "bos_token_id",
+        "eos_token_id",
     }
 )
 
