@@ -5,7 +5,16 @@ Importing the package registers every config and model with the Auto classes and
 
 __version__ = "0.1.0.dev0"
 
-from .models.bert import BertWithBypassExits, BypassBertConfig, EarlyExitSequenceClassifierOutput
+from .models.bert import (
+    BertForTokenEarlyExit,
+    BertWithBypassExits,
+    BypassBertConfig,
+    EarlyExitSequenceClassifierOutput,
+    EarlyExitTokenClassifierOutput,
+    TokenExitBertConfig,
+    TokenExitRule,
+    encode_words,
+)
 from .models.bert.exit_utils import ExitRule
 from .registration import register
 
@@ -13,9 +22,14 @@ from .registration import register
 register()
 
 __all__ = [
+    "BertForTokenEarlyExit",
     "BertWithBypassExits",
     "BypassBertConfig",
     "EarlyExitSequenceClassifierOutput",
+    "EarlyExitTokenClassifierOutput",
     "ExitRule",
+    "TokenExitBertConfig",
+    "TokenExitRule",
     "__version__",
+    "encode_words",
 ]

@@ -1,13 +1,14 @@
 """The only place that touches transformers' Auto and pipeline registries. Idempotent: registering twice is a no-op."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-from .models.bert import BertWithBypassExits, BypassBertConfig
+from .models.bert import BertForTokenEarlyExit, BertWithBypassExits, BypassBertConfig, TokenExitBertConfig
 
 
 # (config class, model class, Auto model classes that must resolve the config to the model)
 FAMILIES = [
     (BypassBertConfig, BertWithBypassExits, (AutoModel, AutoModelForSequenceClassification)),
+    (TokenExitBertConfig, BertForTokenEarlyExit, (AutoModel, AutoModelForTokenClassification)),
 ]
 
 
