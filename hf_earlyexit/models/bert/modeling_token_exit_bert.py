@@ -40,7 +40,7 @@ from .modeling_exit_heads import (
     sequence_classification_loss,
     weighted_exit_loss,
 )
-from .token_exit_utils import IGNORE_INDEX, TokenExitRule, exit_step, word_layout
+from .token_exit_utils import IGNORE_INDEX, TokenExitRule, exit_step, token_exit_flops, word_layout
 
 
 @dataclass
@@ -77,8 +77,49 @@ class EarlyExitTokenClassifierOutput(ModelOutput):
     all_logits: torch.FloatTensor | None = None
 
 
+@dataclass
+class PackedQueries:
+    """Where the active positions of a batch are, packed per sentence.
+
+    Built once per change of the active set and reused by every layer until the next exit decision.
+
+    Attributes:
+        rows, columns: `(N,)` row and column of each active position, in reading order.
+        slots: `(N,)` rank of each active position among the active positions of its row.
+        num_queries: Largest number of active positions in a row (the packed query length).
+        mask: The attention mask between packed queries and all keys, `(batch, 1, num_queries, seq)` in the form the
+            attention implementation expects, or `None` where nothing is masked.
+    """
+
+    rows: torch.Tensor
+    columns: torch.Tensor
+    slots: torch.Tensor
+    num_queries: int
+    mask: torch.Tensor | None
+
+    @classmethod
+    def build(cls, active: torch.Tensor, attention_mask: torch.Tensor, hidden_states: torch.Tensor, config):
+        rows, columns = active.nonzero(as_tuple=True)
+        slots = active.long().cumsum(dim=1)[rows, columns] - 1
+        num_queries = int(slots.max()) + 1 if slots.numel() else 0
+        # a rectangular (queries x keys) padding mask, as for cross-attention; `inputs_embeds` only gives the query
+        # shape (num_queries <= seq)
+        mask = create_bidirectional_mask(
+            config=config,
+            inputs_embeds=hidden_states[:, :num_queries],
+            attention_mask=attention_mask,
+            encoder_hidden_states=hidden_states,
+        )
+        return cls(rows=rows, columns=columns, slots=slots, num_queries=num_queries, mask=mask)
+
+
 def active_query_layer(
-    layer: BertLayer, hidden_states: torch.Tensor, attention_mask: torch.Tensor, active: torch.Tensor, config
+    layer: BertLayer,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor,
+    active: torch.Tensor,
+    config,
+    queries: PackedQueries | None = None,
 ) -> torch.Tensor:
     """One `BertLayer` in which only the `active` positions are queries; the others are copied forward unchanged.
 
@@ -94,48 +135,41 @@ def active_query_layer(
         attention_mask: `(batch, seq)` 2D mask, 1 for real positions (the keys).
         active: `(batch, seq)` bool, the positions to update (a subset of the real ones).
         config: The model config (attention implementation, `eager` or `sdpa`).
+        queries: The [`PackedQueries`] of `active`, when the caller already has them.
 
     Returns:
         `(batch, seq, d)`: new states at active positions, the input states (the same values) elsewhere.
     """
+    if queries is None:
+        queries = PackedQueries.build(active, attention_mask, hidden_states, config)
     self_attention = layer.attention.self
     batch_size, seq_len, _ = hidden_states.shape
     head_dim = self_attention.attention_head_size
+    rows, columns, slots, num_queries = queries.rows, queries.columns, queries.slots, queries.num_queries
 
     key = self_attention.key(hidden_states).view(batch_size, seq_len, -1, head_dim).transpose(1, 2)
     value = self_attention.value(hidden_states).view(batch_size, seq_len, -1, head_dim).transpose(1, 2)
-
-    b_idx, t_idx = active.nonzero(as_tuple=True)
-    slot = active.long().cumsum(dim=1)[b_idx, t_idx] - 1
-    num_queries = int(slot.max()) + 1 if slot.numel() else 0
-    queries_in = hidden_states[b_idx, t_idx]
+    queries_in = hidden_states[rows, columns]
     query_flat = self_attention.query(queries_in)
     query = query_flat.new_zeros(batch_size, num_queries, query_flat.shape[-1])
-    query[b_idx, slot] = query_flat
+    query[rows, slots] = query_flat
     query = query.view(batch_size, num_queries, -1, head_dim).transpose(1, 2)
 
-    # a rectangular (queries x keys) padding mask, as for cross-attention; `inputs_embeds` only gives its query shape
-    mask = create_bidirectional_mask(
-        config=config,
-        inputs_embeds=hidden_states[:, :num_queries],
-        attention_mask=attention_mask,
-        encoder_hidden_states=hidden_states,
-    )
     attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)
     context, _ = attention_interface(
         self_attention,
         query,
         key,
         value,
-        mask,
+        queries.mask,
         dropout=self_attention.dropout.p if self_attention.training else 0.0,
         scaling=self_attention.scaling,
     )
-    context = context.reshape(batch_size, num_queries, -1)[b_idx, slot]
+    context = context.reshape(batch_size, num_queries, -1)[rows, slots]
 
     attention_output = layer.attention.output(context, queries_in)
     updated = apply_chunking_to_forward(layer.feed_forward_chunk, layer.chunk_size_feed_forward, 0, attention_output)
-    return hidden_states.index_put((b_idx, t_idx), updated)
+    return hidden_states.index_put((rows, columns), updated)
 
 
 class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
@@ -345,8 +379,6 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         device = hidden_states.device
         out_logits = hidden_states.new_zeros(batch_size, seq_len, self.num_labels)
         exit_layer = torch.zeros(batch_size, seq_len, dtype=torch.long, device=device)
-        flops = torch.zeros(batch_size, dtype=torch.long, device=device)
-        head_flops = self.head_flops()
         num_exits = len(self.exit_layers)
         exit_position = {layer: k for k, layer in enumerate(self.exit_layers)}
 
@@ -358,28 +390,32 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         )
         cols = cols_2d[0]
         active = attention_mask.bool()
-        # the plain layer only when it wastes nothing: no frozen position and no padding; otherwise the packed step,
-        # which also skips the padding of shorter sentences for everything but keys and values
-        all_active = bool(active.all())
-        mask = layer_mask(config, hidden_states, attention_mask) if all_active else None
+        changed = True  # the active set (or the batch) changed since the last layer
 
         for i, layer_module in enumerate(self.bert.encoder.layer):
             layer_number = i + 1
+            if changed:
+                # the plain layer only when it wastes nothing: no frozen position and no padding; otherwise the packed
+                # step, which also skips the padding of shorter sentences for everything but keys and values
+                all_active = bool(active.all())
+                if all_active:
+                    mask = layer_mask(config, hidden_states, attention_mask)
+                    b_idx, t_idx = active.nonzero(as_tuple=True)
+                else:
+                    queries = PackedQueries.build(active, attention_mask, hidden_states, config)
+                    b_idx, t_idx = queries.rows, queries.columns
+                changed = False
             if all_active:
                 hidden_states = layer_module(hidden_states, mask)
             else:
-                hidden_states = active_query_layer(layer_module, hidden_states, attention_mask, active, config)
-            num_active = active.sum(dim=-1)
-            flops[rows] += encoder_layer_flops(
-                lengths[rows], config.hidden_size, config.intermediate_size, num_queries=num_active
-            )
+                hidden_states = active_query_layer(
+                    layer_module, hidden_states, attention_mask, active, config, queries=queries
+                )
             k = exit_position.get(layer_number)
             if k is None:
                 continue
 
-            b_idx, t_idx = active.nonzero(as_tuple=True)
             logits = self._head(k, hidden_states[b_idx, t_idx])
-            flops[rows] += num_active * head_flops
             out_rows, out_cols = rows[b_idx], cols[t_idx]
             out_logits[out_rows, out_cols] = logits
             exit_layer[out_rows, out_cols] = layer_number
@@ -389,8 +425,8 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
             freeze, remaining = exit_step(rule, k, logits, b_idx, t_idx, word_index, word_start, len(rows))
             if bool(freeze.any()):
                 active = active.index_put((b_idx[freeze], t_idx[freeze]), torch.tensor(False, device=device))
-            left = not bool(remaining.all())
-            if left:
+                changed = True
+            if not bool(remaining.all()):
                 if not bool(remaining.any()):
                     break
                 rows = rows[remaining]
@@ -405,11 +441,12 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
                     attention_mask, hidden_states, active, word_index, word_start, cols.expand(len(rows), -1)
                 )
                 cols = cols_2d[0]
-            now_all_active = bool(active.all())
-            if now_all_active and (left or not all_active):
-                mask = layer_mask(config, hidden_states, attention_mask)
-            all_active = now_all_active
+                changed = True
+
+        flops = token_exit_flops(
+            exit_layer, lengths, self.exit_layers, config.hidden_size, config.intermediate_size, self.num_labels
+        )
         return out_logits, exit_layer, flops
 
 
-__all__ = ["BertForTokenEarlyExit", "EarlyExitTokenClassifierOutput", "active_query_layer"]
+__all__ = ["BertForTokenEarlyExit", "EarlyExitTokenClassifierOutput", "PackedQueries", "active_query_layer"]

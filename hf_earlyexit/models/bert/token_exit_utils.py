@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .exit_utils import normalized_entropy, resolve_thresholds
+from .exit_utils import classifier_head_flops, encoder_layer_flops, normalized_entropy, resolve_thresholds
 
 
 EXIT_MODES: tuple[str, ...] = ("token", "sentence")
@@ -299,6 +299,41 @@ def exit_step(
     return freeze, remaining
 
 
+def token_exit_flops(
+    exit_layer: torch.Tensor,
+    lengths: torch.Tensor,
+    exit_layers: list[int],
+    hidden_size: int,
+    intermediate_size: int,
+    num_labels: int,
+) -> torch.Tensor:
+    """FLOPs of each sentence of an early-exit run, from the layer at which each of its positions stopped.
+
+    A position is a query in layers `1..exit_layer` and a head is evaluated on it at every exit layer up to its own,
+    so with `q_l` the active positions in layer `l` (METHODS.md section 4, `n` the sentence's real length):
+    `sum_l encoder_layer_flops(n, q_l) = depth * 4nd^2 + (sum_p exit_layer_p) * (4d^2 + 4nd + 4df)`, plus `2dC` per
+    head evaluation. The depth is the sentence's largest exit layer (its special tokens run until it leaves).
+
+    Args:
+        exit_layer: `(batch, seq)` 1-based exit layer of each position, 0 at padding.
+        lengths: `(batch,)` real lengths.
+        exit_layers: The model's 1-based exit layers.
+        hidden_size, intermediate_size, num_labels: `d`, `f`, `C`.
+
+    Returns:
+        `(batch,)` long.
+    """
+    lengths = lengths.long()
+    depth = exit_layer.amax(dim=-1)
+    query_layers = exit_layer.sum(dim=-1)
+    keys_and_values = encoder_layer_flops(lengths, hidden_size, intermediate_size, num_queries=0)
+    per_query = encoder_layer_flops(lengths, hidden_size, intermediate_size, num_queries=1) - keys_and_values
+    layers = torch.tensor(exit_layers, device=exit_layer.device)
+    head_evaluations = (exit_layer.unsqueeze(-1) >= layers).sum(dim=(1, 2))
+    head = classifier_head_flops(hidden_size, num_labels)
+    return depth * keys_and_values + query_layers * per_query + head_evaluations * head
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Inputs from words
 # --------------------------------------------------------------------------------------------------------------------
@@ -395,6 +430,7 @@ __all__ = [
     "TokenExitRule",
     "encode_words",
     "exit_step",
+    "token_exit_flops",
     "layer_thresholds",
     "uncertainty_of",
     "window_max",
