@@ -581,6 +581,18 @@ def test_forward_override_bad_input(kwargs, message):
         tiny_model()(**token_inputs(), **kwargs)
 
 
+def test_memoised_rules_still_reject_bad_values():
+    # a valid setting is cached first; values equal to it as keys (True == 1) must still be rejected
+    config = TokenExitBertConfig(**tiny_config_kwargs())
+    assert config.exit_rule(window_size=1, exit_threshold=[1, 0.5, 0.5, 0.5]).window_size == 1
+    with pytest.raises(ValueError, match="`window_size` must be an odd integer >= 1.*got True"):
+        config.exit_rule(window_size=True)
+    with pytest.raises(ValueError, match=r"`exit_threshold\[0\]` must be a number, got True"):
+        config.exit_rule(exit_threshold=[True, 0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match="`exit_threshold` must be a number, got"):
+        config.exit_rule(exit_threshold={"a": 1})
+
+
 def test_labels_of_the_wrong_shape_or_range():
     model = tiny_model()
     inputs = token_inputs(batch_size=3)
@@ -605,6 +617,13 @@ def test_inputs_longer_than_the_position_embeddings():
         tiny_model()(input_ids=torch.randint(5, 99, (1, 65)))
 
 
+def test_attention_implementations_without_packed_queries_are_refused():
+    model = tiny_model()
+    model.set_attn_implementation("flex_attention")
+    with pytest.raises(ValueError, match=r"supports the \('eager', 'sdpa'\) attention.*'flex_attention'"):
+        model(**token_inputs())
+
+
 # --- edge inputs ----------------------------------------------------------------------------------------------------
 
 
@@ -626,6 +645,9 @@ def test_empty_sentence_leaves_at_the_first_exit():
     assert torch.equal(together.exit_layer[:3], alone.exit_layer)
     assert together.exit_layer[3, :2].tolist() == [1, 1] and (together.exit_layer[3, 2:] == 0).all()
     torch.testing.assert_close(together.logits[:3], alone.logits, rtol=0, atol=1e-5)
+    # also where no word can exit at all
+    never = run(model, batch, exit_threshold=0.0)
+    assert never.exit_layer[3, :2].tolist() == [1, 1] and (never.exit_layer[:3][real_positions(others)] == 4).all()
 
 
 def test_encode_words_aligns_words_and_first_piece_labels(tokenizer):

@@ -24,7 +24,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import BertConfig
 
 from .exit_utils import ExitRule, check_patience
-from .token_exit_utils import TokenExitRule
+from .token_exit_utils import TokenExitRule, cached_token_exit_rule
 
 
 class _StartsFromPlainBertMixin:
@@ -245,16 +245,24 @@ class TokenExitBertConfig(_ExitLayersMixin, _StartsFromPlainBertMixin, BertConfi
         if unknown:
             raise TypeError(f"Unknown exit settings {sorted(unknown)}; expected some of {sorted(settings)}.")
         settings.update({key: value for key, value in overrides.items() if value is not None})
-        return TokenExitRule.build(
+        threshold = settings["exit_threshold"]
+        arguments = dict(
             mode=settings["exit_mode"],
-            threshold=settings["exit_threshold"],
-            exit_layers=self.resolved_exit_layers,
+            threshold=tuple(threshold) if isinstance(threshold, (list, tuple)) else threshold,
+            exit_layers=tuple(self.resolved_exit_layers),
             num_hidden_layers=self.num_hidden_layers,
             window_size=settings["window_size"],
             sentence_pooling=settings["sentence_pooling"],
             threshold_schedule=settings["threshold_schedule"],
             threshold_cap=self.threshold_cap,
         )
+        values = arguments["threshold"] if isinstance(arguments["threshold"], tuple) else ()
+        if not any(isinstance(value, bool) for value in values):  # (True,) would share the cache entry of (1,)
+            try:
+                return cached_token_exit_rule(**arguments)
+            except TypeError:  # unhashable settings: build without the cache, which reports what is wrong
+                pass
+        return TokenExitRule.build(**{**arguments, "exit_layers": list(arguments["exit_layers"])})
 
     def validate_exit_rule(self):
         self.exit_rule()

@@ -40,7 +40,11 @@ from .modeling_exit_heads import (
     sequence_classification_loss,
     weighted_exit_loss,
 )
-from .token_exit_utils import IGNORE_INDEX, TokenExitRule, exit_step, token_exit_flops, word_layout
+from .token_exit_utils import IGNORE_INDEX, ActiveWords, TokenExitRule, token_exit_flops, word_layout
+
+
+# attention implementations whose masks fit packed queries against all keys (a rectangular padding mask)
+PACKED_ATTENTION: tuple[str, ...] = ("eager", "sdpa")
 
 
 @dataclass
@@ -79,29 +83,38 @@ class EarlyExitTokenClassifierOutput(ModelOutput):
 
 @dataclass
 class PackedQueries:
-    """Where the active positions of a batch are, packed per sentence.
+    """Where the active positions of a batch are, and where they go when packed per sentence.
 
     Built once per change of the active set and reused by every layer until the next exit decision.
 
     Attributes:
-        rows, columns: `(N,)` row and column of each active position, in reading order.
-        slots: `(N,)` rank of each active position among the active positions of its row.
-        num_queries: Largest number of active positions in a row (the packed query length).
+        positions: `(N,)` flat index `row * seq + column` of each active position, in reading order.
+        packed: `(N,)` flat index `row * num_queries + rank` of each in the packed `(batch, num_queries)` layout.
+        num_queries: Largest number of active positions in a row.
         mask: The attention mask between packed queries and all keys, `(batch, 1, num_queries, seq)` in the form the
             attention implementation expects, or `None` where nothing is masked.
     """
 
-    rows: torch.Tensor
-    columns: torch.Tensor
-    slots: torch.Tensor
+    positions: torch.Tensor
+    packed: torch.Tensor
     num_queries: int
     mask: torch.Tensor | None
 
     @classmethod
-    def build(cls, active: torch.Tensor, attention_mask: torch.Tensor, hidden_states: torch.Tensor, config):
-        rows, columns = active.nonzero(as_tuple=True)
-        slots = active.long().cumsum(dim=1)[rows, columns] - 1
-        num_queries = int(slots.max()) + 1 if slots.numel() else 0
+    def build(
+        cls,
+        active: torch.Tensor,
+        attention_mask: torch.Tensor,
+        hidden_states: torch.Tensor,
+        config,
+        positions: torch.Tensor | None = None,
+    ) -> "PackedQueries":
+        seq_len = active.shape[1]
+        if positions is None:
+            positions = active.reshape(-1).nonzero().squeeze(-1)
+        rows = torch.div(positions, seq_len, rounding_mode="floor")
+        ranks = active.long().cumsum(dim=1).reshape(-1).index_select(0, positions) - 1
+        num_queries = int(active.sum(dim=1).max()) if positions.numel() else 0
         # a rectangular (queries x keys) padding mask, as for cross-attention; `inputs_embeds` only gives the query
         # shape (num_queries <= seq)
         mask = create_bidirectional_mask(
@@ -110,7 +123,7 @@ class PackedQueries:
             attention_mask=attention_mask,
             encoder_hidden_states=hidden_states,
         )
-        return cls(rows=rows, columns=columns, slots=slots, num_queries=num_queries, mask=mask)
+        return cls(positions=positions, packed=rows * num_queries + ranks, num_queries=num_queries, mask=mask)
 
 
 def active_query_layer(
@@ -125,7 +138,7 @@ def active_query_layer(
 
     Built from the layer's own submodules (`attention.self.query/key/value`, `attention.output`, `intermediate`,
     `output`), so the checkpoint's weights drive it. The query projection, the attention-output projection and the
-    feed-forward block run on the active positions only (packed, no padding); keys and values run on every position;
+    feed-forward block run on the active positions only (gathered, no padding); keys and values run on every position;
     the attention itself runs per sentence on its active queries, padded to the largest active count in the batch.
     With every real position active it equals `layer(hidden_states, mask)` at the real positions.
 
@@ -143,16 +156,17 @@ def active_query_layer(
     if queries is None:
         queries = PackedQueries.build(active, attention_mask, hidden_states, config)
     self_attention = layer.attention.self
-    batch_size, seq_len, _ = hidden_states.shape
+    batch_size, seq_len, hidden_size = hidden_states.shape
     head_dim = self_attention.attention_head_size
-    rows, columns, slots, num_queries = queries.rows, queries.columns, queries.slots, queries.num_queries
+    num_queries = queries.num_queries
 
     key = self_attention.key(hidden_states).view(batch_size, seq_len, -1, head_dim).transpose(1, 2)
     value = self_attention.value(hidden_states).view(batch_size, seq_len, -1, head_dim).transpose(1, 2)
-    queries_in = hidden_states[rows, columns]
+    flat_states = hidden_states.reshape(batch_size * seq_len, hidden_size)
+    queries_in = flat_states.index_select(0, queries.positions)
     query_flat = self_attention.query(queries_in)
-    query = query_flat.new_zeros(batch_size, num_queries, query_flat.shape[-1])
-    query[rows, slots] = query_flat
+    query = query_flat.new_zeros(batch_size * num_queries, query_flat.shape[-1])
+    query = query.index_copy_(0, queries.packed, query_flat)
     query = query.view(batch_size, num_queries, -1, head_dim).transpose(1, 2)
 
     attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)
@@ -165,11 +179,11 @@ def active_query_layer(
         dropout=self_attention.dropout.p if self_attention.training else 0.0,
         scaling=self_attention.scaling,
     )
-    context = context.reshape(batch_size, num_queries, -1)[rows, slots]
+    context = context.reshape(batch_size * num_queries, -1).index_select(0, queries.packed)
 
     attention_output = layer.attention.output(context, queries_in)
     updated = apply_chunking_to_forward(layer.feed_forward_chunk, layer.chunk_size_feed_forward, 0, attention_output)
-    return hidden_states.index_put((rows, columns), updated)
+    return flat_states.index_copy(0, queries.positions, updated).view(batch_size, seq_len, hidden_size)
 
 
 class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
@@ -375,6 +389,12 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         (columns); `rows` and `cols` map the compacted batch back to the caller's positions.
         """
         config = self.config
+        if config._attn_implementation not in PACKED_ATTENTION:
+            raise ValueError(
+                f"Early exit runs the packed-query layer step, which supports the {PACKED_ATTENTION} attention "
+                f"implementations; this model uses {config._attn_implementation!r}. Call "
+                "`model.set_attn_implementation('sdpa')`, or pass `early_exit=False` for full depth."
+            )
         batch_size, seq_len = attention_mask.shape
         device = hidden_states.device
         out_logits = hidden_states.new_zeros(batch_size, seq_len, self.num_labels)
@@ -390,20 +410,25 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         )
         cols = cols_2d[0]
         active = attention_mask.bool()
+        flat_logits, flat_exit_layer = out_logits.view(-1, self.num_labels), exit_layer.view(-1)
         changed = True  # the active set (or the batch) changed since the last layer
 
         for i, layer_module in enumerate(self.bert.encoder.layer):
             layer_number = i + 1
             if changed:
+                words = ActiveWords.build(active, word_index, word_start)
+                current_len = active.shape[1]
+                # where each active position's outputs go in the caller's (batch, seq) layout
+                out_positions = rows.index_select(0, words.rows) * seq_len + cols.index_select(
+                    0, words.positions - words.rows * current_len
+                )
                 # the plain layer only when it wastes nothing: no frozen position and no padding; otherwise the packed
                 # step, which also skips the padding of shorter sentences for everything but keys and values
-                all_active = bool(active.all())
+                all_active = words.positions.numel() == active.numel()
                 if all_active:
                     mask = layer_mask(config, hidden_states, attention_mask)
-                    b_idx, t_idx = active.nonzero(as_tuple=True)
                 else:
-                    queries = PackedQueries.build(active, attention_mask, hidden_states, config)
-                    b_idx, t_idx = queries.rows, queries.columns
+                    queries = PackedQueries.build(active, attention_mask, hidden_states, config, words.positions)
                 changed = False
             if all_active:
                 hidden_states = layer_module(hidden_states, mask)
@@ -415,16 +440,18 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
             if k is None:
                 continue
 
-            logits = self._head(k, hidden_states[b_idx, t_idx])
-            out_rows, out_cols = rows[b_idx], cols[t_idx]
-            out_logits[out_rows, out_cols] = logits
-            exit_layer[out_rows, out_cols] = layer_number
+            flat_states = hidden_states.reshape(-1, hidden_states.shape[-1])
+            logits = self._head(k, flat_states if all_active else flat_states.index_select(0, words.positions))
+            flat_logits.index_copy_(0, out_positions, logits)
+            flat_exit_layer.index_fill_(0, out_positions, layer_number)
             if k == num_exits - 1:
                 break
-
-            freeze, remaining = exit_step(rule, k, logits, b_idx, t_idx, word_index, word_start, len(rows))
-            if bool(freeze.any()):
-                active = active.index_put((b_idx[freeze], t_idx[freeze]), torch.tensor(False, device=device))
+            if rule.thresholds[k] <= 0:  # `u < 0` never holds: no word leaves, only rows without words
+                freeze, remaining = None, words.active_words.any(dim=-1)
+            else:
+                freeze, remaining = words.decide(rule, k, logits)
+            if freeze is not None and bool(freeze.any()):
+                active = active.reshape(-1).index_put((words.positions,), ~freeze).view_as(active)
                 changed = True
             if not bool(remaining.all()):
                 if not bool(remaining.any()):

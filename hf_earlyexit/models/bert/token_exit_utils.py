@@ -17,12 +17,13 @@ Everything here works on words, not word-pieces: a word is a maximal run of cons
 non-negative word id (the tokenizer's `word_ids()`); its first position is where its label and prediction live, the
 other positions follow it. Special tokens and padding have word id `-1` and never decide anything.
 
-The same [`exit_step`] decides exits in the live forward of [`BertForTokenEarlyExit`] and in [`TokenExitRule.simulate`]
+The same [`ActiveWords.decide`] decides exits in the live forward of [`BertForTokenEarlyExit`] and in [`TokenExitRule.simulate`]
 (which replays stored per-layer logits, as stage-2 self-sampling does), so the two cannot drift apart.
 
 Shipped with `trust_remote_code` checkpoints: imports only torch (a tokenizer is passed in, never imported).
 """
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -242,61 +243,111 @@ class TokenExitRule:
             `(batch, seq)` long: 0-based exit index of every real position (word-pieces follow their word; special
             tokens take the exit at which their sentence ran out of active words); `-1` at padding.
         """
-        num_exits, batch_size = all_logits.shape[:2]
+        num_exits, batch_size, seq_len = all_logits.shape[:3]
         word_index, word_start = word_layout(attention_mask, word_ids)
         active = attention_mask.bool().clone()
         exit_index = torch.where(active, num_exits - 1, -1)
         for k in range(num_exits - 1):
-            b_idx, t_idx = active.nonzero(as_tuple=True)
-            if b_idx.numel() == 0:
+            state = ActiveWords.build(active, word_index, word_start)
+            if state.positions.numel() == 0:
                 break
-            freeze, remaining = exit_step(
-                self, k, all_logits[k][b_idx, t_idx], b_idx, t_idx, word_index, word_start, batch_size
-            )
-            leaving = ~remaining[b_idx]  # whole sentences: their special tokens leave with their last words
-            stop = freeze | leaving
-            exit_index[b_idx[stop], t_idx[stop]] = k
-            active[b_idx[stop], t_idx[stop]] = False
+            logits = all_logits[k].reshape(batch_size * seq_len, -1).index_select(0, state.positions)
+            freeze, remaining = state.decide(self, k, logits)
+            # whole sentences leave when they run out of words: their special tokens go with their last words
+            stop = state.positions[freeze | ~remaining.index_select(0, state.rows)]
+            exit_index.view(-1)[stop] = k
+            active.view(-1)[stop] = False
         return exit_index
 
 
-def exit_step(
-    rule: TokenExitRule,
-    exit_index: int,
-    logits: torch.Tensor,
-    b_idx: torch.Tensor,
-    t_idx: torch.Tensor,
-    word_index: torch.Tensor,
-    word_start: torch.Tensor,
-    batch_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One exit decision over the positions that are still active.
+@functools.lru_cache(maxsize=128, typed=True)
+def cached_token_exit_rule(
+    mode: str,
+    threshold: float | tuple[float, ...],
+    exit_layers: tuple[int, ...],
+    num_hidden_layers: int,
+    window_size: int,
+    sentence_pooling: str,
+    threshold_schedule: str,
+    threshold_cap: float,
+) -> TokenExitRule:
+    """[`TokenExitRule.build`] for hashable settings, memoised: a forward call resolves its rule in microseconds
+    (errors are raised again on every call, they are not cached). `typed` keeps `True` from sharing `1`'s entry."""
+    return TokenExitRule.build(
+        mode,
+        threshold,
+        list(exit_layers),
+        num_hidden_layers,
+        window_size=window_size,
+        sentence_pooling=sentence_pooling,
+        threshold_schedule=threshold_schedule,
+        threshold_cap=threshold_cap,
+    )
 
-    Args:
-        rule: The resolved rule.
-        exit_index: 0-based exit number.
-        logits: `(N, num_labels)` logits of this exit at the active positions `(b_idx, t_idx)`.
-        b_idx, t_idx: `(N,)` row and column of each active position.
-        word_index, word_start: The rows' [`word_layout`].
-        batch_size: Number of rows.
 
-    Returns:
-        `(freeze, remaining)`: `(N,)` bool, True for positions whose word leaves now (special tokens never); and
-        `(batch_size,)` bool, True for rows that still have an active word afterwards.
+@dataclass
+class ActiveWords:
+    """Bookkeeping for exit decisions over the positions still active in a batch.
+
+    Built once per change of the active set (a word exited, a sentence left) and used by every exit until the next
+    change, so that a decision costs a fixed handful of tensor operations. Positions are flat indices
+    `row * seq + column` of the `(batch, seq)` layout; words are slots `row * max_words + word` of a `(batch,
+    max_words)` layout, plus one spare slot past the end for special tokens, which never fires.
+
+    Attributes:
+        positions: `(N,)` flat index of every active position, in reading order.
+        rows: `(N,)` row of each active position.
+        word_slot: `(N,)` word slot of each active position (the spare slot for special tokens).
+        starts: `(S,)` indices into `positions` of the first word-piece of every active word.
+        start_slot: `(S,)` their word slots.
+        active_words: `(batch, max_words)` bool.
     """
-    words = word_index[b_idx, t_idx]
-    starts = word_start[b_idx, t_idx]
-    # at least one slot, so that rows without words (only [CLS] [SEP]) index it and find no active word
-    max_words = max(int(words.max()) + 1 if words.numel() else 0, 1)
-    uncertainty = logits.new_zeros(batch_size, max_words, dtype=torch.float32)
-    active_words = torch.zeros(batch_size, max_words, dtype=torch.bool, device=logits.device)
-    start_rows, start_words = b_idx[starts], words[starts]
-    uncertainty[start_rows, start_words] = normalized_entropy(logits[starts])
-    active_words[start_rows, start_words] = True
-    fires = rule.word_fires(exit_index, uncertainty, active_words)
-    freeze = (words >= 0) & fires[b_idx, words.clamp_min(0)]
-    remaining = (active_words & ~fires).any(dim=-1)
-    return freeze, remaining
+
+    positions: torch.Tensor
+    rows: torch.Tensor
+    word_slot: torch.Tensor
+    starts: torch.Tensor
+    start_slot: torch.Tensor
+    active_words: torch.Tensor
+
+    @classmethod
+    def build(cls, active: torch.Tensor, word_index: torch.Tensor, word_start: torch.Tensor) -> "ActiveWords":
+        """From the `(batch, seq)` active mask and the [`word_layout`] of the same rows."""
+        batch_size, seq_len = active.shape
+        positions = active.reshape(-1).nonzero().squeeze(-1)
+        rows = torch.div(positions, seq_len, rounding_mode="floor")
+        words = word_index.reshape(-1).index_select(0, positions)
+        # at least one slot per row, so that rows without words (only [CLS] [SEP]) have a layout with nothing active
+        max_words = max(int(word_index.max()) + 1, 1) if word_index.numel() else 1
+        spare = batch_size * max_words
+        word_slot = torch.where(words >= 0, rows * max_words + words, spare)
+        starts = word_start.reshape(-1).index_select(0, positions).nonzero().squeeze(-1)
+        start_slot = word_slot.index_select(0, starts)
+        active_words = torch.zeros(spare + 1, dtype=torch.bool, device=active.device)
+        active_words = active_words.index_fill_(0, start_slot, True)[:spare].view(batch_size, max_words)
+        return cls(positions, rows, word_slot, starts, start_slot, active_words)
+
+    def decide(self, rule: TokenExitRule, exit_index: int, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One exit decision.
+
+        Args:
+            rule: The resolved rule.
+            exit_index: 0-based exit number.
+            logits: `(N, num_labels)` logits of this exit at `positions`.
+
+        Returns:
+            `(freeze, remaining)`: `(N,)` bool, True for positions whose word leaves now (special tokens never); and
+            `(batch,)` bool, True for rows that still have an active word afterwards.
+        """
+        batch_size, max_words = self.active_words.shape
+        uncertainty = normalized_entropy(logits.index_select(0, self.starts))
+        word_uncertainty = uncertainty.new_zeros(batch_size * max_words + 1)
+        word_uncertainty = word_uncertainty.index_copy_(0, self.start_slot, uncertainty)[:-1]
+        fires = rule.word_fires(exit_index, word_uncertainty.view(batch_size, max_words), self.active_words)
+        with_spare = torch.cat([fires.reshape(-1), fires.new_zeros(1)])
+        freeze = with_spare.index_select(0, self.word_slot)
+        remaining = (self.active_words & ~fires).any(dim=-1)
+        return freeze, remaining
 
 
 def token_exit_flops(
@@ -424,12 +475,13 @@ def uncertainty_of(logits: torch.Tensor) -> torch.Tensor:
 
 __all__ = [
     "EXIT_MODES",
+    "ActiveWords",
     "IGNORE_INDEX",
     "SENTENCE_POOLINGS",
     "THRESHOLD_SCHEDULES",
     "TokenExitRule",
+    "cached_token_exit_rule",
     "encode_words",
-    "exit_step",
     "token_exit_flops",
     "layer_thresholds",
     "uncertainty_of",
