@@ -216,7 +216,7 @@ class TokenExitBertConfig(_ExitLayersMixin, _StartsFromPlainBertMixin, BertConfi
     ```python
     >>> from hf_earlyexit import TokenExitBertConfig
 
-    >>> config = TokenExitBertConfig(num_hidden_layers=6, num_labels=9, exit_threshold=0.15, threshold_schedule="paper")
+    >>> config = TokenExitBertConfig(num_hidden_layers=6, exit_threshold=0.15, threshold_schedule="paper")
     >>> config.exit_rule().thresholds
     (0.15, 0.15, 0.15, 0.3, 0.3, 0.3)
     ```"""

@@ -307,8 +307,8 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         if seq_len > self.config.max_position_embeddings:
             raise ValueError(
-                f"The inputs have {seq_len} positions but the model has {self.config.max_position_embeddings} position "
-                "embeddings. Truncate when building inputs (`encode_words` truncates to the tokenizer's "
+                f"The inputs have {seq_len} positions but the model has {self.config.max_position_embeddings} "
+                "position embeddings. Truncate when building inputs (`encode_words` truncates to the tokenizer's "
                 "`model_max_length`, or to `max_length`)."
             )
         hidden_states, attention_mask = embed_and_mask(

@@ -17,8 +17,9 @@ Everything here works on words, not word-pieces: a word is a maximal run of cons
 non-negative word id (the tokenizer's `word_ids()`); its first position is where its label and prediction live, the
 other positions follow it. Special tokens and padding have word id `-1` and never decide anything.
 
-The same [`ActiveWords.decide`] decides exits in the live forward of [`BertForTokenEarlyExit`] and in [`TokenExitRule.simulate`]
-(which replays stored per-layer logits, as stage-2 self-sampling does), so the two cannot drift apart.
+The same [`ActiveWords.decide`] decides exits in the live forward of [`BertForTokenEarlyExit`] and in
+[`TokenExitRule.simulate`] (which replays stored per-layer logits, as stage-2 self-sampling does), so the two cannot
+drift apart.
 
 Shipped with `trust_remote_code` checkpoints: imports only torch (a tokenizer is passed in, never imported).
 """
