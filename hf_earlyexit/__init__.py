@@ -1,44 +1,87 @@
 """hf_earlyexit: early-exit inference for BERT-style models in Hugging Face Transformers.
 
-Importing the package registers every config and model with the Auto classes and the exit-aware pipelines.
+Importing the package registers every config and model with the Auto classes and the exit-aware pipelines, and does
+nothing else: the training, calibration, evaluation and Hub modules are imported on first use.
 """
+
+import importlib
+from typing import TYPE_CHECKING
+
 
 __version__ = "0.1.0.dev0"
 
-from .hub import MissingTokenizerError
-from .losses import (
-    AlternatingExitLoss,
-    CascadeJointLoss,
-    DistillationExitLoss,
-    ExitLoss,
-    JointExitLoss,
-    TwoStageExitLoss,
-    register_exit_loss,
-)
-from .model_card import EarlyExitModelCardData, EvaluationRow, ModelCardCallback
 from .models.bert import (
     BertForCascadeClassification,
+    BertForTokenEarlyExit,
     BertWithBypassExits,
     BypassBertConfig,
     CascadeBertConfig,
     CascadeSequenceClassifierOutput,
     EarlyExitSequenceClassifierOutput,
+    EarlyExitTokenClassifierOutput,
+    TokenExitBertConfig,
+    TokenExitRule,
+    encode_words,
 )
 from .models.bert.checkpoint_utils import DamagedCheckpointError
 from .models.bert.exit_utils import ExitRule
 from .pipelines import EarlyExitPipelineMixin, EarlyExitTextClassificationPipeline
 from .registration import register
-from .trainer import EarlyExitTrainer
-from .training_args import EarlyExitTrainingArguments
 
 
 register()
 
+# name -> submodule, imported on first access (the Trainer alone pulls in accelerate and datasets)
+_LAZY = {
+    "AlternatingExitLoss": "losses",
+    "CalibrationResult": "calibration",
+    "CascadeJointLoss": "losses",
+    "DistillationExitLoss": "losses",
+    "EarlyExitModelCardData": "model_card",
+    "EarlyExitTrainer": "trainer",
+    "EarlyExitTrainingArguments": "training_args",
+    "EvaluationRow": "model_card",
+    "ExitLoss": "losses",
+    "JointExitLoss": "losses",
+    "MissingTokenizerError": "hub",
+    "ModelCardCallback": "model_card",
+    "TwoStageExitLoss": "losses",
+    "calibrate": "calibration",
+    "register_exit_loss": "losses",
+}
+
+if TYPE_CHECKING:
+    from .calibration import CalibrationResult, calibrate
+    from .hub import MissingTokenizerError
+    from .losses import (
+        AlternatingExitLoss,
+        CascadeJointLoss,
+        DistillationExitLoss,
+        ExitLoss,
+        JointExitLoss,
+        TwoStageExitLoss,
+        register_exit_loss,
+    )
+    from .model_card import EarlyExitModelCardData, EvaluationRow, ModelCardCallback
+    from .trainer import EarlyExitTrainer
+    from .training_args import EarlyExitTrainingArguments
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "AlternatingExitLoss",
     "BertForCascadeClassification",
+    "BertForTokenEarlyExit",
     "BertWithBypassExits",
     "BypassBertConfig",
+    "CalibrationResult",
     "CascadeBertConfig",
     "CascadeJointLoss",
     "CascadeSequenceClassifierOutput",
@@ -48,6 +91,7 @@ __all__ = [
     "EarlyExitPipelineMixin",
     "EarlyExitSequenceClassifierOutput",
     "EarlyExitTextClassificationPipeline",
+    "EarlyExitTokenClassifierOutput",
     "EarlyExitTrainer",
     "EarlyExitTrainingArguments",
     "EvaluationRow",
@@ -56,7 +100,12 @@ __all__ = [
     "JointExitLoss",
     "MissingTokenizerError",
     "ModelCardCallback",
+    "TokenExitBertConfig",
+    "TokenExitRule",
     "TwoStageExitLoss",
     "__version__",
+    "calibrate",
+    "encode_words",
+    "register",
     "register_exit_loss",
 ]

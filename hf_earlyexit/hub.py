@@ -27,7 +27,6 @@ when it was pushed with `remote_code=True`).
 import json
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
@@ -36,6 +35,12 @@ from huggingface_hub.utils import validate_repo_id
 from transformers.dynamic_module_utils import get_imports, get_relative_import_files
 
 from .model_card import EarlyExitModelCardData, model_card_data_of, model_card_for
+from .registration import (
+    _REMOTE_CODE_PIPELINES,
+    RemoteCodePipeline,
+    register_remote_code_pipeline,
+    unregister_remote_code_pipeline,
+)
 
 
 DEFAULT_COMMIT_MESSAGE = "Upload early-exit model with hf_earlyexit"
@@ -49,45 +54,6 @@ class MissingTokenizerError(ValueError):
 # --------------------------------------------------------------------------------------------------------------------
 # Remote-code pipelines (extension point)
 # --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RemoteCodePipeline:
-    """A pipeline class shipped with remote-code checkpoints and declared in their `config.custom_pipelines`.
-
-    Args:
-        task: The task name users pass to `pipeline(task, model=..., trust_remote_code=True)`.
-        pipeline_class: The pipeline class; its module must import only torch, transformers and single-dot siblings
-            (it is copied next to the modeling files).
-        auto_classes: Names of the transformers Auto classes that load the model for this pipeline (`"pt"`); the
-            pipeline is shipped with every model whose `hub_auto_classes` contains one of them.
-        default: Optional `default` entry of the task (transformers' format).
-        type: The pipeline's input type (`"text"`).
-    """
-
-    task: str
-    pipeline_class: type
-    auto_classes: tuple[str, ...]
-    default: dict | None = None
-    type: str = "text"
-
-
-_REMOTE_CODE_PIPELINES: dict[str, RemoteCodePipeline] = {}
-
-
-def register_remote_code_pipeline(
-    task: str, pipeline_class: type, auto_classes: tuple[str, ...], default: dict | None = None, type: str = "text"
-) -> None:
-    """Ships `pipeline_class` with every remote-code checkpoint of a model loaded by one of `auto_classes`.
-
-    Idempotent: registering a task again replaces its entry. `hf_earlyexit.pipelines` calls this for its exit-aware
-    pipelines; their modules must then be shippable (see [`RemoteCodePipeline`]), which is checked at save time.
-    """
-    _REMOTE_CODE_PIPELINES[task] = RemoteCodePipeline(task, pipeline_class, tuple(auto_classes), default, type)
-
-
-def unregister_remote_code_pipeline(task: str) -> None:
-    _REMOTE_CODE_PIPELINES.pop(task, None)
 
 
 def remote_code_pipelines(model) -> tuple[list[Path], dict[str, dict]]:

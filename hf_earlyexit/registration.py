@@ -1,10 +1,19 @@
-"""The only place that touches transformers' Auto and pipeline registries. Idempotent: registering twice is a no-op."""
+"""The only place that touches transformers' Auto and pipeline registries, and the registry of pipelines shipped with
+remote-code checkpoints. Idempotent: registering twice is a no-op."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+from dataclasses import dataclass
+
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .hub import register_remote_code_pipeline
-from .models.bert import BertForCascadeClassification, BertWithBypassExits, BypassBertConfig, CascadeBertConfig
+from .models.bert import (
+    BertForCascadeClassification,
+    BertForTokenEarlyExit,
+    BertWithBypassExits,
+    BypassBertConfig,
+    CascadeBertConfig,
+    TokenExitBertConfig,
+)
 from .pipelines import EarlyExitTextClassificationPipeline
 
 
@@ -12,6 +21,7 @@ from .pipelines import EarlyExitTextClassificationPipeline
 FAMILIES = [
     (BypassBertConfig, BertWithBypassExits, (AutoModel, AutoModelForSequenceClassification)),
     (CascadeBertConfig, BertForCascadeClassification, (AutoModel, AutoModelForSequenceClassification)),
+    (TokenExitBertConfig, BertForTokenEarlyExit, (AutoModel, AutoModelForTokenClassification)),
 ]
 
 # task -> the exit-aware pipeline class that `pipeline(task, ...)` builds instead of the stock one. Each behaves like
@@ -28,6 +38,45 @@ PIPELINES = {
 REMOTE_CODE_PIPELINES = {
     "early-exit-text-classification": (EarlyExitTextClassificationPipeline, ("AutoModelForSequenceClassification",)),
 }
+
+
+@dataclass(frozen=True)
+class RemoteCodePipeline:
+    """A pipeline class shipped with remote-code checkpoints and declared in their `config.custom_pipelines`.
+
+    Args:
+        task: The task name users pass to `pipeline(task, model=..., trust_remote_code=True)`.
+        pipeline_class: The pipeline class; its module must import only torch, transformers and single-dot siblings
+            (it is copied next to the modeling files).
+        auto_classes: Names of the transformers Auto classes that load the model for this pipeline (`"pt"`); the
+            pipeline is shipped with every model whose `hub_auto_classes` contains one of them.
+        default: Optional `default` entry of the task (transformers' format).
+        type: The pipeline's input type (`"text"`).
+    """
+
+    task: str
+    pipeline_class: type
+    auto_classes: tuple[str, ...]
+    default: dict | None = None
+    type: str = "text"
+
+
+_REMOTE_CODE_PIPELINES: dict[str, RemoteCodePipeline] = {}
+
+
+def register_remote_code_pipeline(
+    task: str, pipeline_class: type, auto_classes: tuple[str, ...], default: dict | None = None, type: str = "text"
+) -> None:
+    """Ships `pipeline_class` with every remote-code checkpoint of a model loaded by one of `auto_classes`.
+
+    Idempotent: registering a task again replaces its entry. `hf_earlyexit.pipelines` calls this for its exit-aware
+    pipelines; their modules must then be shippable (see [`RemoteCodePipeline`]), which is checked at save time.
+    """
+    _REMOTE_CODE_PIPELINES[task] = RemoteCodePipeline(task, pipeline_class, tuple(auto_classes), default, type)
+
+
+def unregister_remote_code_pipeline(task: str) -> None:
+    _REMOTE_CODE_PIPELINES.pop(task, None)
 
 
 def register() -> None:

@@ -59,6 +59,7 @@ HUB_FAMILIES = [
                     "modeling_bypass_bert",
                     "modeling_exit_heads",
                     "pipelines",
+                    "token_exit_utils",  # imported by the configuration module, which holds every family's config
                 }
             ),
         ),
@@ -80,12 +81,46 @@ HUB_FAMILIES = [
                     "modeling_cascade_bert",
                     "modeling_exit_heads",
                     "pipelines",
+                    "token_exit_utils",  # imported by the configuration module, which holds every family's config
                 }
             ),
         ),
         id="cascade",
     ),
+    pytest.param(
+        HubFamily(
+            build=lambda: _tiny_token_model(),
+            make_inputs=lambda: _token_inputs(batch_size=6),
+            task_auto_class="AutoModelForTokenClassification",
+            pipeline_task=None,
+            remote_pipeline_task=None,
+            call_kwargs=[{}, {"exit_threshold": 0.45, "window_size": 3}, {"early_exit": False}],
+            remote_code_modules=frozenset(
+                {
+                    "checkpoint_utils",
+                    "configuration_early_exit_bert",
+                    "exit_utils",
+                    "modeling_exit_heads",
+                    "modeling_token_exit_bert",
+                    "token_exit_utils",
+                }
+            ),
+        ),
+        id="token",
+    ),
 ]
+
+
+def _tiny_token_model(**kwargs):
+    from tests.test_modeling_token_exit_bert import tiny_model
+
+    return tiny_model(**kwargs)
+
+
+def _token_inputs(**kwargs):
+    from tests.test_modeling_token_exit_bert import token_inputs
+
+    return token_inputs(**kwargs)
 
 
 def _tiny_cascade(**kwargs):

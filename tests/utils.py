@@ -31,8 +31,11 @@ def tiny_tokenizer(directory: Path) -> BertTokenizerFast:
     vocab += [f"[unused{i}]" for i in range(TINY_BERT["vocab_size"] - len(vocab))]
     path = Path(directory) / "vocab.txt"
     path.write_text("\n".join(vocab) + "\n")
+    # transformers 5 builds the WordPiece model from a `vocab` mapping (a `vocab_file` argument is silently ignored)
     return BertTokenizerFast(
-        vocab=str(path), do_lower_case=True, model_max_length=TINY_BERT["max_position_embeddings"]
+        vocab={token: i for i, token in enumerate(vocab)},
+        do_lower_case=True,
+        model_max_length=TINY_BERT["max_position_embeddings"],
     )
 
 

@@ -25,6 +25,7 @@ from transformers import BertConfig, PreTrainedConfig
 
 from .checkpoint_utils import warn_unknown_config_fields
 from .exit_utils import EXIT_CRITERIA, ExitRule, check_patience, encoder_layer_flops
+from .token_exit_utils import TokenExitRule, cached_token_exit_rule
 
 
 class _StartsFromPlainBertMixin:
@@ -55,8 +56,44 @@ class _WarnsOnUnknownFieldsMixin:
         return super().from_dict(config_dict, **kwargs)
 
 
+class _ExitLayersMixin:
+    """`exit_layers` handling shared by the multi-exit families (the field itself is declared by each config)."""
+
+    @property
+    def resolved_exit_layers(self) -> list[int]:
+        """The 1-based exit layers, `exit_layers` or every layer."""
+        if self.exit_layers is None:
+            return list(range(1, self.num_hidden_layers + 1))
+        return list(self.exit_layers)
+
+    @property
+    def num_exits(self) -> int:
+        return self.num_hidden_layers if self.exit_layers is None else len(self.exit_layers)
+
+    @property
+    def num_exit_thresholds(self) -> int:
+        """Length of a per-exit `exit_threshold` list: one per exit (the last exit's value is never read)."""
+        return self.num_exits
+
+    def validate_exit_layers(self):
+        layers = self.resolved_exit_layers
+        if not layers:
+            raise ValueError("`exit_layers` must name at least one layer.")
+        if any(isinstance(layer, bool) or not 1 <= layer <= self.num_hidden_layers for layer in layers):
+            raise ValueError(
+                f"`exit_layers` must be 1-based layer numbers within 1..{self.num_hidden_layers}, got {layers}."
+            )
+        if layers != sorted(set(layers)):
+            raise ValueError(f"`exit_layers` must be strictly increasing, got {layers}.")
+        if layers[-1] != self.num_hidden_layers:
+            raise ValueError(
+                f"`exit_layers` must end with the last layer ({self.num_hidden_layers}), which answers every example "
+                f"that did not exit earlier; got {layers}."
+            )
+
+
 @strict
-class BypassBertConfig(_WarnsOnUnknownFieldsMixin, _StartsFromPlainBertMixin, BertConfig):
+class BypassBertConfig(_WarnsOnUnknownFieldsMixin, _ExitLayersMixin, _StartsFromPlainBertMixin, BertConfig):
     r"""
     Configuration of [`BertWithBypassExits`]: a BERT encoder with an exit head after chosen layers, block-wise bypass
     modules (BADGE), and the classic exit criteria. Every [`~transformers.BertConfig`] field keeps its meaning.
@@ -122,22 +159,6 @@ class BypassBertConfig(_WarnsOnUnknownFieldsMixin, _StartsFromPlainBertMixin, Be
     bypass_dim: int = 32
     bypass_grad_scale: float | int = 1.0
 
-    @property
-    def resolved_exit_layers(self) -> list[int]:
-        """The 1-based exit layers, `exit_layers` or every layer."""
-        if self.exit_layers is None:
-            return list(range(1, self.num_hidden_layers + 1))
-        return list(self.exit_layers)
-
-    @property
-    def num_exits(self) -> int:
-        return self.num_hidden_layers if self.exit_layers is None else len(self.exit_layers)
-
-    @property
-    def num_exit_thresholds(self) -> int:
-        """Length of a per-exit `exit_threshold` list: one per exit (the last exit's value is never read)."""
-        return self.num_exits
-
     def exit_rule(self, **overrides) -> ExitRule:
         """The validated [`ExitRule`] of this config, with optional per-call overrides (`exit_criterion`,
         `exit_threshold`, `patience`, `divergence`, `regression_tolerance`); `None` values keep the config's."""
@@ -157,22 +178,6 @@ class BypassBertConfig(_WarnsOnUnknownFieldsMixin, _StartsFromPlainBertMixin, Be
                 # the saved threshold belongs to another criterion's scale
                 settings["threshold"] = None
         return ExitRule.build(num_exits=self.num_exits, num_labels=self.num_labels, **settings)
-
-    def validate_exit_layers(self):
-        layers = self.resolved_exit_layers
-        if not layers:
-            raise ValueError("`exit_layers` must name at least one layer.")
-        if any(isinstance(layer, bool) or not 1 <= layer <= self.num_hidden_layers for layer in layers):
-            raise ValueError(
-                f"`exit_layers` must be 1-based layer numbers within 1..{self.num_hidden_layers}, got {layers}."
-            )
-        if layers != sorted(set(layers)):
-            raise ValueError(f"`exit_layers` must be strictly increasing, got {layers}.")
-        if layers[-1] != self.num_hidden_layers:
-            raise ValueError(
-                f"`exit_layers` must end with the last layer ({self.num_hidden_layers}), which answers every example "
-                f"that did not exit earlier; got {layers}."
-            )
 
     def validate_exit_rule(self):
         check_patience(self.patience)
@@ -386,4 +391,99 @@ class CascadeBertConfig(_WarnsOnUnknownFieldsMixin, PreTrainedConfig):
         self.exit_rule()
 
 
-__all__ = ["BypassBertConfig", "CascadeBertConfig"]
+@strict
+class TokenExitBertConfig(_WarnsOnUnknownFieldsMixin, _ExitLayersMixin, _StartsFromPlainBertMixin, BertConfig):
+    r"""
+    Configuration of [`BertForTokenEarlyExit`]: a BERT token classifier with a head per exit layer and
+    sequence-labelling early exit, SENTEE or TOKEE (Li et al., ACL 2021, https://aclanthology.org/2021.acl-long.16).
+    Every [`~transformers.BertConfig`] field keeps its meaning; `num_labels` is the number of tags.
+
+    The uncertainty of a word at an exit is `u = H(p) / log C` of that exit's prediction at the word's first
+    word-piece, in `[0, 1]`. Decisions are made per sentence (SENTEE) or per word (TOKEE), never per batch.
+
+    Args:
+        exit_layers (`list[int]`, *optional*):
+            1-based encoder layers that carry a token-classification head, increasing, ending with the last layer
+            (which answers every word still active). Defaults to every layer.
+        exit_mode (`str`, *optional*, defaults to `"token"`):
+            `"sentence"` (SENTEE: a whole sentence leaves at the first exit where the maximum, or mean, of `u` over
+            its words is below the threshold) or `"token"` (TOKEE: word `j` leaves at the first exit where
+            `max_{|k - j| <= W // 2} u_k` is below the threshold).
+        exit_threshold (`float` or `list[float]`, *optional*, defaults to 0.1):
+            Threshold on `u`, in `[0, 1]`: one value, or one per exit (with `threshold_schedule="constant"`). The test
+            is strict (`<`), so 0 never exits.
+        threshold_schedule (`str`, *optional*, defaults to `"constant"`):
+            `"constant"`: `exit_threshold` as given. `"paper"`: the released code's rule, `exit_threshold` for exits
+            at layers `<= L // 2` and `min(2 * exit_threshold, threshold_cap)` above.
+        threshold_cap (`float`, *optional*, defaults to 1.0):
+            Cap of the doubled threshold of the `"paper"` schedule, in `[0, 1]`.
+        window_size (`int`, *optional*, defaults to 5):
+            TOKEE's window `W` (odd, >= 1), counted in words, not word-pieces; clipped at the sentence's edges.
+            The released recipes: about 2x with `W=15, tau=0.1`, 3x with `W=5, tau=0.15`, 4x with `W=5, tau=0.25`.
+        sentence_pooling (`str`, *optional*, defaults to `"max"`):
+            SENTEE's statistic over a sentence's words: `"max"` or `"mean"`.
+
+    Exited words and the window (a deliberate choice): an exited word counts as certain (`u = 0`) in its neighbours'
+    windows, because a frozen word no longer changes and is no reason for them to wait. The released code keeps exited
+    words in the window by accident (a stale mask), with an uncertainty recomputed by the later head on their copied
+    state; with non-decreasing thresholds, keeping the uncertainty a word had when it exited would decide identically,
+    since that value was already below every later threshold.
+
+    Example:
+
+    ```python
+    >>> from hf_earlyexit import TokenExitBertConfig
+
+    >>> config = TokenExitBertConfig(num_hidden_layers=6, exit_threshold=0.15, threshold_schedule="paper")
+    >>> config.exit_rule().thresholds
+    (0.15, 0.15, 0.15, 0.3, 0.3, 0.3)
+    ```"""
+
+    model_type = "token-exit-bert"
+
+    exit_layers: list[int] | None = None
+    exit_mode: Literal["token", "sentence"] = "token"
+    exit_threshold: float | int | list[float | int] = 0.1
+    threshold_schedule: Literal["constant", "paper"] = "constant"
+    threshold_cap: float | int = 1.0
+    window_size: int = 5
+    sentence_pooling: Literal["max", "mean"] = "max"
+
+    def exit_rule(self, **overrides) -> TokenExitRule:
+        """The validated [`TokenExitRule`] of this config, with optional per-call overrides (`exit_mode`,
+        `exit_threshold`, `threshold_schedule`, `window_size`, `sentence_pooling`); `None` values keep the config's."""
+        settings = {
+            "exit_mode": self.exit_mode,
+            "exit_threshold": self.exit_threshold,
+            "threshold_schedule": self.threshold_schedule,
+            "window_size": self.window_size,
+            "sentence_pooling": self.sentence_pooling,
+        }
+        unknown = set(overrides) - set(settings)
+        if unknown:
+            raise TypeError(f"Unknown exit settings {sorted(unknown)}; expected some of {sorted(settings)}.")
+        settings.update({key: value for key, value in overrides.items() if value is not None})
+        threshold = settings["exit_threshold"]
+        arguments = dict(
+            mode=settings["exit_mode"],
+            threshold=tuple(threshold) if isinstance(threshold, (list, tuple)) else threshold,
+            exit_layers=tuple(self.resolved_exit_layers),
+            num_hidden_layers=self.num_hidden_layers,
+            window_size=settings["window_size"],
+            sentence_pooling=settings["sentence_pooling"],
+            threshold_schedule=settings["threshold_schedule"],
+            threshold_cap=self.threshold_cap,
+        )
+        values = arguments["threshold"] if isinstance(arguments["threshold"], tuple) else ()
+        if not any(isinstance(value, bool) for value in values):  # (True,) would share the cache entry of (1,)
+            try:
+                return cached_token_exit_rule(**arguments)
+            except TypeError:  # unhashable settings: build without the cache, which reports what is wrong
+                pass
+        return TokenExitRule.build(**{**arguments, "exit_layers": list(arguments["exit_layers"])})
+
+    def validate_exit_rule(self):
+        self.exit_rule()
+
+
+__all__ = ["BypassBertConfig", "CascadeBertConfig", "TokenExitBertConfig"]

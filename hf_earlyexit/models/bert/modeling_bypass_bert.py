@@ -28,6 +28,7 @@ from .modeling_exit_heads import (
     ClassificationHead,
     EarlyExitModelMixin,
     embed_and_mask,
+    full_depth_exit_logits,
     layer_mask,
     problem_type_of,
     scale_gradient,
@@ -264,15 +265,16 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
     ) -> torch.Tensor:
         """Every layer on every example; returns `(num_exits, batch, num_labels)` logits, or `(1, batch, num_labels)`
         with the last exit only."""
-        mask = layer_mask(self.config, hidden_states, attention_mask)
-        num_layers = self.full_depth_layers
-        logits = []
-        for i, layer_module in enumerate(self.bert.encoder.layer):
-            hidden_states = layer_module(hidden_states, mask)
-            k = self._exit_position.get(i + 1)
-            if k is not None and (all_exits or i + 1 == num_layers):
-                logits.append(self._exit_logits(k, hidden_states, None if mask is None else attention_mask))
-        return torch.stack(logits)
+        head_mask = None if bool(attention_mask.all()) else attention_mask  # heads pool without a mask when they can
+        return full_depth_exit_logits(
+            self.bert,
+            self.config,
+            hidden_states,
+            attention_mask,
+            self.exit_layers,
+            lambda k, states: self._exit_logits(k, states, head_mask),
+            all_exits,
+        )
 
     def _forward_early_exit(self, hidden_states, attention_mask, rule) -> tuple[torch.Tensor, torch.Tensor]:
         """The inference path: examples leave the batch as soon as their criterion fires."""

@@ -19,6 +19,7 @@ Shipped with `trust_remote_code` checkpoints: imports only torch, transformers a
 
 import importlib
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -258,6 +259,41 @@ def layer_mask(config: BertConfig, hidden_states: torch.Tensor, attention_mask: 
     return create_bidirectional_mask(config=config, inputs_embeds=hidden_states, attention_mask=attention_mask)
 
 
+def full_depth_exit_logits(
+    bert: nn.Module,
+    config: BertConfig,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor,
+    exit_layers: list[int],
+    exit_logits: Callable[[int, torch.Tensor], torch.Tensor],
+    all_exits: bool,
+) -> torch.Tensor:
+    """Run every encoder layer on every position and stack the exits' logits.
+
+    Args:
+        bert: The `BertModel` whose `encoder.layer` runs.
+        config: Its config (attention implementation for the mask).
+        hidden_states: `(batch, seq, d)` embeddings.
+        attention_mask: `(batch, seq)` 2D mask.
+        exit_layers: 1-based exit layers.
+        exit_logits: `exit_logits(exit_index, hidden_states)`, the logits of one exit.
+        all_exits: Evaluate every exit; otherwise only the last layer's.
+
+    Returns:
+        `(num_exits, ...)` logits, or `(1, ...)` with the last exit only.
+    """
+    mask = layer_mask(config, hidden_states, attention_mask)
+    exit_position = {layer: k for k, layer in enumerate(exit_layers)}
+    num_layers = len(bert.encoder.layer)
+    logits = []
+    for i, layer_module in enumerate(bert.encoder.layer):
+        hidden_states = layer_module(hidden_states, mask)
+        k = exit_position.get(i + 1)
+        if k is not None and (all_exits or i + 1 == num_layers):
+            logits.append(exit_logits(k, hidden_states))
+    return torch.stack(logits)
+
+
 def problem_type_of(config: BertConfig, labels: torch.Tensor) -> str:
     """transformers' rule for the classification problem type, without writing it into the config."""
     if config.problem_type is not None:
@@ -301,6 +337,7 @@ __all__ = [
     "ClassificationHead",
     "EarlyExitModelMixin",
     "embed_and_mask",
+    "full_depth_exit_logits",
     "layer_mask",
     "masked_mean",
     "problem_type_of",

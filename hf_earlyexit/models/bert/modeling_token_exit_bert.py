@@ -1,0 +1,487 @@
+# Copyright 2026 The hf_earlyexit Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""BERT token classifier with sequence-labelling early exit: SENTEE and TOKEE (Li et al., ACL 2021).
+
+TOKEE skips the work of exited words for real: after a word exits, its word-pieces are no longer queries. Each later
+layer gathers the active positions of every sentence, computes their query projection, attention, attention-output
+projection and feed-forward block only, with keys and values from all positions of the sentence (frozen ones
+included), and scatters the results back; frozen positions keep their hidden state bit for bit.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import BertModel, BertPreTrainedModel
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.bert.modeling_bert import BertLayer, eager_attention_forward
+from transformers.pytorch_utils import apply_chunking_to_forward
+from transformers.utils import ModelOutput
+
+from .configuration_early_exit_bert import TokenExitBertConfig
+from .exit_utils import classifier_head_flops, drop_padding_columns, encoder_layer_flops
+from .modeling_exit_heads import (
+    EarlyExitModelMixin,
+    embed_and_mask,
+    full_depth_exit_logits,
+    layer_mask,
+    sequence_classification_loss,
+    weighted_exit_loss,
+)
+from .token_exit_utils import IGNORE_INDEX, ActiveWords, TokenExitRule, token_exit_flops, word_layout
+
+
+# attention implementations whose masks fit packed queries against all keys (a rectangular padding mask)
+PACKED_ATTENTION: tuple[str, ...] = ("eager", "sdpa")
+
+
+@dataclass
+class EarlyExitTokenClassifierOutput(ModelOutput):
+    r"""
+    Output of [`BertForTokenEarlyExit`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is provided):
+            With every exit computed (training, or `output_all_exits=True`): the joint token loss
+            `sum_i i * CE_i / sum_i i` over exits at layers `i`, `CE_i` the mean cross-entropy over labelled positions.
+            Otherwise: the cross-entropy of the returned `logits`.
+        logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, num_labels)`):
+            At every real position, the logits of the head at the layer where that position stopped being computed
+            (`exit_layer`): a word-piece's own logits from its word's exit layer, a special token's from the layer its
+            sentence ran to. Zero at padding.
+        exit_layer (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+            1-based number of encoder layers that computed each position: for word-pieces, their word's exit layer;
+            for special tokens ([CLS], [SEP], which never exit on their own), the depth their sentence ran to (the
+            layer at which its last word exited, or the last layer); 0 at padding.
+        flops (`torch.LongTensor` of shape `(batch_size,)`):
+            FLOPs this call spent on each sentence, counted from its real length `n` (METHODS.md section 4): every
+            encoder layer it ran with `q` = its positions active in that layer, plus `2 d C` per position at which a
+            head was evaluated (with early exit, every head on the positions active in its layer, fired or not).
+        all_logits (`torch.FloatTensor` of shape `(num_exits, batch_size, sequence_length, num_labels)`, *optional*):
+            Every exit's logits at every position from full-depth states, returned in training and with
+            `output_all_exits=True`. Zero at padding.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    exit_layer: torch.LongTensor | None = None
+    flops: torch.LongTensor | None = None
+    all_logits: torch.FloatTensor | None = None
+
+
+@dataclass
+class PackedQueries:
+    """Where the active positions of a batch are, and where they go when packed per sentence.
+
+    Built once per change of the active set and reused by every layer until the next exit decision.
+
+    Attributes:
+        positions: `(N,)` flat index `row * seq + column` of each active position, in reading order.
+        packed: `(N,)` flat index `row * num_queries + rank` of each in the packed `(batch, num_queries)` layout.
+        num_queries: Largest number of active positions in a row.
+        mask: The attention mask between packed queries and all keys, `(batch, 1, num_queries, seq)` in the form the
+            attention implementation expects, or `None` where nothing is masked.
+    """
+
+    positions: torch.Tensor
+    packed: torch.Tensor
+    num_queries: int
+    mask: torch.Tensor | None
+
+    @classmethod
+    def build(
+        cls,
+        active: torch.Tensor,
+        attention_mask: torch.Tensor,
+        hidden_states: torch.Tensor,
+        config,
+        positions: torch.Tensor | None = None,
+    ) -> "PackedQueries":
+        seq_len = active.shape[1]
+        if positions is None:
+            positions = active.reshape(-1).nonzero().squeeze(-1)
+        rows = torch.div(positions, seq_len, rounding_mode="floor")
+        ranks = active.long().cumsum(dim=1).reshape(-1).index_select(0, positions) - 1
+        num_queries = int(active.sum(dim=1).max()) if positions.numel() else 0
+        # a rectangular (queries x keys) padding mask, as for cross-attention; `inputs_embeds` only gives the query
+        # shape (num_queries <= seq)
+        mask = create_bidirectional_mask(
+            config=config,
+            inputs_embeds=hidden_states[:, :num_queries],
+            attention_mask=attention_mask,
+            encoder_hidden_states=hidden_states,
+        )
+        return cls(positions=positions, packed=rows * num_queries + ranks, num_queries=num_queries, mask=mask)
+
+
+def active_query_layer(
+    layer: BertLayer,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor,
+    active: torch.Tensor,
+    config,
+    queries: PackedQueries | None = None,
+) -> torch.Tensor:
+    """One `BertLayer` in which only the `active` positions are queries; the others are copied forward unchanged.
+
+    Built from the layer's own submodules (`attention.self.query/key/value`, `attention.output`, `intermediate`,
+    `output`), so the checkpoint's weights drive it. The query projection, the attention-output projection and the
+    feed-forward block run on the active positions only (gathered, no padding); keys and values run on every position;
+    the attention itself runs per sentence on its active queries, padded to the largest active count in the batch.
+    With every real position active it equals `layer(hidden_states, mask)` at the real positions.
+
+    Args:
+        layer: The encoder layer.
+        hidden_states: `(batch, seq, d)`.
+        attention_mask: `(batch, seq)` 2D mask, 1 for real positions (the keys).
+        active: `(batch, seq)` bool, the positions to update (a subset of the real ones).
+        config: The model config (attention implementation, `eager` or `sdpa`).
+        queries: The [`PackedQueries`] of `active`, when the caller already has them.
+
+    Returns:
+        `(batch, seq, d)`: new states at active positions, the input states (the same values) elsewhere.
+    """
+    if queries is None:
+        queries = PackedQueries.build(active, attention_mask, hidden_states, config)
+    self_attention = layer.attention.self
+    batch_size, seq_len, hidden_size = hidden_states.shape
+    head_dim = self_attention.attention_head_size
+    num_queries = queries.num_queries
+
+    key = self_attention.key(hidden_states).view(batch_size, seq_len, -1, head_dim).transpose(1, 2)
+    value = self_attention.value(hidden_states).view(batch_size, seq_len, -1, head_dim).transpose(1, 2)
+    flat_states = hidden_states.reshape(batch_size * seq_len, hidden_size)
+    queries_in = flat_states.index_select(0, queries.positions)
+    query_flat = self_attention.query(queries_in)
+    query = query_flat.new_zeros(batch_size * num_queries, query_flat.shape[-1])
+    query = query.index_copy_(0, queries.packed, query_flat)
+    query = query.view(batch_size, num_queries, -1, head_dim).transpose(1, 2)
+
+    attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)
+    context, _ = attention_interface(
+        self_attention,
+        query,
+        key,
+        value,
+        queries.mask,
+        dropout=self_attention.dropout.p if self_attention.training else 0.0,
+        scaling=self_attention.scaling,
+    )
+    context = context.reshape(batch_size * num_queries, -1).index_select(0, queries.packed)
+
+    attention_output = layer.attention.output(context, queries_in)
+    updated = apply_chunking_to_forward(layer.feed_forward_chunk, layer.chunk_size_feed_forward, 0, attention_output)
+    return flat_states.index_copy(0, queries.positions, updated).view(batch_size, seq_len, hidden_size)
+
+
+class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
+    r"""
+    BERT for token classification with a head after each layer of `config.exit_layers` and sequence-labelling early
+    exit (Li et al., "Accelerating BERT Inference for Sequence Labeling via Early-Exit", ACL 2021,
+    https://aclanthology.org/2021.acl-long.16).
+
+    Labels follow transformers' token-classification convention: a word's label sits on its first word-piece, -100
+    everywhere else. At inference the model must know the words without labels: pass `word_ids` (built by
+    [`encode_words`] from the tokenizer's `word_ids()`), or it treats every real position except the first and last
+    of each row ([CLS], [SEP]) as a word of its own. Special tokens and padding never decide; a word's other
+    word-pieces follow it (they freeze with it and report its exit layer).
+
+    In evaluation mode with early exit:
+
+    - SENTEE (`exit_mode="sentence"`): after each exit, a sentence whose statistic (max or mean of its words' `u`)
+      is below the threshold leaves the batch; the rest run on.
+    - TOKEE (`exit_mode="token"`): after each exit, a word whose window maximum of `u` is below the threshold
+      freezes, word-pieces included: from then on its states are copied forward unchanged and its prediction is
+      fixed, and later layers compute queries, attention, output projection and feed-forward for active positions
+      only (keys and values for all; see [`active_query_layer`]). [CLS] and [SEP] stay active. A sentence whose words
+      have all exited leaves the batch.
+
+    Heads are evaluated on the positions active in their layer only (word-pieces and special tokens included, so that
+    every real position has logits); frozen positions are never evaluated again. The last exit answers everything
+    still active. In training mode every exit is computed at every position (no exit).
+
+    Speed: the packed step also skips the padding of shorter sentences (for everything but keys and values), so in
+    padded batches the wall-clock gain can exceed the FLOPs gain. On CPU, a matrix product over fewer than about 16
+    rows costs nearly as much as one over 16-32 rows (MKL's small-matrix path), so with one short sentence at a time
+    most of the gain comes from layers that sentences skip entirely, not from the words frozen inside them.
+
+    Per-call settings are forward arguments and never change the module or its config: `exit_mode`,
+    `exit_threshold`, `threshold_schedule`, `window_size`, `sentence_pooling`, `early_exit` (`False`: full depth,
+    only the last head) and `output_all_exits`.
+
+    Example:
+
+    ```python
+    >>> from transformers import AutoTokenizer
+    >>> from hf_earlyexit import BertForTokenEarlyExit, encode_words
+
+    >>> model = BertForTokenEarlyExit.from_pretrained("path/to/bert", num_labels=9, exit_mode="token", window_size=5)
+    >>> tokenizer = AutoTokenizer.from_pretrained("path/to/bert")
+    >>> batch = encode_words(tokenizer, [["EU", "rejects", "German", "call"], ["Peter", "Blackburn"]])
+    >>> out = model.eval()(**batch, exit_threshold=0.2)
+    >>> out.exit_layer  # per position: layers computed
+    ```
+    """
+
+    config: TokenExitBertConfig
+    config_class = TokenExitBertConfig
+    hub_auto_classes = ("AutoModel", "AutoModelForTokenClassification")
+    # the loss is a per-batch mean that ignores `num_items_in_batch` (see `BertWithBypassExits`)
+    accepts_loss_kwargs = False
+    # a plain BERT checkpoint carries a pooler that token classification does not use
+    _keys_to_ignore_on_load_unexpected = [r"pooler\."]
+
+    def __init__(self, config: TokenExitBertConfig):
+        super().__init__(config)
+        # settings passed to `from_pretrained` are set on the config after its own validation ran
+        config.validate()
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config, add_pooling_layer=False)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.exit_heads = nn.ModuleList(
+            nn.Linear(config.hidden_size, config.num_labels) for _ in config.resolved_exit_layers
+        )
+        self.post_init()
+
+    @property
+    def exit_layers(self) -> list[int]:
+        return self.config.resolved_exit_layers
+
+    def head_flops(self) -> int:
+        """FLOPs of one exit head at one position."""
+        return classifier_head_flops(self.config.hidden_size, self.config.num_labels)
+
+    def _head(self, exit_index: int, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.exit_heads[exit_index](self.dropout(hidden_states))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        word_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        early_exit: bool | None = None,
+        exit_mode: str | None = None,
+        exit_threshold: float | list[float] | None = None,
+        threshold_schedule: str | None = None,
+        window_size: int | None = None,
+        sentence_pooling: str | None = None,
+        output_all_exits: bool | None = None,
+        **kwargs,
+    ) -> EarlyExitTokenClassifierOutput:
+        r"""
+        word_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Word id of each position, -1 for special tokens and padding (see [`encode_words`]). A word is a run of
+            consecutive positions with the same id; it exits as one. Without it, every real position but the first and
+            the last of each row is a word.
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Tag ids in `[0, num_labels)` on the first word-piece of each word, -100 elsewhere.
+        early_exit (`bool`, *optional*):
+            Defaults to `True` in evaluation mode. `False` runs every layer at every position and answers with the last
+            head only.
+        exit_mode, exit_threshold, threshold_schedule, window_size, sentence_pooling (*optional*):
+            Override the config's exit settings for this call only (see [`TokenExitBertConfig`]).
+        output_all_exits (`bool`, *optional*):
+            Compute every head at every position from full-depth states and return them in `all_logits`; `logits`
+            and `exit_layer` are then the rule's choice replayed on those logits ([`TokenExitRule.simulate`]), which
+            for TOKEE is the offline replay of stage-2 training, not the live computation. Always on in training.
+        """
+        rule = self.config.exit_rule(
+            exit_mode=exit_mode,
+            exit_threshold=exit_threshold,
+            threshold_schedule=threshold_schedule,
+            window_size=window_size,
+            sentence_pooling=sentence_pooling,
+        )
+        all_exits = self.training or bool(output_all_exits)
+        early_exit = (not self.training) if early_exit is None else early_exit
+
+        seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        if seq_len > self.config.max_position_embeddings:
+            raise ValueError(
+                f"The inputs have {seq_len} positions but the model has {self.config.max_position_embeddings} "
+                "position embeddings. Truncate when building inputs (`encode_words` truncates to the tokenizer's "
+                "`model_max_length`, or to `max_length`)."
+            )
+        hidden_states, attention_mask = embed_and_mask(
+            self.bert, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
+        )
+        if labels is not None:
+            self._check_labels(labels, attention_mask)
+        word_index, word_start = word_layout(attention_mask, word_ids)
+        real = attention_mask.bool()
+        lengths = attention_mask.sum(dim=-1)
+
+        if all_exits or not early_exit:
+            stacked = self._forward_full_depth(hidden_states, attention_mask, all_exits)
+            stacked = stacked.masked_fill(~real[..., None], 0.0)
+            num_exits = len(self.exit_layers)
+            if all_exits and early_exit:
+                exit_index = rule.simulate(stacked, attention_mask, word_ids)
+                logits = stacked.gather(0, exit_index.clamp_min(0)[None, ..., None].expand_as(stacked[:1]))[0]
+            else:
+                exit_index = torch.where(real, num_exits - 1, -1)
+                logits = stacked[-1]
+            layer_numbers = torch.tensor(self.exit_layers, device=exit_index.device)
+            exit_layer = torch.where(real, layer_numbers[exit_index.clamp_min(0)], 0)
+            heads = num_exits if all_exits else 1
+            layer_flops = encoder_layer_flops(lengths, self.config.hidden_size, self.config.intermediate_size)
+            flops = self.config.num_hidden_layers * layer_flops + heads * lengths * self.head_flops()
+            all_logits = stacked if all_exits else None
+        else:
+            logits, exit_layer, flops = self._forward_early_exit(
+                hidden_states, attention_mask, word_index, word_start, rule
+            )
+            all_logits = None
+
+        loss = None
+        if labels is not None:
+            problem_type = "single_label_classification"  # cross-entropy over positions, -100 ignored
+            if all_logits is not None:
+                loss = weighted_exit_loss(all_logits, labels, problem_type, self.exit_layers)
+            else:
+                loss = sequence_classification_loss(logits, labels, problem_type)
+
+        return EarlyExitTokenClassifierOutput(
+            loss=loss, logits=logits, exit_layer=exit_layer, flops=flops, all_logits=all_logits
+        )
+
+    def _check_labels(self, labels: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        if labels.shape != attention_mask.shape:
+            raise ValueError(
+                f"`labels` has shape {tuple(labels.shape)} but the inputs have shape {tuple(attention_mask.shape)}: "
+                "give one label per position, the word's tag on its first word-piece and -100 elsewhere "
+                "(`encode_words` aligns word labels this way)."
+            )
+        bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= self.num_labels))
+        if bool(bad.any()):
+            raise ValueError(
+                f"`labels` must be tag ids in [0, {self.num_labels}) or -100, got {labels[bad][:5].tolist()}."
+            )
+
+    def _forward_full_depth(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, all_exits: bool
+    ) -> torch.Tensor:
+        """Every layer at every position; `(num_exits, batch, seq, num_labels)` logits, or only the last exit's."""
+        return full_depth_exit_logits(
+            self.bert, self.config, hidden_states, attention_mask, self.exit_layers, self._head, all_exits
+        )
+
+    def _forward_early_exit(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        word_index: torch.Tensor,
+        word_start: torch.Tensor,
+        rule: TokenExitRule,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The inference path: words (TOKEE) or sentences (SENTEE) stop being computed once they exit.
+
+        The batch is compacted as sentences leave (rows) and as positions become padding for every remaining sentence
+        (columns); `rows` and `cols` map the compacted batch back to the caller's positions.
+        """
+        config = self.config
+        if config._attn_implementation not in PACKED_ATTENTION:
+            raise ValueError(
+                f"Early exit runs the packed-query layer step, which supports the {PACKED_ATTENTION} attention "
+                f"implementations; this model uses {config._attn_implementation!r}. Call "
+                "`model.set_attn_implementation('sdpa')`, or pass `early_exit=False` for full depth."
+            )
+        batch_size, seq_len = attention_mask.shape
+        device = hidden_states.device
+        out_logits = hidden_states.new_zeros(batch_size, seq_len, self.num_labels)
+        exit_layer = torch.zeros(batch_size, seq_len, dtype=torch.long, device=device)
+        num_exits = len(self.exit_layers)
+        exit_position = {layer: k for k, layer in enumerate(self.exit_layers)}
+
+        rows = torch.arange(batch_size, device=device)
+        cols = torch.arange(seq_len, device=device)
+        lengths = attention_mask.sum(dim=-1)
+        (attention_mask, hidden_states, word_index, word_start, cols_2d) = drop_padding_columns(
+            attention_mask, hidden_states, word_index, word_start, cols.expand(batch_size, -1)
+        )
+        cols = cols_2d[0]
+        active = attention_mask.bool()
+        flat_logits, flat_exit_layer = out_logits.view(-1, self.num_labels), exit_layer.view(-1)
+        changed = True  # the active set (or the batch) changed since the last layer
+
+        for i, layer_module in enumerate(self.bert.encoder.layer):
+            layer_number = i + 1
+            if changed:
+                words = ActiveWords.build(active, word_index, word_start)
+                current_len = active.shape[1]
+                # where each active position's outputs go in the caller's (batch, seq) layout
+                out_positions = rows.index_select(0, words.rows) * seq_len + cols.index_select(
+                    0, words.positions - words.rows * current_len
+                )
+                # the plain layer only when it wastes nothing: no frozen position and no padding; otherwise the packed
+                # step, which also skips the padding of shorter sentences for everything but keys and values
+                all_active = words.positions.numel() == active.numel()
+                if all_active:
+                    mask = layer_mask(config, hidden_states, attention_mask)
+                else:
+                    queries = PackedQueries.build(active, attention_mask, hidden_states, config, words.positions)
+                changed = False
+            if all_active:
+                hidden_states = layer_module(hidden_states, mask)
+            else:
+                hidden_states = active_query_layer(
+                    layer_module, hidden_states, attention_mask, active, config, queries=queries
+                )
+            k = exit_position.get(layer_number)
+            if k is None:
+                continue
+
+            flat_states = hidden_states.reshape(-1, hidden_states.shape[-1])
+            logits = self._head(k, flat_states if all_active else flat_states.index_select(0, words.positions))
+            flat_logits.index_copy_(0, out_positions, logits)
+            flat_exit_layer.index_fill_(0, out_positions, layer_number)
+            if k == num_exits - 1:
+                break
+            if rule.thresholds[k] <= 0:  # `u < 0` never holds: no word leaves, only rows without words
+                freeze, remaining = None, words.active_words.any(dim=-1)
+            else:
+                freeze, remaining = words.decide(rule, k, logits)
+            if freeze is not None and bool(freeze.any()):
+                active = active.reshape(-1).index_put((words.positions,), ~freeze).view_as(active)
+                changed = True
+            if not bool(remaining.all()):
+                if not bool(remaining.any()):
+                    break
+                rows = rows[remaining]
+                attention_mask, hidden_states, active, word_index, word_start = (
+                    attention_mask[remaining],
+                    hidden_states[remaining],
+                    active[remaining],
+                    word_index[remaining],
+                    word_start[remaining],
+                )
+                (attention_mask, hidden_states, active, word_index, word_start, cols_2d) = drop_padding_columns(
+                    attention_mask, hidden_states, active, word_index, word_start, cols.expand(len(rows), -1)
+                )
+                cols = cols_2d[0]
+                changed = True
+
+        flops = token_exit_flops(
+            exit_layer, lengths, self.exit_layers, config.hidden_size, config.intermediate_size, self.num_labels
+        )
+        return out_logits, exit_layer, flops
+
+
+__all__ = ["BertForTokenEarlyExit", "EarlyExitTokenClassifierOutput", "PackedQueries", "active_query_layer"]
