@@ -286,6 +286,22 @@ def test_forward_override_bad_input(kwargs, message):
         model(**padded_inputs(), **kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(exit_threshold=5.0), r"in \[0, 1\], got 5.0"),
+        (dict(exit_layers=[9]), "within 1..4"),
+        (dict(patience=0), "patience"),
+    ],
+)
+def test_bad_settings_given_to_from_pretrained_are_rejected(tmp_path, kwargs, message):
+    BertModel(BertConfig(**tiny_config_kwargs())).save_pretrained(tmp_path)
+    with pytest.raises(StrictDataclassError, match=message):
+        BertWithBypassExits.from_pretrained(
+            tmp_path, num_labels=2, exit_criterion="patience" if "patience" in kwargs else "max_prob", **kwargs
+        )
+
+
 def test_exit_layers_subset():
     model = tiny_model(num_labels=2, exit_layers=[2, 4])
     assert len(model.exit_heads) == 2

@@ -43,17 +43,22 @@ class _StartsFromPlainBertMixin:
         return config_dict, kwargs
 
 
-class _WarnsOnUnknownFieldsMixin:
-    """Warns when a saved early-exit config has fields this version does not know (a checkpoint from a newer version).
+class _LoadedConfigChecksMixin:
+    """Checks of a config read from a checkpoint.
 
-    transformers keeps such keys as plain attributes without a word; the config still loads, and the keys are saved
-    again, but the warning names them (see `checkpoint_utils.unknown_config_fields`).
+    - Fields this version does not know (a checkpoint from a newer version) are kept, as transformers does, but named
+      in a warning (see `checkpoint_utils.unknown_config_fields`).
+    - Settings passed as keyword arguments (`from_pretrained(path, exit_threshold=...)`) are set by transformers after
+      the config's own validation ran; they are validated here, so a bad value fails before any weight is loaded.
     """
 
     @classmethod
     def from_dict(cls, config_dict, **kwargs):
         warn_unknown_config_fields(cls, config_dict)
-        return super().from_dict(config_dict, **kwargs)
+        loaded = super().from_dict(config_dict, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        config.validate()
+        return loaded
 
 
 class _ExitLayersMixin:
@@ -93,7 +98,7 @@ class _ExitLayersMixin:
 
 
 @strict
-class BypassBertConfig(_WarnsOnUnknownFieldsMixin, _ExitLayersMixin, _StartsFromPlainBertMixin, BertConfig):
+class BypassBertConfig(_LoadedConfigChecksMixin, _ExitLayersMixin, _StartsFromPlainBertMixin, BertConfig):
     r"""
     Configuration of [`BertWithBypassExits`]: a BERT encoder with an exit head after chosen layers, block-wise bypass
     modules (BADGE), and the classic exit criteria. Every [`~transformers.BertConfig`] field keeps its meaning.
@@ -234,7 +239,7 @@ def _member_dict(index: int, member, num_labels: int) -> dict:
 
 
 @strict
-class CascadeBertConfig(_WarnsOnUnknownFieldsMixin, PreTrainedConfig):
+class CascadeBertConfig(_LoadedConfigChecksMixin, PreTrainedConfig):
     r"""
     Configuration of [`BertForCascadeClassification`]: a cascade of complete BERT classifiers of increasing size
     (CascadeBERT, Li et al., Findings of EMNLP 2021, https://huggingface.co/papers/2012.14682). An example is answered
@@ -392,7 +397,7 @@ class CascadeBertConfig(_WarnsOnUnknownFieldsMixin, PreTrainedConfig):
 
 
 @strict
-class TokenExitBertConfig(_WarnsOnUnknownFieldsMixin, _ExitLayersMixin, _StartsFromPlainBertMixin, BertConfig):
+class TokenExitBertConfig(_LoadedConfigChecksMixin, _ExitLayersMixin, _StartsFromPlainBertMixin, BertConfig):
     r"""
     Configuration of [`BertForTokenEarlyExit`]: a BERT token classifier with a head per exit layer and
     sequence-labelling early exit, SENTEE or TOKEE (Li et al., ACL 2021, https://aclanthology.org/2021.acl-long.16).

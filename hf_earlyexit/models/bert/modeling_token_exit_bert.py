@@ -245,8 +245,6 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
 
     def __init__(self, config: TokenExitBertConfig):
         super().__init__(config)
-        # settings passed to `from_pretrained` are set on the config after its own validation ran
-        config.validate()
         self.num_labels = config.num_labels
         self.bert = BertModel(config, add_pooling_layer=False)
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
