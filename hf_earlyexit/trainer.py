@@ -43,7 +43,11 @@ class EarlyExitTrainer(Trainer):
       (FLOPs of the full-depth model over FLOPs of the early-exit path, per example from its real length). Every value
       is a ratio of sums over the whole evaluation set (not a mean of batch means), gathered across processes.
     - `head_learning_rate` gives exit heads and bypass modules (everything outside `model.base_model`) their own
-      learning rate.
+      learning rate; for a cascade, every member's head and every member but the last (see
+      [`CascadeExitLoss.head_parameter_names`]).
+    - The exit loss may prepare more than batches: [`ExitLoss.setup`] runs at the end of `__init__` (CascadeBERT's
+      difficulty-aware recipe adds an example index to the training set and a callback that labels it after its
+      warm-up).
 
     Args:
         model ([`~transformers.PreTrainedModel`]):
@@ -121,6 +125,7 @@ class EarlyExitTrainer(Trainer):
         self._set_trainable_parameters()
         # metric name -> tensor([sum of numerators, sum of denominators]) since the last log / in this evaluation
         self._metrics: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
+        self.exit_loss.setup(self)
 
     def _set_trainable_parameters(self) -> None:
         """Apply the loss's choice of trainable parameters (staged recipes) before DDP wraps the model and the
@@ -139,18 +144,20 @@ class EarlyExitTrainer(Trainer):
         self._signature_columns += [c for c in self.exit_loss.input_columns if c not in self._signature_columns]
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
-        """The optimizer of [`~transformers.Trainer`], with the exit heads and bypass modules (every parameter outside
-        `model.base_model`) moved to groups of their own at `head_learning_rate` when it is set. Weight decay is kept
-        per parameter as the base class decides it."""
+        """The optimizer of [`~transformers.Trainer`], with the parameters the exit loss names as heads (by default
+        the exit heads and bypass modules: every parameter outside `model.base_model`; see
+        [`ExitLoss.head_parameter_names`]) moved to groups of their own at `head_learning_rate` when it is set. Weight
+        decay is kept per parameter as the base class decides it."""
         creating = self.optimizer is None
         optimizer = super().create_optimizer(model)
         if creating and self.args.head_learning_rate is not None:
-            opt_model = self.model if model is None else model
-            backbone = {id(p) for p in opt_model.base_model.parameters()}
+            opt_model = self.accelerator.unwrap_model(self.model if model is None else model)
+            head_names = self.exit_loss.head_parameter_names(opt_model)
+            head_ids = {id(p) for name, p in opt_model.named_parameters() if name in head_names}
             for group in list(optimizer.param_groups):
-                heads = [p for p in group["params"] if id(p) not in backbone]
+                heads = [p for p in group["params"] if id(p) in head_ids]
                 if heads:
-                    group["params"] = [p for p in group["params"] if id(p) in backbone]
+                    group["params"] = [p for p in group["params"] if id(p) not in head_ids]
                     settings = {key: value for key, value in group.items() if key != "params"}
                     optimizer.add_param_group({**settings, "params": heads, "lr": self.args.head_learning_rate})
             optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]

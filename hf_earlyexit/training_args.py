@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .losses import WEIGHT_SCHEMES, registered_recipes, staged_recipes
+from .losses import DAR_RECIPE, WEIGHT_SCHEMES, check_dar_settings, registered_recipes, staged_recipes
 
 
 @dataclass
@@ -39,6 +39,12 @@ class EarlyExitTrainingArguments(TrainingArguments):
               exit and trains the other exits on `sum_{i<L} KL(p_L || p_i)`, which needs no labels. Needs
               `exit_stage`.
 
+            For cascades ([`BertForCascadeClassification`], METHODS.md section 2):
+
+            - `"joint"`: `sum_k CE_k` over the members (no weights: `exit_loss_weights` must not be a list).
+            - `"difficulty_aware"` (CascadeBERT): `sum_k CE_k + dar_lambda * sum_{k<K-1} L_DAR(k)`, see the `dar_*`
+              arguments and [`DifficultyAwareCascadeLoss`].
+
             Families can register more recipes (see [`register_exit_loss`]).
         exit_loss_weights (`str` or `list[float]`, *optional*, defaults to `"linear"`):
             Exit weights `w_i` of the joint loss (used by `"joint"` and by the odd steps of `"alternating"`):
@@ -51,7 +57,25 @@ class EarlyExitTrainingArguments(TrainingArguments):
             Learning rate of the exit heads and bypass modules (every parameter outside the model's backbone,
             `model.base_model`). Defaults to `learning_rate`. Shallow exit heads usually want a higher rate than the
             backbone: on all-MiniLM-L6-v2 a first-layer head reached 77-79 % SST-2 accuracy at 2e-4 against 51-74 % at
-            5e-5 (METHODS.md section 5).
+            5e-5 (METHODS.md section 5). For a cascade it covers every member's head and every member but the last,
+            encoder included (the same measurement: a 1-layer model trains better at 2e-4); only the last member's
+            encoder trains at `learning_rate`.
+        dar_lambda (`float`, *optional*):
+            `exit_recipe="difficulty_aware"` only: the weight `lambda` of the DAR term. Defaults to 0.5 (CascadeBERT).
+        dar_margin (`float`, *optional*):
+            `exit_recipe="difficulty_aware"` only: the margin `m` of `max(0, c_hard - c_easy + m)`. Defaults to 0.5
+            (the released script; its command-line default was 0.3).
+        dar_difficulty (`str`, *optional*):
+            `exit_recipe="difficulty_aware"` only: where the difficulty labels come from. `"warmup"` (default): after
+            `dar_warmup_epochs` epochs of joint training without DAR, the trainer labels each training example hard for
+            member `k` when member `k` predicts it wrongly, then trains on with DAR (needs a `datasets.Dataset`).
+            `"column"`: a `difficulty` column of the training set, per example one 0/1 label shared by the non-final
+            members or a list of one per non-final member (1 = hard). `"online"`: each member's current correctness on
+            the batch.
+        dar_warmup_epochs (`float`, *optional*):
+            `exit_recipe="difficulty_aware"` only: epochs (fractions allowed) trained without DAR at the start, within
+            the same learning-rate schedule; `ceil(dar_warmup_epochs x update steps per epoch)` optimizer steps. Defaults
+            to 1 for `"warmup"` (must be > 0 and shorter than the training) and 0 for the other sources.
 
     Example:
 
@@ -67,14 +91,15 @@ class EarlyExitTrainingArguments(TrainingArguments):
     exit_recipe: str = field(
         default="joint",
         metadata={
-            "help": "How the exits are trained: 'joint' (weighted sum of every exit's loss), 'two_stage' (DeeBERT), "
-            "'alternating' (BERxiT) or 'distillation' (FastBERT), or a recipe registered by a model family."
+            "help": "How the exits are trained: 'joint' (weighted sum of every exit's loss; for cascades the sum of "
+            "the members' losses), 'two_stage' (DeeBERT), 'alternating' (BERxiT), 'distillation' (FastBERT), "
+            "'difficulty_aware' (CascadeBERT's DAR, cascades), or a recipe registered by a model family."
         },
     )
     # `list[str] | str` so that the command line takes both `uniform` and `1 2 3 4`; normalised in `__post_init__`.
-    # A factory, not `default="linear"`: `HfArgumentParser` drops plain defaults of list fields (None on the command line)
+    # A default factory because HfArgumentParser reads only that (not `default`) for a list-typed field.
     exit_loss_weights: list[str] | str = field(
-        default_factory=lambda: ["linear"],
+        default_factory=lambda: "linear",
         metadata={
             "help": "Exit weights of the joint loss: 'linear' (w_i = layer number), 'uniform', or one number per exit."
         },
@@ -91,10 +116,38 @@ class EarlyExitTrainingArguments(TrainingArguments):
         },
     )
 
+    dar_lambda: float | None = field(
+        default=None,
+        metadata={"help": "exit_recipe='difficulty_aware': weight lambda of the DAR term (default 0.5, CascadeBERT)."},
+    )
+    dar_margin: float | None = field(
+        default=None,
+        metadata={
+            "help": "exit_recipe='difficulty_aware': margin m of the DAR ranking loss max(0, c_hard - c_easy + m) "
+            "(default 0.5, the released CascadeBERT script)."
+        },
+    )
+    dar_difficulty: str | None = field(
+        default=None,
+        metadata={
+            "help": "exit_recipe='difficulty_aware': source of the difficulty labels: 'warmup' (default: the small "
+            "members' errors after a warm-up without DAR), 'column' (a `difficulty` column of the training set) or "
+            "'online' (each member's current correctness on the batch)."
+        },
+    )
+    dar_warmup_epochs: float | None = field(
+        default=None,
+        metadata={
+            "help": "exit_recipe='difficulty_aware': epochs trained without DAR first (default 1 with 'warmup', where "
+            "the labels are computed at its end, 0 otherwise)."
+        },
+    )
+
     def __post_init__(self):
         self.exit_loss_weights = self._normalize_weights(self.exit_loss_weights)
         self.validate_exit_recipe()
         self.validate_head_learning_rate()
+        self.validate_dar()
         if self.exit_recipe == "alternating" and self.ddp_find_unused_parameters is None:
             # even steps leave the intermediate exits without gradient; DDP must be told to expect that
             self.ddp_find_unused_parameters = True
@@ -148,6 +201,29 @@ class EarlyExitTrainingArguments(TrainingArguments):
                 "`exit_recipe='alternating'` trains only the final exit on even steps, so under DDP the other exits get "
                 "no gradient then: `ddp_find_unused_parameters` must not be False."
             )
+
+    def validate_dar(self):
+        settings = {
+            "dar_lambda": self.dar_lambda,
+            "dar_margin": self.dar_margin,
+            "dar_difficulty": self.dar_difficulty,
+            "dar_warmup_epochs": self.dar_warmup_epochs,
+        }
+        if self.exit_recipe != DAR_RECIPE:
+            given = {name: value for name, value in settings.items() if value is not None}
+            if given:
+                raise ValueError(
+                    f"{sorted(given)} only apply to `exit_recipe={DAR_RECIPE!r}` (CascadeBERT's difficulty-aware "
+                    f"training); `exit_recipe={self.exit_recipe!r}` does not use them, so leave them unset."
+                )
+            return
+        if self.dar_lambda is None:
+            self.dar_lambda = 0.5
+        if self.dar_margin is None:
+            self.dar_margin = 0.5
+        if self.dar_difficulty is None:
+            self.dar_difficulty = "warmup"
+        check_dar_settings(self.dar_lambda, self.dar_margin, self.dar_difficulty, self.dar_warmup_epochs)
 
     def validate_head_learning_rate(self):
         if self.head_learning_rate is None:

@@ -33,6 +33,7 @@ def main(job_path):
     import torch
     import transformers
 
+    torch.set_num_threads(1)  # as the test process (conftest.py): outputs are compared bit for bit
     job = json.load(open(job_path))
     inputs = torch.load(job["inputs"])
     results, report = {}, {"hf_earlyexit_importable": importable, "models": []}

@@ -194,18 +194,20 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
 
         Args:
             members (`list`):
-                Each a checkpoint path or Hub id, a [`~transformers.BertForSequenceClassification`] or a
-                [`~transformers.BertModel`]. A sequence classifier (a model object, or a checkpoint whose
-                `architectures` name `BertForSequenceClassification`) keeps its encoder, pooler and classifier weights
-                exactly, so the member alone gives that model's logits. A plain BERT gets a fresh classifier (and keeps
-                its pretrained pooler when its head uses `"pooler"`).
+                Each a checkpoint path or Hub id, a [`~transformers.BertForSequenceClassification`], a
+                [`~transformers.BertModel`] or a [`CascadeMember`] (a member of another cascade, e.g. of a one-member
+                cascade fine-tuned on its own). A sequence classifier (a model object, or a checkpoint whose
+                `architectures` name `BertForSequenceClassification`) or a cascade member keeps its encoder, pooler
+                and classifier weights exactly, so the member alone gives that model's logits. A plain BERT gets a
+                fresh classifier (and keeps its pretrained pooler when its head uses `"pooler"`).
             num_labels (`int`, *optional*):
                 Defaults to the members' classifiers' (which must agree), else to `len(id2label)`, else 2.
             id2label (`dict[int, str]`, *optional*):
                 Defaults to the members' non-default label names (which must agree).
             exit_pooling (`str` or `list[str]`, *optional*):
-                One value or one per member. By default a member with a trained classifier uses `"pooler"` (what it was
-                trained with; anything else is an error) and the others the config's default (`"mean"`).
+                One value or one per member. By default a member with a trained classifier uses the pooling it was
+                trained with (`"pooler"` for a sequence classifier, its head's for a cascade member; anything else is
+                an error) and the others the config's default (`"mean"`).
             load_kwargs (`dict`, *optional*):
                 Passed to `from_pretrained` for the members given as paths or ids (e.g. `revision`, `cache_dir`).
             config_kwargs:
@@ -237,14 +239,18 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
 
         if exit_pooling is None:
             default = CascadeBertConfig.__dataclass_fields__["exit_pooling"].default
-            exit_pooling = ["pooler" if s["classifier"] is not None else default for s in sources]
+            exit_pooling = [s["pooling"] or default for s in sources]
         elif isinstance(exit_pooling, str):
             exit_pooling = [exit_pooling] * len(sources)
-        for i, _ in trained:
-            if i < len(exit_pooling) and exit_pooling[i] != "pooler":
+        for i, source in trained:
+            if i < len(exit_pooling) and exit_pooling[i] != source["pooling"]:
+                trained_on = (
+                    "BERT's pooler output" if source["pooling"] == "pooler" else f"{source['pooling']!r} pooling"
+                )
                 raise ValueError(
-                    f"Member {i} comes with a classifier trained on BERT's pooler output, so its `exit_pooling` must "
-                    f"be 'pooler', got {exit_pooling[i]!r}; to train a new head on another pooling, pass its `.bert`."
+                    f"Member {i} comes with a classifier trained on {trained_on}, so its `exit_pooling` must be "
+                    f"{source['pooling']!r}, got {exit_pooling[i]!r}; to train a new head on another pooling, pass its "
+                    "`.bert`."
                 )
 
         config = CascadeBertConfig(
@@ -526,7 +532,8 @@ def _resolve_labels(trained: list[tuple[int, dict]], num_labels: int | None, id2
 
 
 def _member_source(index: int, member, load_kwargs: dict) -> dict:
-    """What a cascade member is made of: its BERT config, encoder weights, and pooler and classifier weights if any."""
+    """What a cascade member is made of: its BERT config, encoder weights, pooler and classifier weights if any, and the
+    pooling its classifier was trained on."""
     if isinstance(member, (str, os.PathLike)):
         member_config = AutoConfig.from_pretrained(member, **load_kwargs)
         if member_config.model_type != "bert":
@@ -538,14 +545,23 @@ def _member_source(index: int, member, load_kwargs: dict) -> dict:
             member = BertForSequenceClassification.from_pretrained(member, **load_kwargs)
         else:
             member = BertModel.from_pretrained(member, **load_kwargs)
+    if isinstance(member, CascadeMember):
+        head = member.head
+        return {
+            "config": member.bert.config,
+            "encoder": member.bert.state_dict(),
+            "pooler": head.pooler.state_dict() if head.pooler is not None else None,
+            "classifier": head.classifier.state_dict(),
+            "pooling": head.pooling,
+        }
     if isinstance(member, BertForSequenceClassification):
         encoder, classifier = member.bert, member.classifier.state_dict()
     elif isinstance(member, BertModel):
         encoder, classifier = member, None
     else:
         raise TypeError(
-            f"`members[{index}]` must be a checkpoint path or Hub id, a BertForSequenceClassification or a BertModel, "
-            f"got {type(member).__name__}."
+            f"`members[{index}]` must be a checkpoint path or Hub id, a BertForSequenceClassification, a BertModel or "
+            f"a CascadeMember, got {type(member).__name__}."
         )
     state = encoder.state_dict()
     return {
@@ -553,6 +569,8 @@ def _member_source(index: int, member, load_kwargs: dict) -> dict:
         "encoder": {name: t for name, t in state.items() if not name.startswith("pooler.")},
         "pooler": encoder.pooler.dense.state_dict() if encoder.pooler is not None else None,
         "classifier": classifier,
+        # the pooling the classifier was trained on (None: no classifier, the head is new)
+        "pooling": "pooler" if classifier is not None else None,
     }
 
 
