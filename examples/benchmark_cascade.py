@@ -76,6 +76,7 @@ from hf_earlyexit import (
 from hf_earlyexit.calibration import calibrate, record
 from hf_earlyexit.data import load_text_classification
 from hf_earlyexit.evaluation import machine_info, make_batches, markdown_table, measure_points, plain_baseline
+from hf_earlyexit.model_card import EarlyExitModelCardData, EvaluationRow, card_results
 from hf_earlyexit.utils import default_backbone
 
 
@@ -144,6 +145,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     measuring.add_argument("--timing_rounds", type=int, default=3, help="interleaved timing rounds (median)")
     measuring.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--output_dir", default="runs/benchmark_cascade")
+    parser.add_argument(
+        "--card_only",
+        action="store_true",
+        help="only write card.json (the flagship model card's input) from the benchmark_cascade.json in --output_dir",
+    )
     args = parser.parse_args(argv)
 
     for name in ("train_size", "calibration_size", "dev_size"):
@@ -387,6 +393,9 @@ def run_seed(seed: int, args, data, tokenizer, backbone_path: str, output_dir: P
                 info = trained(model, name, args.learning_rate, RECIPES[recipe])
                 results[name] = {"kind": "cascade", "member_layers": layers, "recipe": recipe, **info}
                 results[name].update(measure_model(model, data, args, ["max_prob"], progress))
+                # what a model card needs besides the measurements (see `write_flagship_card`)
+                results[name]["saved_config"] = model.config.to_dict()
+                results[name]["num_parameters"] = model.num_parameters()
 
     if "static" in args.groups or "assembled" in args.groups:
         static = {}
@@ -543,6 +552,83 @@ def render_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+# the cascade whose card `model_cards/make_cards.py` renders: the smallest member and the full model, trained with DAR,
+# routed by max_prob, thresholds calibrated for 2x FLOPs
+FLAGSHIP = {"recipe": "dar", "criterion": "max_prob", "target": 2.0, "model_id": "hf-earlyexit/cascadebert-sst2"}
+
+
+def flagship_name(results: dict) -> str | None:
+    models = results["runs"][0]["models"]
+    for name, model in models.items():
+        if model["kind"] == "cascade" and model["recipe"] == FLAGSHIP["recipe"] and "saved_config" in model:
+            return name
+    return None
+
+
+def write_flagship_card(results: dict, path: Path) -> dict:
+    """`card.json` of the flagship cascade from `results` (as read back from benchmark_cascade.json, first seed): its
+    config with the thresholds calibrated for the target, the last member alone, and its measured dev points."""
+    name = flagship_name(results)
+    if name is None:
+        raise ValueError(f"No {FLAGSHIP['recipe']!r} cascade in these results: run the 'cascade' group with it.")
+    model = results["runs"][0]["models"][name]
+    points = [p for p in model["points"] if p["criterion"] == FLAGSHIP["criterion"]]
+    chosen = max((p for p in points if p["target"] <= FLAGSHIP["target"]), key=lambda p: p["target"])
+    config = {**model["saved_config"], **chosen["settings"]}
+    config["_name_or_path"] = "sentence-transformers/all-MiniLM-L6-v2"
+    rows, seen = [EvaluationRow("full depth (last member)", model["exit_accuracy"][-1], 1.0, 1.0)], []
+    for point in points:
+        if point["settings"] not in seen:  # targets that landed on the same setting were measured once
+            seen.append(point["settings"])
+            rows.append(EvaluationRow.from_sweep_point(point["measured"], latency_key="1"))
+    machine, settings = results["machine"], results["config"]
+    backbone = settings["model"]
+    card_data = EarlyExitModelCardData(
+        model_id=FLAGSHIP["model_id"],
+        language="en",
+        license="apache-2.0",
+        base_model="sentence-transformers/all-MiniLM-L6-v2" if backbone == default_backbone() else None,
+        datasets=["nyu-mll/glue"],
+        dataset_name="SST-2 (GLUE)",
+        eval_split="validation",
+        metric="accuracy",
+        evaluation=rows,
+        speed_setup={
+            "device": f"CPU ({machine['processor']})",
+            "torch threads": machine["torch_threads"],
+            "batch size": 1,
+            "baseline": "BertForSequenceClassification of the last member's size, timed interleaved",
+        },
+        evaluation_note=(
+            f"`{name}`. Thresholds calibrated on {results['data']['calibration']} held-out training sentences; the "
+            f"config holds the `{FLAGSHIP['criterion']}` threshold for {chosen['target']:g}x FLOPs. Command: "
+            f"`{results['command']}`."
+        ),
+        training_hyperparameters={
+            "exit_recipe": "difficulty_aware",
+            "dar_lambda": settings["dar_lambda"],
+            "dar_margin": settings["dar_margin"],
+            "learning_rate": settings["learning_rate"],
+            "head_learning_rate": settings["head_learning_rate"],
+            "num_train_epochs": settings["epochs"],
+            "per_device_train_batch_size": settings["batch_size"],
+            "train_examples": results["data"]["train"],
+            "warmup_steps": settings["warmup_ratio"],
+            "seed": results["runs"][0]["seed"],
+        },
+        framework_versions={
+            "Python": machine["python"],
+            "torch": machine["torch"],
+            "transformers": machine["transformers"],
+        },
+    )
+    card = card_results(
+        config, card_data, architecture="BertForCascadeClassification", num_parameters=model["num_parameters"]
+    )
+    path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return card
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns what it writes to `benchmark_cascade.json`."""
     args = parse_args(argv)
@@ -555,6 +641,10 @@ def main(argv: list[str] | None = None) -> dict:
     def log(text):
         print(f"[{time.perf_counter() - started:7.1f} s] {text}", file=sys.stderr, flush=True)
 
+    if args.card_only:
+        results = json.loads((output_dir / "benchmark_cascade.json").read_text())
+        write_flagship_card(results, output_dir / "card.json")
+        return results
     backbone_path = args.model or default_backbone()
     tokenizer = AutoTokenizer.from_pretrained(backbone_path)
     data = load_data(args, tokenizer)
@@ -563,6 +653,7 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in args.seeds:
         runs.append({"seed": seed, "models": run_seed(seed, args, data, tokenizer, backbone_path, output_dir, log)})
     results = {
+        "command": "python examples/benchmark_cascade.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "config": {**vars(args), "model": backbone_path},
         "data": data["sizes"],
         "machine": machine_info(),
@@ -579,6 +670,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     (output_dir / "benchmark_cascade.json").write_text(json.dumps(results, indent=2))
     (output_dir / "benchmark_cascade.md").write_text(render_markdown(results))
+    flagship = flagship_name(results)
+    if flagship is not None:
+        write_flagship_card(json.loads((output_dir / "benchmark_cascade.json").read_text()), output_dir / "card.json")
     log(f"wrote {output_dir / 'benchmark_cascade.json'} and {output_dir / 'benchmark_cascade.md'}")
     return results
 

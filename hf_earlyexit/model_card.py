@@ -667,6 +667,30 @@ def model_card_for(
     )
 
 
+def card_results(
+    config: PreTrainedConfig | dict,
+    card_data: EarlyExitModelCardData,
+    *,
+    architecture: str | None = None,
+    num_parameters: int | None = None,
+    remote_code: bool = False,
+    remote_pipeline_task: str | None = None,
+) -> dict[str, Any]:
+    """The input of [`write_model_card`] as a JSON-ready dict: what a benchmark saves beside its results so that the
+    card of the model it trained can be written again, byte for byte, without the model."""
+    config_dict = config.to_dict() if isinstance(config, PreTrainedConfig) else dict(config)
+    results = {
+        "architecture": architecture or (config_dict.get("architectures") or [None])[0],
+        "config": config_dict,
+        "card_data": card_data.to_dict(),
+        "num_parameters": num_parameters,
+        "remote_code": remote_code,
+    }
+    if remote_pipeline_task is not None:
+        results["remote_pipeline_task"] = remote_pipeline_task
+    return json.loads(json.dumps(results, sort_keys=True, default=_plain))
+
+
 def write_model_card(results_path: str | os.PathLike, output_path: str | os.PathLike) -> str:
     """Writes a model card from a results JSON file, byte-for-byte reproducibly. Returns the card's text.
 
@@ -711,6 +735,7 @@ if __name__ == "__main__":
 
 __all__ = [
     "CITATIONS",
+    "card_results",
     "FAMILY_CARDS",
     "EarlyExitModelCardData",
     "EvaluationRow",

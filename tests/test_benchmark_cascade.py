@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
+from hf_earlyexit.model_card import write_model_card
 from tests.utils import REPO_ROOT, sst2_rows, tiny_config_kwargs, tiny_tokenizer
 
 
@@ -118,3 +119,24 @@ def test_dar_cascades_were_labelled_after_their_warm_up(results):
         labelled = [entry for entry in run["models"][name]["logs"] if "difficulty_hard_fraction_member_0" in entry]
         assert len(labelled) == (1 if "(dar)" in name else 0)
         assert run["models"][name]["steps"] == 4
+
+
+def test_flagship_card_input_is_reproducible(results):
+    returned, out = results
+    card = json.loads((out / "card.json").read_text())
+    flagship = returned["runs"][0]["models"]["cascade 1L->4L (dar)"]
+    assert card["architecture"] == "BertForCascadeClassification"
+    assert card["config"]["exit_criterion"] == "max_prob"
+    # targets 1.5 and 3: the config holds the largest one up to 2x
+    (chosen,) = [p for p in flagship["points"] if p["criterion"] == "max_prob" and p["target"] == 1.5]
+    assert card["config"]["exit_threshold"] == chosen["settings"]["exit_threshold"]
+    rows = card["card_data"]["evaluation"]
+    assert rows[0]["metric"] == flagship["exit_accuracy"][-1]
+    assert [row["metric"] for row in rows[1:]] == [p["measured"]["metric"] for p in flagship["points"]][
+        : len(rows) - 1
+    ]
+    before = (out / "card.json").read_bytes()
+    (out / "card.json").unlink()
+    load_benchmark().main(["--output_dir", str(out), "--card_only"])
+    assert (out / "card.json").read_bytes() == before
+    assert "BertForCascadeClassification" in write_model_card(out / "card.json", out / "README.md")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import BertConfig, BertModel
 
+from hf_earlyexit.model_card import write_model_card
 from tests.utils import REPO_ROOT, sst2_rows, tiny_config_kwargs
 
 
@@ -61,6 +62,7 @@ def test_benchmark_bypass_runs_and_is_consistent(tmp_path, tiny_backbone):
             "--criteria",
             "max_prob",
             "patience",
+            "divergence",
             "--targets",
             "1.5",
             "3",
@@ -73,9 +75,25 @@ def test_benchmark_bypass_runs_and_is_consistent(tmp_path, tiny_backbone):
         points = variant["points"]
         assert points[0]["settings"] == {"early_exit": False}
         assert points[0]["flops_speedup"] == pytest.approx(1.0) and points[0]["mean_exit_layer"] == 4
-        assert {p["method"] for p in points[1:]} <= {"max_prob", "patience"}
+        assert {p["method"] for p in points[1:]} <= {"max_prob", "patience", "divergence"}
         for p in points:
             assert set(p["wallclock_speedup"]) == {"1", "4"}
             assert 1.0 <= p["layer_speedup"] <= 4.0 and p["flops_speedup"] >= 0.99
         assert len(variant["dev_accuracy_per_exit"]) == 4
     assert "| method |" in (out / "results.md").read_text()
+
+    # the flagship card's input: the divergence setting calibrated for 2x (or the largest target below it)
+    card = json.loads((out / "card.json").read_text())
+    assert card["architecture"] == "BertWithBypassExits" and card["config"]["exit_criterion"] == "divergence"
+    rows = card["card_data"]["evaluation"]
+    measured = [p for p in saved["variants"]["bypass"]["points"] if p["method"] in ("full depth", "divergence")]
+    assert [row["metric"] for row in rows] == [p["metric"] for p in measured]
+    assert [row["flops_speedup"] for row in rows] == [p["flops_speedup"] for p in measured]
+    assert [row["measured_speedup"] for row in rows] == [p["wallclock_speedup"]["1"] for p in measured]
+    # written again from results.json alone, byte for byte
+    before = (out / "card.json").read_bytes()
+    (out / "card.json").unlink()
+    load_example("benchmark_bypass").main(["--model", str(tiny_backbone), "--output_dir", str(out), "--card_only"])
+    assert (out / "card.json").read_bytes() == before
+    text = write_model_card(out / "card.json", tmp_path / "README.md")
+    assert "divergence" in text and "BertWithBypassExits" in text
