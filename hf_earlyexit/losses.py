@@ -48,6 +48,7 @@ from torch import nn
 from transformers import TrainerCallback
 from transformers.trainer_utils import has_length
 
+from .citations import CITATIONS
 from .models.bert.exit_utils import kl_divergence, max_prob
 from .models.bert.modeling_exit_heads import problem_type_of, sequence_classification_loss, weighted_exit_loss
 
@@ -273,14 +274,7 @@ class JointExitLoss(MultiExitLoss):
             per exit.
     """
 
-    citation = """@inproceedings{zhou2020bert,
-  title = {{BERT} Loses Patience: Fast and Robust Inference with Early Exit},
-  author = {Zhou, Wangchunshu and Xu, Canwen and Ge, Tao and McAuley, Julian and Xu, Ke and Wei, Furu},
-  booktitle = {Advances in Neural Information Processing Systems},
-  volume = {33},
-  pages = {18330--18341},
-  year = {2020}
-}"""
+    citation = CITATIONS["pabee"]
 
     def __init__(self, config, weights: str | list[float] = "linear"):
         super().__init__(config)
@@ -358,13 +352,7 @@ class TwoStageExitLoss(_StagedExitLoss):
         stage (`int`): 1 or 2.
     """
 
-    citation = """@inproceedings{xin2020deebert,
-  title = {{DeeBERT}: Dynamic Early Exiting for Accelerating {BERT} Inference},
-  author = {Xin, Ji and Tang, Raphael and Lee, Jaejun and Yu, Yaoliang and Lin, Jimmy},
-  booktitle = {Proceedings of the 58th Annual Meeting of the Association for Computational Linguistics},
-  pages = {2246--2251},
-  year = {2020}
-}"""
+    citation = CITATIONS["deebert"]
 
     def stage_two(self, outputs, inputs):
         loss = sum(self.exit_loss(logits, inputs) for logits in outputs.all_logits[:-1])
@@ -383,14 +371,7 @@ class AlternatingExitLoss(JointExitLoss):
         weights (`str` or `list[float]`, *optional*, defaults to `"linear"`): Exit weights of the odd steps.
     """
 
-    citation = """@inproceedings{xin2021berxit,
-  title = {{BERxiT}: Early Exiting for {BERT} with Better Fine-Tuning and Extension to Regression},
-  author = {Xin, Ji and Tang, Raphael and Yu, Yaoliang and Lin, Jimmy},
-  booktitle = {Proceedings of the 16th Conference of the European Chapter of the Association for Computational
-               Linguistics: Main Volume},
-  pages = {91--104},
-  year = {2021}
-}"""
+    citation = CITATIONS["berxit"]
 
     def trains_final_exit_only(self, step):
         return step is not None and step % 2 == 0
@@ -419,13 +400,7 @@ class DistillationExitLoss(_StagedExitLoss):
         stage (`int`): 1 or 2.
     """
 
-    citation = """@inproceedings{liu2020fastbert,
-  title = {{FastBERT}: a Self-distilling {BERT} with Adaptive Inference Time},
-  author = {Liu, Weijie and Zhou, Peng and Wang, Zhiruo and Zhao, Zhe and Deng, Haotang and Ju, Qi},
-  booktitle = {Proceedings of the 58th Annual Meeting of the Association for Computational Linguistics},
-  pages = {6035--6044},
-  year = {2020}
-}"""
+    citation = CITATIONS["fastbert"]
 
     def __init__(self, config, stage: int):
         super().__init__(config, stage)
@@ -548,14 +523,7 @@ class CascadeExitLoss(ExitLoss):
         config ([`CascadeBertConfig`]): The model's config.
     """
 
-    citation = """@inproceedings{li2021cascadebert,
-  title = {{CascadeBERT}: Accelerating Inference of Pre-trained Language Models via Calibrated Complete Models
-           Cascade},
-  author = {Li, Lei and Lin, Yankai and Chen, Deli and Ren, Shuhuai and Li, Peng and Zhou, Jie and Sun, Xu},
-  booktitle = {Findings of the Association for Computational Linguistics: EMNLP 2021},
-  pages = {475--486},
-  year = {2021}
-}"""
+    citation = CITATIONS["cascadebert"]
 
     def __init__(self, config):
         super().__init__()

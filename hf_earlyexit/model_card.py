@@ -34,6 +34,7 @@ import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import PreTrainedConfig, TrainerCallback
 
+from .citations import CITATIONS
 from .models.bert.checkpoint_utils import family_config_fields
 
 
@@ -44,60 +45,6 @@ DEFAULT_BACKBONE_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # --------------------------------------------------------------------------------------------------------------------
 # What a card says about each family
 # --------------------------------------------------------------------------------------------------------------------
-
-CITATIONS: dict[str, str] = {
-    "badge": """@inproceedings{zhu-etal-2023-badge,
-  title = "{BADGE}: Speeding Up {BERT} Inference after Deployment via Block-wise Bypasses and Divergence-based Early Exiting",
-  author = "Zhu, Wei and Wang, Peng and Ni, Yuan and Xie, Guotong and Wang, Xiaoling",
-  booktitle = "Proceedings of the 61st Annual Meeting of the Association for Computational Linguistics (Volume 5: Industry Track)",
-  year = "2023",
-  address = "Toronto, Canada",
-  publisher = "Association for Computational Linguistics",
-  url = "https://aclanthology.org/2023.acl-industry.48",
-  doi = "10.18653/v1/2023.acl-industry.48",
-  pages = "500--509"
-}""",
-    "pabee": """@inproceedings{zhou-etal-2020-bert-loses-patience,
-  title = "{BERT} Loses Patience: Fast and Robust Inference with Early Exit",
-  author = "Zhou, Wangchunshu and Xu, Canwen and Ge, Tao and McAuley, Julian and Xu, Ke and Wei, Furu",
-  booktitle = "Advances in Neural Information Processing Systems",
-  volume = "33",
-  year = "2020",
-  url = "https://arxiv.org/abs/2006.04152"
-}""",
-    "deebert": """@inproceedings{xin-etal-2020-deebert,
-  title = "{D}ee{BERT}: Dynamic Early Exiting for Accelerating {BERT} Inference",
-  author = "Xin, Ji and Tang, Raphael and Lee, Jaejun and Yu, Yaoliang and Lin, Jimmy",
-  booktitle = "Proceedings of the 58th Annual Meeting of the Association for Computational Linguistics",
-  year = "2020",
-  address = "Online",
-  publisher = "Association for Computational Linguistics",
-  url = "https://aclanthology.org/2020.acl-main.204",
-  doi = "10.18653/v1/2020.acl-main.204",
-  pages = "2246--2251"
-}""",
-    "cascadebert": """@inproceedings{li-etal-2021-cascadebert,
-  title = "{C}ascade{BERT}: Accelerating Inference of Pre-trained Language Models via Calibrated Complete Models Cascade",
-  author = "Li, Lei and Lin, Yankai and Chen, Deli and Ren, Shuhuai and Li, Peng and Zhou, Jie and Sun, Xu",
-  booktitle = "Findings of the Association for Computational Linguistics: EMNLP 2021",
-  year = "2021",
-  address = "Punta Cana, Dominican Republic",
-  publisher = "Association for Computational Linguistics",
-  url = "https://aclanthology.org/2021.findings-emnlp.43",
-  doi = "10.18653/v1/2021.findings-emnlp.43",
-  pages = "475--486"
-}""",
-    "sentee_tokee": """@inproceedings{li-etal-2021-accelerating,
-  title = "Accelerating {BERT} Inference for Sequence Labeling via Early-Exit",
-  author = "Li, Xiaonan and Shao, Yunfan and Sun, Tianxiang and Yan, Hang and Qiu, Xipeng and Huang, Xuanjing",
-  booktitle = "Proceedings of the 59th Annual Meeting of the Association for Computational Linguistics and the 11th International Joint Conference on Natural Language Processing (Volume 1: Long Papers)",
-  year = "2021",
-  address = "Online",
-  publisher = "Association for Computational Linguistics",
-  url = "https://aclanthology.org/2021.acl-long.16",
-  doi = "10.18653/v1/2021.acl-long.16"
-}""",
-}
 
 
 @dataclass(frozen=True)

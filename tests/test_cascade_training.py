@@ -389,7 +389,7 @@ def test_dar_argument_defaults_and_command_line(tmp_path):
     loss = DifficultyAwareCascadeLoss.from_args(tiny_cascade(), parsed)
     assert loss.get_config_dict() == {"dar_lambda": 0.3, "margin": 0.2, "difficulty": "online", "warmup_epochs": 0.25}
     assert loss.seed == parsed.seed
-    assert "CascadeBERT" in loss.citation
+    assert "{C}ascade{BERT}" in loss.citation
 
 
 @pytest.mark.parametrize(

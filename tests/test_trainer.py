@@ -213,10 +213,10 @@ def test_distillation_terms_equal_kl_by_hand_and_need_no_labels():
 def test_losses_describe_themselves():
     config = tiny_model().config
     cases = [
-        (JointExitLoss(config, "uniform"), {"weights": "uniform"}, "BERT} Loses Patience"),
-        (AlternatingExitLoss(config, [1, 1, 1, 2]), {"weights": [1, 1, 1, 2]}, "BERxiT}"),
-        (TwoStageExitLoss(config, stage=2), {"stage": 2}, "DeeBERT}"),
-        (DistillationExitLoss(config, stage=1), {"stage": 1}, "FastBERT}"),
+        (JointExitLoss(config, "uniform"), {"weights": "uniform"}, "{BERT} Loses Patience"),
+        (AlternatingExitLoss(config, [1, 1, 1, 2]), {"weights": [1, 1, 1, 2]}, "{BER}xi{T}"),
+        (TwoStageExitLoss(config, stage=2), {"stage": 2}, "{D}ee{BERT}"),
+        (DistillationExitLoss(config, stage=1), {"stage": 1}, "{F}ast{BERT}"),
     ]
     for loss, config_dict, title in cases:
         assert loss.get_config_dict() == config_dict
