@@ -43,6 +43,7 @@ from hf_earlyexit.utils import default_backbone
 logger = logging.getLogger("benchmark_bypass")
 REPO = Path(__file__).resolve().parent.parent
 CRITERIA = ("max_prob", "entropy", "patience", "divergence")
+SST2_LABELS = {0: "negative", 1: "positive"}
 
 
 def parse_args(argv):
@@ -87,7 +88,7 @@ def tokenized(dataset, tokenizer, max_length):
 def train_variant(args, variant, tokenizer, train, workdir):
     set_seed(args.seed)
     model = BertWithBypassExits.from_pretrained(
-        args.model, num_labels=2, use_bypass=variant == "bypass", exit_pooling="mean"
+        args.model, num_labels=2, id2label=SST2_LABELS, use_bypass=variant == "bypass", exit_pooling="mean"
     )
     training_args = EarlyExitTrainingArguments(
         output_dir=str(workdir / variant),
@@ -293,7 +294,7 @@ def write_flagship_card(results: dict, backbone: str, path: Path) -> dict:
         key=lambda c: c["target_flops_speedup"],
     )
     config = BertWithBypassExits.config_class.from_pretrained(
-        backbone, num_labels=2, use_bypass=True, exit_pooling="mean", **chosen["settings"]
+        backbone, num_labels=2, id2label=SST2_LABELS, use_bypass=True, exit_pooling="mean", **chosen["settings"]
     )
     config._name_or_path = "sentence-transformers/all-MiniLM-L6-v2" if backbone == default_backbone() else backbone
     config.architectures = ["BertWithBypassExits"]
@@ -305,7 +306,7 @@ def write_flagship_card(results: dict, backbone: str, path: Path) -> dict:
         language="en",
         license="apache-2.0",
         base_model=config._name_or_path if backbone == default_backbone() else None,
-        datasets=["nyu-mll/glue"],
+        datasets=["stanfordnlp/sst2"],
         dataset_name="SST-2 (GLUE)",
         eval_split="validation",
         metric="accuracy",

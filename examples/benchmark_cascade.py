@@ -575,6 +575,8 @@ def write_flagship_card(results: dict, path: Path) -> dict:
     points = [p for p in model["points"] if p["criterion"] == FLAGSHIP["criterion"]]
     chosen = max((p for p in points if p["target"] <= FLAGSHIP["target"]), key=lambda p: p["target"])
     config = {**model["saved_config"], **chosen["settings"]}
+    # SST-2's label names (the benchmark trains with the default LABEL_0 / LABEL_1)
+    config["id2label"], config["label2id"] = {"0": "negative", "1": "positive"}, {"negative": 0, "positive": 1}
     config["_name_or_path"] = "sentence-transformers/all-MiniLM-L6-v2"
     rows, seen = [EvaluationRow("full depth (last member)", model["exit_accuracy"][-1], 1.0, 1.0)], []
     for point in points:
@@ -588,7 +590,7 @@ def write_flagship_card(results: dict, path: Path) -> dict:
         language="en",
         license="apache-2.0",
         base_model="sentence-transformers/all-MiniLM-L6-v2" if backbone == default_backbone() else None,
-        datasets=["nyu-mll/glue"],
+        datasets=["stanfordnlp/sst2"],
         dataset_name="SST-2 (GLUE)",
         eval_split="validation",
         metric="accuracy",

@@ -196,7 +196,9 @@ class EvaluationRow:
         """
         data = point.to_dict() if hasattr(point, "to_dict") else dict(point)
         settings = data.get("settings") or {}
-        if set(settings) == {"exit_threshold"}:
+        if settings == {"early_exit": False}:
+            setting = "full depth"
+        elif set(settings) == {"exit_threshold"}:
             setting = settings["exit_threshold"]
         elif settings:
             setting = ", ".join(f"{k}={format_setting(v)}" for k, v in settings.items())
