@@ -87,6 +87,7 @@ CRITERIA = ("max_prob", "entropy", "patience", "divergence")
 # a k-layer static model's FLOPs speed-up is just under L/k (its head costs as much as the full model's): it counts as
 # reaching a target within this relative tolerance, and the table says so
 STATIC_TOLERANCE = 0.01
+DEFAULT_BACKBONE_NAME = "all-MiniLM-L6-v2 (embedded default)"
 
 logger = logging.getLogger("benchmark_cascade")
 
@@ -394,7 +395,7 @@ def run_seed(seed: int, args, data, tokenizer, backbone_path: str, output_dir: P
                 results[name] = {"kind": "cascade", "member_layers": layers, "recipe": recipe, **info}
                 results[name].update(measure_model(model, data, args, ["max_prob"], progress))
                 # what a model card needs besides the measurements (see `write_flagship_card`)
-                results[name]["saved_config"] = model.config.to_dict()
+                results[name]["saved_config"] = portable(model.config.to_dict())
                 results[name]["num_parameters"] = model.num_parameters()
 
     if "static" in args.groups or "assembled" in args.groups:
@@ -557,6 +558,15 @@ def render_markdown(results: dict) -> str:
 FLAGSHIP = {"recipe": "dar", "criterion": "max_prob", "target": 2.0, "model_id": "hf-earlyexit/cascadebert-sst2"}
 
 
+def portable(config: dict) -> dict:
+    """`config` without the `_name_or_path` entries (this machine's paths), members' included."""
+    if isinstance(config, dict):
+        return {key: portable(value) for key, value in config.items() if key != "_name_or_path"}
+    if isinstance(config, list):
+        return [portable(value) for value in config]
+    return config
+
+
 def flagship_name(results: dict) -> str | None:
     models = results["runs"][0]["models"]
     for name, model in models.items():
@@ -577,19 +587,19 @@ def write_flagship_card(results: dict, path: Path) -> dict:
     config = {**model["saved_config"], **chosen["settings"]}
     # SST-2's label names (the benchmark trains with the default LABEL_0 / LABEL_1)
     config["id2label"], config["label2id"] = {"0": "negative", "1": "positive"}, {"negative": 0, "positive": 1}
-    config["_name_or_path"] = "sentence-transformers/all-MiniLM-L6-v2"
+    default = results["config"]["model"] == DEFAULT_BACKBONE_NAME
+    config["_name_or_path"] = "sentence-transformers/all-MiniLM-L6-v2" if default else ""
     rows, seen = [EvaluationRow("full depth (last member)", model["exit_accuracy"][-1], 1.0, 1.0)], []
     for point in points:
         if point["settings"] not in seen:  # targets that landed on the same setting were measured once
             seen.append(point["settings"])
             rows.append(EvaluationRow.from_sweep_point(point["measured"], latency_key="1"))
     machine, settings = results["machine"], results["config"]
-    backbone = settings["model"]
     card_data = EarlyExitModelCardData(
         model_id=FLAGSHIP["model_id"],
         language="en",
         license="apache-2.0",
-        base_model="sentence-transformers/all-MiniLM-L6-v2" if backbone == default_backbone() else None,
+        base_model="sentence-transformers/all-MiniLM-L6-v2" if settings["model"] == DEFAULT_BACKBONE_NAME else None,
         datasets=["stanfordnlp/sst2"],
         dataset_name="SST-2 (GLUE)",
         eval_split="validation",
@@ -656,7 +666,8 @@ def main(argv: list[str] | None = None) -> dict:
         runs.append({"seed": seed, "models": run_seed(seed, args, data, tokenizer, backbone_path, output_dir, log)})
     results = {
         "command": "python examples/benchmark_cascade.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "config": {**vars(args), "model": backbone_path},
+        # the embedded default is named, not given by its path on this machine
+        "config": {**vars(args), "model": args.model or DEFAULT_BACKBONE_NAME},
         "data": data["sizes"],
         "machine": machine_info(),
         "conventions": {
