@@ -37,7 +37,7 @@ from hf_earlyexit.calibration import calibrate, record
 from hf_earlyexit.data import load_text_classification
 from hf_earlyexit.evaluation import machine_info, make_batches, markdown_table, measure_points
 from hf_earlyexit.model_card import EarlyExitModelCardData, EvaluationRow, card_results
-from hf_earlyexit.utils import default_backbone
+from hf_earlyexit.utils import default_backbone, portable_path
 
 
 logger = logging.getLogger("benchmark_bypass")
@@ -226,6 +226,7 @@ def main(argv=None) -> dict:
         "command": "python examples/benchmark_bypass.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine_info(),
         "settings": {k: v for k, v in vars(args).items() if k != "model"}
+        | {name: portable_path(getattr(args, name), REPO) for name in ("train_file", "dev_file", "output_dir")}
         | {"model": os.path.basename(args.model.rstrip("/"))},
         "data": {"train": len(train), "calibration": len(calibration_set), "dev": len(dev)},
         "conventions": {

