@@ -25,7 +25,11 @@ from .models.bert import (
 )
 from .models.bert.checkpoint_utils import DamagedCheckpointError
 from .models.bert.exit_utils import ExitRule
-from .pipelines import EarlyExitPipelineMixin, EarlyExitTextClassificationPipeline
+from .pipelines import (
+    EarlyExitPipelineMixin,
+    EarlyExitTextClassificationPipeline,
+    EarlyExitTokenClassificationPipeline,
+)
 from .registration import register
 
 
@@ -99,6 +103,7 @@ __all__ = [
     "EarlyExitPipelineMixin",
     "EarlyExitSequenceClassifierOutput",
     "EarlyExitTextClassificationPipeline",
+    "EarlyExitTokenClassificationPipeline",
     "EarlyExitTokenClassifierOutput",
     "EarlyExitTrainer",
     "EarlyExitTrainingArguments",
