@@ -34,6 +34,13 @@ Cascade recipes (METHODS.md section 2), for [`BertForCascadeClassification`]:
 | `joint` | [`JointCascadeLoss`] | `sum_k CE_k` over the members |
 | `difficulty_aware` | [`DifficultyAwareCascadeLoss`] | `sum_k CE_k + lambda sum_{k<K-1} L_DAR(k)` (CascadeBERT) |
 
+Sequence-labelling recipes (METHODS.md section 3), for [`BertForTokenEarlyExit`]:
+
+| recipe | class | objective |
+| --- | --- | --- |
+| `joint` | [`JointTokenExitLoss`] | stage 1: `sum_i w_i CE_i / sum_i w_i` over token losses |
+| `self_sampling` | [`SelfSamplingTokenLoss`] | stage 2: sampled TOKEE replay, sandwich, loss on active words only |
+
 Training each member on its own and assembling them afterwards needs no recipe: fine-tune one-member cascades (or
 `BertForSequenceClassification`s) and pass them (their `members[0]`) to `BertForCascadeClassification.from_members`.
 """
@@ -1080,6 +1087,10 @@ class SelfSamplingTokenLoss(TokenExitLoss):
        from the stored logits (keeps each exit near its stage-1 loss plus `b` instead of pushing it further down).
 
     Evaluation runs the model's own early exit, as for stage 1.
+
+    The training set must be a `datasets.Dataset` of tokenized rows (e.g. [`tokenize_token_dataset`]) batched by a
+    collator that pads `word_ids` ([`DataCollatorForTokenEarlyExit`]); the trainer's collator also serves the
+    recording pass.
 
     The stored logits take `num_exits x (sentence length) x num_labels` floats per sentence (about 80 MB for the
     14k CoNLL-2003 training sentences with 6 exits and 9 tags). The recording pass runs in this process over the

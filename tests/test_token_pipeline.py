@@ -127,3 +127,23 @@ def test_bad_exit_arguments(saved, tokenizer):
         ner("the film", exit_mode="word")
     with pytest.raises(ValueError, match="exit_threshold"):
         ner("the film", exit_threshold=1.5)
+
+
+def test_derived_words_are_the_tokenizers_words_on_conll(saved, minilm):
+    """On real CoNLL-2003 sentences and the MiniLM WordPiece tokenizer, the words the pipeline derives from raw text
+    are the tokenizer's own `word_ids()` (the `##` continuation rule)."""
+    from transformers import AutoTokenizer
+
+    from hf_earlyexit.data import read_conll
+    from tests.test_modeling_token_exit_bert import CONLL_VALID
+
+    if not CONLL_VALID.is_file():
+        pytest.skip("CoNLL-2003 is not in ../shared/data/conll2003")
+    _, path = saved
+    tokenizer = AutoTokenizer.from_pretrained(minilm)
+    ner = pipeline("token-classification", model=path, tokenizer=tokenizer)
+    for words in read_conll(CONLL_VALID, limit=200)["tokens"]:
+        text = " ".join(words)
+        (model_inputs,) = ner.preprocess(text, **ner._preprocess_params)
+        expected = [-1 if w is None else w for w in tokenizer(text).word_ids()]
+        assert model_inputs["exit_word_ids"][0].tolist() == expected, text

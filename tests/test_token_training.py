@@ -351,3 +351,21 @@ def test_missing_seqeval_gives_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "seqeval.metrics.sequence_labeling", None)
     with pytest.raises(ImportError, match=r"pip install 'hf_earlyexit\[ner\]'"):
         entity_scores([["B-PER"]], [["B-PER"]])
+
+
+def test_bad_collator_and_stage_one_inputs(tmp_path, tokenizer):
+    rows = tokenize_token_dataset(ner_dataset(2), tokenizer)
+    features = [rows[0], {k: v for k, v in rows[1].items() if k != "word_ids"}]
+    with pytest.raises(ValueError, match="`word_ids`"):
+        DataCollatorForTokenEarlyExit(tokenizer)(features)
+    model = ner_model()
+    args = make_args(tmp_path, exit_recipe="self_sampling")
+    with pytest.raises(ValueError, match="needs a `datasets.Dataset` training set"):
+        EarlyExitTrainer(model, args, train_dataset=[rows[0]], data_collator=DataCollatorForTokenEarlyExit(tokenizer))
+    trainer = EarlyExitTrainer(model, args, train_dataset=rows, data_collator=DataCollatorForTokenEarlyExit(tokenizer))
+    batch = DataCollatorForTokenEarlyExit(tokenizer)([trainer.train_dataset[0], trainer.train_dataset[1]])
+    batch["attention_mask"][0, 1] = 0  # one position fewer than when its logits were recorded
+    with pytest.raises(ValueError, match="must not change"):
+        trainer.exit_loss.batch_stage_one(batch)
+    with pytest.raises(ValueError, match="no `self_sampling_example_index` column"):
+        trainer.exit_loss.batch_stage_one({k: v for k, v in batch.items() if k != "self_sampling_example_index"})
