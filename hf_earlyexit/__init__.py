@@ -50,15 +50,19 @@ _LAZY = {
     "EvaluationRow": "model_card",
     "ExitLoss": "losses",
     "JointExitLoss": "losses",
+    "JointTokenExitLoss": "losses",
     "MissingTokenizerError": "hub",
     "ModelCardCallback": "model_card",
+    "SelfSamplingTokenLoss": "losses",
+    "TokenCalibrationResult": "calibration",
     "TwoStageExitLoss": "losses",
     "calibrate": "calibration",
+    "calibrate_token": "calibration",
     "register_exit_loss": "losses",
 }
 
 if TYPE_CHECKING:
-    from .calibration import CalibrationResult, calibrate
+    from .calibration import CalibrationResult, TokenCalibrationResult, calibrate, calibrate_token
     from .hub import MissingTokenizerError
     from .losses import (
         AlternatingExitLoss,
@@ -68,6 +72,8 @@ if TYPE_CHECKING:
         ExitLoss,
         JointCascadeLoss,
         JointExitLoss,
+        JointTokenExitLoss,
+        SelfSamplingTokenLoss,
         TwoStageExitLoss,
         difficulty_aware_ranking_loss,
         register_exit_loss,
@@ -113,13 +119,17 @@ __all__ = [
     "JointCascadeLoss",
     "JointCascadeLoss",
     "JointExitLoss",
+    "JointTokenExitLoss",
     "MissingTokenizerError",
     "ModelCardCallback",
+    "SelfSamplingTokenLoss",
+    "TokenCalibrationResult",
     "TokenExitBertConfig",
     "TokenExitRule",
     "TwoStageExitLoss",
     "__version__",
     "calibrate",
+    "calibrate_token",
     "difficulty_aware_ranking_loss",
     "encode_words",
     "register",
