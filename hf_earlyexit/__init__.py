@@ -25,7 +25,11 @@ from .models.bert import (
 )
 from .models.bert.checkpoint_utils import DamagedCheckpointError
 from .models.bert.exit_utils import ExitRule
-from .pipelines import EarlyExitPipelineMixin, EarlyExitTextClassificationPipeline
+from .pipelines import (
+    EarlyExitPipelineMixin,
+    EarlyExitTextClassificationPipeline,
+    EarlyExitTokenClassificationPipeline,
+)
 from .registration import register
 
 
@@ -46,15 +50,19 @@ _LAZY = {
     "EvaluationRow": "model_card",
     "ExitLoss": "losses",
     "JointExitLoss": "losses",
+    "JointTokenExitLoss": "losses",
     "MissingTokenizerError": "hub",
     "ModelCardCallback": "model_card",
+    "SelfSamplingTokenLoss": "losses",
+    "TokenCalibrationResult": "calibration",
     "TwoStageExitLoss": "losses",
     "calibrate": "calibration",
+    "calibrate_token": "calibration",
     "register_exit_loss": "losses",
 }
 
 if TYPE_CHECKING:
-    from .calibration import CalibrationResult, calibrate
+    from .calibration import CalibrationResult, TokenCalibrationResult, calibrate, calibrate_token
     from .hub import MissingTokenizerError
     from .losses import (
         AlternatingExitLoss,
@@ -64,6 +72,8 @@ if TYPE_CHECKING:
         ExitLoss,
         JointCascadeLoss,
         JointExitLoss,
+        JointTokenExitLoss,
+        SelfSamplingTokenLoss,
         TwoStageExitLoss,
         difficulty_aware_ranking_loss,
         register_exit_loss,
@@ -99,6 +109,7 @@ __all__ = [
     "EarlyExitPipelineMixin",
     "EarlyExitSequenceClassifierOutput",
     "EarlyExitTextClassificationPipeline",
+    "EarlyExitTokenClassificationPipeline",
     "EarlyExitTokenClassifierOutput",
     "EarlyExitTrainer",
     "EarlyExitTrainingArguments",
@@ -108,13 +119,17 @@ __all__ = [
     "JointCascadeLoss",
     "JointCascadeLoss",
     "JointExitLoss",
+    "JointTokenExitLoss",
     "MissingTokenizerError",
     "ModelCardCallback",
+    "SelfSamplingTokenLoss",
+    "TokenCalibrationResult",
     "TokenExitBertConfig",
     "TokenExitRule",
     "TwoStageExitLoss",
     "__version__",
     "calibrate",
+    "calibrate_token",
     "difficulty_aware_ranking_loss",
     "encode_words",
     "register",

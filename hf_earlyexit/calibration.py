@@ -6,7 +6,10 @@ re-runs the model, and the expected accuracy and speed-up are exactly what the m
 Candidate thresholds sit halfway between consecutive observed scores, never on one, so the tiny numerical differences
 between a full batch and a compacted sub-batch cannot flip a decision.
 
-Works for every family whose forward accepts `output_all_exits=True` and that provides `exit_layers` (encoder layers
+Sequence-labelling early exit ([`BertForTokenEarlyExit`], SENTEE / TOKEE) has its own search, [`calibrate_token`]
+(which `calibrate` hands it to): entity F1 by default, and live runs to check TOKEE candidates (see there).
+
+The classification families: works for every family whose forward accepts `output_all_exits=True` and that provides `exit_layers` (encoder layers
 computed when answering at each exit, cumulative for a cascade), `full_depth_layers`, `flops_per_exit(lengths)` and
 `reference_flops(lengths)`.
 """
@@ -25,6 +28,7 @@ from .models.bert.exit_utils import ExitRule, first_exit
 logger = logging.getLogger(__name__)
 
 THRESHOLD_CRITERIA = ("max_prob", "entropy", "normalized_entropy", "divergence")
+TOKEN_MODEL_TYPE = "token-exit-bert"
 
 
 @dataclass
@@ -190,7 +194,8 @@ def calibrate(
     """Choose exit thresholds for a target, from one recorded pass over a calibration set.
 
     Args:
-        model: An early-exit model (any family, see the module docstring).
+        model: An early-exit model (any family, see the module docstring). A [`BertForTokenEarlyExit`] is handed
+            to [`calibrate_token`] (`criterion` is then its `exit_mode`, `metric` its metric, entity F1 by default).
         batches: Tokenized batches with `labels` (e.g. from `hf_earlyexit.evaluation.make_batches` plus labels), or a
             [`CalibrationRecord`] from [`record`] to reuse one pass for several targets.
         target_speedup: FLOPs speed-up to reach (>= 1): the most accurate setting that reaches it is chosen.
@@ -210,6 +215,24 @@ def calibrate(
         A [`CalibrationResult`]. A target that cannot be reached is reported (`reached=False`, a warning) with the
         nearest reachable setting, never silently.
     """
+    if getattr(model.config, "model_type", None) == TOKEN_MODEL_TYPE:
+        if per_exit:
+            raise ValueError(
+                "`per_exit` is not supported for sequence-labelling early exit: SENTEE / TOKEE calibrate one "
+                "threshold (and a window); see `calibrate_token`."
+            )
+        if split_across_processes:
+            raise ValueError("`split_across_processes` is not supported for sequence-labelling early exit.")
+        return calibrate_token(
+            model,
+            batches,
+            target_speedup=target_speedup,
+            max_accuracy_drop=max_accuracy_drop,
+            exit_mode=criterion,
+            max_candidates=max_candidates,
+            metric=metric,
+            apply=apply,
+        )
     if (target_speedup is None) == (max_accuracy_drop is None):
         raise ValueError("Give exactly one calibration target: `target_speedup` or `max_accuracy_drop`.")
     if target_speedup is not None and not (target_speedup >= 1.0 and math.isfinite(target_speedup)):
@@ -385,3 +408,343 @@ def _pareto(points: list[dict]) -> list[dict]:
             frontier.append(point)
             best_accuracy = point["accuracy"]
     return frontier
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Sequence-labelling early exit (BertForTokenEarlyExit): SENTEE / TOKEE thresholds and windows
+# --------------------------------------------------------------------------------------------------------------------
+
+TOKEN_METRICS = ("f1", "token_accuracy")
+
+
+@dataclass
+class TokenCalibrationRecord:
+    """One full pass of a [`BertForTokenEarlyExit`] over a calibration set, padded to one length.
+
+    `batches` keeps the inputs (labels removed) for the live runs that check TOKEE candidates.
+    """
+
+    all_logits: torch.Tensor  # (num_exits, N, S, num_labels)
+    attention_mask: torch.Tensor  # (N, S)
+    word_ids: torch.Tensor | None  # (N, S)
+    labels: torch.Tensor  # (N, S), -100 where no word starts
+    batches: list[dict]
+    batch_labels: list[torch.Tensor]
+
+
+@dataclass
+class TokenCalibrationResult:
+    """The chosen SENTEE / TOKEE settings and what they give on the calibration set.
+
+    `metric` is entity F1 (seqeval, micro) or word accuracy, as a fraction; speed-ups follow METHODS.md section 4
+    (FLOPs against the full-depth model per sentence from its real length; layers over words). `verified` says where
+    the expected numbers come from: `"live"` (real early-exit runs of the model on the calibration set: exactly what it
+    measures there) or `"replay"` (the rule replayed on the recorded full-depth logits, exact for SENTEE).
+    """
+
+    exit_mode: str
+    exit_threshold: float
+    window_size: int
+    metric_name: str
+    expected_metric: float
+    expected_flops_speedup: float
+    expected_layer_speedup: float
+    full_metric: float
+    target: dict
+    reached: bool
+    message: str
+    num_sentences: int
+    verified: str
+    frontier: list[dict] = field(default_factory=list)
+
+    def forward_kwargs(self) -> dict:
+        """The settings as forward arguments (`model(**inputs, **result.forward_kwargs())`)."""
+        return {"exit_mode": self.exit_mode, "exit_threshold": self.exit_threshold, "window_size": self.window_size}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _pad_cat(tensors: list[torch.Tensor], dim: int, value) -> torch.Tensor:
+    """Concatenate along dim 0 (dim 1 for stacked exits) after right-padding the sequence dimension `dim`."""
+    length = max(t.shape[dim] for t in tensors)
+    padded = []
+    for t in tensors:
+        pad = [0, 0] * (t.dim() - dim - 1) + [0, length - t.shape[dim]]
+        padded.append(torch.nn.functional.pad(t, pad, value=value))
+    return torch.cat(padded, dim=0 if dim == 1 else 1)
+
+
+@torch.inference_mode()
+def record_token(model, batches: Iterable[dict]) -> TokenCalibrationRecord:
+    """Run a [`BertForTokenEarlyExit`] once over `batches` (from [`encode_words`] with `labels`, right-padded) with
+    every exit evaluated at full depth."""
+    inputs, labels, logits, masks, word_ids = [], [], [], [], []
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            batch = dict(batch)
+            if "labels" not in batch:
+                raise ValueError(
+                    "Every calibration batch needs `labels` (word tags on first word-pieces, -100 elsewhere)."
+                )
+            label = batch.pop("labels")
+            mask = batch.get("attention_mask")
+            if mask is None:
+                mask = torch.ones_like(batch["input_ids"])
+            out = model(**batch, output_all_exits=True)
+            inputs.append(batch)
+            labels.append(label)
+            logits.append(out.all_logits.float())
+            masks.append(mask)
+            word_ids.append(batch.get("word_ids"))
+    finally:
+        model.train(was_training)
+    if not inputs:
+        raise ValueError("The calibration set is empty.")
+    if any(w is None for w in word_ids) and not all(w is None for w in word_ids):
+        raise ValueError("Some calibration batches have `word_ids` and others do not; give them to all or none.")
+    return TokenCalibrationRecord(
+        all_logits=_pad_cat(logits, 2, 0.0),
+        attention_mask=_pad_cat(masks, 1, 0),
+        word_ids=None if word_ids[0] is None else _pad_cat(word_ids, 1, -1),
+        labels=_pad_cat(labels, 1, -100),
+        batches=inputs,
+        batch_labels=labels,
+    )
+
+
+def _token_metric(model, metric):
+    from .evaluation import entity_scores, entity_types, word_tags
+
+    if callable(metric):
+        return "custom", metric
+    if metric is None:
+        metric = "f1" if entity_types(model.config.id2label.values()) else "token_accuracy"
+    if metric not in TOKEN_METRICS:
+        raise ValueError(f"`metric` must be one of {TOKEN_METRICS} or a callable, got {metric!r}.")
+    if metric == "f1":
+
+        def score(logits, labels):
+            return entity_scores(*word_tags(logits, labels, model.config.id2label))["f1"]
+
+    else:
+
+        def score(logits, labels):
+            words = labels != -100
+            return int((logits.argmax(-1)[words] == labels[words]).sum()) / max(int(words.sum()), 1)
+
+    return metric, score
+
+
+class _TokenScorer:
+    def __init__(self, model, rec: TokenCalibrationRecord, metric):
+        from .models.bert.exit_utils import encoder_layer_flops
+
+        self.model, self.rec = model, rec
+        self.metric_name, self.metric = _token_metric(model, metric)
+        config = model.config
+        self.lengths = rec.attention_mask.sum(-1)
+        self.reference = float(
+            (
+                config.num_hidden_layers
+                * encoder_layer_flops(self.lengths, config.hidden_size, config.intermediate_size)
+                + self.lengths * model.head_flops()
+            ).sum()
+        )
+        self.words = rec.labels != -100
+        self.exit_layers = torch.tensor(model.exit_layers)
+
+    def summary(self, logits, exit_layer, flops) -> dict:
+        layers = float(exit_layer[self.words].sum())
+        return {
+            "metric": self.metric(logits, self.rec.labels),
+            "flops_speedup": self.reference / float(flops.sum()),
+            "layer_speedup": self.model.config.num_hidden_layers * int(self.words.sum()) / layers,
+        }
+
+    def replay(self, rule) -> dict:
+        from .models.bert.token_exit_utils import token_exit_flops
+
+        rec, config = self.rec, self.model.config
+        index = rule.simulate(rec.all_logits, rec.attention_mask, rec.word_ids)
+        logits = rec.all_logits.gather(0, index.clamp_min(0)[None, ..., None].expand_as(rec.all_logits[:1]))[0]
+        exit_layer = torch.where(index >= 0, self.exit_layers[index.clamp_min(0)], 0)
+        flops = token_exit_flops(
+            exit_layer,
+            self.lengths,
+            self.model.exit_layers,
+            config.hidden_size,
+            config.intermediate_size,
+            config.num_labels,
+        )
+        return self.summary(logits, exit_layer, flops)
+
+    @torch.inference_mode()
+    def live(self, settings: dict) -> dict:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            outs = [self.model(**batch, **settings) for batch in self.rec.batches]
+        finally:
+            self.model.train(was_training)
+        logits = _pad_cat([out.logits.float() for out in outs], 1, 0.0)
+        exit_layer = _pad_cat([out.exit_layer for out in outs], 1, 0)
+        flops = torch.cat([out.flops for out in outs])
+        return self.summary(logits, exit_layer, flops)
+
+
+def calibrate_token(
+    model,
+    batches: Iterable[dict] | TokenCalibrationRecord,
+    *,
+    target_speedup: float | None = None,
+    max_accuracy_drop: float | None = None,
+    exit_mode: str | None = None,
+    window_sizes: Iterable[int] | None = None,
+    max_candidates: int = 48,
+    max_live_checks: int = 12,
+    metric: str | Callable | None = None,
+    apply: bool = True,
+) -> TokenCalibrationResult:
+    """Choose the threshold (and, for TOKEE, the window) of a [`BertForTokenEarlyExit`] for a target.
+
+    The model runs once over the calibration set at full depth with every exit; candidate settings (thresholds halfway
+    between observed word uncertainties, for each window) are scored by replaying the rule on those logits
+    ([`TokenExitRule.simulate`]). For SENTEE the replay is what the live early exit does. For TOKEE it is not (frozen
+    words stop updating, so the states of the others change), so the replay only shortlists: the `max_live_checks`
+    candidates nearest the target run live over the calibration set, and the choice and the expected numbers come
+    from those real runs, which the model then reproduces exactly on the same set.
+
+    Args:
+        model: A [`BertForTokenEarlyExit`].
+        batches: Batches from [`encode_words`] with `labels` (and `word_ids`), or a [`TokenCalibrationRecord`].
+        target_speedup: FLOPs speed-up to reach (>= 1); the best-scoring setting that reaches it is chosen.
+        max_accuracy_drop: Largest drop of the metric against the full model, as a fraction (0.01 = one point of
+            F1); the fastest setting within it is chosen. Give exactly one of the two targets.
+        exit_mode: `"token"` (TOKEE) or `"sentence"` (SENTEE); defaults to the config's.
+        window_sizes: TOKEE windows to search; defaults to the config's `window_size` alone.
+        max_candidates: Candidate thresholds per window.
+        max_live_checks: TOKEE candidates checked by live runs.
+        metric: `"f1"` (entity F1 with seqeval, the default when `config.id2label` has IOB entity tags),
+            `"token_accuracy"` (accuracy over words, the default otherwise), or `metric(logits, labels) -> float` on the
+            padded `(N, seq, num_labels)` logits and `(N, seq)` labels (higher is better).
+        apply: Write the chosen `exit_mode`, `exit_threshold` and `window_size` into `model.config`.
+    """
+    from .models.bert.token_exit_utils import EXIT_MODES, TokenExitRule, check_window_size, uncertainty_of, word_layout
+
+    if (target_speedup is None) == (max_accuracy_drop is None):
+        raise ValueError("Give exactly one calibration target: `target_speedup` or `max_accuracy_drop`.")
+    if target_speedup is not None and not (target_speedup >= 1.0 and math.isfinite(target_speedup)):
+        raise ValueError(f"`target_speedup` is a FLOPs speed-up and must be >= 1, got {target_speedup}.")
+    if max_accuracy_drop is not None and not 0.0 <= max_accuracy_drop <= 1.0:
+        raise ValueError(f"`max_accuracy_drop` is a fraction in [0, 1] (0.01 = one point), got {max_accuracy_drop}.")
+    config = model.config
+    exit_mode = exit_mode or config.exit_mode
+    if exit_mode not in EXIT_MODES:
+        raise ValueError(f"`exit_mode` must be one of {EXIT_MODES}, got {exit_mode!r}.")
+    windows = [config.window_size] if window_sizes is None else list(window_sizes)
+    if not windows:
+        raise ValueError("`window_sizes` must name at least one window.")
+    windows = [check_window_size(w, "window_sizes") for w in windows]
+    if exit_mode == "sentence":
+        windows = [config.window_size]
+    for name, value in (("max_candidates", max_candidates), ("max_live_checks", max_live_checks)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+    if len(model.exit_layers) < 2:
+        raise ValueError("The model has a single exit: there is nothing to calibrate.")
+    rec = batches if isinstance(batches, TokenCalibrationRecord) else record_token(model, batches)
+    scorer = _TokenScorer(model, rec, metric)
+
+    def rule(threshold, window):
+        return TokenExitRule.build(
+            exit_mode,
+            threshold,
+            model.exit_layers,
+            config.num_hidden_layers,
+            window_size=window,
+            sentence_pooling=config.sentence_pooling,
+            threshold_schedule=config.threshold_schedule,
+            threshold_cap=config.threshold_cap,
+        )
+
+    full = scorer.replay(rule(0.0, windows[0]))
+    _, starts = word_layout(rec.attention_mask, rec.word_ids)
+    # word uncertainties at the deciding exits (a SENTEE mean falls within their range, which the grid covers)
+    observed = uncertainty_of(rec.all_logits[:-1])[:, starts]
+    thresholds = [min(max(t, 0.0), 1.0) for t in _midpoints(observed, max_candidates)]
+    points = []
+    for window in windows:
+        for threshold in sorted(set(thresholds)):
+            points.append({**scorer.replay(rule(threshold, window)), "threshold": threshold, "window_size": window})
+
+    verified = "replay"
+    if exit_mode == "token":
+        verified = "live"
+        # the candidates nearest the target on the replay, run for real
+        if target_speedup is not None:
+            distance = [abs(math.log(p["flops_speedup"] / target_speedup)) for p in points]
+        else:
+            floor = full["metric"] - max_accuracy_drop
+            distance = [abs(p["metric"] - floor) for p in points]
+        order = sorted(range(len(points)), key=lambda i: (distance[i], -points[i]["metric"]))
+        shortlist = [points[i] for i in order[:max_live_checks]]
+        points = [
+            {
+                **scorer.live(_token_settings(exit_mode, p)),
+                "threshold": p["threshold"],
+                "window_size": p["window_size"],
+            }
+            for p in shortlist
+        ]
+        full = scorer.live({"early_exit": False})
+        points.append({**full, "threshold": 0.0, "window_size": windows[0]})
+
+    renamed = [{**p, "accuracy": p["metric"]} for p in points]
+    choice, reached = _select(renamed, full["metric"], target_speedup, max_accuracy_drop)
+    target = (
+        {"flops_speedup": target_speedup} if target_speedup is not None else {"max_accuracy_drop": max_accuracy_drop}
+    )
+    description = f"{exit_mode} exit, threshold {choice['threshold']:.4g}"
+    if exit_mode == "token":
+        description += f", window {choice['window_size']}"
+    if reached:
+        message = (
+            f"{description}: expected {scorer.metric_name} {choice['metric']:.4f} (full model {full['metric']:.4f}) at "
+            f"{choice['flops_speedup']:.2f}x FLOPs speed-up on {rec.labels.shape[0]} sentences ({verified})."
+        )
+    else:
+        best = "fastest" if target_speedup is not None else "best-scoring"
+        message = (
+            f"target {target} cannot be reached on this set; returning the {best} setting found: {description}, "
+            f"{scorer.metric_name} {choice['metric']:.4f} at {choice['flops_speedup']:.2f}x FLOPs speed-up."
+        )
+        logger.warning(message)
+    result = TokenCalibrationResult(
+        exit_mode=exit_mode,
+        exit_threshold=float(choice["threshold"]),
+        window_size=int(choice["window_size"]),
+        metric_name=scorer.metric_name,
+        expected_metric=choice["metric"],
+        expected_flops_speedup=choice["flops_speedup"],
+        expected_layer_speedup=choice["layer_speedup"],
+        full_metric=full["metric"],
+        target=target,
+        reached=reached,
+        message=message,
+        num_sentences=int(rec.labels.shape[0]),
+        verified=verified,
+        frontier=[{k: v for k, v in p.items() if k != "accuracy"} for p in _pareto(renamed)],
+    )
+    if apply:
+        config.exit_mode = result.exit_mode
+        config.exit_threshold = result.exit_threshold
+        config.window_size = result.window_size
+        config.validate()
+    return result
+
+
+def _token_settings(exit_mode: str, point: dict) -> dict:
+    return {"exit_mode": exit_mode, "exit_threshold": point["threshold"], "window_size": point["window_size"]}

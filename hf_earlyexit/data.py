@@ -195,3 +195,65 @@ def read_conll(
     return Dataset.from_dict(
         {"tokens": sentences, "tags": [[index[t] for t in sentence] for sentence in tags]}, features=features
     )
+
+
+def tokenize_token_dataset(dataset: Dataset, tokenizer, max_length: int | None = None) -> Dataset:
+    """Tokenize a [`read_conll`] dataset (`tokens`, `tags`) for [`BertForTokenEarlyExit`].
+
+    Each word's tag goes to its first word-piece (-100 elsewhere) and every position gets its word id (-1 for special
+    tokens), through [`encode_words`]. Batch it with [`DataCollatorForTokenEarlyExit`].
+
+    Returns:
+        A `Dataset` with `input_ids`, `attention_mask`, `token_type_ids` (when the tokenizer makes them), `word_ids`
+        and `labels`, one row per sentence, unpadded.
+    """
+    from .models.bert.token_exit_utils import encode_words
+
+    for column in ("tokens", "tags"):
+        if column not in dataset.column_names:
+            raise ValueError(
+                f"The dataset needs a `{column}` column (as `read_conll` returns); it has {dataset.column_names}."
+            )
+
+    def encode(rows):
+        encoded = encode_words(
+            tokenizer, rows["tokens"], rows["tags"], max_length=max_length, padding=False, return_tensors=None
+        )
+        return dict(encoded)
+
+    return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
+
+
+class DataCollatorForTokenEarlyExit:
+    """Pads token-classification rows with word ids: `labels` with -100 and `word_ids` with -1, the rest as the
+    tokenizer pads them (transformers' `DataCollatorForTokenClassification` does not know `word_ids`).
+
+    Args:
+        tokenizer: The model's tokenizer.
+        pad_to_multiple_of: As for the tokenizer's `pad`.
+    """
+
+    def __init__(self, tokenizer, pad_to_multiple_of: int | None = None):
+        from transformers import DataCollatorForTokenClassification
+
+        self.collator = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+        self.padding_side = tokenizer.padding_side
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        word_ids = [feature.get("word_ids") for feature in features]
+        rest = [{key: value for key, value in feature.items() if key != "word_ids"} for feature in features]
+        batch = self.collator(rest)
+        if all(ids is None for ids in word_ids):
+            return batch
+        if any(ids is None for ids in word_ids):
+            raise ValueError("Some rows have `word_ids` and others do not; give them to every row or to none.")
+        length = batch["input_ids"].shape[1]
+        padded = []
+        for ids in word_ids:
+            ids = list(ids)
+            fill = [-1] * (length - len(ids))
+            padded.append(ids + fill if self.padding_side == "right" else fill + ids)
+        batch["word_ids"] = torch.tensor(padded, dtype=torch.long)
+        return batch

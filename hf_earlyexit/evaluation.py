@@ -314,3 +314,90 @@ def _fmt(value) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_fmt(v) for v in value) + "]"
     return str(value)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Sequence labelling: entity scores (seqeval's conlleval-style entities) and word-level predictions
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _get_entities():
+    try:
+        from seqeval.metrics.sequence_labeling import get_entities
+    except ImportError as error:
+        raise ImportError(
+            "Entity precision, recall and F1 for token classification use seqeval, which is not installed: "
+            "`pip install 'hf_earlyexit[ner]'` (or `pip install seqeval`)."
+        ) from error
+    return get_entities
+
+
+def entity_types(label_names: Sequence[str]) -> list[str]:
+    """The entity types of IOB-style tag names (`B-PER`, `I-PER`, ... -> `PER`), sorted; `O` and others skipped."""
+    return sorted({name.split("-", 1)[1] for name in label_names if name[:2] in ("B-", "I-", "E-", "S-")})
+
+
+def entity_counts(predictions: Sequence[Sequence[str]], references: Sequence[Sequence[str]], types: Sequence[str]):
+    """Per sentence and entity type: true positives, predicted and gold entities, as seqeval counts them.
+
+    An entity is a `(type, first word, last word)` span found by seqeval's `get_entities` (the conlleval rules, its
+    default mode); a true positive is a predicted span equal to a gold one. Sums of these counts over a set give
+    exactly seqeval's micro-averaged scores, so they can be gathered batch by batch.
+
+    Returns:
+        `{"tp": (N, T), "pred": (N, T), "gold": (N, T)}` long tensors, columns in the order of `types`.
+    """
+    get_entities = _get_entities()
+    column = {name: i for i, name in enumerate(types)}
+    counts = {key: torch.zeros(len(predictions), len(types), dtype=torch.long) for key in ("tp", "pred", "gold")}
+    for row, (predicted, gold) in enumerate(zip(predictions, references, strict=True)):
+        if len(predicted) != len(gold):
+            raise ValueError(f"Sentence {row}: {len(predicted)} predicted tags but {len(gold)} gold tags.")
+        predicted_spans, gold_spans = set(get_entities(list(predicted))), set(get_entities(list(gold)))
+        for key, spans in (("pred", predicted_spans), ("gold", gold_spans), ("tp", predicted_spans & gold_spans)):
+            for entity_type, _, _ in spans:
+                if entity_type in column:
+                    counts[key][row, column[entity_type]] += 1
+    return counts
+
+
+def entity_scores(predictions: Sequence[Sequence[str]], references: Sequence[Sequence[str]]) -> dict:
+    """Micro precision, recall and F1 over entities, and per type, as fractions in `[0, 1]` (seqeval's numbers).
+
+    A ratio with nothing to count (no predicted entity for precision, no gold one for recall) is 0, as in seqeval.
+    """
+    types = sorted({t for tags in (*predictions, *references) for t in entity_types(tags)})
+    counts = entity_counts(predictions, references, types)
+    totals = {key: value.sum(dim=0) for key, value in counts.items()}
+
+    def scores(tp, pred, gold):
+        return {
+            "precision": tp / pred if pred else 0.0,
+            "recall": tp / gold if gold else 0.0,
+            "f1": 2 * tp / (pred + gold) if pred + gold else 0.0,
+            "support": gold,
+        }
+
+    result = scores(*(int(totals[key].sum()) for key in ("tp", "pred", "gold")))
+    result["per_type"] = {
+        name: scores(*(int(totals[key][i]) for key in ("tp", "pred", "gold"))) for i, name in enumerate(types)
+    }
+    return result
+
+
+def word_tags(logits: torch.Tensor, labels: torch.Tensor, id2label: dict) -> tuple[list[list[str]], list[list[str]]]:
+    """Predicted and gold tag names of every labelled position (a word's first word-piece), one list per sentence.
+
+    Args:
+        logits: `(batch, seq, num_labels)`.
+        labels: `(batch, seq)` tag ids, -100 where there is no word start.
+        id2label: The model config's `id2label`.
+    """
+    predicted = logits.argmax(-1)
+    names = {int(k): v for k, v in id2label.items()}
+    predictions, references = [], []
+    for row in range(labels.shape[0]):
+        keep = labels[row] != -100
+        predictions.append([names[int(i)] for i in predicted[row][keep]])
+        references.append([names[int(i)] for i in labels[row][keep]])
+    return predictions, references

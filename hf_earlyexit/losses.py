@@ -34,10 +34,18 @@ Cascade recipes (METHODS.md section 2), for [`BertForCascadeClassification`]:
 | `joint` | [`JointCascadeLoss`] | `sum_k CE_k` over the members |
 | `difficulty_aware` | [`DifficultyAwareCascadeLoss`] | `sum_k CE_k + lambda sum_{k<K-1} L_DAR(k)` (CascadeBERT) |
 
+Sequence-labelling recipes (METHODS.md section 3), for [`BertForTokenEarlyExit`]:
+
+| recipe | class | objective |
+| --- | --- | --- |
+| `joint` | [`JointTokenExitLoss`] | stage 1: `sum_i w_i CE_i / sum_i w_i` over token losses |
+| `self_sampling` | [`SelfSamplingTokenLoss`] | stage 2: sampled TOKEE replay, sandwich, loss on active words only |
+
 Training each member on its own and assembling them afterwards needs no recipe: fine-tune one-member cascades (or
 `BertForSequenceClassification`s) and pass them (their `members[0]`) to `BertForCascadeClassification.from_members`.
 """
 
+import inspect
 import logging
 import math
 from collections.abc import Callable
@@ -864,6 +872,439 @@ def check_dar_settings(dar_lambda, margin, difficulty, warmup_epochs) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Sequence-labelling recipes (BertForTokenEarlyExit): `outputs.all_logits` is `(num_exits, batch, seq, num_labels)`
+# --------------------------------------------------------------------------------------------------------------------
+
+
+SELF_SAMPLING_RECIPE = "self_sampling"
+# the sampling space of the released code: windows 3, 5, ..., 15 words, thresholds 0.01, 0.02, ... up to the bound
+SELF_SAMPLING_WINDOWS: tuple[int, ...] = (3, 5, 7, 9, 11, 13, 15)
+SELF_SAMPLING_THRESHOLD_STEP = 0.01
+# the sandwich: instances per batch forced to the most aggressive setting, and to no exit
+SANDWICH_AGGRESSIVE = 2
+SANDWICH_NO_EXIT = 4
+STAGE_ONE_INDEX_COLUMN = "self_sampling_example_index"
+
+
+def masked_token_losses(
+    all_logits: torch.Tensor, labels: torch.Tensor, active: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per exit, the mean cross-entropy over the labelled positions (active at that exit, when `active` is given).
+
+    Args:
+        all_logits: `(num_exits, batch, seq, num_labels)`.
+        labels: `(batch, seq)`, -100 where there is nothing to predict.
+        active: Optional `(num_exits, batch, seq)` bool.
+
+    Returns:
+        `(losses, counts)`, both `(num_exits,)`: the mean loss (0 where an exit has no position to score) and the
+        number of positions it averages.
+    """
+    num_exits, _, _, num_labels = all_logits.shape
+    labelled = (labels != -100).unsqueeze(0).expand(num_exits, -1, -1)
+    keep = labelled if active is None else labelled & active
+    per_position = torch.nn.functional.cross_entropy(
+        all_logits.reshape(-1, num_labels).float(),
+        labels.clamp_min(0).unsqueeze(0).expand(num_exits, -1, -1).reshape(-1),
+        reduction="none",
+    ).view(keep.shape)
+    counts = keep.sum(dim=(1, 2))
+    losses = (per_position * keep).sum(dim=(1, 2)) / counts.clamp_min(1)
+    return losses, counts
+
+
+def token_classification_metrics(
+    model: nn.Module, outputs: Any, inputs: dict[str, Any]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Evaluation metrics of sequence-labelling early exit, as per-sentence `(numerator, denominator)` pairs (see
+    [`ExitLoss.metrics`]), from one run of the model's own early exit.
+
+    Exit statistics count words (a word's first word-piece; positions labelled in `inputs["labels"]`, or the word
+    starts of `word_ids` without labels): `mean_exit_layer`, `layer_speedup` (`L x words / sum of their exit layers`)
+    and `flops_speedup` (FLOPs of the full-depth model, `early_exit=False`, over the FLOPs this run spent, per sentence
+    from its real length). With labels: `token_accuracy` over labelled words and seqeval's entity scores
+    (`precision`, `recall`, `f1`, and `precision_<type>`, `recall_<type>`, `f1_<type>` for every type of
+    `config.id2label`), micro-averaged over the whole set, exactly as seqeval computes them (see
+    [`~hf_earlyexit.evaluation.entity_counts`]). A ratio with nothing to count (e.g. no predicted entity of a type)
+    is NaN.
+    """
+    from .evaluation import entity_counts, entity_types, word_tags
+    from .models.bert.exit_utils import encoder_layer_flops
+    from .models.bert.token_exit_utils import word_layout
+
+    config = model.config
+    attention_mask = inputs.get("attention_mask")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(inputs["input_ids"])
+    labels = inputs.get("labels")
+    if labels is not None:
+        words = labels != -100
+    else:
+        words = word_layout(attention_mask, inputs.get("word_ids"))[1]
+    lengths = attention_mask.sum(dim=-1)
+    num_words = words.sum(dim=-1).float()
+    depth_sum = (outputs.exit_layer * words).sum(dim=-1).float()
+    reference = (
+        config.num_hidden_layers * encoder_layer_flops(lengths, config.hidden_size, config.intermediate_size)
+        + lengths * model.head_flops()
+    )
+    metrics = {
+        "mean_exit_layer": (depth_sum, num_words),
+        "layer_speedup": (config.num_hidden_layers * num_words, depth_sum),
+        "flops_speedup": (reference.float(), outputs.flops.float()),
+    }
+    if labels is None:
+        return metrics
+    correct = ((outputs.logits.argmax(-1) == labels) & words).sum(dim=-1).float()
+    metrics["token_accuracy"] = (correct, num_words)
+    types = entity_types(config.id2label.values())
+    if types:
+        predictions, references = word_tags(outputs.logits.detach().cpu(), labels.cpu(), config.id2label)
+        counts = {
+            key: value.to(labels.device).float()
+            for key, value in entity_counts(predictions, references, types).items()
+        }
+        tp, pred, gold = (counts[key] for key in ("tp", "pred", "gold"))
+        metrics["precision"] = (tp.sum(-1), pred.sum(-1))
+        metrics["recall"] = (tp.sum(-1), gold.sum(-1))
+        metrics["f1"] = (2 * tp.sum(-1), pred.sum(-1) + gold.sum(-1))
+        for i, name in enumerate(types):
+            metrics[f"precision_{name}"] = (tp[:, i], pred[:, i])
+            metrics[f"recall_{name}"] = (tp[:, i], gold[:, i])
+            metrics[f"f1_{name}"] = (2 * tp[:, i], pred[:, i] + gold[:, i])
+    return metrics
+
+
+class TokenExitLoss(ExitLoss):
+    """Shared behaviour of the recipes of [`BertForTokenEarlyExit`]: training computes every exit at every position;
+    evaluation runs the model's own early exit (its config's rule, the real packed skipping) and reports
+    [`token_classification_metrics`].
+
+    Args:
+        config ([`TokenExitBertConfig`]): The model's config.
+        weights (`str` or `list[float]`, *optional*, defaults to `"linear"`): Exit weights `w_i`: `"linear"` (the
+            layer number, the paper's `sum_i i L_i / sum_i i`), `"uniform"` or one number per exit.
+    """
+
+    citation = """@inproceedings{li2021accelerating,
+  title = {Accelerating {BERT} Inference for Sequence Labeling via Early-Exit},
+  author = {Li, Xiaonan and Shao, Yunfan and Sun, Tianxiang and Yan, Hang and Qiu, Xipeng and Huang, Xuanjing},
+  booktitle = {Proceedings of the 59th Annual Meeting of the Association for Computational Linguistics},
+  pages = {189--199},
+  year = {2021}
+}"""
+
+    def __init__(self, config, weights: str | list[float] = "linear"):
+        super().__init__()
+        self.config = config
+        self.exit_layers = config.resolved_exit_layers
+        self.weights_setting = weights
+        self.weights = resolve_exit_weights(weights, self.exit_layers)
+
+    def model_inputs(self, inputs, step=None):
+        return {**super().model_inputs(inputs, step), "output_all_exits": step is not None}
+
+    def eval_loss(self, outputs, inputs) -> dict[str, torch.Tensor]:
+        return {"loss": sequence_classification_loss(outputs.logits, inputs["labels"], "single_label_classification")}
+
+    def per_exit_losses(self, all_logits: torch.Tensor, labels: torch.Tensor, active=None) -> dict[str, torch.Tensor]:
+        losses, _ = masked_token_losses(all_logits.detach(), labels, active)
+        return {f"loss_exit_{layer}": loss for layer, loss in zip(self.exit_layers, losses)}
+
+    def metrics(self, model, outputs, inputs):
+        return token_classification_metrics(model, outputs, inputs)
+
+    def get_config_dict(self):
+        return {"weights": self.weights_setting}
+
+
+class JointTokenExitLoss(TokenExitLoss):
+    """Stage 1 of sequence-labelling early exit: `L = sum_i w_i CE_i / sum_i w_i` over every exit, `CE_i` the mean
+    token cross-entropy of exit `i` over labelled positions (with linear weights, the model's own training loss)."""
+
+    @classmethod
+    def from_args(cls, model, args):
+        return cls(model.config, args.exit_loss_weights)
+
+    def forward(self, outputs, inputs, step=None):
+        if outputs.all_logits is None:
+            return self.eval_loss(outputs, inputs)
+        labels = inputs["labels"]
+        loss = weighted_exit_loss(outputs.all_logits, labels, "single_label_classification", self.weights)
+        return {"loss": loss, **self.per_exit_losses(outputs.all_logits, labels)}
+
+
+class SelfSamplingTokenLoss(TokenExitLoss):
+    """Stage 2 of sequence-labelling early exit: self-sampling fine-tuning (Li et al., ACL 2021; METHODS.md section 3).
+
+    Before training ([`setup`]), the model as it is (the stage-1 model) runs once over the training set with every
+    exit computed, and its per-exit logits are stored per sentence. Every training step then, per sentence of the
+    batch:
+
+    1. samples a TOKEE setting: a window `W` from `windows` and a threshold `tau` from `0.01, 0.02, ...,
+       max_threshold` (per layer through the config's `threshold_schedule` and `threshold_cap`); the "sandwich"
+       forces 2 sentences of the batch (chosen at random) to the most aggressive setting (the smallest window and
+       `max_threshold`) and 4 others to no exit (`tau = 0`); batches smaller than 6 take them in that order;
+    2. replays the TOKEE rule on the stored stage-1 logits ([`TokenExitRule.simulate`]) to get each word's exit layer
+       (word-pieces follow their word, special tokens their sentence);
+    3. runs the model with copying, `h_i = m_i * Layer_i(h_{i-1}) + (1 - m_i) * h_{i-1}` (the model's `active_depth`
+       argument), so that an exited word's state stays as it was when it left;
+    4. the loss at exit `i` covers only the labelled words still active there (exit layer >= layer `i`):
+       `L = sum_i w_i L_i / sum_i w_i` over the exits with at least one such word, `w_i` the layer number by default.
+       With `flooding = b`, `L_i = |CE_i - CE_i^old - b|`, `CE_i^old` the stage-1 loss of the same words at that exit
+       from the stored logits (keeps each exit near its stage-1 loss plus `b` instead of pushing it further down).
+
+    Evaluation runs the model's own early exit, as for stage 1.
+
+    The training set must be a `datasets.Dataset` of tokenized rows (e.g. [`tokenize_token_dataset`]) batched by a
+    collator that pads `word_ids` ([`DataCollatorForTokenEarlyExit`]); the trainer's collator also serves the
+    recording pass.
+
+    The stored logits take `num_exits x (sentence length) x num_labels` floats per sentence (about 80 MB for the
+    14k CoNLL-2003 training sentences with 6 exits and 9 tags). The recording pass runs in this process over the
+    whole training set (no sharing across processes).
+
+    Args:
+        config ([`TokenExitBertConfig`]): The model's config.
+        max_threshold (`float`, *optional*, defaults to 0.5): Largest sampled threshold, in `[0.01, 1]`.
+        flooding (`float`, *optional*): The flooding level `b` (>= 0); `None` trains without flooding.
+        windows (`tuple[int, ...]`, *optional*): Windows to sample from (odd, >= 1), defaults to 3, 5, ..., 15.
+        weights: As for [`TokenExitLoss`].
+        seed (`int`, *optional*, defaults to 0): Seed of the sampling.
+    """
+
+    input_columns = ("labels", STAGE_ONE_INDEX_COLUMN)
+
+    def __init__(
+        self,
+        config,
+        max_threshold: float = 0.5,
+        flooding: float | None = None,
+        windows: tuple[int, ...] = SELF_SAMPLING_WINDOWS,
+        weights: str | list[float] = "linear",
+        seed: int = 0,
+    ):
+        super().__init__(config, weights)
+        check_self_sampling_settings(max_threshold, flooding)
+        from .models.bert.token_exit_utils import check_window_size
+
+        if not windows:
+            raise ValueError("`windows` must name at least one window size.")
+        self.windows = tuple(check_window_size(w, "windows") for w in windows)
+        self.max_threshold = float(max_threshold)
+        self.flooding = None if flooding is None else float(flooding)
+        steps = max(int(round(self.max_threshold / SELF_SAMPLING_THRESHOLD_STEP)), 1)
+        self.thresholds = tuple(round(SELF_SAMPLING_THRESHOLD_STEP * k, 6) for k in range(1, steps + 1))
+        self.generator = torch.Generator().manual_seed(seed)
+        # example index -> `(num_exits, length, num_labels)` stage-1 logits, filled by `record_stage_one`
+        self.stage_one_logits: list[torch.Tensor] | None = None
+        self._replay: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def from_args(cls, model, args):
+        return cls(
+            model.config,
+            max_threshold=args.self_sampling_max_threshold,
+            flooding=args.self_sampling_flooding,
+            weights=args.exit_loss_weights,
+            seed=args.seed + args.process_index,
+        )
+
+    def get_config_dict(self):
+        return {
+            "weights": self.weights_setting,
+            "max_threshold": self.max_threshold,
+            "flooding": self.flooding,
+            "windows": list(self.windows),
+            "sandwich": {"most_aggressive": SANDWICH_AGGRESSIVE, "no_exit": SANDWICH_NO_EXIT},
+        }
+
+    # --- stage-1 logits ---------------------------------------------------------------------------------------------
+
+    def setup(self, trainer) -> None:
+        dataset = trainer.train_dataset
+        if dataset is None:
+            return
+        from datasets import Dataset
+
+        if not isinstance(dataset, Dataset):
+            raise ValueError(
+                "Self-sampling stores the stage-1 logits of every training sentence by its position, which needs a "
+                f"`datasets.Dataset` training set (got {type(dataset).__name__})."
+            )
+        if STAGE_ONE_INDEX_COLUMN in dataset.column_names:
+            dataset = dataset.remove_columns(STAGE_ONE_INDEX_COLUMN)
+        trainer.train_dataset = dataset.add_column(STAGE_ONE_INDEX_COLUMN, list(range(len(dataset))))
+        self.record_stage_one(trainer)
+
+    @torch.no_grad()
+    def record_stage_one(self, trainer) -> list[torch.Tensor]:
+        """Run the model as it is now (evaluation mode, every exit) over the training set and store its logits."""
+        from torch.utils.data import DataLoader
+
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        was_training = model.training
+        model.eval()
+        parameters = inspect.signature(model.forward).parameters
+        dataset = trainer.train_dataset
+        dataset = dataset.remove_columns(
+            [c for c in dataset.column_names if c not in parameters and c not in self.input_columns]
+        )
+        loader = DataLoader(
+            dataset, batch_size=trainer.args.per_device_eval_batch_size, collate_fn=trainer.data_collator
+        )
+        stored: list[torch.Tensor | None] = [None] * len(dataset)
+        device = next(model.parameters()).device
+        with torch.random.fork_rng(devices=[]):
+            for batch in loader:
+                index = batch[STAGE_ONE_INDEX_COLUMN]
+                inputs = {
+                    key: value.to(device)
+                    for key, value in batch.items()
+                    if key not in self.input_columns and isinstance(value, torch.Tensor)
+                }
+                all_logits = model(**inputs, output_all_exits=True).all_logits.float().cpu()
+                lengths = inputs["attention_mask"].sum(-1).tolist()
+                for row, (i, length) in enumerate(zip(index.tolist(), lengths)):
+                    stored[i] = all_logits[:, row, :length].clone()
+        model.train(was_training)
+        self.stage_one_logits = stored
+        return stored
+
+    def batch_stage_one(self, inputs) -> torch.Tensor:
+        """`(num_exits, batch, seq, num_labels)` stored stage-1 logits of this batch (zero at padding)."""
+        if self.stage_one_logits is None:
+            raise ValueError(
+                "Self-sampling has no stage-1 logits: `EarlyExitTrainer` records them when it is built with a training "
+                "set; outside it, call `record_stage_one(trainer)` first."
+            )
+        index = inputs.get(STAGE_ONE_INDEX_COLUMN)
+        if index is None:
+            raise ValueError(
+                f"The batch has no `{STAGE_ONE_INDEX_COLUMN}` column (the trainer adds it to the training set)."
+            )
+        attention_mask = inputs["attention_mask"]
+        batch_size, seq_len = attention_mask.shape
+        first = self.stage_one_logits[int(index[0])]
+        out = first.new_zeros(first.shape[0], batch_size, seq_len, first.shape[-1])
+        for row, i in enumerate(index.tolist()):
+            logits = self.stage_one_logits[i]
+            positions = attention_mask[row].nonzero().squeeze(-1).cpu()
+            if len(positions) != logits.shape[1]:
+                raise ValueError(
+                    f"Training sentence {i} has {len(positions)} positions in this batch but {logits.shape[1]} when its "
+                    "stage-1 logits were recorded: the training set must not change between them."
+                )
+            out[:, row, positions] = logits
+        return out.to(attention_mask.device)
+
+    # --- sampling and replay ----------------------------------------------------------------------------------------
+
+    def sample_settings(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per sentence of a batch, a window `(batch,)` long and a threshold `(batch,)` float (0: no exit), with the
+        sandwich (see the class docstring)."""
+        windows = torch.tensor(self.windows)[torch.randint(len(self.windows), (batch_size,), generator=self.generator)]
+        thresholds = torch.tensor(self.thresholds)[
+            torch.randint(len(self.thresholds), (batch_size,), generator=self.generator)
+        ]
+        order = torch.randperm(batch_size, generator=self.generator)
+        aggressive = order[:SANDWICH_AGGRESSIVE]
+        no_exit = order[SANDWICH_AGGRESSIVE : SANDWICH_AGGRESSIVE + SANDWICH_NO_EXIT]
+        windows[aggressive], thresholds[aggressive] = min(self.windows), self.max_threshold
+        thresholds[no_exit] = 0.0
+        return windows, thresholds
+
+    def replay(
+        self,
+        all_logits: torch.Tensor,
+        attention_mask: torch.Tensor,
+        word_ids: torch.Tensor | None,
+        windows: torch.Tensor,
+        thresholds: torch.Tensor,
+    ) -> torch.Tensor:
+        """`(batch, seq)` exit layer of every position under each sentence's own TOKEE setting, replayed on
+        `all_logits` (0 at padding)."""
+        from .models.bert.token_exit_utils import TokenExitRule
+
+        config = self.config
+        exit_index = torch.full(attention_mask.shape, -1, dtype=torch.long, device=attention_mask.device)
+        settings = torch.stack([windows.float(), thresholds.float()], dim=-1)
+        for window, threshold in torch.unique(settings, dim=0).tolist():
+            rows = ((windows == int(window)) & (thresholds.float() == threshold)).nonzero().squeeze(-1)
+            rows = rows.to(attention_mask.device)
+            rule = TokenExitRule.build(
+                "token",
+                float(threshold),
+                self.exit_layers,
+                config.num_hidden_layers,
+                window_size=int(window),
+                threshold_schedule=config.threshold_schedule,
+                threshold_cap=config.threshold_cap,
+            )
+            exit_index[rows] = rule.simulate(
+                all_logits[:, rows], attention_mask[rows], None if word_ids is None else word_ids[rows]
+            )
+        layers = torch.tensor(self.exit_layers, device=exit_index.device)
+        return torch.where(exit_index >= 0, layers[exit_index.clamp_min(0)], 0)
+
+    def model_inputs(self, inputs, step=None):
+        if step is None:
+            self._replay = None
+            return super().model_inputs(inputs, step)
+        stage_one = self.batch_stage_one(inputs)
+        attention_mask = inputs["attention_mask"]
+        windows, thresholds = self.sample_settings(attention_mask.shape[0])
+        depth = self.replay(stage_one, attention_mask, inputs.get("word_ids"), windows, thresholds)
+        self._replay = {"stage_one": stage_one, "depth": depth, "windows": windows, "thresholds": thresholds}
+        model_inputs = {key: value for key, value in inputs.items() if key not in self.input_columns}
+        return {**model_inputs, "output_all_exits": True, "active_depth": depth}
+
+    def forward(self, outputs, inputs, step=None):
+        if outputs.all_logits is None:
+            return self.eval_loss(outputs, inputs)
+        labels = inputs["labels"]
+        layers = torch.tensor(self.exit_layers, device=labels.device)
+        active = outputs.exit_layer.unsqueeze(0) >= layers.view(-1, 1, 1)
+        losses, counts = masked_token_losses(outputs.all_logits, labels, active)
+        terms = {}
+        if self.flooding is not None:
+            if self._replay is None:
+                raise ValueError("Flooding compares with the stage-1 logits of the batch: call `model_inputs` first.")
+            old, _ = masked_token_losses(self._replay["stage_one"].to(outputs.all_logits.device), labels, active)
+            terms["flooding_gap"] = ((losses - old).detach() * (counts > 0)).sum() / (counts > 0).sum().clamp_min(1)
+            losses = (losses - old - self.flooding).abs()
+        weights = torch.tensor(self.weights, dtype=losses.dtype, device=losses.device) * (counts > 0)
+        loss = (weights * losses).sum() / weights.sum().clamp_min(1e-12)
+        words = (labels != -100).sum().clamp_min(1)
+        for layer, count in zip(self.exit_layers, counts):
+            terms[f"active_words_exit_{layer}"] = count.float() / words
+        return {"loss": loss, **self.per_exit_losses(outputs.all_logits, labels, active), **terms}
+
+
+def check_self_sampling_settings(max_threshold, flooding) -> None:
+    """Validate the self-sampling settings (shared by [`SelfSamplingTokenLoss`] and the training arguments)."""
+    if (
+        isinstance(max_threshold, bool)
+        or not isinstance(max_threshold, (int, float))
+        or not math.isfinite(max_threshold)
+        or not SELF_SAMPLING_THRESHOLD_STEP <= max_threshold <= 1
+    ):
+        raise ValueError(
+            f"`self_sampling_max_threshold` must be a number in [{SELF_SAMPLING_THRESHOLD_STEP}, 1] (thresholds are "
+            f"sampled from {SELF_SAMPLING_THRESHOLD_STEP} up to it), got {max_threshold!r}."
+        )
+    if flooding is not None and (
+        isinstance(flooding, bool)
+        or not isinstance(flooding, (int, float))
+        or not math.isfinite(flooding)
+        or flooding < 0
+    ):
+        raise ValueError(
+            f"`self_sampling_flooding` must be a finite number >= 0 (or None for none), got {flooding!r}."
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Which loss a trainer uses
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -926,6 +1367,8 @@ register_exit_loss("bypass-bert", "alternating", AlternatingExitLoss.from_args)
 register_exit_loss("bypass-bert", "distillation", DistillationExitLoss.from_args, staged=True)
 register_exit_loss("cascade-bert", "joint", JointCascadeLoss.from_args)
 register_exit_loss("cascade-bert", DAR_RECIPE, DifficultyAwareCascadeLoss.from_args)
+register_exit_loss("token-exit-bert", "joint", JointTokenExitLoss.from_args)
+register_exit_loss("token-exit-bert", SELF_SAMPLING_RECIPE, SelfSamplingTokenLoss.from_args)
 
 
 __all__ = [
@@ -936,14 +1379,20 @@ __all__ = [
     "ExitLoss",
     "JointCascadeLoss",
     "JointExitLoss",
+    "JointTokenExitLoss",
     "MultiExitLoss",
+    "SelfSamplingTokenLoss",
+    "TokenExitLoss",
     "TwoStageExitLoss",
     "check_difficulty_values",
+    "check_self_sampling_settings",
     "difficulty_aware_ranking_loss",
     "exit_loss_from_args",
+    "masked_token_losses",
     "register_exit_loss",
     "registered_recipes",
     "resolve_exit_weights",
     "routing_metrics",
     "staged_recipes",
+    "token_classification_metrics",
 ]

@@ -20,7 +20,9 @@ This file imports only the standard library and transformers, so that it can als
 import inspect
 from typing import Any
 
-from transformers import TextClassificationPipeline
+import torch
+from transformers import TextClassificationPipeline, TokenClassificationPipeline
+from transformers.pipelines.token_classification import AggregationStrategy
 from transformers.utils import logging
 
 
@@ -184,4 +186,140 @@ class EarlyExitTextClassificationPipeline(EarlyExitPipelineMixin, TextClassifica
         return min(limits, default=None)
 
 
-__all__ = ["EarlyExitPipelineMixin", "EarlyExitTextClassificationPipeline"]
+class EarlyExitTokenClassificationPipeline(EarlyExitPipelineMixin, TokenClassificationPipeline):
+    r"""
+    [`~transformers.TokenClassificationPipeline`] that takes exit settings per pipeline or per call and reports, for
+    every token or entity, the number of encoder layers that computed it. Importing `hf_earlyexit` makes
+    `pipeline("token-classification", ...)` (and its alias `"ner"`) build this class; for a model without early exit
+    (e.g. a plain `BertForTokenClassification`) it behaves exactly like the stock class.
+
+    Exit arguments (construction or call time; the call wins; passed to the model's `forward` for that call only):
+        exit_threshold (`float` or `list[float]`, *optional*): threshold on the normalised uncertainty, one or one per
+            exit.
+        exit_mode (`str`, *optional*): `"token"` (TOKEE) or `"sentence"` (SENTEE).
+        window_size (`int`, *optional*), threshold_schedule (`str`, *optional*), sentence_pooling (`str`, *optional*).
+        early_exit (`bool`, *optional*): `False` runs the full model.
+    An argument that the model's `forward` does not name is an error; values are validated by the model.
+
+    Words: the model decides exits per word, so the pipeline passes it `word_ids`. With `is_split_into_words=True`
+    they are the tokenizer's; for raw text a word is a run of word-pieces whose continuations carry the tokenizer's
+    continuing-subword prefix (`##` for BERT's WordPiece: the tokenizer's own `word_ids()` for BERT tokenizers). A
+    tokenizer without such a prefix makes every word-piece a word.
+
+    `exit_layer` in each result: with `aggregation_strategy="none"`, the exit layer of that word-piece (its word's);
+    with any other strategy, the largest exit layer among the word-pieces of the entity (the depth the entity needed).
+
+    Example:
+
+    ```python
+    >>> import hf_earlyexit  # registers the exit-aware pipelines
+    >>> from transformers import pipeline
+
+    >>> ner = pipeline("token-classification", model="path/to/token-exit-bert-conll", aggregation_strategy="simple")
+    >>> ner("EU rejects German call to boycott British lamb.", exit_threshold=0.2, window_size=5)
+    [{'entity_group': 'ORG', 'score': 0.99, 'word': 'EU', 'start': 0, 'end': 2, 'exit_layer': 2}, ...]
+    ```
+    """
+
+    exit_arguments: tuple[str, ...] = (
+        "early_exit",
+        "exit_mode",
+        "exit_threshold",
+        "threshold_schedule",
+        "window_size",
+        "sentence_pooling",
+    )
+    exit_output_fields: tuple[str, ...] = ("exit_layer",)
+
+    def preprocess(self, sentence, offset_mapping=None, **preprocess_params):
+        for model_inputs in super().preprocess(sentence, offset_mapping=offset_mapping, **preprocess_params):
+            if self.is_early_exit_model:
+                # a tensor, so that batching pads it with the other inputs
+                model_inputs["exit_word_ids"] = self._word_ids(model_inputs)
+            yield model_inputs
+
+    def _word_ids(self, model_inputs: dict) -> torch.Tensor:
+        """`(1, seq)` word id of every position, -1 for special tokens (see the class docstring)."""
+        special = model_inputs["special_tokens_mask"][0].bool()
+        given = model_inputs.get("word_ids")
+        if given is not None:  # `is_split_into_words=True`: the tokenizer's own
+            ids = torch.tensor([-1 if w is None else w for w in given])
+        else:
+            backend = getattr(getattr(self.tokenizer, "_tokenizer", None), "model", None)
+            prefix = getattr(backend, "continuing_subword_prefix", None)
+            tokens = self.tokenizer.convert_ids_to_tokens(model_inputs["input_ids"][0].tolist())
+            starts = torch.tensor([not (prefix and token.startswith(prefix)) for token in tokens]) & ~special
+            ids = starts.long().cumsum(0) - 1
+        return torch.where(special, -1, ids).unsqueeze(0)
+
+    def _forward(self, model_inputs, **exit_params):
+        if not self.is_early_exit_model:
+            return super()._forward(model_inputs)
+        if self.model.training:
+            logger.warning_once(
+                f"{type(self.model).__name__} is in training mode: dropout is active and early-exit models compute "
+                "every exit there instead of exiting early. Call `model.eval()` before using it in a pipeline."
+            )
+        # the stock `_forward`, plus the words and the exit settings in the model call and the exit layers kept
+        model_inputs = dict(model_inputs)
+        word_ids = model_inputs.pop("exit_word_ids")
+        # padding added by batching (zeros) lies outside the attention mask, where word ids are not read
+        fields = {
+            name: model_inputs.pop(name, None)
+            for name in (
+                "special_tokens_mask",
+                "offset_mapping",
+                "sentence",
+                "is_last",
+                "word_ids",
+                "word_to_chars_map",
+            )
+        }
+        output = self.model(**model_inputs, word_ids=word_ids, **exit_params)
+        return {"logits": output.logits, "exit_layer": output.exit_layer, **fields, **model_inputs}
+
+    def postprocess(self, all_outputs, aggregation_strategy=AggregationStrategy.NONE, ignore_labels=None):
+        if not self.is_early_exit_model:
+            return TokenClassificationPipeline.postprocess(self, all_outputs, aggregation_strategy, ignore_labels)
+        # every chunk on its own (with the sentence and word map the stock code reads from the first), so that each
+        # entity is matched with the exit layers of its own chunk; overlapping chunks are then merged as stock does
+        shared = {key: all_outputs[0].get(key) for key in ("sentence", "word_to_chars_map")}
+        entities = []
+        for chunk in all_outputs:
+            chunk = {**chunk, **shared}
+            chunk_entities = TokenClassificationPipeline.postprocess(
+                self, [chunk], aggregation_strategy, ignore_labels
+            )
+            entities.extend(self._with_exit_layers(chunk, chunk_entities, aggregation_strategy))
+        if len(all_outputs) > 1:
+            entities = self.aggregate_overlapping_entities(entities)
+        return entities
+
+    def _with_exit_layers(self, chunk: dict, entities: list[dict], aggregation_strategy) -> list[dict]:
+        exit_layer = chunk["exit_layer"][0].tolist()
+        if aggregation_strategy == AggregationStrategy.NONE:
+            return [{**entity, "exit_layer": exit_layer[entity["index"]]} for entity in entities]
+        # the character span of every word-piece, as the stock code computes it (pre-split words rescaled)
+        offset_mapping = chunk["offset_mapping"][0] if chunk["offset_mapping"] is not None else None
+        pieces = self.gather_pre_entities(
+            chunk["sentence"],
+            chunk["input_ids"][0],
+            chunk["logits"][0].float().numpy(),
+            offset_mapping,
+            chunk["special_tokens_mask"][0].numpy(),
+            AggregationStrategy.NONE,
+            word_ids=chunk.get("word_ids"),
+            word_to_chars_map=chunk.get("word_to_chars_map"),
+        )
+        result = []
+        for entity in entities:
+            layers = [
+                exit_layer[piece["index"]]
+                for piece in pieces
+                if piece["start"] is not None and entity["start"] <= piece["start"] and piece["end"] <= entity["end"]
+            ]
+            result.append({**entity, "exit_layer": max(layers) if layers else None})
+        return result
+
+
+__all__ = ["EarlyExitPipelineMixin", "EarlyExitTextClassificationPipeline", "EarlyExitTokenClassificationPipeline"]

@@ -14,7 +14,7 @@ from .models.bert import (
     CascadeBertConfig,
     TokenExitBertConfig,
 )
-from .pipelines import EarlyExitTextClassificationPipeline
+from .pipelines import EarlyExitTextClassificationPipeline, EarlyExitTokenClassificationPipeline
 
 
 # (config class, model class, Auto model classes that must resolve the config to the model)
@@ -28,6 +28,7 @@ FAMILIES = [
 # the stock class for models without early exit.
 PIPELINES = {
     "text-classification": EarlyExitTextClassificationPipeline,
+    "token-classification": EarlyExitTokenClassificationPipeline,
 }
 
 
@@ -37,6 +38,7 @@ PIPELINES = {
 # unless `trust_remote_code=True` is passed, which would break `pipeline("text-classification", ...)` for everyone.
 REMOTE_CODE_PIPELINES = {
     "early-exit-text-classification": (EarlyExitTextClassificationPipeline, ("AutoModelForSequenceClassification",)),
+    "early-exit-token-classification": (EarlyExitTokenClassificationPipeline, ("AutoModelForTokenClassification",)),
 }
 
 

@@ -42,6 +42,10 @@ class EarlyExitTrainer(Trainer):
       `early_exit_accuracy`, `mean_exit_layer`, `layer_speedup` (`L N / sum of exit layers`) and `flops_speedup`
       (FLOPs of the full-depth model over FLOPs of the early-exit path, per example from its real length). Every value
       is a ratio of sums over the whole evaluation set (not a mean of batch means), gathered across processes.
+      For sequence labelling ([`BertForTokenEarlyExit`]) evaluation runs the model's own early exit (the real packed
+      skipping) and reports seqeval's entity `precision`, `recall`, `f1` (micro, and `f1_<type>` etc. per entity
+      type of `config.id2label`; needs `seqeval`, extra `ner`), `token_accuracy`, and the exit statistics over words
+      (see [`token_classification_metrics`]).
     - `head_learning_rate` gives exit heads and bypass modules (everything outside `model.base_model`) their own
       learning rate; for a cascade, every member's head and every member but the last (see
       [`CascadeExitLoss.head_parameter_names`]).

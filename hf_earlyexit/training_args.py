@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .losses import DAR_RECIPE, WEIGHT_SCHEMES, check_dar_settings, registered_recipes, staged_recipes
+from .losses import (
+    DAR_RECIPE,
+    SELF_SAMPLING_RECIPE,
+    WEIGHT_SCHEMES,
+    check_dar_settings,
+    check_self_sampling_settings,
+    registered_recipes,
+    staged_recipes,
+)
 
 
 @dataclass
@@ -44,6 +52,13 @@ class EarlyExitTrainingArguments(TrainingArguments):
             - `"joint"`: `sum_k CE_k` over the members (no weights: `exit_loss_weights` must not be a list).
             - `"difficulty_aware"` (CascadeBERT): `sum_k CE_k + dar_lambda * sum_{k<K-1} L_DAR(k)`, see the `dar_*`
               arguments and [`DifficultyAwareCascadeLoss`].
+
+            For sequence labelling ([`BertForTokenEarlyExit`], METHODS.md section 3):
+
+            - `"joint"`: stage 1, `sum_i w_i CE_i / sum_i w_i` over every exit's token loss.
+            - `"self_sampling"`: stage 2, self-sampling fine-tuning of a stage-1 model (sampled TOKEE settings replayed
+              on the stored stage-1 logits, the sandwich, copying forward, the loss on active words only); see the
+              `self_sampling_*` arguments and [`SelfSamplingTokenLoss`].
 
             Families can register more recipes (see [`register_exit_loss`]).
         exit_loss_weights (`str` or `list[float]`, *optional*, defaults to `"linear"`):
@@ -76,6 +91,12 @@ class EarlyExitTrainingArguments(TrainingArguments):
             `exit_recipe="difficulty_aware"` only: epochs (fractions allowed) trained without DAR at the start, within
             the same learning-rate schedule; `ceil(dar_warmup_epochs x update steps per epoch)` optimizer steps. Defaults
             to 1 for `"warmup"` (must be > 0 and shorter than the training) and 0 for the other sources.
+        self_sampling_max_threshold (`float`, *optional*):
+            `exit_recipe="self_sampling"` only: the largest threshold sampled (thresholds `0.01, 0.02, ...` up to it),
+            in `[0.01, 1]`. Defaults to 0.5 (the paper's range).
+        self_sampling_flooding (`float`, *optional*):
+            `exit_recipe="self_sampling"` only: the flooding level `b >= 0`; each exit's loss becomes
+            `|CE_i - CE_i^old - b|` against the stage-1 loss of the same words. Unset: no flooding.
 
     Example:
 
@@ -143,11 +164,23 @@ class EarlyExitTrainingArguments(TrainingArguments):
         },
     )
 
+    self_sampling_max_threshold: float | None = field(
+        default=None,
+        metadata={"help": "exit_recipe='self_sampling': the largest sampled threshold, in [0.01, 1] (default 0.5)."},
+    )
+    self_sampling_flooding: float | None = field(
+        default=None,
+        metadata={
+            "help": "exit_recipe='self_sampling': flooding level b >= 0 of |CE - CE_stage1 - b| (default: none)."
+        },
+    )
+
     def __post_init__(self):
         self.exit_loss_weights = self._normalize_weights(self.exit_loss_weights)
         self.validate_exit_recipe()
         self.validate_head_learning_rate()
         self.validate_dar()
+        self.validate_self_sampling()
         if self.exit_recipe == "alternating" and self.ddp_find_unused_parameters is None:
             # even steps leave the intermediate exits without gradient; DDP must be told to expect that
             self.ddp_find_unused_parameters = True
@@ -224,6 +257,24 @@ class EarlyExitTrainingArguments(TrainingArguments):
         if self.dar_difficulty is None:
             self.dar_difficulty = "warmup"
         check_dar_settings(self.dar_lambda, self.dar_margin, self.dar_difficulty, self.dar_warmup_epochs)
+
+    def validate_self_sampling(self):
+        settings = {
+            "self_sampling_max_threshold": self.self_sampling_max_threshold,
+            "self_sampling_flooding": self.self_sampling_flooding,
+        }
+        if self.exit_recipe != SELF_SAMPLING_RECIPE:
+            given = sorted(name for name, value in settings.items() if value is not None)
+            if given:
+                raise ValueError(
+                    f"{given} only apply to `exit_recipe={SELF_SAMPLING_RECIPE!r}` (stage-2 self-sampling of "
+                    f"sequence-labelling early exit); `exit_recipe={self.exit_recipe!r}` does not use them, so leave "
+                    "them unset."
+                )
+            return
+        if self.self_sampling_max_threshold is None:
+            self.self_sampling_max_threshold = 0.5
+        check_self_sampling_settings(self.self_sampling_max_threshold, self.self_sampling_flooding)
 
     def validate_head_learning_rate(self):
         if self.head_learning_rate is None:

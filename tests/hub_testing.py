@@ -92,9 +92,10 @@ HUB_FAMILIES = [
             build=lambda: _tiny_token_model(),
             make_inputs=lambda: _token_inputs(batch_size=6),
             task_auto_class="AutoModelForTokenClassification",
-            pipeline_task=None,
-            remote_pipeline_task=None,
+            pipeline_task="token-classification",
+            remote_pipeline_task="early-exit-token-classification",
             call_kwargs=[{}, {"exit_threshold": 0.45, "window_size": 3}, {"early_exit": False}],
+            pipeline_kwargs={"exit_threshold": 0.45, "window_size": 3, "ignore_labels": []},
             remote_code_modules=frozenset(
                 {
                     "checkpoint_utils",
@@ -102,6 +103,7 @@ HUB_FAMILIES = [
                     "exit_utils",
                     "modeling_exit_heads",
                     "modeling_token_exit_bert",
+                    "pipelines",
                     "token_exit_utils",
                 }
             ),

@@ -67,7 +67,8 @@ def main(job_path):
             report.setdefault("pipeline_results", {})[source] = predictor(pipe_job["texts"], **pipe_job["kwargs"])
     report["loaded_hf_earlyexit_modules"] = sorted(name for name in sys.modules if name.startswith("hf_earlyexit"))
     torch.save(results, job["output"])
-    print("REPORT " + json.dumps(report))
+    # token-classification results hold numpy scalars
+    print("REPORT " + json.dumps(report, default=lambda value: value.item()))
 
 
 if __name__ == "__main__":

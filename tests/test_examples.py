@@ -8,7 +8,7 @@ import pytest
 from transformers import BertConfig, BertModel
 
 from hf_earlyexit.model_card import write_model_card
-from tests.utils import REPO_ROOT, sst2_rows, tiny_config_kwargs
+from tests.utils import REPO_ROOT, WORDS, sst2_rows, tiny_config_kwargs
 
 
 def load_example(name):
@@ -97,3 +97,76 @@ def test_benchmark_bypass_runs_and_is_consistent(tmp_path, tiny_backbone):
     assert (out / "card.json").read_bytes() == before
     text = write_model_card(out / "card.json", tmp_path / "README.md")
     assert "divergence" in text and "BertWithBypassExits" in text
+
+
+def write_conll(path: Path, num_sentences: int, seed: int) -> Path:
+    """CoNLL-2003-style lines (`word POS chunk NER`, IOB2), with a `-DOCSTART-` line and a leading blank line."""
+    import random
+
+    rng = random.Random(seed)
+    entities = {"love": "PER", "hate": "PER", "film": "LOC", "movie": "LOC", "story": "ORG", "plot": "MISC"}
+    lines = ["", "-DOCSTART- -X- -X- O", ""]
+    for _ in range(num_sentences):
+        previous = None
+        for _ in range(rng.randint(2, 9)):
+            word = rng.choice(WORDS)
+            kind = entities.get(word)
+            tag = "O" if kind is None else ("I-" if previous == kind else "B-") + kind
+            previous = kind
+            lines.append(f"{word} NN B-NP {tag}")
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_benchmark_token_runs_and_is_consistent(tmp_path, tiny_backbone):
+    train = write_conll(tmp_path / "train.txt", 72, seed=0)
+    dev = write_conll(tmp_path / "valid.txt", 24, seed=1)
+    out = tmp_path / "out"
+    module = load_example("benchmark_token")
+    argv = ["--model", str(tiny_backbone), "--train_file", str(train), "--dev_file", str(dev)]
+    argv += ["--output_dir", str(out), "--train_size", "48", "--calibration_size", "24", "--batch_size", "16"]
+    argv += ["--timing_size", "3", "--timing_size_batched", "8", "--timing_batch_size", "4", "--rounds", "1"]
+    argv += ["--targets", "1.5", "3", "--windows", "3", "5", "--truncated_layers", "1", "2", "--threads", "1"]
+    argv += ["--learning_rate", "1e-3", "--head_learning_rate", "3e-3"]
+    results = module.main(argv)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert set(saved["stages"]) == {"stage1", "stage2"}
+    assert saved["stages"]["stage2"]["training"]["recipe"] == "self_sampling"
+    for stage, data in saved["stages"].items():
+        assert data["plain_baseline_agrees_with_full_depth"]
+        points = data["points"]
+        full = points[0]
+        assert full["method"] == "full depth" and full["flops_speedup"] == pytest.approx(1.0)
+        assert full["mean_exit_layer"] == 4 and full["layer_speedup"] == pytest.approx(1.0)
+        assert data["dev_f1_per_exit"]["4"] == pytest.approx(full["metric"])
+        truncated = [p for p in points if p["method"].startswith("truncated")]
+        assert [p["layers"] for p in truncated] == ([1, 2] if stage == "stage1" else [])
+        for p in truncated:
+            assert p["mean_exit_layer"] == p["layers"] and p["flops_speedup"] > 1.5
+            assert p["metric"] == pytest.approx(data["dev_f1_per_exit"][str(p["layers"])])
+        assert {p["method"] for p in points} - {"full depth", "truncated 1", "truncated 2"} <= {"TOKEE", "SENTEE"}
+        assert {c["mode"] for c in data["calibration"]} == {"token", "sentence"}
+        for p in points:
+            assert set(p["wallclock_speedup"]) == {"1", "4"}
+            assert 1.0 <= p["layer_speedup"] <= 4.0 and 0 <= p["metric"] <= 1
+    assert "| method |" in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--windows", "4"], "--windows"),
+        (["--targets", "0.5"], "--targets"),
+        (["--threads", "0"], "--threads"),
+        (["--calibration_size", "0"], "--calibration_size"),
+        (["--train_file", "/nonexistent/train.txt"], "--train_file"),
+    ],
+)
+def test_benchmark_token_bad_arguments(tmp_path, extra, message, capsys):
+    train = write_conll(tmp_path / "train.txt", 4, seed=0)
+    module = load_example("benchmark_token")
+    with pytest.raises(SystemExit):
+        module.parse_args(["--train_file", str(train), "--dev_file", str(train), *extra])
+    assert message in capsys.readouterr().err

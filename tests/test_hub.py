@@ -27,6 +27,7 @@ from hf_earlyexit.hub import MissingTokenizerError, register_remote_code_pipelin
 from hf_earlyexit.model_card import EarlyExitModelCardData, model_card_for
 from hf_earlyexit.models.bert import checkpoint_utils, modeling_exit_heads
 from hf_earlyexit.models.bert.checkpoint_utils import DamagedCheckpointError, safetensors_problem
+from hf_earlyexit.models.bert.token_exit_utils import encode_words
 from hf_earlyexit.registration import FAMILIES
 from tests.hub_testing import (
     HUB_FAMILIES,
@@ -129,6 +130,16 @@ def test_pipeline_by_repo_id_from_hub_cache(family, tmp_path, hub_cache):
     texts = ["a gem of a film", "the plot was a slow and boring mess"]
     predictor = pipeline(family.pipeline_task, model=REPO_ID)
     assert type(predictor.model) is type(model)
+    if family.pipeline_task == "token-classification":
+        batch = encode_words(tokenizer, [text.split() for text in texts])
+        with torch.no_grad():
+            out = model(**batch)
+        for row, results in enumerate(predictor(texts, ignore_labels=[])):
+            real = batch["word_ids"][row] >= 0
+            expected = [model.config.id2label[int(i)] for i in out.logits[row][real].argmax(-1)]
+            assert [result["entity"] for result in results] == expected
+            assert [result["exit_layer"] for result in results] == out.exit_layer[row][real].tolist()
+        return
     with torch.no_grad():
         logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
     expected = [model.config.id2label[int(i)] for i in logits.argmax(-1)]
@@ -277,15 +288,26 @@ def test_remote_code_loads_without_hf_earlyexit(family, tmp_path):
         assert {entry.get("pipeline") for entry in report["models"]} - {None} == {type(local_pipeline).__name__}
         for source in job["sources"]:
             remote = report["pipeline_results"][source]
-            assert [(r["label"], r["exit_layer"]) for r in remote] == [
-                (r["label"], r["exit_layer"]) for r in expected_results
-            ]
-            assert [r["score"] for r in remote] == pytest.approx([r["score"] for r in expected_results], abs=1e-6)
+            assert _without_scores(remote) == _without_scores(expected_results)
+            assert _scores(remote) == pytest.approx(_scores(expected_results), abs=1e-6)
     outputs = torch.load(tmp_path / "outputs.pt")
     expected = outputs_of(model, family, inputs)
     assert set(outputs) == {f"{source}|{auto}" for source in job["sources"] for auto in auto_classes}
     for produced in outputs.values():
         assert_same_outputs(produced, expected)
+
+
+def _flat_results(results) -> list[dict]:
+    """One dict per result (text classification) or per entity (token classification: a list per text)."""
+    return [item for result in results for item in (result if isinstance(result, list) else [result])]
+
+
+def _without_scores(results) -> list[dict]:
+    return [{key: value for key, value in item.items() if key != "score"} for item in _flat_results(results)]
+
+
+def _scores(results) -> list[float]:
+    return [float(item["score"]) for item in _flat_results(results)]
 
 
 @pytest.fixture

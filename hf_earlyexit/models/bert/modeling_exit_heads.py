@@ -267,6 +267,7 @@ def full_depth_exit_logits(
     exit_layers: list[int],
     exit_logits: Callable[[int, torch.Tensor], torch.Tensor],
     all_exits: bool,
+    active_depth: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run every encoder layer on every position and stack the exits' logits.
 
@@ -278,6 +279,9 @@ def full_depth_exit_logits(
         exit_layers: 1-based exit layers.
         exit_logits: `exit_logits(exit_index, hidden_states)`, the logits of one exit.
         all_exits: Evaluate every exit; otherwise only the last layer's.
+        active_depth: Optional `(batch, seq)` number of layers that update each position: from layer
+            `active_depth + 1` on, a position's state is copied forward unchanged, `h_i = m_i * Layer_i(h_{i-1}) +
+            (1 - m_i) * h_{i-1}` (the training forward of sequence-labelling self-sampling, Li et al., 2021).
 
     Returns:
         `(num_exits, ...)` logits, or `(1, ...)` with the last exit only.
@@ -287,7 +291,11 @@ def full_depth_exit_logits(
     num_layers = len(bert.encoder.layer)
     logits = []
     for i, layer_module in enumerate(bert.encoder.layer):
-        hidden_states = layer_module(hidden_states, mask)
+        updated = layer_module(hidden_states, mask)
+        if active_depth is None:
+            hidden_states = updated
+        else:
+            hidden_states = torch.where((active_depth > i).unsqueeze(-1), updated, hidden_states)
         k = exit_position.get(i + 1)
         if k is not None and (all_exits or i + 1 == num_layers):
             logits.append(exit_logits(k, hidden_states))

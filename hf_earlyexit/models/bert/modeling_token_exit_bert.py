@@ -281,6 +281,7 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         window_size: int | None = None,
         sentence_pooling: str | None = None,
         output_all_exits: bool | None = None,
+        active_depth: torch.Tensor | None = None,
         **kwargs,
     ) -> EarlyExitTokenClassifierOutput:
         r"""
@@ -299,6 +300,13 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
             Compute every head at every position from full-depth states and return them in `all_logits`; `logits`
             and `exit_layer` are then the rule's choice replayed on those logits ([`TokenExitRule.simulate`]), which
             for TOKEE is the offline replay of stage-2 training, not the live computation. Always on in training.
+        active_depth (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Stage-2 self-sampling's training forward (METHODS.md section 3): every layer runs at every position, but
+            a position's state is only updated by its first `active_depth` layers and copied forward unchanged after
+            (`h_i = m_i * Layer_i(h_{i-1}) + (1 - m_i) * h_{i-1}`). Every exit is evaluated (`all_logits`) on those
+            states; `exit_layer` is `active_depth` (0 at padding) and `logits` come from each position's last exit
+            at or below it. Values must lie in `[1, num_hidden_layers]` at real positions. Only with full depth
+            (training, or `early_exit=False` / `output_all_exits=True`).
         """
         rule = self.config.exit_rule(
             exit_mode=exit_mode,
@@ -326,11 +334,20 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         real = attention_mask.bool()
         lengths = attention_mask.sum(dim=-1)
 
+        if active_depth is not None:
+            active_depth = self._check_active_depth(active_depth, real)
+            all_exits = True
         if all_exits or not early_exit:
-            stacked = self._forward_full_depth(hidden_states, attention_mask, all_exits)
+            stacked = self._forward_full_depth(hidden_states, attention_mask, all_exits, active_depth)
             stacked = stacked.masked_fill(~real[..., None], 0.0)
             num_exits = len(self.exit_layers)
-            if all_exits and early_exit:
+            if active_depth is not None:
+                # the last exit at or below each position's depth
+                layers = torch.tensor(self.exit_layers, device=active_depth.device)
+                exit_index = torch.where(real, torch.searchsorted(layers, active_depth, right=True) - 1, -1)
+                exit_index = torch.where(real & (exit_index < 0), 0, exit_index)
+                logits = stacked.gather(0, exit_index.clamp_min(0)[None, ..., None].expand_as(stacked[:1]))[0]
+            elif all_exits and early_exit:
                 exit_index = rule.simulate(stacked, attention_mask, word_ids)
                 logits = stacked.gather(0, exit_index.clamp_min(0)[None, ..., None].expand_as(stacked[:1]))[0]
             else:
@@ -338,6 +355,8 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
                 logits = stacked[-1]
             layer_numbers = torch.tensor(self.exit_layers, device=exit_index.device)
             exit_layer = torch.where(real, layer_numbers[exit_index.clamp_min(0)], 0)
+            if active_depth is not None:
+                exit_layer = torch.where(real, active_depth, 0)
             heads = num_exits if all_exits else 1
             layer_flops = encoder_layer_flops(lengths, self.config.hidden_size, self.config.intermediate_size)
             flops = self.config.num_hidden_layers * layer_flops + heads * lengths * self.head_flops()
@@ -373,12 +392,42 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
                 f"`labels` must be tag ids in [0, {self.num_labels}) or -100, got {labels[bad][:5].tolist()}."
             )
 
+    def _check_active_depth(self, active_depth: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        if not isinstance(active_depth, torch.Tensor) or active_depth.shape != real.shape:
+            shape = (
+                tuple(active_depth.shape) if isinstance(active_depth, torch.Tensor) else type(active_depth).__name__
+            )
+            raise ValueError(
+                f"`active_depth` must be a tensor of shape {tuple(real.shape)} (one depth per position), got {shape}."
+            )
+        if active_depth.is_floating_point() or active_depth.dtype == torch.bool:
+            raise ValueError(f"`active_depth` must hold integers (layers), got dtype {active_depth.dtype}.")
+        depth = active_depth.long()
+        bad = real & ((depth < 1) | (depth > self.config.num_hidden_layers))
+        if bool(bad.any()):
+            raise ValueError(
+                f"`active_depth` must lie in [1, {self.config.num_hidden_layers}] at real positions, got "
+                f"{depth[bad][:5].tolist()}."
+            )
+        return torch.where(real, depth, 0)
+
     def _forward_full_depth(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, all_exits: bool
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        all_exits: bool,
+        active_depth: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Every layer at every position; `(num_exits, batch, seq, num_labels)` logits, or only the last exit's."""
         return full_depth_exit_logits(
-            self.bert, self.config, hidden_states, attention_mask, self.exit_layers, self._head, all_exits
+            self.bert,
+            self.config,
+            hidden_states,
+            attention_mask,
+            self.exit_layers,
+            self._head,
+            all_exits,
+            active_depth,
         )
 
     def _forward_early_exit(
