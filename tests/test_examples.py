@@ -153,6 +153,23 @@ def test_benchmark_token_runs_and_is_consistent(tmp_path, tiny_backbone):
             assert 1.0 <= p["layer_speedup"] <= 4.0 and 0 <= p["metric"] <= 1
     assert "| method |" in (out / "results.md").read_text()
 
+    # the flagship card's input: the stage-2 model with the TOKEE setting calibrated for 2x (here the 1.5x one)
+    card = json.loads((out / "card.json").read_text())
+    (chosen,) = [
+        c
+        for c in saved["stages"]["stage2"]["calibration"]
+        if c["mode"] == "token" and c["target_flops_speedup"] == 1.5
+    ]
+    assert card["architecture"] == "BertForTokenEarlyExit"
+    assert {k: card["config"][k] for k in chosen["settings"]} == chosen["settings"]
+    measured = [p for p in saved["stages"]["stage2"]["points"] if p["method"] in ("full depth", "TOKEE")]
+    assert [row["metric"] for row in card["card_data"]["evaluation"]] == [p["metric"] for p in measured]
+    before = (out / "card.json").read_bytes()
+    (out / "card.json").unlink()
+    module.main(["--output_dir", str(out), "--card_only"])
+    assert (out / "card.json").read_bytes() == before
+    assert "BertForTokenEarlyExit" in write_model_card(out / "card.json", tmp_path / "README.md")
+
 
 @pytest.mark.parametrize(
     "extra, message",
