@@ -21,7 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("texts", nargs="*", help="Texts to classify (default: --file, else standard input).")
     parser.add_argument("--model", required=True, help="An early-exit checkpoint (bypass or cascade family).")
     parser.add_argument("--file", default=None, help="A text file with one text per line.")
-    parser.add_argument("--exit_threshold", type=float, nargs="+", default=None, help="Override the thresholds.")
+    parser.add_argument(
+        "--exit_threshold",
+        default=None,
+        help="Override the threshold: one number, or one per exit separated by commas (e.g. 0.9,0.8).",
+    )
     parser.add_argument("--exit_criterion", default=None, help="Override the exit criterion.")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--max_seq_length", type=int, default=128)
@@ -72,7 +76,12 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     if args.exit_criterion is not None:
         settings["exit_criterion"] = args.exit_criterion
     if args.exit_threshold is not None:
-        threshold = args.exit_threshold
+        try:
+            threshold = [float(value) for value in args.exit_threshold.split(",")]
+        except ValueError:
+            raise UsageError(
+                f"`--exit_threshold` takes a number or numbers separated by commas, got {args.exit_threshold!r}."
+            ) from None
         settings["exit_threshold"] = threshold[0] if len(threshold) == 1 else threshold
     if settings:
         try:

@@ -101,7 +101,7 @@ def train_model(args, family: list[str], train_file: Path, dev_file: Path, outpu
     ]  # fmt: skip
     start = time.perf_counter()
     results = train.main(argv, prog="hf-earlyexit train")
-    return {"seconds": round(time.perf_counter() - start, 1), "steps": results["train_metrics"].get("train_steps")}
+    return {"seconds": round(time.perf_counter() - start, 1), "steps": results["global_step"]}
 
 
 def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> dict:

@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
 
     Returns:
         `dict` with `family`, `exit_recipe`, `exit_stage`, `world_size`, `process_index`,
-        `ddp_find_unused_parameters` (as the arguments resolved it), `loss_curve` (`[step, loss]` of every logged
+        `ddp_find_unused_parameters` (as the arguments resolved it), `global_step`, `loss_curve` (`[step, loss]` of every logged
         training step, the loss averaged over all processes), `train_metrics`, `eval_metrics` and `output_dir`.
         Every process returns it; the main process also writes it to `<output_dir>/results.json`.
     """
@@ -420,9 +420,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         "loss_curve": [],
         "train_metrics": {},
         "eval_metrics": {},
+        "global_step": 0,
     }
     if do_train:
-        results["train_metrics"] = trainer.train().metrics
+        train_output = trainer.train()
+        results["train_metrics"] = train_output.metrics
+        results["global_step"] = train_output.global_step
         results["loss_curve"] = [[log["step"], log["loss"]] for log in trainer.state.log_history if "loss" in log]
         trainer.save_model()  # writes from the main process only
         if trainer.is_world_process_zero():
