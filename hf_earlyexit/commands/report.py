@@ -71,6 +71,7 @@ class Cell:
     flops_speedup: float
     wallclock: dict[str, float] = field(default_factory=dict)
     reached: bool = True
+    model: str | None = None  # the model a row picked for this target (the best static model)
 
 
 @dataclass
@@ -93,6 +94,7 @@ def _cell(data: dict) -> Cell:
         flops_speedup=float(data["flops_speedup"]),
         wallclock={str(k): float(v) for k, v in wallclock.items()},
         reached=bool(data.get("reached", True)),
+        model=data.get("model"),
     )
 
 
@@ -212,7 +214,8 @@ def render(benchmarks: list[Benchmark], missing: list[str], plots: dict[str, str
                         row.append("-")
                         continue
                     mark = "" if cell.reached else " †"
-                    row.append(f"{100 * cell.metric:.2f} ({cell.flops_speedup:.2f}x){mark}")
+                    label = f", {cell.model}" if cell.model else ""
+                    row.append(f"{100 * cell.metric:.2f} ({cell.flops_speedup:.2f}x{label}){mark}")
                 lines.append(f"| {method} | {bench.source} | " + " | ".join(row) + " |")
         lines += ["", "### Wall-clock speed-up at batch size 1 / 32", ""]
         lines += ["| method | source | " + " | ".join(_fmt_target(t) for t in TARGETS) + " |"]
