@@ -141,6 +141,10 @@ def test_plots_are_images_of_the_curves(tmp_path, results_dir):
     assert other.shape == image.shape and np.abs(other - image).sum() > 0
 
 
-def test_report_errors(tmp_path, capsys):
-    status = main(["benchmark", "--report_only", "--results_dir", str(tmp_path / "nowhere")])
-    assert status == 2 and "`--results_dir`" in capsys.readouterr().err
+def test_no_results_yet_gives_a_report_that_says_so(tmp_path, capsys):
+    out = report(tmp_path, tmp_path / "nowhere")
+    text = (out / "RESULTS.md").read_text()
+    assert "does not exist" in capsys.readouterr().err
+    assert "Not run yet" in text and "bypass/results.json" in text and "cascade/benchmark_cascade.json" in text
+    assert "| method | source |" not in text and not (out / "plots").exists()
+    assert "Published numbers of the original papers" in text
