@@ -98,6 +98,7 @@ def train_model(args, family: list[str], train_file: Path, dev_file: Path, outpu
         "--warmup_steps", "0.1", "--lr_scheduler_type", "linear", "--weight_decay", "0.01",
         "--max_seq_length", str(args.max_seq_length), "--seed", str(args.seed),
         "--save_strategy", "no", "--report_to", "none", "--use_cpu", "--logging_steps", "25",
+        "--disable_tqdm", "false",  # transformers hides the bar when its logging is quiet; this is the long part
     ]  # fmt: skip
     start = time.perf_counter()
     results = train.main(argv, prog="hf-earlyexit train")
