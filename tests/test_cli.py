@@ -112,7 +112,7 @@ def test_train_token_family_on_conll_columns(tmp_path, workspace, capsys):
         (["--family", "deebert"], ["`--family`", "'deebert'", "expected one of"]),
         (["--exit_recipe", "magic"], ["exit_recipe", "'magic'", "expected one of"]),
         (["--train_file", "{missing}"], ["--train_file", "no such file"]),
-        (["--label_column", "stars"], ["label column 'stars' does not exist", "sentence"]),
+        (["--label_column", "stars"], ["`--label_column`: label column 'stars' does not exist", "sentence"]),
     ],
 )
 def test_train_usage_errors(workspace, tmp_path, capsys, extra, expected):
@@ -163,7 +163,7 @@ def test_evaluate_sweep_table_files_and_plot(workspace, tmp_path, capsys):
     "extra, expected",
     [
         (["--data", "{missing}"], ["`--data`", "Data file not found"]),
-        (["--data", "{dev}", "--label_column", "stars"], ["label column 'stars' does not exist"]),
+        (["--data", "{dev}", "--label_column", "stars"], ["`--label_column`: label column 'stars' does not exist"]),
         (["--data", "{dev}", "--criterion", "telepathy"], ["`--criterion` 'telepathy'"]),
         (["--data", "{dev}", "--model", "{bert}"], ["'bert' model", "early-exit text classifier"]),
     ],
@@ -211,7 +211,8 @@ def test_calibrate_writes_thresholds_into_the_checkpoint(workspace, checkpoint_c
     assert after["exit_threshold"] == summary["exit_threshold"]
     assert not list(checkpoint.glob(".*.tmp"))
     assert json.loads((checkpoint / "calibration.json").read_text())["exit_threshold"] == summary["exit_threshold"]
-    assert "calibration" in (checkpoint / "README.md").read_text()
+    card = (checkpoint / "README.md").read_text()
+    assert "calibration" in card and "learning_rate" in card  # the training record survives the new card
 
     # the reloaded checkpoint runs at the calibrated speed on the calibration data
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
@@ -246,7 +247,10 @@ def test_calibrate_max_accuracy_drop(workspace, checkpoint_copy, capsys):
         ([], ["exactly one of"]),
         (["--max_accuracy_drop", "5"], ["`--max_accuracy_drop`", "[0, 1]"]),
         (["--target_speedup", "2", "--data", "{missing}"], ["`--data`", "Data file not found"]),
-        (["--target_speedup", "2", "--label_column", "stars"], ["label column 'stars' does not exist"]),
+        (
+            ["--target_speedup", "2", "--label_column", "stars"],
+            ["`--label_column`: label column 'stars' does not exist"],
+        ),
     ],
 )
 def test_calibrate_usage_errors_leave_the_checkpoint_alone(

@@ -4,7 +4,7 @@ One recorded pass over `--data` scores every candidate setting (`hf_earlyexit.ca
 accurate setting that reaches `--target_speedup` (a FLOPs speed-up >= 1), or the fastest within `--max_accuracy_drop`
 (a fraction: 0.01 is one point), goes into the checkpoint's `config.json` (only the exit settings change; the file is
 written to a temporary file and then moved over the old one) and its model card (`README.md`) is rendered again with
-the calibration's frontier. `calibration.json` beside them keeps the whole result.
+the calibration's frontier (and the training hyperparameters `train` kept in `model_card_data.json`). `calibration.json` beside them keeps the whole result.
 
     hf-earlyexit calibrate --model runs/bypass --data held_out.tsv --target_speedup 2
 """
@@ -15,10 +15,12 @@ import sys
 from pathlib import Path
 
 from .common import (
+    CARD_DATA_FILE,
     UsageError,
     add_data_arguments,
     batches_with_labels,
     dump_json,
+    load_card_data,
     load_checkpoint,
     load_examples,
     write_atomically,
@@ -55,16 +57,17 @@ def check_target(target_speedup, max_accuracy_drop) -> None:
 def write_calibration(checkpoint: str | Path, model, result, dataset_name: str | None = None) -> None:
     """Writes the calibrated exit settings into `checkpoint/config.json` (nothing else in it changes), the model card
     and `calibration.json`, each through a temporary file."""
-    from ..model_card import EarlyExitModelCardData, framework_versions, model_card_for
+    from ..model_card import model_card_for
 
     checkpoint = Path(checkpoint)
     config_path = checkpoint / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config.update({name: getattr(model.config, name) for name in EXIT_SETTINGS})
     write_atomically(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
-    card_data = EarlyExitModelCardData(framework_versions=framework_versions())
+    card_data = load_card_data(checkpoint)  # keeps what training recorded
     card_data.set_calibration(result, dataset_name=dataset_name)
     write_atomically(checkpoint / "README.md", str(model_card_for(model, card_data)))
+    write_atomically(checkpoint / CARD_DATA_FILE, dump_json(card_data.to_dict()))
     write_atomically(checkpoint / "calibration.json", dump_json(result.to_dict()))
 
 

@@ -37,7 +37,10 @@ def load_checkpoint(path: str):
 
     if not Path(path).exists() and os.sep in path:
         raise UsageError(f"`--model` {path}: no such checkpoint folder.")
-    config = AutoConfig.from_pretrained(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except OSError as error:
+        raise UsageError(f"`--model` {path}: not a checkpoint folder or a reachable Hub id ({error}).") from None
     if config.model_type not in ("bypass-bert", "cascade-bert"):
         raise UsageError(
             f"`--model` {path} holds a {config.model_type!r} model; this command takes an early-exit text classifier "
@@ -71,7 +74,19 @@ def load_examples(args, model):
     except FileNotFoundError as error:
         raise UsageError(f"`--data`: {error}") from None
     except ValueError as error:
-        raise UsageError(str(error)) from None
+        raise UsageError(name_the_option(str(error), data_option="--data")) from None
+
+
+def name_the_option(message: str, data_option: str) -> str:
+    """Prefixes a data-loading error with the command-line option it is about."""
+    for role, option in (("text pair column", "--text_pair_column"), ("text column", "--text_column")):
+        if message.startswith(role):
+            return f"`{option}`: {message}"
+    if message.startswith("label column") or message.startswith("Could not find a label"):
+        return f"`--label_column`: {message}"
+    if message.startswith("Could not find a text"):
+        return f"`--text_column`: {message}"
+    return f"`{data_option}`: {message}"
 
 
 def batches_with_labels(tokenizer, dataset, batch_size: int, max_length: int) -> list[dict]:
@@ -87,6 +102,19 @@ def batches_with_labels(tokenizer, dataset, batch_size: int, max_length: int) ->
 
 def without_labels(batches: list[dict]) -> list[dict]:
     return [{k: v for k, v in batch.items() if k != "labels"} for batch in batches]
+
+
+CARD_DATA_FILE = "model_card_data.json"
+
+
+def load_card_data(checkpoint: str | Path):
+    """The card data `train` saved with a checkpoint (training hyperparameters...), or fresh card data."""
+    from ..model_card import EarlyExitModelCardData, framework_versions
+
+    path = Path(checkpoint) / CARD_DATA_FILE
+    if path.is_file():
+        return EarlyExitModelCardData.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    return EarlyExitModelCardData(framework_versions=framework_versions())
 
 
 def write_atomically(path: str | Path, text: str) -> None:

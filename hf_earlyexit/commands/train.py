@@ -272,11 +272,19 @@ def load_data(data_args: DataArguments, tokenizer, task: str = "sequence") -> tu
         text_pair_column=data_args.text_pair_column,
         label_column=data_args.label_column,
     )
-    train = load_text_classification(train_source, train_split, limit=data_args.max_train_samples, **columns)
-    label_names = label_names_of(train)
-    dev = load_text_classification(
-        dev_source, dev_split, limit=data_args.max_eval_samples, label_names=label_names, **columns
-    )
+    from hf_earlyexit.commands.common import name_the_option
+
+    try:
+        train = load_text_classification(train_source, train_split, limit=data_args.max_train_samples, **columns)
+        label_names = label_names_of(train)
+    except ValueError as error:
+        raise ValueError(name_the_option(str(error), data_option="--train_file")) from None
+    try:
+        dev = load_text_classification(
+            dev_source, dev_split, limit=data_args.max_eval_samples, label_names=label_names, **columns
+        )
+    except ValueError as error:
+        raise ValueError(name_the_option(str(error), data_option="--validation_file")) from None
 
     def tokenize(rows):
         return tokenizer(rows["text"], rows.get("text_pair"), truncation=True, max_length=max_length)
@@ -432,7 +440,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
             card_data = model_card_data_of(model)
             if data_args.dataset_name:
                 card_data.datasets = [data_args.dataset_name]
-            (Path(training_args.output_dir) / "README.md").write_text(str(model_card_for(model)), encoding="utf-8")
+            output_dir = Path(training_args.output_dir)
+            (output_dir / "README.md").write_text(str(model_card_for(model)), encoding="utf-8")
+            # what the card says beyond the config, for `hf-earlyexit calibrate` to render it again
+            (output_dir / "model_card_data.json").write_text(
+                json.dumps(card_data.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+            )
         # the checkpoint is complete on disk when `main` returns, in every process (stage 2 may read it next)
         trainer.accelerator.wait_for_everyone()
     if do_eval:
