@@ -31,6 +31,16 @@ COMMANDS = {
 }
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the commands' docstrings as written and shows the options' defaults (those that are set)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-earlyexit",
@@ -51,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
             name,
             help=help_text,
             description=commands.__doc__,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         commands.add_arguments(sub)
     return parser
