@@ -27,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Override the threshold: one number, or one per exit separated by commas (e.g. 0.9,0.8).",
     )
     parser.add_argument("--exit_criterion", default=None, help="Override the exit criterion.")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--max_seq_length", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=32, help="Texts per forward pass.")
+    parser.add_argument("--max_seq_length", type=int, default=128, help="Word-pieces per text at most.")
 
 
 def read_texts(args) -> list[str]:

@@ -38,18 +38,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train_size", type=int, default=4800, help="Training sentences (0: all but calibration).")
     parser.add_argument("--calibration_size", type=int, default=500, help="Held-out sentences for the thresholds.")
     parser.add_argument("--dev_size", type=int, default=0, help="Dev sentences measured (0: all).")
-    parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--epochs", type=float, default=1.0, help="Training epochs of each model.")
+    parser.add_argument("--batch_size", type=int, default=32, help="Training batch size.")
     parser.add_argument("--learning_rate", type=float, default=5e-5, help="The backbone's learning rate.")
     parser.add_argument("--head_learning_rate", type=float, default=2e-4, help="Exit heads, bypasses, small members.")
     parser.add_argument("--member_layers", type=int, nargs="+", default=None, help="Cascade members (default 1 L).")
     parser.add_argument("--target_speedup", type=float, default=2.0, help="FLOPs speed-up to calibrate for (>= 1).")
     parser.add_argument("--calibration_margin", type=float, default=0.05, help="Aim this fraction above the target.")
-    parser.add_argument("--max_seq_length", type=int, default=128)
+    parser.add_argument("--max_seq_length", type=int, default=128, help="Word-pieces per sentence at most.")
     parser.add_argument("--timing_size", type=int, default=32, help="Dev sentences timed at batch size 1.")
     parser.add_argument("--timing_size_batched", type=int, default=64, help="Dev sentences timed at batch size 32.")
     parser.add_argument("--rounds", type=int, default=3, help="Interleaved timing rounds (the median counts).")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the data split and the training.")
 
 
 def _write_tsv(path: Path, dataset) -> None:
