@@ -148,3 +148,43 @@ def test_no_results_yet_gives_a_report_that_says_so(tmp_path, capsys):
     assert "Not run yet" in text and "bypass/results.json" in text and "cascade/benchmark_cascade.json" in text
     assert "| method | source |" not in text and not (out / "plots").exists()
     assert "Published numbers of the original papers" in text
+
+
+def token_stages_results():
+    """The shape examples/benchmark_token.py writes: per stage, calibration entries and measured points."""
+
+    def token_point(method, settings, f1, flops, **extra):
+        data = point(method, settings, f1, flops, flops * 0.9, flops * 0.8)
+        return {**data, "metric_name": "entity F1", **extra}
+
+    tokee = {"exit_mode": "token", "exit_threshold": 0.1, "window_size": 5}
+    points = [
+        token_point("full depth", {"early_exit": False}, 0.90, 1.0),
+        token_point("truncated 3", {"early_exit": False}, 0.80, 1.98, layers=3),
+        token_point("truncated 1", {"early_exit": False}, 0.50, 5.6, layers=1),
+        token_point("TOKEE", tokee, 0.88, 2.02, target=2.0),
+    ]
+    calibration = [
+        {"mode": "token", "target_flops_speedup": 2.0, "settings": tokee, "reached_on_calibration": True},
+        {"mode": "token", "target_flops_speedup": 3.0, "settings": tokee, "reached_on_calibration": False},
+    ]
+    return {"benchmark": "token_conll2003", "command": "python examples/benchmark_token.py", "machine": MACHINE,
+            "stages": {"stage1": {"points": points, "calibration": calibration}}}  # fmt: skip
+
+
+def test_token_results_as_benchmark_token_writes_them(tmp_path, results_dir):
+    (results_dir / "token").mkdir()
+    (results_dir / "token/results.json").write_text(json.dumps(token_stages_results()))
+    text = (report(tmp_path, results_dir) / "RESULTS.md").read_text()
+    assert "Full model (no exit), dev F1: 90.00 (token run)." in text
+    assert "| TOKEE (stage1) | token | - | 88.00 (2.02x) | 88.00 (2.02x) † | - |" in text
+    assert "| static truncated 3 (stage1) | token | - | 80.00 (1.98x) | - | - |" in text
+    assert "truncated 1" not in text  # 5.6x meets no target
+
+
+def test_malformed_result_file_is_a_usage_error(tmp_path, results_dir, capsys):
+    (results_dir / "token").mkdir()
+    (results_dir / "token/results.json").write_text(json.dumps({"stages": {"stage1": {"points": []}}}))
+    argv = ["benchmark", "--report_only", "--results_dir", str(results_dir), "--output", str(tmp_path / "R.md")]
+    assert main(argv) == 2
+    assert "token/results.json: not the structure `examples/benchmark_token.py` writes" in capsys.readouterr().err

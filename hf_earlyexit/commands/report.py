@@ -6,10 +6,11 @@ The report is made from the committed result files only, so `--report_only` repr
   multi-exit criterion, on SST-2);
 - `benchmarks/results/cascade/benchmark_cascade.json` (`examples/benchmark_cascade.py`: cascades with and without
   DAR, assembled cascades, static truncated models, the multi-exit model, on SST-2);
-- `benchmarks/results/token/results.json` (`examples/benchmark_token.py`: SENTEE and TOKEE on CoNLL-2003), read when
-  present. Its reader is data-driven: a `summary` in the cascade file's shape (`{method: {target: cell}}`), or `rows`
-  (`[{"method", "target", "metric", "flops_speedup", "wallclock_speedup": {batch size: x}, "reached"}]`), plus
-  optional `dataset`, `metric_name`, `machine` and `command`.
+- `benchmarks/results/token/results.json` (`examples/benchmark_token.py`: SENTEE, TOKEE and truncated models on
+  CoNLL-2003), read when present. Its reader is data-driven: `stages` (per training stage, `calibration` entries and
+  measured `points`, as the bypass file's variants), a `summary` in the cascade file's shape (`{method: {target:
+  cell}}`), or `rows` (`[{"method", "target", "metric", "flops_speedup", "wallclock_speedup": {batch size: x},
+  "reached"}]`), plus optional `dataset`, `metric_name`, `machine` and `command`.
 
 Each result becomes rows `(dataset, method, target FLOPs speed-up) -> metric, measured FLOPs speed-up, wall-clock
 speed-up per batch size`; RESULTS.md has one accuracy table and one wall-clock table per dataset, the machines, and
@@ -98,24 +99,43 @@ def _cell(data: dict) -> Cell:
     )
 
 
+def _calibrated_cells(cells: dict, points: list[dict], calibration: list[dict], label) -> None:
+    """Adds the measured point of every calibrated target: `label(entry, point)` names its method."""
+    for entry in calibration:
+        match = next(
+            (p for p in points if p["settings"] == entry["settings"] and p["settings"] != {"early_exit": False}), None
+        )
+        if match is None:  # a target whose setting an earlier target already measured, and not recorded again
+            continue
+        cell = _cell({**match, "reached": entry["reached_on_calibration"]})
+        cells.setdefault(label(entry, match), {})[float(entry["target_flops_speedup"])] = cell
+
+
+def _full_metric(points: list[dict]) -> float | None:
+    return next((p["metric"] for p in points if p["method"] == "full depth"), None)
+
+
 def read_bypass(data: dict) -> Benchmark:
     cells: dict[str, dict[float, Cell]] = {}
     full = None
     for variant, result in data["variants"].items():
-        label = "BADGE multi-exit" + (" + bypasses" if variant == "bypass" else ", no bypass")
-        points = result["points"]
-        for point in points:
-            if point["settings"] == {"early_exit": False}:
-                full = point["metric"] if full is None else full
-        for entry in result["calibration"]:
-            match = next((p for p in points if p["settings"] == entry["settings"]), None)
-            if match is None:
-                continue
-            cell = _cell({**match, "reached": entry["reached_on_calibration"]})
-            cells.setdefault(f"{label} ({entry['criterion']})", {})[float(entry["target_flops_speedup"])] = cell
+        prefix = "BADGE multi-exit" + (" + bypasses" if variant == "bypass" else ", no bypass")
+        full = full if full is not None else _full_metric(result["points"])
+        _calibrated_cells(
+            cells, result["points"], result["calibration"], lambda entry, _, p=prefix: f"{p} ({entry['criterion']})"
+        )
     return Benchmark(
         "bypass", "SST-2", "accuracy", cells, data.get("machine", {}), data.get("command"), full_metric=full
     )
+
+
+def _static_cells(cells: dict, points: list[dict], suffix: str) -> None:
+    """Truncated models: a fixed speed-up, shown under the target it meets (within 5 %)."""
+    for point in points:
+        if point["method"].startswith("truncated"):
+            for target in TARGETS:
+                if abs(point["flops_speedup"] / target - 1) <= 0.05:
+                    cells.setdefault(f"static {point['method']}{suffix}", {})[target] = _cell(point)
 
 
 def read_summary(summary: dict) -> dict[str, dict[float, Cell]]:
@@ -141,12 +161,24 @@ def read_cascade(data: dict) -> Benchmark:
 
 
 def read_token(data: dict) -> Benchmark:
-    if "summary" in data:
+    cells: dict[str, dict[float, Cell]] = {}
+    full = data.get("full_metric")
+    if "stages" in data:  # examples/benchmark_token.py: per training stage, calibration entries and measured points
+        for stage, result in data["stages"].items():
+            full = full if full is not None else _full_metric(result["points"])
+            _calibrated_cells(
+                cells, result["points"], result["calibration"], lambda _, point, s=stage: f"{point['method']} ({s})"
+            )
+            _static_cells(cells, result["points"], f" ({stage})")
+    elif "summary" in data:
         cells = read_summary(data["summary"])
-    else:
-        cells = {}
-        for row in data.get("rows", []):
+    elif "rows" in data:
+        for row in data["rows"]:
             cells.setdefault(row["method"], {})[float(row["target"])] = _cell(row)
+    else:
+        raise ValueError(
+            "token/results.json: expected `stages`, `summary` or `rows`; found " + ", ".join(sorted(data))
+        )
     return Benchmark(
         "token",
         data.get("dataset", "CoNLL-2003"),
@@ -154,7 +186,7 @@ def read_token(data: dict) -> Benchmark:
         cells,
         data.get("machine", {}),
         data.get("command"),
-        full_metric=data.get("full_metric"),
+        full_metric=full,
     )
 
 
@@ -170,7 +202,10 @@ def load_benchmarks(results_dir: Path) -> tuple[list[Benchmark], list[str]]:
             folder = f"benchmarks/results/{Path(relative).parent.as_posix()}"
             missing.append(f"`{relative}` (run `python examples/{script} --output_dir {folder}`)")
             continue
-        found.append(READERS[name](json.loads(path.read_text(encoding="utf-8"))))
+        try:
+            found.append(READERS[name](json.loads(path.read_text(encoding="utf-8"))))
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{path}: not the structure `examples/{script}` writes (missing {error}).") from None
     return found, missing
 
 
