@@ -105,6 +105,13 @@ def test_train_token_family_on_conll_columns(tmp_path, workspace, capsys):
     assert model.config.id2label == {0: "O", 1: "B-ORG", 2: "B-PER", 3: "I-ORG"}
     assert (out / "README.md").is_file()
 
+    status, _, err = run(
+        ["train", "--family", "token", "--exit_recipe", "alternating", "--train_file", conll, "--validation_file"]
+        + [conll, "--model_name_or_path", workspace / "bert", "--output_dir", tmp_path / "other"],
+        capsys,
+    )
+    assert status == 2 and "`--family token` trains with the model's joint loss" in err
+
 
 @pytest.mark.parametrize(
     "extra, expected",

@@ -366,6 +366,11 @@ def parse_args(argv: list[str] | None, prog: str | None = None):
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if model_args.family not in FAMILIES:
         raise ValueError(f"Unknown `--family` {model_args.family!r}; expected one of {sorted(FAMILIES)}.")
+    if FAMILIES[model_args.family].task == "token" and training_args.exit_recipe != "joint":
+        raise ValueError(
+            f"`--family token` trains with the model's joint loss (`--exit_recipe joint`); got "
+            f"`--exit_recipe {training_args.exit_recipe}`."
+        )
     return model_args, data_args, training_args
 
 
