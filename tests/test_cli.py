@@ -218,6 +218,7 @@ def test_calibrate_writes_thresholds_into_the_checkpoint(workspace, checkpoint_c
     assert after["exit_threshold"] == summary["exit_threshold"]
     assert not list(checkpoint.glob(".*.tmp"))
     assert json.loads((checkpoint / "calibration.json").read_text())["exit_threshold"] == summary["exit_threshold"]
+    assert ("patience" in after) == (family == "bypass")  # only the settings the family declares
     card = (checkpoint / "README.md").read_text()
     assert "calibration" in card and "learning_rate" in card  # the training record survives the new card
 
@@ -337,12 +338,15 @@ def test_quickstart_smoke_run(workspace, tmp_path, capsys):
     status, stdout, err = run(
         ["quickstart", "--model", workspace / "bert", "--data_dir", workspace / "data", "--train_size", 32]
         + ["--calibration_size", 16, "--dev_size", 24, "--batch_size", 16, "--timing_size", 2]
-        + ["--timing_size_batched", 4, "--rounds", 1, "--output_dir", out],
+        + ["--timing_size_batched", 4, "--rounds", 1, "--calibration_min_words", 3, "--output_dir", out],
         capsys,
     )
     assert status == 0, err
     results = json.loads((out / "results.json").read_text())
     assert results["data"] == {"train": 32, "calibration": 16, "dev": 24}
+    held_out = (out / "data/calibration.tsv").read_text().splitlines()[1:]
+    assert len(held_out) == 16 and all(len(line.split("\t")[0].split()) >= 3 for line in held_out)
+    assert not set(held_out) & set((out / "data/train.tsv").read_text().splitlines()[1:])
     assert set(results["models"]) == {"cascade", "badge"}
     for key, data in results["models"].items():
         calibration = data["calibration"]

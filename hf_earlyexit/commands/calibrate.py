@@ -58,11 +58,14 @@ def write_calibration(checkpoint: str | Path, model, result, dataset_name: str |
     """Writes the calibrated exit settings into `checkpoint/config.json` (nothing else in it changes), the model card
     and `calibration.json`, each through a temporary file."""
     from ..model_card import model_card_for
+    from ..models.bert.checkpoint_utils import family_config_fields
 
     checkpoint = Path(checkpoint)
     config_path = checkpoint / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    config.update({name: getattr(model.config, name) for name in EXIT_SETTINGS})
+    # only the settings this family declares (a cascade has no `patience`, whatever the calibration result carries)
+    declared = family_config_fields(type(model.config))
+    config.update({name: getattr(model.config, name) for name in EXIT_SETTINGS if name in declared})
     write_atomically(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
     card_data = load_card_data(checkpoint)  # keeps what training recorded
     card_data.set_calibration(result, dataset_name=dataset_name)

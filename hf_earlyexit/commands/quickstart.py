@@ -1,7 +1,8 @@
 """`hf-earlyexit quickstart`: the main job on the embedded default, end to end, in about 10 minutes on 2 CPU cores.
 
 1. Splits the shipped SST-2 copy (`data/sst2/train.tsv`) into a training set (`--train_size` sentences) and a held-out
-   calibration slice (`--calibration_size`, never trained on); the splits are written to `<output_dir>/data/`.
+   calibration slice (`--calibration_size` examples of at least `--calibration_min_words` words, never trained on);
+   the splits are written to `<output_dir>/data/`.
 2. Fine-tunes two early-exit models from the all-MiniLM-L6-v2 backbone with `hf-earlyexit train`: a CascadeBERT
    cascade cut from the backbone (members of `--member_layers` layers, default 1 and 6; joint recipe) and a BADGE
    multi-exit model (`BertWithBypassExits`, an exit after every layer, block-wise bypasses, joint recipe).
@@ -37,6 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output_dir", default="outputs/quickstart", help="Where checkpoints, tables and plot go.")
     parser.add_argument("--train_size", type=int, default=4800, help="Training sentences (0: all but calibration).")
     parser.add_argument("--calibration_size", type=int, default=500, help="Held-out sentences for the thresholds.")
+    parser.add_argument(
+        "--calibration_min_words",
+        type=int,
+        default=12,
+        help="Draw the held-out sentences among training examples of at least this many words: SST-2's training "
+        "file is mostly short phrases (9 words on average), its dev set full sentences (20), and thresholds "
+        "calibrated on phrases exit too early there (0: any example).",
+    )
     parser.add_argument("--dev_size", type=int, default=0, help="Dev sentences measured (0: all).")
     parser.add_argument("--epochs", type=float, default=1.0, help="Training epochs of each model.")
     parser.add_argument("--batch_size", type=int, default=32, help="Training batch size.")
@@ -70,11 +79,16 @@ def split_data(args, output_dir: Path):
         if not (data_dir / name).is_file():
             raise UsageError(f"`--data_dir` {data_dir}: no {name} there (expected GLUE-style SST-2 files).")
     pool = load_text_classification(data_dir / "train.tsv").shuffle(seed=args.seed)
-    if args.calibration_size < 1 or args.calibration_size >= len(pool):
-        raise UsageError(f"`--calibration_size` must be in [1, {len(pool) - 1}], got {args.calibration_size}.")
-    calibration = pool.select(range(args.calibration_size))
-    end = len(pool) if not args.train_size else min(len(pool), args.calibration_size + args.train_size)
-    train = pool.select(range(args.calibration_size, end))
+    eligible = [i for i, text in enumerate(pool["text"]) if len(text.split()) >= args.calibration_min_words]
+    if args.calibration_size < 1 or args.calibration_size > len(eligible) or args.calibration_size >= len(pool):
+        raise UsageError(
+            f"`--calibration_size` must be in [1, {min(len(eligible), len(pool) - 1)}] (training examples of at least "
+            f"--calibration_min_words={args.calibration_min_words} words), got {args.calibration_size}."
+        )
+    chosen = eligible[: args.calibration_size]
+    calibration = pool.select(chosen)
+    rest = sorted(set(range(len(pool))) - set(chosen))
+    train = pool.select(rest[: args.train_size] if args.train_size else rest)
     dev = load_text_classification(data_dir / "dev.tsv")
     if args.dev_size:
         dev = dev.select(range(min(args.dev_size, len(dev))))
