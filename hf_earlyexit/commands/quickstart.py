@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     results = {
         "command": "hf-earlyexit quickstart " + " ".join(argv or []),
         "backbone": args.model,
+        "backbone_name": "all-MiniLM-L6-v2 (embedded)" if args.model == default_backbone() else args.model,
         "data": {
             "train": len(Path(train_file).read_text().splitlines()) - 1,
             "calibration": len(calibration),
@@ -257,7 +258,7 @@ def render_markdown(results: dict, table: str) -> str:
         [
             "# Quick start: CascadeBERT and BADGE on SST-2",
             "",
-            f"Command: `{results['command'].strip()}`. Backbone: {Path(results['backbone']).name}. "
+            f"Command: `{results['command'].strip()}`. Backbone: {results['backbone_name']}. "
             f"{data['train']} training sentences, {data['calibration']} held out for calibration, {data['dev']} dev "
             f"sentences measured. Total {results['elapsed_seconds'] / 60:.1f} min on {m['processor']}, "
             f"{m['cpu_count']} cores, {m['torch_threads']} torch threads.",
