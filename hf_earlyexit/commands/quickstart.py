@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     started = time.perf_counter()
     hf_logging.set_verbosity_error()
     datasets.disable_progress_bars()  # the trainer's bars are the ones that tell how long is left
+    embedded = args.model is None
     args.model = args.model or default_backbone()
     depth = AutoConfig.from_pretrained(args.model).num_hidden_layers
     layers = args.member_layers or [1, depth]
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     results = {
         "command": "hf-earlyexit quickstart " + " ".join(argv or []),
         "backbone": args.model,
-        "backbone_name": "all-MiniLM-L6-v2 (embedded)" if args.model == default_backbone() else args.model,
+        "backbone_name": "all-MiniLM-L6-v2 (embedded)" if embedded else args.model,
         "data": {
             "train": len(Path(train_file).read_text().splitlines()) - 1,
             "calibration": len(calibration),
