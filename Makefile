@@ -7,7 +7,7 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch>=2.4,<2.14
 PY := $(VENV)/bin/python
 
-.PHONY: install quickstart test lint benchmark
+.PHONY: install quickstart test lint benchmark report
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,14 @@ install: $(VENV)/.installed
 
 quickstart: install
 	$(VENV)/bin/hf-earlyexit quickstart
+
+# runs the benchmark scripts (hours on a CPU), then regenerates benchmarks/RESULTS.md and its plots
+benchmark: install
+	$(VENV)/bin/hf-earlyexit benchmark
+
+# benchmarks/RESULTS.md and benchmarks/plots/ from the committed result files only (seconds, byte-identical)
+report: install
+	$(VENV)/bin/hf-earlyexit benchmark --report_only
 
 test: install
 	$(PY) -m pytest

@@ -79,7 +79,7 @@ def test_evaluation_only_leaves_the_checkpoint_alone(tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--family", "deebert"], "Unknown `--family` 'deebert'; expected one of \\['bypass', 'cascade'\\]"),
+        (["--family", "deebert"], "Unknown `--family` 'deebert'; expected one of \\['bypass', 'cascade', 'token'\\]"),
         (["--tiny_model"], "Text files need a tokenizer"),
         (
             ["--synthetic_data", "--exit_layers", "1", "4", "--model_name_or_path", "{bypass}"],

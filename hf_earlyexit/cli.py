@@ -1,0 +1,111 @@
+"""The `hf-earlyexit` command line.
+
+    hf-earlyexit quickstart                       # fine-tune, calibrate and measure two models on SST-2 (~10 min)
+    hf-earlyexit train --family cascade --output_dir runs/cascade
+    hf-earlyexit calibrate --model runs/cascade --data held_out.tsv --target_speedup 2
+    hf-earlyexit evaluate --model runs/cascade --data data/sst2/dev.tsv --output_dir runs/cascade/eval
+    hf-earlyexit predict --model runs/cascade "a gripping film"
+    hf-earlyexit benchmark --report_only           # benchmarks/RESULTS.md and plots from the committed results
+
+`hf-earlyexit <command> --help` lists each command's options. Each command is also a function,
+`hf_earlyexit.commands.<command>.main(argv) -> dict`. Usage errors (a missing file, an unknown family or column, a
+target out of range) print what was expected and exit with status 2.
+"""
+
+import argparse
+import importlib
+import sys
+
+
+# name -> (module in hf_earlyexit.commands, one-line help)
+COMMANDS = {
+    "train": ("train", "Fine-tune an early-exit model (bypass, cascade or token family) and save it with its card."),
+    "evaluate": (
+        "evaluate",
+        "Threshold sweep on a labelled dataset: table, results.json/md and a speed/accuracy plot.",
+    ),
+    "calibrate": ("calibrate", "Choose exit thresholds for a FLOPs speed-up or an accuracy drop; write them in."),
+    "predict": ("predict", "Classify texts (arguments, --file or stdin): JSON lines with label, score, exit layer."),
+    "benchmark": ("report", "Run the benchmark scripts and regenerate benchmarks/RESULTS.md and its plots."),
+    "quickstart": ("quickstart", "Cascade and BADGE on the shipped SST-2 copy, calibrated to 2x: table and plot."),
+}
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the commands' docstrings as written and shows the options' defaults (those that are set)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-earlyexit",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"hf-earlyexit {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        if name == "train":  # parsed by its own HfArgumentParser (the TrainingArguments options)
+            subparsers.add_parser(name, help=help_text, add_help=False)
+            continue
+        commands = importlib.import_module(f".commands.{module}", __package__)
+        sub = subparsers.add_parser(
+            name,
+            help=help_text,
+            description=commands.__doc__,
+            formatter_class=HelpFormatter,
+        )
+        commands.add_arguments(sub)
+    return parser
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Runs a command and returns its result dict; usage errors raise [`UsageError`]."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        from .commands import train
+
+        try:
+            return train.main(argv[1:], prog="hf-earlyexit train")
+        except FileNotFoundError as error:
+            raise _usage(str(error)) from None
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = importlib.import_module(f".commands.{COMMANDS[args.command][0]}", __package__)
+    return module.main(args=args)
+
+
+def _usage(message: str):
+    from .commands.common import UsageError
+
+    return UsageError(message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script: runs a command; returns 0, or 2 after printing a usage error."""
+    from .commands.common import UsageError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    try:
+        run(argv)
+    except (UsageError, FileNotFoundError) as error:
+        print(f"hf-earlyexit {command or ''}: error: {error}".replace("  ", " "), file=sys.stderr)
+        return 2
+    except ValueError as error:
+        # the library validates arguments with ValueError (unknown family, recipe, column, exit setting...)
+        print(f"hf-earlyexit {command or ''}: error: {error}".replace("  ", " "), file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""`hf-earlyexit calibrate`: choose exit thresholds on held-out labelled data and write them into the checkpoint.
+
+One recorded pass over `--data` scores every candidate setting (`hf_earlyexit.calibration.calibrate`); the most
+accurate setting that reaches `--target_speedup` (a FLOPs speed-up >= 1), or the fastest within `--max_accuracy_drop`
+(a fraction: 0.01 is one point), goes into the checkpoint's `config.json` (only the exit settings change; the file is
+written to a temporary file and then moved over the old one) and its model card (`README.md`) is rendered again with
+the calibration's frontier (and the training hyperparameters `train` kept in `model_card_data.json`). `calibration.json` beside them keeps the whole result.
+
+    hf-earlyexit calibrate --model runs/bypass --data held_out.tsv --target_speedup 2
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .common import (
+    CARD_DATA_FILE,
+    UsageError,
+    add_data_arguments,
+    batches_with_labels,
+    dump_json,
+    load_card_data,
+    load_checkpoint,
+    load_examples,
+    write_atomically,
+)
+
+
+EXIT_SETTINGS = ("exit_criterion", "exit_threshold", "patience")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="An early-exit checkpoint folder; it is updated in place.")
+    add_data_arguments(parser)
+    target = parser.add_argument_group("target (give one)")
+    target.add_argument("--target_speedup", type=float, default=None, help="FLOPs speed-up to reach (>= 1).")
+    target.add_argument(
+        "--max_accuracy_drop", type=float, default=None, help="Largest accuracy drop, a fraction in [0, 1]."
+    )
+    parser.add_argument("--criterion", default=None, help="Exit criterion to calibrate (default: the checkpoint's).")
+    parser.add_argument("--per_exit", action="store_true", help="One threshold per exit instead of a shared one.")
+    parser.add_argument("--dry_run", action="store_true", help="Print the result; leave the checkpoint unchanged.")
+
+
+def check_target(target_speedup, max_accuracy_drop) -> None:
+    if (target_speedup is None) == (max_accuracy_drop is None):
+        raise UsageError("give exactly one of `--target_speedup` (a FLOPs speed-up >= 1) or `--max_accuracy_drop`.")
+    if target_speedup is not None and not target_speedup >= 1:
+        raise UsageError(
+            f"`--target_speedup` is a FLOPs speed-up against the full model and must be >= 1, got {target_speedup}."
+        )
+    if max_accuracy_drop is not None and not 0 <= max_accuracy_drop <= 1:
+        raise UsageError(f"`--max_accuracy_drop` is a fraction in [0, 1] (0.01 = one point), got {max_accuracy_drop}.")
+
+
+def write_calibration(checkpoint: str | Path, model, result, dataset_name: str | None = None) -> None:
+    """Writes the calibrated exit settings into `checkpoint/config.json` (nothing else in it changes), the model card
+    and `calibration.json`, each through a temporary file."""
+    from ..model_card import model_card_for
+    from ..models.bert.checkpoint_utils import family_config_fields
+
+    checkpoint = Path(checkpoint)
+    config_path = checkpoint / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    # only the settings this family declares (a cascade has no `patience`, whatever the calibration result carries)
+    declared = family_config_fields(type(model.config))
+    config.update({name: getattr(model.config, name) for name in EXIT_SETTINGS if name in declared})
+    write_atomically(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    card_data = load_card_data(checkpoint)  # keeps what training recorded
+    card_data.set_calibration(result, dataset_name=dataset_name)
+    write_atomically(checkpoint / "README.md", str(model_card_for(model, card_data)))
+    write_atomically(checkpoint / CARD_DATA_FILE, dump_json(card_data.to_dict()))
+    write_atomically(checkpoint / "calibration.json", dump_json(result.to_dict()))
+
+
+def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> dict:
+    if args is None:
+        parser = argparse.ArgumentParser(prog="hf-earlyexit calibrate", description=__doc__.split("\n\n")[0])
+        add_arguments(parser)
+        args = parser.parse_args(argv)
+    from tqdm.auto import tqdm
+
+    from ..calibration import apply_calibration, calibrate, record
+
+    check_target(args.target_speedup, args.max_accuracy_drop)
+    if not Path(args.model, "config.json").is_file():
+        raise UsageError(f"`--model` {args.model}: not a checkpoint folder (no config.json); calibrate updates one.")
+    model, tokenizer = load_checkpoint(args.model)
+    criterion = args.criterion or model.config.exit_criterion
+    try:
+        model.config.exit_rule(exit_criterion=criterion)
+    except ValueError as error:
+        raise UsageError(f"`--criterion` {criterion!r}: {error}") from None
+    dataset = load_examples(args, model)
+    max_length = min(args.max_seq_length, tokenizer.model_max_length)
+    batches = batches_with_labels(tokenizer, dataset, args.batch_size, max_length)
+    recorded = record(model, tqdm(batches, desc="recording", unit="batch", file=sys.stderr))
+    result = calibrate(
+        model,
+        recorded,
+        target_speedup=args.target_speedup,
+        max_accuracy_drop=args.max_accuracy_drop,
+        criterion=criterion,
+        per_exit=args.per_exit or None,
+        apply=False,
+    )
+    if not args.dry_run:
+        apply_calibration(model, result)
+        write_calibration(args.model, model, result, dataset_name=args.data)
+    summary = {k: v for k, v in result.to_dict().items() if k != "frontier"}
+    summary["written"] = not args.dry_run
+    print(json.dumps(summary, indent=2))
+    print(result.message, file=sys.stderr)
+    return result.to_dict()

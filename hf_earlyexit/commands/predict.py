@@ -1,0 +1,95 @@
+"""`hf-earlyexit predict`: classify texts with an early-exit checkpoint; one JSON line per text with its label, the
+probability of that label (`score`) and the layer it left the model at (`exit_layer`, cumulative for a cascade).
+
+Texts come from the arguments, from `--file` (one per line) or, when neither is given, from standard input:
+
+    hf-earlyexit predict --model runs/bypass "a gripping film" "a tedious mess"
+    cat reviews.txt | hf-earlyexit predict --model runs/bypass --exit_threshold 0.8
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .common import UsageError, label_names, load_checkpoint
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("texts", nargs="*", help="Texts to classify (default: --file, else standard input).")
+    parser.add_argument("--model", required=True, help="An early-exit checkpoint (bypass or cascade family).")
+    parser.add_argument("--file", default=None, help="A text file with one text per line.")
+    parser.add_argument(
+        "--exit_threshold",
+        default=None,
+        help="Override the threshold: one number, or one per exit separated by commas (e.g. 0.9,0.8).",
+    )
+    parser.add_argument("--exit_criterion", default=None, help="Override the exit criterion.")
+    parser.add_argument("--batch_size", type=int, default=32, help="Texts per forward pass.")
+    parser.add_argument("--max_seq_length", type=int, default=128, help="Word-pieces per text at most.")
+
+
+def read_texts(args) -> list[str]:
+    if args.texts and args.file:
+        raise UsageError("give texts as arguments or `--file`, not both.")
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise UsageError(f"`--file` {path}: no such file.")
+        lines = path.read_text(encoding="utf-8").splitlines()
+    elif args.texts:
+        lines = args.texts
+    else:
+        lines = sys.stdin.read().splitlines()
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise UsageError("no text to classify: pass texts as arguments, `--file`, or lines on standard input.")
+    return texts
+
+
+@torch.inference_mode()
+def predict(model, tokenizer, texts: list[str], batch_size: int = 32, max_length: int = 128, **settings):
+    """`[{"text", "label", "score", "exit_layer"}]` for `texts`, in order."""
+    names = label_names(model)
+    rows = []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        inputs = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        out = model(**inputs, **settings)
+        probs = out.logits.float().softmax(-1)
+        score, index = probs.max(-1)
+        for text, i, p, layer in zip(chunk, index.tolist(), score.tolist(), out.exit_layer.tolist()):
+            rows.append({"text": text, "label": names[i], "score": round(p, 6), "exit_layer": int(layer)})
+    return rows
+
+
+def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> dict:
+    if args is None:
+        parser = argparse.ArgumentParser(prog="hf-earlyexit predict", description=__doc__.split("\n\n")[0])
+        add_arguments(parser)
+        args = parser.parse_args(argv)
+    texts = read_texts(args)
+    model, tokenizer = load_checkpoint(args.model)
+    settings = {}
+    if args.exit_criterion is not None:
+        settings["exit_criterion"] = args.exit_criterion
+    if args.exit_threshold is not None:
+        try:
+            threshold = [float(value) for value in args.exit_threshold.split(",")]
+        except ValueError:
+            raise UsageError(
+                f"`--exit_threshold` takes a number or numbers separated by commas, got {args.exit_threshold!r}."
+            ) from None
+        settings["exit_threshold"] = threshold[0] if len(threshold) == 1 else threshold
+    if settings:
+        try:
+            model.config.exit_rule(**settings)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    max_length = min(args.max_seq_length, tokenizer.model_max_length)
+    rows = predict(model, tokenizer, texts, args.batch_size, max_length, **settings)
+    for row in rows:
+        print(json.dumps(row, ensure_ascii=False))
+    return {"predictions": rows}

@@ -1,0 +1,374 @@
+"""`hf-earlyexit benchmark`: run the benchmark scripts, then regenerate `benchmarks/RESULTS.md` and its plots.
+
+The report is made from the committed result files only, so `--report_only` reproduces it byte for byte:
+
+- `benchmarks/results/bypass/results.json` (`examples/benchmark_bypass.py`: BADGE with and without bypasses, every
+  multi-exit criterion, on SST-2);
+- `benchmarks/results/cascade/benchmark_cascade.json` (`examples/benchmark_cascade.py`: cascades with and without
+  DAR, assembled cascades, static truncated models, the multi-exit model, on SST-2);
+- `benchmarks/results/token/results.json` (`examples/benchmark_token.py`: SENTEE, TOKEE and truncated models on
+  CoNLL-2003), read when present. Its reader is data-driven: `stages` (per training stage, `calibration` entries and
+  measured `points`, as the bypass file's variants), a `summary` in the cascade file's shape (`{method: {target:
+  cell}}`), or `rows` (`[{"method", "target", "metric", "flops_speedup", "wallclock_speedup": {batch size: x},
+  "reached"}]`), plus optional `dataset`, `metric_name`, `machine` and `command`.
+
+Each result becomes rows `(dataset, method, target FLOPs speed-up) -> metric, measured FLOPs speed-up, wall-clock
+speed-up per batch size`; RESULTS.md has one accuracy table and one wall-clock table per dataset, the machines, and
+the numbers the original papers published (quoted in METHODS.md, labelled as theirs, with their backbone), and one
+plot per dataset (`benchmarks/plots/<dataset>.png`, a curve per method).
+
+    hf-earlyexit benchmark --report_only
+    python benchmarks/make_report.py
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .common import UsageError
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TARGETS = (1.5, 2.0, 3.0, 4.0)
+BATCH_SIZES = ("1", "32")
+SOURCES = {  # name -> (result file under the results folder, benchmark script under examples/)
+    "bypass": ("bypass/results.json", "benchmark_bypass.py"),
+    "cascade": ("cascade/benchmark_cascade.json", "benchmark_cascade.py"),
+    "token": ("token/results.json", "benchmark_token.py"),
+}
+
+# What the original papers published, as quoted in METHODS.md (their setups, not ours: other backbones, other data)
+PUBLISHED = [
+    {
+        "method": "CascadeBERT (Li et al., 2021), released code",
+        "backbone": "2-layer -> 12-layer BERT cascade, DAR",
+        "dataset": "MRPC dev",
+        "rows": [
+            ("tau=0.9", "2.13x (layers, cumulative)", "acc 84.31 / F1 89.40"),
+            ("tau=0.8", "2.63x (layers, cumulative)", "acc 82.60 / F1 88.34"),
+            ("tau=0.7", "3.21x (layers, cumulative)", "acc 81.62 / F1 87.73"),
+            ("tau=0.6", "4.12x (layers, cumulative)", "acc 80.88 / F1 87.30"),
+        ],
+        "source": "METHODS.md section 2",
+    },
+    {
+        "method": "SENTEE / TOKEE (Li et al., 2021), released code",
+        "backbone": "12-layer BERT, joint training, no exit",
+        "dataset": "CoNLL-2003",
+        "rows": [("full depth", "1x", "F1 91.67")],
+        "source": "METHODS.md section 3 (the paper's abstract: 66%-75% of the inference cost saved with minimal "
+        "degradation)",
+    },
+]
+
+
+@dataclass
+class Cell:
+    metric: float
+    flops_speedup: float
+    wallclock: dict[str, float] = field(default_factory=dict)
+    reached: bool = True
+    model: str | None = None  # the model a row picked for this target (the best static model)
+
+
+@dataclass
+class Benchmark:
+    """The rows of one result file: `cells[method][target]`."""
+
+    source: str
+    dataset: str
+    metric_name: str
+    cells: dict[str, dict[float, Cell]]
+    machine: dict
+    command: str | None = None
+    full_metric: float | None = None
+
+
+def _cell(data: dict) -> Cell:
+    wallclock = data.get("wallclock_speedup") or {}
+    return Cell(
+        metric=float(data.get("metric", data.get("accuracy"))),
+        flops_speedup=float(data["flops_speedup"]),
+        wallclock={str(k): float(v) for k, v in wallclock.items()},
+        reached=bool(data.get("reached", True)),
+        model=data.get("model"),
+    )
+
+
+def _calibrated_cells(cells: dict, points: list[dict], calibration: list[dict], label) -> None:
+    """Adds the measured point of every calibrated target: `label(entry, point)` names its method."""
+    for entry in calibration:
+        match = next(
+            (p for p in points if p["settings"] == entry["settings"] and p["settings"] != {"early_exit": False}), None
+        )
+        if match is None:  # a target whose setting an earlier target already measured, and not recorded again
+            continue
+        cell = _cell({**match, "reached": entry["reached_on_calibration"]})
+        cells.setdefault(label(entry, match), {})[float(entry["target_flops_speedup"])] = cell
+
+
+def _full_metric(points: list[dict]) -> float | None:
+    return next((p["metric"] for p in points if p["method"] == "full depth"), None)
+
+
+def read_bypass(data: dict) -> Benchmark:
+    cells: dict[str, dict[float, Cell]] = {}
+    full = None
+    for variant, result in data["variants"].items():
+        prefix = "BADGE multi-exit" + (" + bypasses" if variant == "bypass" else ", no bypass")
+        full = full if full is not None else _full_metric(result["points"])
+        _calibrated_cells(
+            cells, result["points"], result["calibration"], lambda entry, _, p=prefix: f"{p} ({entry['criterion']})"
+        )
+    return Benchmark(
+        "bypass", "SST-2", "accuracy", cells, data.get("machine", {}), data.get("command"), full_metric=full
+    )
+
+
+def _static_cells(cells: dict, points: list[dict], suffix: str) -> None:
+    """Truncated models: a fixed speed-up, shown under the target it meets (within 5 %)."""
+    for point in points:
+        if point["method"].startswith("truncated"):
+            for target in TARGETS:
+                if abs(point["flops_speedup"] / target - 1) <= 0.05:
+                    cells.setdefault(f"static {point['method']}{suffix}", {})[target] = _cell(point)
+
+
+def read_summary(summary: dict) -> dict[str, dict[float, Cell]]:
+    cells = {}
+    for method, targets in summary.items():
+        cells[method] = {float(target): _cell(cell) for target, cell in targets.items()}
+    return cells
+
+
+def read_cascade(data: dict) -> Benchmark:
+    cells = read_summary(data["summary"])
+    if "best static model" in cells:  # name the picked model in the method, the targets differ
+        cells["static truncated (best per target)"] = cells.pop("best static model")
+    full = None
+    for run in data.get("runs", [])[:1]:
+        if "full" in run["models"]:
+            full = run["models"]["full"].get("accuracy")
+    config = data.get("config", {})
+    command = "python examples/benchmark_cascade.py " + " ".join(
+        f"--{k} {v}" for k, v in sorted(config.items()) if k in ("train_size", "epochs", "calibration_size")
+    )
+    return Benchmark("cascade", "SST-2", "accuracy", cells, data.get("machine", {}), command, full_metric=full)
+
+
+def read_token(data: dict) -> Benchmark:
+    cells: dict[str, dict[float, Cell]] = {}
+    full = data.get("full_metric")
+    if "stages" in data:  # examples/benchmark_token.py: per training stage, calibration entries and measured points
+        for stage, result in data["stages"].items():
+            full = full if full is not None else _full_metric(result["points"])
+            _calibrated_cells(
+                cells, result["points"], result["calibration"], lambda _, point, s=stage: f"{point['method']} ({s})"
+            )
+            _static_cells(cells, result["points"], f" ({stage})")
+    elif "summary" in data:
+        cells = read_summary(data["summary"])
+    elif "rows" in data:
+        for row in data["rows"]:
+            cells.setdefault(row["method"], {})[float(row["target"])] = _cell(row)
+    else:
+        raise ValueError(
+            "token/results.json: expected `stages`, `summary` or `rows`; found " + ", ".join(sorted(data))
+        )
+    return Benchmark(
+        "token",
+        data.get("dataset", "CoNLL-2003"),
+        data.get("metric_name", "F1"),
+        cells,
+        data.get("machine", {}),
+        data.get("command"),
+        full_metric=full,
+    )
+
+
+READERS = {"bypass": read_bypass, "cascade": read_cascade, "token": read_token}
+
+
+def load_benchmarks(results_dir: Path) -> tuple[list[Benchmark], list[str]]:
+    """The benchmarks whose result files exist, and a note for each that does not."""
+    found, missing = [], []
+    for name, (relative, script) in SOURCES.items():
+        path = results_dir / relative
+        if not path.is_file():
+            folder = f"benchmarks/results/{Path(relative).parent.as_posix()}"
+            missing.append(f"`{relative}` (run `python examples/{script} --output_dir {folder}`)")
+            continue
+        try:
+            found.append(READERS[name](json.loads(path.read_text(encoding="utf-8"))))
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{path}: not the structure `examples/{script}` writes (missing {error}).") from None
+    return found, missing
+
+
+def _fmt_target(target: float) -> str:
+    return f"{target:g}x"
+
+
+def render(benchmarks: list[Benchmark], missing: list[str], plots: dict[str, str], command: str) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Generated by `{command}` from the result files in `benchmarks/results/`; do not edit by hand.",
+        "",
+        "Every number is measured on real early-exit runs of the dev data. Thresholds were calibrated on held-out "
+        "training sentences for each target FLOPs speed-up; a cell shows the dev metric (%) with the measured FLOPs "
+        "speed-up in parentheses; † marks a target the calibration slice could not reach (the fastest setting is "
+        "shown). FLOPs speed-up: sum of the full model's FLOPs / sum of the FLOPs spent, per example from its real "
+        "length (cumulative for cascades). Wall-clock speed-up: time of a plain transformers "
+        "`BertForSequenceClassification` of the same size / time of the early-exit model, same batches, same "
+        "process and threads, interleaved (median of rounds).",
+        "",
+    ]
+    if missing:
+        lines += ["Not run yet (no result file): " + "; ".join(missing) + ".", ""]
+    datasets = list(dict.fromkeys(b.dataset for b in benchmarks))
+    for dataset in datasets:
+        group = [b for b in benchmarks if b.dataset == dataset]
+        metric = group[0].metric_name
+        lines += [f"## {dataset}", ""]
+        fulls = [f"{100 * b.full_metric:.2f} ({b.source} run)" for b in group if b.full_metric is not None]
+        if fulls:
+            lines += [f"Full model (no exit), dev {metric}: " + ", ".join(fulls) + ".", ""]
+        lines += [f"### {metric} (%) at a target FLOPs speed-up", ""]
+        lines += ["| method | source | " + " | ".join(_fmt_target(t) for t in TARGETS) + " |"]
+        lines += ["| --- | --- | " + " | ".join("---:" for _ in TARGETS) + " |"]
+        for bench in group:
+            for method, cells in bench.cells.items():
+                row = []
+                for target in TARGETS:
+                    cell = cells.get(target)
+                    if cell is None:
+                        row.append("-")
+                        continue
+                    mark = "" if cell.reached else " †"
+                    label = f", {cell.model}" if cell.model else ""
+                    row.append(f"{100 * cell.metric:.2f} ({cell.flops_speedup:.2f}x{label}){mark}")
+                lines.append(f"| {method} | {bench.source} | " + " | ".join(row) + " |")
+        lines += ["", "### Wall-clock speed-up at batch size 1 / 32", ""]
+        lines += ["| method | source | " + " | ".join(_fmt_target(t) for t in TARGETS) + " |"]
+        lines += ["| --- | --- | " + " | ".join("---:" for _ in TARGETS) + " |"]
+        for bench in group:
+            for method, cells in bench.cells.items():
+                row = []
+                for target in TARGETS:
+                    cell = cells.get(target)
+                    values = [cell.wallclock.get(size) for size in BATCH_SIZES] if cell else []
+                    if not values or all(v is None for v in values):
+                        row.append("-")
+                    else:
+                        row.append(" / ".join("-" if v is None else f"{v:.2f}x" for v in values))
+                lines.append(f"| {method} | {bench.source} | " + " | ".join(row) + " |")
+        if dataset in plots:
+            lines += ["", f"![{dataset}: {metric} against speed-up]({plots[dataset]})"]
+        lines.append("")
+    lines += ["## Machines", ""] if benchmarks else []
+    for bench in benchmarks:
+        m = bench.machine
+        text = (
+            f"{m.get('processor', '?')}, {m.get('cpu_count', '?')} cores, {m.get('torch_threads', '?')} torch "
+            f"threads, {m.get('device', 'cpu')}, torch {m.get('torch', '?')}, transformers {m.get('transformers', '?')}"
+        )
+        command = f"; command: `{bench.command}`" if bench.command else ""
+        lines.append(f"- {bench.source}: {text}{command}")
+    lines += [
+        *([""] if benchmarks else []),
+        "## Published numbers of the original papers (theirs, for context)",
+        "",
+        "Quoted from METHODS.md; their backbones, data and speed conventions differ from ours (ours: all-MiniLM-L6-v2, "
+        "6 layers, small training budgets), so they are not comparable cell by cell. BADGE (Zhu et al., 2023): "
+        "METHODS.md quotes no numbers, so none are shown.",
+        "",
+        "| method (theirs) | backbone | data | setting | speed-up | result |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for paper in PUBLISHED:
+        for setting, speedup, result in paper["rows"]:
+            lines.append(
+                f"| {paper['method']} | {paper['backbone']} | {paper['dataset']} | {setting} | {speedup} | {result} |"
+            )
+    lines += [""] + [f"- {p['method']}: {p['source']}." for p in PUBLISHED] + [""]
+    return "\n".join(lines)
+
+
+def plot_dataset(group: list[Benchmark], path: Path, dataset: str) -> Path:
+    from ..plots import plot_curves
+
+    flops, wall = {}, {}
+    for bench in group:
+        for method, cells in bench.cells.items():
+            name = f"{method} [{bench.source}]"
+            flops[name] = [(c.flops_speedup, 100 * c.metric) for c in cells.values()]
+            points = [(c.wallclock["1"], 100 * c.metric) for c in cells.values() if "1" in c.wallclock]
+            if points:
+                wall[name] = points
+    panels = [("measured FLOPs speed-up (x)", flops)]
+    if wall:
+        panels.append(("measured wall-clock speed-up at batch size 1 (x)", wall))
+    full = next((b.full_metric for b in group if b.full_metric is not None), None)
+    reference = ("full model", 100 * full) if full is not None else None
+    return plot_curves(
+        panels, path, title=dataset, ylabel=f"{group[0].metric_name} (%)", reference=reference, marks=TARGETS
+    )
+
+
+def make_report(results_dir: Path, output: Path, plots_dir: Path, command: str) -> dict:
+    benchmarks, missing = load_benchmarks(results_dir)
+    plots = {}
+    for dataset in dict.fromkeys(b.dataset for b in benchmarks):
+        slug = "".join(ch if ch.isalnum() else "_" for ch in dataset.lower()).strip("_")
+        path = plot_dataset([b for b in benchmarks if b.dataset == dataset], plots_dir / f"{slug}.png", dataset)
+        plots[dataset] = Path(os.path.relpath(Path(path).resolve(), output.parent.resolve())).as_posix()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(render(benchmarks, missing, plots, command), encoding="utf-8")
+    return {
+        "report": str(output),
+        "plots": sorted(str(plots_dir / Path(p).name) for p in plots.values()),
+        "sources": [b.source for b in benchmarks],
+        "missing": missing,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--report_only", action="store_true", help="Only regenerate the report from the results.")
+    parser.add_argument(
+        "--only", nargs="+", choices=sorted(SOURCES), default=sorted(SOURCES), help="Benchmarks to run."
+    )
+    parser.add_argument("--results_dir", default="benchmarks/results", help="Folder of the result files.")
+    parser.add_argument("--output", default="benchmarks/RESULTS.md", help="The report to write.")
+    parser.add_argument("--plots_dir", default="benchmarks/plots", help="Folder of the plots (one PNG per dataset).")
+
+
+def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> dict:
+    if args is None:
+        parser = argparse.ArgumentParser(prog="hf-earlyexit benchmark", description=__doc__.split("\n\n")[0])
+        add_arguments(parser)
+        args = parser.parse_args(argv)
+    results_dir = Path(args.results_dir)
+    if not args.report_only:
+        for name in args.only:
+            relative, script = SOURCES[name]
+            path = REPO_ROOT / "examples" / script
+            if not path.is_file():
+                raise UsageError(f"`--only {name}`: {path} not found (the benchmarks run from a source checkout).")
+            output_dir = results_dir / Path(relative).parent
+            print(f"running {script} -> {output_dir}", file=sys.stderr)
+            subprocess.run([sys.executable, str(path), "--output_dir", str(output_dir)], check=True)
+    elif not results_dir.is_dir():
+        print(
+            f"warning: `--results_dir` {results_dir} does not exist: the report will say no benchmark ran yet",
+            file=sys.stderr,
+        )
+    result = make_report(
+        results_dir, Path(args.output), Path(args.plots_dir), command="hf-earlyexit benchmark --report_only"
+    )
+    print(f"wrote {result['report']} and {', '.join(result['plots']) or 'no plot'}")
+    return result

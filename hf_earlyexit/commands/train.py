@@ -1,0 +1,467 @@
+# Copyright 2026 The hf_earlyexit Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""`hf-earlyexit train`: train an early-exit model with [`EarlyExitTrainer`], in one process or several (DDP).
+
+Every exit recipe of every family runs through the same function, [`main`]: the multi-exit model (`--family bypass`,
+recipes `joint`, `two_stage`, `alternating`, `distillation`), the cascade (`--family cascade`, recipes `joint` and
+`difficulty_aware`) and the sequence-labelling model (`--family token`, the model's own joint loss, on CoNLL column
+files). A staged recipe's stage 2 continues from stage 1's output (`--model_name_or_path <stage 1 output_dir>`).
+`examples/train.py` is a thin wrapper around this module, for `accelerate launch` and `torchrun`.
+
+One process:
+
+    hf-earlyexit train --family bypass --exit_recipe joint --output_dir runs/joint
+
+Two processes on CPU (DDP over gloo), with the same global batch as one process at `--per_device_train_batch_size 16`:
+
+    accelerate launch --multi_gpu --num_processes 2 examples/train.py --use_cpu \\
+        --family bypass --exit_recipe joint --per_device_train_batch_size 8 --output_dir runs/joint
+
+The same without `--use_cpu` on a machine with GPUs. Why `--multi_gpu` on a CPU: it is the launcher that starts the
+processes (torchrun's); `--use_cpu` puts each of them on the CPU, where they join a gloo process group
+(`ACCELERATE_USE_CPU=true` in the environment does the same as `--use_cpu`, and `torchrun --standalone
+--nproc_per_node 2 examples/train.py --use_cpu ...` is the same launch without accelerate).
+
+`accelerate launch --cpu --num_processes 2` starts a single process: accelerate's CPU launcher multiplies processes
+only through MPI (`--mpirun_hostfile`), so without MPI it runs the script once, and that script trains alone. This
+script refuses both silent failures (one process where several were asked for; several processes that joined no
+group) with an error that says what to run.
+
+Data: `--train_file` / `--validation_file` take GLUE-style TSV, CSV or JSON lines (columns guessed, or named with
+`--text_column`, `--text_pair_column`, `--label_column`), CoNLL column files for `--family token`, or `--dataset_name`
+reads a `datasets` dataset (`--train_split`, `--validation_split`).
+
+`--tiny_model --synthetic_data` trains a tiny random BERT (hidden 32, 4 layers, no dropout) on synthetic token
+sequences whose label is written in their first tokens: seconds per run, for tests and smoke runs.
+
+Outputs in `--output_dir`, written by the main process only: the model (with its tokenizer when it has one), its
+model card (`README.md`) and `results.json` (the dict `main` returns: loss curve, final training metrics, evaluation
+metrics).
+"""
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import AutoConfig, AutoTokenizer, BertConfig, HfArgumentParser, PreTrainedModel, set_seed
+
+from hf_earlyexit import (
+    BertForCascadeClassification,
+    BertForTokenEarlyExit,
+    BertWithBypassExits,
+    BypassBertConfig,
+    CascadeBertConfig,
+    EarlyExitTrainer,
+    EarlyExitTrainingArguments,
+    TokenExitBertConfig,
+    encode_words,
+)
+from hf_earlyexit.data import label_names_of, load_text_classification, read_conll
+from hf_earlyexit.losses import ExitLoss
+from hf_earlyexit.utils import TINY_BERT, default_backbone
+
+
+RESULTS_FILE = "results.json"
+
+
+def default_data_dir() -> Path:
+    """`data/sst2` of the repository (the SST-2 copy shipped with it): next to the package in a source checkout or an
+    editable install, else under the working directory."""
+    shipped = Path(__file__).resolve().parents[2] / "data" / "sst2"
+    return shipped if shipped.is_dir() else Path("data") / "sst2"
+
+
+@dataclass
+class ModelArguments:
+    family: str = field(
+        default="bypass",
+        metadata={"help": "Model family: 'bypass' (multi-exit, BADGE), 'cascade' (CascadeBERT) or 'token' (TOKEE)."},
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A BERT checkpoint (local path or Hub id) to start from, or a checkpoint of the family to continue "
+            "(e.g. stage 1's output for stage 2). Defaults to the embedded all-MiniLM-L6-v2 (or a tiny random BERT "
+            "with --tiny_model)."
+        },
+    )
+    tiny_model: bool = field(
+        default=False,
+        metadata={"help": "Start from a tiny random BERT (hidden 32, 4 layers, vocab 99, no dropout) for tests."},
+    )
+    exit_layers: list[int] | None = field(
+        default=None, metadata={"help": "bypass, token: layers that get an exit (default: every layer)."}
+    )
+    member_layers: list[int] | None = field(
+        default=None,
+        metadata={"help": "cascade: depth of each member cut from the backbone (default: 1 and all of its layers)."},
+    )
+    use_bypass: bool = field(default=True, metadata={"help": "bypass: BADGE's block-wise bypass modules."})
+    exit_pooling: str | None = field(
+        default=None, metadata={"help": "bypass: what the exit heads read: 'cls', 'pooler' or 'mean' (the config's)."}
+    )
+
+
+@dataclass
+class DataArguments:
+    train_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Training data: GLUE-style TSV, CSV or JSON lines (CoNLL columns for --family token). Default: "
+            "the SST-2 copy in data/sst2."
+        },
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "Evaluation data, same formats."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A `datasets` dataset (Hub name or local script) instead of the files."}
+    )
+    train_split: str = field(default="train", metadata={"help": "Split of --dataset_name to train on."})
+    validation_split: str = field(default="validation", metadata={"help": "Split of --dataset_name to evaluate on."})
+    text_column: str | None = field(default=None, metadata={"help": "Text column (guessed if unset)."})
+    text_pair_column: str | None = field(default=None, metadata={"help": "Second text of a pair (guessed if unset)."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (guessed if unset)."})
+    tag_column: int = field(default=-1, metadata={"help": "--family token: CoNLL column of the tags (default: last)."})
+    synthetic_data: bool = field(
+        default=False,
+        metadata={
+            "help": "Synthetic token sequences instead of the files (for --tiny_model, which has no tokenizer)."
+        },
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep this many training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep this many evaluation examples."})
+    max_seq_length: int = field(default=128, metadata={"help": "Word-pieces per example at most."})
+
+
+@dataclass(frozen=True)
+class Family:
+    """How the script builds a family's model: `build(model_args, source, num_labels)` with `source` the checkpoint
+    (`None` for a tiny random model). Families registered in `FAMILIES` are selectable with `--family`; `task` is
+    `"sequence"` (text classification) or `"token"` (sequence labelling)."""
+
+    build: Callable[[ModelArguments, str | None, int], PreTrainedModel]
+    model_type: str
+    task: str = "sequence"
+
+
+def _is_checkpoint_of(source: str, model_type: str) -> bool:
+    return AutoConfig.from_pretrained(source).model_type == model_type
+
+
+def build_bypass(model_args: ModelArguments, source: str | None, num_labels: int) -> PreTrainedModel:
+    overrides = {} if model_args.exit_layers is None else {"exit_layers": model_args.exit_layers}
+    if not model_args.use_bypass:
+        overrides["use_bypass"] = False
+    if model_args.exit_pooling is not None:
+        overrides["exit_pooling"] = model_args.exit_pooling
+    if source is None:
+        return BertWithBypassExits(BypassBertConfig(**TINY_BERT, num_labels=num_labels, **overrides))
+    if overrides and _is_checkpoint_of(source, "bypass-bert"):
+        raise ValueError(
+            "`--exit_layers` builds new exits (as do `--use_bypass false` and `--exit_pooling`): give them with a "
+            "plain BERT checkpoint, not a trained model."
+        )
+    return BertWithBypassExits.from_pretrained(source, num_labels=num_labels, **overrides)
+
+
+def build_cascade(model_args: ModelArguments, source: str | None, num_labels: int) -> PreTrainedModel:
+    if source is None:
+        layers = model_args.member_layers or [1, TINY_BERT["num_hidden_layers"]]
+        members = [BertConfig(**{**TINY_BERT, "num_hidden_layers": k}) for k in layers]
+        return BertForCascadeClassification(CascadeBertConfig(members=members, num_labels=num_labels))
+    if _is_checkpoint_of(source, "cascade-bert"):
+        if model_args.member_layers is not None:
+            raise ValueError("`--member_layers` cuts a plain BERT checkpoint, not a trained cascade.")
+        return BertForCascadeClassification.from_pretrained(source, num_labels=num_labels)
+    layers = model_args.member_layers or [1, AutoConfig.from_pretrained(source).num_hidden_layers]
+    return BertForCascadeClassification.from_backbone(source, member_layers=layers, num_labels=num_labels)
+
+
+def build_token(model_args: ModelArguments, source: str | None, num_labels: int) -> PreTrainedModel:
+    overrides = {} if model_args.exit_layers is None else {"exit_layers": model_args.exit_layers}
+    if source is None:
+        return BertForTokenEarlyExit(TokenExitBertConfig(**TINY_BERT, num_labels=num_labels, **overrides))
+    if overrides and _is_checkpoint_of(source, "token-exit-bert"):
+        raise ValueError(
+            "`--exit_layers` builds new exits: give it with a plain BERT checkpoint, not a trained model."
+        )
+    return BertForTokenEarlyExit.from_pretrained(source, num_labels=num_labels, **overrides)
+
+
+FAMILIES: dict[str, Family] = {
+    "bypass": Family(build_bypass, "bypass-bert"),
+    "cascade": Family(build_cascade, "cascade-bert"),
+    "token": Family(build_token, "token-exit-bert", task="token"),
+}
+
+
+class ModelJointLoss(ExitLoss):
+    """The model's own loss (`forward(labels=...)`): for [`BertForTokenEarlyExit`] in training mode the joint token
+    loss `sum_i i * CE_i / sum_i i` (SENTEE/TOKEE stage 1). Used for families without a registered exit recipe."""
+
+    input_columns = ()
+
+    def forward(self, outputs, inputs, step=None):
+        return {"loss": outputs.loss}
+
+
+def synthetic_classification(num_examples: int, seed: int, num_labels: int = 2, max_length: int = 10) -> Dataset:
+    """Token sequences of mixed length over the tiny vocabulary whose label `c` is written as token `10 + c` in
+    positions 1-3, so that every exit can learn it."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, num_labels, (num_examples,), generator=generator)
+    input_ids = torch.randint(20, TINY_BERT["vocab_size"], (num_examples, max_length), generator=generator)
+    input_ids[:, 0] = 2
+    input_ids[:, 1:4] = (10 + labels).unsqueeze(-1)
+    lengths = torch.randint(5, max_length + 1, (num_examples,), generator=generator)
+    attention_mask = (torch.arange(max_length) < lengths.unsqueeze(-1)).long()
+    return Dataset.from_dict(
+        {
+            "input_ids": (input_ids * attention_mask).tolist(),
+            "attention_mask": attention_mask.tolist(),
+            "labels": labels.tolist(),
+        }
+    )
+
+
+def _data_sources(data_args: DataArguments) -> tuple[str, str | None, str, str | None]:
+    """(train source, train split, validation source, validation split)."""
+    if data_args.dataset_name is not None:
+        if data_args.train_file or data_args.validation_file:
+            raise ValueError("Give either `--dataset_name` or `--train_file` / `--validation_file`, not both.")
+        return data_args.dataset_name, data_args.train_split, data_args.dataset_name, data_args.validation_split
+    train = data_args.train_file or str(default_data_dir() / "train.tsv")
+    validation = data_args.validation_file or str(default_data_dir() / "dev.tsv")
+    for name, path in (("--train_file", train), ("--validation_file", validation)):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"`{name}` {path}: no such file.")
+    return train, None, validation, None
+
+
+def load_data(data_args: DataArguments, tokenizer, task: str = "sequence") -> tuple[Dataset, Dataset, list[str]]:
+    """Tokenized training and evaluation sets and the class names."""
+    if data_args.synthetic_data:
+        if task != "sequence":
+            raise ValueError("`--synthetic_data` is sequence classification only; --family token reads CoNLL files.")
+        train = synthetic_classification(data_args.max_train_samples or 64, seed=0)
+        dev = synthetic_classification(data_args.max_eval_samples or 16, seed=1)
+        return train, dev, ["0", "1"]
+    if tokenizer is None:
+        raise ValueError("Text files need a tokenizer: start from a checkpoint that has one, or use --synthetic_data.")
+    max_length = min(data_args.max_seq_length, tokenizer.model_max_length)
+    if task == "token":
+        return _load_conll(data_args, tokenizer, max_length)
+    train_source, train_split, dev_source, dev_split = _data_sources(data_args)
+    columns = dict(
+        text_column=data_args.text_column,
+        text_pair_column=data_args.text_pair_column,
+        label_column=data_args.label_column,
+    )
+    from hf_earlyexit.commands.common import name_the_option
+
+    try:
+        train = load_text_classification(train_source, train_split, limit=data_args.max_train_samples, **columns)
+        label_names = label_names_of(train)
+    except ValueError as error:
+        raise ValueError(name_the_option(str(error), data_option="--train_file")) from None
+    try:
+        dev = load_text_classification(
+            dev_source, dev_split, limit=data_args.max_eval_samples, label_names=label_names, **columns
+        )
+    except ValueError as error:
+        raise ValueError(name_the_option(str(error), data_option="--validation_file")) from None
+
+    def tokenize(rows):
+        return tokenizer(rows["text"], rows.get("text_pair"), truncation=True, max_length=max_length)
+
+    def prepare(dataset):
+        dataset = dataset.map(tokenize, batched=True)
+        return dataset.rename_column("label", "labels").remove_columns(
+            [c for c in ("text", "text_pair") if c in dataset.column_names]
+        )
+
+    return prepare(train), prepare(dev), label_names
+
+
+def _load_conll(data_args: DataArguments, tokenizer, max_length: int) -> tuple[Dataset, Dataset, list[str]]:
+    if data_args.dataset_name is not None:
+        raise ValueError("--family token reads CoNLL column files: give `--train_file` and `--validation_file`.")
+    if not data_args.train_file or not data_args.validation_file:
+        raise ValueError("--family token needs `--train_file` and `--validation_file` (CoNLL column files).")
+    train = read_conll(data_args.train_file, tag_column=data_args.tag_column, limit=data_args.max_train_samples)
+    label_names = label_names_of(train, "tags")
+    dev = read_conll(
+        data_args.validation_file,
+        tag_column=data_args.tag_column,
+        label_names=label_names,
+        limit=data_args.max_eval_samples,
+    )
+
+    def prepare(dataset):
+        def encode(rows):
+            encoded = encode_words(
+                tokenizer, rows["tokens"], rows["tags"], max_length=max_length, padding=False, return_tensors=None
+            )
+            return dict(encoded)
+
+        return dataset.map(encode, batched=True, remove_columns=["tokens", "tags"])
+
+    return prepare(train), prepare(dev), label_names
+
+
+def pad_token_batch(features: list[dict], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """Collates `encode_words` rows of different lengths: padding with the pad id, 0 for masks, -100 for labels and
+    -1 for word ids."""
+    length = max(len(f["input_ids"]) for f in features)
+    fill = {"input_ids": pad_token_id, "labels": -100, "word_ids": -1}
+    return {
+        key: torch.tensor([list(f[key]) + [fill.get(key, 0)] * (length - len(f[key])) for f in features])
+        for key in features[0]
+    }
+
+
+def check_launch(training_args: EarlyExitTrainingArguments) -> None:
+    """Refuse the two ways a multi-process launch silently degrades into independent single-process runs."""
+    requested = int(os.environ.get("WORLD_SIZE", "1"))
+    if requested > 1 and training_args.world_size == 1:
+        raise RuntimeError(
+            f"This is one of {requested} processes (WORLD_SIZE={requested}), but it joined no process group, so each "
+            "process would train alone. On a machine without GPUs pass `--use_cpu`: the processes then form a gloo "
+            "group on the CPU."
+        )
+    launched_by_mpi = any(name in os.environ for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"))
+    cpu_launcher = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    # accelerate's CPU launcher sets MASTER_ADDR only when asked for several processes, then starts just this one
+    if cpu_launcher and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ and not launched_by_mpi:
+        raise RuntimeError(
+            "`accelerate launch --cpu --num_processes N` started a single process: accelerate starts several CPU "
+            "processes only through MPI. Launch with `accelerate launch --multi_gpu --num_processes N "
+            "examples/train.py --use_cpu ...` instead (torchrun's launcher, each process on the CPU)."
+        )
+
+
+def make_parser(prog: str | None = None) -> HfArgumentParser:
+    parser = HfArgumentParser((ModelArguments, DataArguments, EarlyExitTrainingArguments), prog=prog)
+    parser.description = __doc__.split("\n\n")[0].replace("`hf-earlyexit train`: ", "").strip()
+    return parser
+
+
+def parse_args(argv: list[str] | None, prog: str | None = None):
+    parser = make_parser(prog)
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if model_args.family not in FAMILIES:
+        raise ValueError(f"Unknown `--family` {model_args.family!r}; expected one of {sorted(FAMILIES)}.")
+    if FAMILIES[model_args.family].task == "token" and training_args.exit_recipe != "joint":
+        raise ValueError(
+            f"`--family token` trains with the model's joint loss (`--exit_recipe joint`); got "
+            f"`--exit_recipe {training_args.exit_recipe}`."
+        )
+    return model_args, data_args, training_args
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
+    """Train and/or evaluate (`--do_train`, `--do_eval`; both when neither is given) and return the results.
+
+    Returns:
+        `dict` with `family`, `exit_recipe`, `exit_stage`, `world_size`, `process_index`,
+        `ddp_find_unused_parameters` (as the arguments resolved it), `global_step`, `loss_curve` (`[step, loss]` of every logged
+        training step, the loss averaged over all processes), `train_metrics`, `eval_metrics` and `output_dir`.
+        Every process returns it; the main process also writes it to `<output_dir>/results.json`.
+    """
+    model_args, data_args, training_args = parse_args(argv, prog)
+    check_launch(training_args)
+    do_train = training_args.do_train or not training_args.do_eval
+    do_eval = training_args.do_eval or not training_args.do_train
+    family = FAMILIES[model_args.family]
+
+    # the same initial weights in every process (DDP also broadcasts rank 0's when it wraps the model)
+    set_seed(training_args.seed)
+    source = model_args.model_name_or_path
+    if source is None and not model_args.tiny_model:
+        source = default_backbone()
+    if source is not None:
+        source_type = AutoConfig.from_pretrained(source).model_type
+        if source_type not in ("bert", family.model_type):
+            raise ValueError(
+                f"`--model_name_or_path` {source} holds a {source_type!r} model; `--family {model_args.family}` "
+                f"starts from a BERT checkpoint or continues a {family.model_type!r} one."
+            )
+    tokenizer = AutoTokenizer.from_pretrained(source) if source is not None and not data_args.synthetic_data else None
+    train_dataset, eval_dataset, label_names = load_data(data_args, tokenizer, family.task)
+    model = family.build(model_args, source, len(label_names))
+    model.config.id2label = dict(enumerate(label_names))
+    model.config.label2id = {name: i for i, name in enumerate(label_names)}
+
+    extra = {}
+    if family.task == "token":
+        extra["loss"] = ModelJointLoss()
+        extra["data_collator"] = lambda rows: pad_token_batch(rows, tokenizer.pad_token_id or 0)
+    from hf_earlyexit.model_card import ModelCardCallback, model_card_data_of, model_card_for
+
+    trainer = EarlyExitTrainer(
+        model,
+        training_args,
+        train_dataset=train_dataset if do_train else None,
+        eval_dataset=eval_dataset if do_eval else None,
+        processing_class=tokenizer,
+        callbacks=[ModelCardCallback()],
+        **extra,
+    )
+    results = {
+        "family": model_args.family,
+        "exit_recipe": training_args.exit_recipe,
+        "exit_stage": training_args.exit_stage,
+        "world_size": training_args.world_size,
+        "process_index": training_args.process_index,
+        "output_dir": training_args.output_dir,
+        "ddp_find_unused_parameters": training_args.ddp_find_unused_parameters,
+        "loss_curve": [],
+        "train_metrics": {},
+        "eval_metrics": {},
+        "global_step": 0,
+    }
+    if do_train:
+        train_output = trainer.train()
+        results["train_metrics"] = train_output.metrics
+        results["global_step"] = train_output.global_step
+        results["loss_curve"] = [[log["step"], log["loss"]] for log in trainer.state.log_history if "loss" in log]
+        trainer.save_model()  # writes from the main process only
+        if trainer.is_world_process_zero():
+            card_data = model_card_data_of(model)
+            if data_args.dataset_name:
+                card_data.datasets = [data_args.dataset_name]
+            output_dir = Path(training_args.output_dir)
+            (output_dir / "README.md").write_text(str(model_card_for(model)), encoding="utf-8")
+            # what the card says beyond the config, for `hf-earlyexit calibrate` to render it again
+            (output_dir / "model_card_data.json").write_text(
+                json.dumps(card_data.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+            )
+        # the checkpoint is complete on disk when `main` returns, in every process (stage 2 may read it next)
+        trainer.accelerator.wait_for_everyone()
+    if do_eval:
+        results["eval_metrics"] = trainer.evaluate()
+    if trainer.is_world_process_zero():
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        with open(os.path.join(training_args.output_dir, RESULTS_FILE), "w") as f:
+            json.dump(results, f, indent=2)
+    trainer.accelerator.wait_for_everyone()
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

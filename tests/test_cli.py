@@ -1,0 +1,369 @@
+"""The `hf-earlyexit` command line on a tiny model: every subcommand's outputs (files, numbers, exit status) and its
+usage errors (status 2, a message naming the argument and what was expected)."""
+
+import io
+import json
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, BertConfig, BertModel
+
+from hf_earlyexit.cli import main
+from hf_earlyexit.evaluation import collect, make_batches
+from tests.utils import TINY_BERT, sst2_rows, tiny_tokenizer
+
+
+TRAIN_QUICK = [
+    "--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no", "--max_steps", "3",
+    "--per_device_train_batch_size", "8", "--learning_rate", "1e-3", "--logging_steps", "1",
+]  # fmt: skip
+
+
+def write_tsv(path, rows, header=("sentence", "label")):
+    path.write_text("\t".join(header) + "\n" + "".join(f"{text}\t{label}\n" for text, label in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny plain BERT with its tokenizer, SST-2 style files, and a bypass and a cascade trained by `train`."""
+    root = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    BertModel(BertConfig(**TINY_BERT)).save_pretrained(root / "bert")
+    tiny_tokenizer(root).save_pretrained(root / "bert")
+    data = root / "data"
+    data.mkdir()
+    write_tsv(data / "train.tsv", sst2_rows("train", 48))
+    write_tsv(data / "dev.tsv", sst2_rows("dev", 40))
+    common = ["--model_name_or_path", str(root / "bert"), "--train_file", str(data / "train.tsv")]
+    common += ["--validation_file", str(data / "dev.tsv"), "--do_train", *TRAIN_QUICK]
+    for family in ("bypass", "cascade"):
+        assert main(["train", "--family", family, *common, "--output_dir", str(root / family)]) == 0
+    return root
+
+
+def run(argv, capsys):
+    status = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# help and train
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for command in ("train", "evaluate", "calibrate", "predict", "benchmark", "quickstart"):
+        assert command in out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "--family" in out and "--exit_recipe" in out and "hf-earlyexit train" in out
+
+
+@pytest.mark.parametrize("family, model_type", [("bypass", "bypass-bert"), ("cascade", "cascade-bert")])
+def test_train_saves_checkpoint_tokenizer_and_card(workspace, family, model_type):
+    out = workspace / family
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "results.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    results = json.loads((out / "results.json").read_text())
+    assert [step for step, _ in results["loss_curve"]] == [1, 2, 3]
+    assert all(np.isfinite(loss) for _, loss in results["loss_curve"])
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.model_type == model_type and model.config.id2label == {0: "0", 1: "1"}
+    card = (out / "README.md").read_text()
+    assert type(model).__name__ in card and "learning_rate" in card
+
+
+def test_train_token_family_on_conll_columns(tmp_path, workspace, capsys):
+    sentences = [
+        [("the", "O", "B-ORG"), ("film", "O", "I-ORG"), ("is", "O", "O"), ("good", "O", "O")],
+        [("a", "O", "O"), ("movie", "O", "B-PER"), ("was", "O", "O")],
+    ] * 6
+    text = "-DOCSTART- -X- O\n\n" + "\n\n".join("\n".join(" ".join(t) for t in s) for s in sentences) + "\n"
+    conll = tmp_path / "train.txt"
+    conll.write_text(text)
+    out = tmp_path / "token"
+    status, _, err = run(
+        ["train", "--family", "token", "--model_name_or_path", workspace / "bert", "--train_file", conll]
+        + ["--validation_file", conll, *TRAIN_QUICK, "--output_dir", out],
+        capsys,
+    )
+    assert status == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["loss_curve"]) == 3 and "eval_loss" in results["eval_metrics"]
+    model = AutoModelForTokenClassification.from_pretrained(out)
+    assert model.config.model_type == "token-exit-bert"
+    assert model.config.id2label == {0: "O", 1: "B-ORG", 2: "B-PER", 3: "I-ORG"}
+    assert (out / "README.md").is_file()
+
+    status, _, err = run(
+        ["train", "--family", "token", "--exit_recipe", "alternating", "--train_file", conll, "--validation_file"]
+        + [conll, "--model_name_or_path", workspace / "bert", "--output_dir", tmp_path / "other"],
+        capsys,
+    )
+    assert status == 2 and "`--family token` trains with the model's joint loss" in err
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--family", "deebert"], ["`--family`", "'deebert'", "expected one of"]),
+        (["--exit_recipe", "magic"], ["exit_recipe", "'magic'", "expected one of"]),
+        (["--train_file", "{missing}"], ["--train_file", "no such file"]),
+        (["--label_column", "stars"], ["`--label_column`: label column 'stars' does not exist", "sentence"]),
+    ],
+)
+def test_train_usage_errors(workspace, tmp_path, capsys, extra, expected):
+    extra = [a.replace("{missing}", str(tmp_path / "nope.tsv")) for a in extra]
+    argv = ["train", "--model_name_or_path", workspace / "bert", "--train_file", workspace / "data/train.tsv"]
+    argv += ["--validation_file", workspace / "data/dev.tsv", *TRAIN_QUICK, "--output_dir", tmp_path / "out"]
+    status, _, err = run([*argv, *extra], capsys)
+    assert status == 2
+    assert err.splitlines()[-1].startswith("hf-earlyexit train: error:")
+    for text in expected:
+        assert text in err
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_sweep_table_files_and_plot(workspace, tmp_path, capsys):
+    out = tmp_path / "eval"
+    status, stdout, err = run(
+        ["evaluate", "--model", workspace / "bypass", "--data", workspace / "data/dev.tsv", "--num_points", 4]
+        + ["--timing_batch_sizes", 1, 8, "--timing_size", 8, "--rounds", 1, "--output_dir", out],
+        capsys,
+    )
+    assert status == 0, err
+    results = json.loads((out / "results.json").read_text())
+    points = results["points"]
+    assert points[0]["settings"] == {"early_exit": False}
+    assert points[0]["flops_speedup"] == pytest.approx(1.0) and points[0]["mean_exit_layer"] == 4.0
+    swept = points[1:]
+    assert 2 <= len(swept) <= 4
+    speedups = [p["flops_speedup"] for p in swept]
+    assert (
+        speedups == sorted(speedups) and speedups[-1] > 1.0
+    )  # (a never-exit point pays every exit head: just under 1)
+    assert all(0 <= p["metric"] <= 1 and set(p["wallclock_speedup"]) == {"1", "8"} for p in points)
+    assert all(p["latency_ms"]["1"] > 0 for p in points)
+    assert results["num_examples"] == 40 and results["machine"]["torch_threads"] >= 1
+    assert "| full depth |" in stdout and "wall-clock × (bs 8)" in stdout
+    assert "| full depth |" in (out / "results.md").read_text()
+    image = matplotlib.image.imread(out / "speed_accuracy.png")
+    assert image.shape[0] >= 300 and image.shape[1] >= 800 and image.std() > 0.01
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--data", "{missing}"], ["`--data`", "Data file not found"]),
+        (["--data", "{dev}", "--label_column", "stars"], ["`--label_column`: label column 'stars' does not exist"]),
+        (["--data", "{dev}", "--criterion", "telepathy"], ["`--criterion` 'telepathy'"]),
+        (["--data", "{dev}", "--model", "{bert}"], ["'bert' model", "early-exit text classifier"]),
+    ],
+)
+def test_evaluate_usage_errors(workspace, tmp_path, capsys, extra, expected):
+    replace = {"{missing}": str(tmp_path / "nope.tsv"), "{dev}": str(workspace / "data/dev.tsv")}
+    replace["{bert}"] = str(workspace / "bert")
+    extra = [replace.get(a, a) for a in extra]
+    status, _, err = run(["evaluate", "--model", workspace / "bypass", *extra, "--output_dir", tmp_path], capsys)
+    assert status == 2
+    assert err.splitlines()[-1].startswith("hf-earlyexit evaluate: error:")
+    for text in expected:
+        assert text in err
+    assert not (tmp_path / "results.json").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# calibrate
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def checkpoint_copy(workspace, tmp_path):
+    import shutil
+
+    def copy(family):
+        return shutil.copytree(workspace / family, tmp_path / family)
+
+    return copy
+
+
+@pytest.mark.parametrize("family", ["bypass", "cascade"])
+def test_calibrate_writes_thresholds_into_the_checkpoint(workspace, checkpoint_copy, capsys, family):
+    checkpoint = checkpoint_copy(family)
+    before = json.loads((checkpoint / "config.json").read_text())
+    data = workspace / "data/train.tsv"
+    status, stdout, err = run(["calibrate", "--model", checkpoint, "--data", data, "--target_speedup", 2], capsys)
+    assert status == 0, err
+    summary = json.loads(stdout)
+    assert summary["written"] and summary["reached"] and summary["expected_flops_speedup"] >= 2.0
+
+    after = json.loads((checkpoint / "config.json").read_text())
+    changed = {key for key in after if after[key] != before.get(key)}
+    assert changed <= {"exit_threshold", "exit_criterion", "patience"} and "exit_threshold" in changed
+    assert after["exit_threshold"] == summary["exit_threshold"]
+    assert not list(checkpoint.glob(".*.tmp"))
+    assert json.loads((checkpoint / "calibration.json").read_text())["exit_threshold"] == summary["exit_threshold"]
+    assert ("patience" in after) == (family == "bypass")  # only the settings the family declares
+    card = (checkpoint / "README.md").read_text()
+    assert "calibration" in card and "learning_rate" in card  # the training record survives the new card
+
+    # the reloaded checkpoint runs at the calibrated speed on the calibration data
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
+    from transformers import AutoTokenizer
+
+    from hf_earlyexit.data import load_text_classification
+
+    dataset = load_text_classification(data)
+    batches = make_batches(AutoTokenizer.from_pretrained(checkpoint), dataset, 32)
+    out = collect(model, batches)
+    lengths = torch.cat([b["attention_mask"].sum(-1) for b in batches])
+    speedup = float(model.reference_flops(lengths).sum()) / float(out["flops"].sum())
+    assert speedup == pytest.approx(summary["expected_flops_speedup"], rel=1e-4)
+
+
+def test_calibrate_max_accuracy_drop(workspace, checkpoint_copy, capsys):
+    checkpoint = checkpoint_copy("bypass")
+    status, stdout, _ = run(
+        ["calibrate", "--model", checkpoint, "--data", workspace / "data/dev.tsv", "--max_accuracy_drop", 0.0],
+        capsys,
+    )
+    summary = json.loads(stdout)
+    assert status == 0 and summary["reached"]
+    assert summary["expected_accuracy"] >= summary["full_accuracy"] - 1e-9
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--target_speedup", "0.5"], ["`--target_speedup`", "must be >= 1", "0.5"]),
+        (["--target_speedup", "2", "--max_accuracy_drop", "0.01"], ["exactly one of"]),
+        ([], ["exactly one of"]),
+        (["--max_accuracy_drop", "5"], ["`--max_accuracy_drop`", "[0, 1]"]),
+        (["--target_speedup", "2", "--data", "{missing}"], ["`--data`", "Data file not found"]),
+        (
+            ["--target_speedup", "2", "--label_column", "stars"],
+            ["`--label_column`: label column 'stars' does not exist"],
+        ),
+    ],
+)
+def test_calibrate_usage_errors_leave_the_checkpoint_alone(
+    workspace, checkpoint_copy, tmp_path, capsys, extra, expected
+):
+    checkpoint = checkpoint_copy("bypass")
+    config = (checkpoint / "config.json").read_bytes()
+    extra = [str(tmp_path / "nope.tsv") if a == "{missing}" else a for a in extra]
+    argv = ["calibrate", "--model", checkpoint, "--data", workspace / "data/dev.tsv", *extra]
+    status, _, err = run(argv, capsys)
+    assert status == 2
+    assert err.splitlines()[-1].startswith("hf-earlyexit calibrate: error:")
+    for text in expected:
+        assert text in err
+    assert (checkpoint / "config.json").read_bytes() == config
+    assert not (checkpoint / "calibration.json").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# predict
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _lines(stdout):
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def test_predict_from_arguments_file_and_stdin(workspace, tmp_path, capsys, monkeypatch):
+    texts = ["a good film", "a dull mess", "the acting was great"]
+    status, stdout, err = run(["predict", "--model", workspace / "cascade", *texts], capsys)
+    assert status == 0, err
+    rows = _lines(stdout)
+    assert [row["text"] for row in rows] == texts
+    for row in rows:
+        assert set(row) == {"text", "label", "score", "exit_layer"}
+        assert row["label"] in ("0", "1") and 0.5 <= row["score"] <= 1.0 and row["exit_layer"] in (1, 5)
+
+    # a threshold no score passes runs everything to the end; one every score passes stops at the first member
+    never = _lines(run(["predict", "--model", workspace / "cascade", "--exit_threshold", 1.0, *texts], capsys)[1])
+    assert [row["exit_layer"] for row in never] == [5, 5, 5]
+    always = _lines(run(["predict", "--model", workspace / "cascade", "--exit_threshold", 0.0, *texts], capsys)[1])
+    assert [row["exit_layer"] for row in always] == [1, 1, 1]
+
+    path = tmp_path / "texts.txt"
+    path.write_text("\n".join(texts) + "\n\n")
+    from_file = _lines(run(["predict", "--model", workspace / "cascade", "--file", path], capsys)[1])
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(texts)))
+    from_stdin = _lines(run(["predict", "--model", workspace / "cascade"], capsys)[1])
+    assert from_file == rows and from_stdin == rows
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--file", "{missing}"], ["`--file`", "no such file"]),
+        (["--model", "{bert}", "text"], ["'bert' model"]),
+        (["--exit_criterion", "telepathy", "text"], ["telepathy"]),
+    ],
+)
+def test_predict_usage_errors(workspace, tmp_path, capsys, extra, expected):
+    replace = {"{missing}": str(tmp_path / "nope.txt"), "{bert}": str(workspace / "bert")}
+    extra = [replace.get(a, a) for a in extra]
+    status, stdout, err = run(["predict", "--model", workspace / "bypass", *extra], capsys)
+    assert status == 2 and stdout == ""
+    assert err.splitlines()[-1].startswith("hf-earlyexit predict: error:")
+    for text in expected:
+        assert text in err
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# quickstart
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_quickstart_smoke_run(workspace, tmp_path, capsys):
+    out = tmp_path / "quickstart"
+    status, stdout, err = run(
+        ["quickstart", "--model", workspace / "bert", "--data_dir", workspace / "data", "--train_size", 32]
+        + ["--calibration_size", 16, "--dev_size", 24, "--batch_size", 16, "--timing_size", 2]
+        + ["--timing_size_batched", 4, "--rounds", 1, "--calibration_min_words", 3, "--output_dir", out],
+        capsys,
+    )
+    assert status == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert results["data"] == {"train": 32, "calibration": 16, "dev": 24}
+    held_out = (out / "data/calibration.tsv").read_text().splitlines()[1:]
+    assert len(held_out) == 16 and all(len(line.split("\t")[0].split()) >= 3 for line in held_out)
+    assert not set(held_out) & set((out / "data/train.tsv").read_text().splitlines()[1:])
+    assert set(results["models"]) == {"cascade", "badge"}
+    for key, data in results["models"].items():
+        calibration = data["calibration"]
+        assert calibration["target"] == {"flops_speedup": pytest.approx(2.1)}
+        if calibration["reached"]:
+            assert calibration["expected_flops_speedup"] >= 2.1
+        assert data["full_depth"]["flops_speedup"] == pytest.approx(1.0)
+        assert set(data["calibrated"]["wallclock_speedup"]) == {"1", "32"}
+        assert data["training"]["steps"] == 2
+        config = json.loads((out / key / "config.json").read_text())
+        assert config["exit_threshold"] == calibration["exit_threshold"]
+    assert "CascadeBERT 1L->4L" in stdout and "BADGE multi-exit + bypasses" in stdout
+    assert "Outputs in" in stdout and str(out.resolve()) in stdout
+    assert (out / "results.md").read_text().count("| calibrated 2x |") == 2
+    assert matplotlib.image.imread(out / "speed_accuracy.png").shape[1] >= 800
+
+
+def test_quickstart_rejects_a_target_below_one(tmp_path, capsys):
+    status, _, err = run(["quickstart", "--target_speedup", 0.9, "--output_dir", tmp_path], capsys)
+    assert status == 2 and "`--target_speedup`" in err and ">= 1" in err
