@@ -291,11 +291,20 @@ def calibrate(
 
 
 def apply_calibration(model, result: CalibrationResult) -> None:
-    """Write a calibration's settings into `model.config` (validated like any config value)."""
+    """Write a calibration's settings into `model.config` (validated like any config value). Only the settings the
+    family's config declares are written: a cascade has no `patience`."""
+    from .models.bert.checkpoint_utils import family_config_fields
+
     config = model.config
-    config.exit_criterion = result.criterion
-    config.patience = result.patience
-    config.exit_threshold = result.exit_threshold
+    declared = family_config_fields(type(config))
+    settings = {
+        "exit_criterion": result.criterion,
+        "patience": result.patience,
+        "exit_threshold": result.exit_threshold,
+    }
+    for name, value in settings.items():
+        if name in declared:
+            setattr(config, name, value)
     config.validate()
 
 

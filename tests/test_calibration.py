@@ -193,3 +193,10 @@ def test_per_stage_search_never_loses_to_a_shared_threshold(cascade):
 def test_cascade_refuses_criteria_it_cannot_route_on(cascade):
     with pytest.raises(ValueError, match="a cascade routes on each member's own confidence"):
         calibrate(cascade, calibration_batches(1), target_speedup=2.0, criterion="patience")
+
+
+def test_cascade_calibration_writes_only_the_settings_a_cascade_declares(cascade, tmp_path):
+    calibrate(cascade, calibration_batches(1), target_speedup=1.5)
+    assert "patience" not in cascade.config.to_dict()
+    cascade.save_pretrained(tmp_path)
+    assert "patience" not in (tmp_path / "config.json").read_text()

@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 import torch
 from huggingface_hub.errors import StrictDataclassError
@@ -355,3 +357,15 @@ def test_minilm_batch_invariance_on_sst2(minilm_model):
     single_logits = torch.cat([o.logits for o in singles])
     assert torch.equal(batched.logits.argmax(-1), single_logits.argmax(-1))
     torch.testing.assert_close(batched.logits, single_logits, rtol=0, atol=1e-5)
+
+
+def test_legacy_bert_config_keys_are_not_unknown_fields(tmp_path, caplog):
+    """all-MiniLM-L6-v2's config carries keys older transformers versions wrote; a model fine-tuned from it saves them
+    again, and loading that checkpoint must not call them fields of a newer hf_earlyexit."""
+    model = tiny_model()
+    model.config.gradient_checkpointing = False
+    model.config.position_embedding_type = "absolute"
+    model.save_pretrained(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        BertWithBypassExits.from_pretrained(tmp_path)
+    assert "does not know" not in caplog.text

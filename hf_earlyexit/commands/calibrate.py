@@ -63,7 +63,7 @@ def write_calibration(checkpoint: str | Path, model, result, dataset_name: str |
     checkpoint = Path(checkpoint)
     config_path = checkpoint / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    # only the settings this family declares (a cascade has no `patience`, whatever the calibration result carries)
+    # the settings `apply_calibration` wrote (those the family declares)
     declared = family_config_fields(type(model.config))
     config.update({name: getattr(model.config, name) for name in EXIT_SETTINGS if name in declared})
     write_atomically(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")

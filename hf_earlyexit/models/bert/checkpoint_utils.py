@@ -52,6 +52,10 @@ _TRANSFORMERS_KEYS = frozenset(
         "pad_token_id",
         "bos_token_id",
         "eos_token_id",
+        # written by older transformers versions into BERT checkpoints (all-MiniLM-L6-v2's among them), carried along
+        # by every model fine-tuned from one; they mean nothing to transformers 5
+        "gradient_checkpointing",
+        "position_embedding_type",
     }
 )
 
