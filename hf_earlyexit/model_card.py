@@ -424,6 +424,16 @@ def _value_text(value) -> str:
     return str(value)
 
 
+# what the card shows of each cascade member's config (the rest is plain BERT and lives in config.json)
+MEMBER_SUMMARY_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
+
+
+def _setting_text(name: str, value) -> str:
+    if name == "members" and isinstance(value, (list, tuple)):
+        value = [{key: dict(member).get(key) for key in MEMBER_SUMMARY_KEYS} for member in value]
+    return _value_text(value)
+
+
 def _looks_like_repo_id(name: str | None) -> bool:
     return bool(name) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not os.path.exists(name)
 
@@ -567,7 +577,9 @@ def render_model_card(
         datasets=", ".join(card_data.datasets),
         language=card_data.language if isinstance(card_data.language, str) else ", ".join(card_data.language or []),
         license=card_data.license,
-        exit_settings=[(name, _value_text(config_dict.get(name))) for name in family_config_fields(config_class)],
+        exit_settings=[
+            (name, _setting_text(name, config_dict.get(name))) for name in family_config_fields(config_class)
+        ],
         evaluation_rows=rows,
         evaluation_description=evaluation_description,
         evaluation_note=card_data.evaluation_note,
