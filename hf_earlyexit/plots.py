@@ -35,7 +35,11 @@ def plot_curves(
 
     names = sorted({name for _, curves in panels for name in curves})
     styles = {name: (f"C{i % 10}", _MARKERS[i % len(_MARKERS)]) for i, name in enumerate(names)}
-    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    # one legend for the figure, under the panels, so that it never hides a curve
+    columns = max(1, min(3, len(panels) * 2 - 1))
+    legend_rows = -(-(len(names) + (reference is not None)) // columns)
+    legend_height = 0.25 * legend_rows + 0.3
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5 + legend_height), squeeze=False)
     for axis, (xlabel, curves) in zip(axes[0], panels):
         for name, points in curves.items():
             points = sorted(points)
@@ -50,9 +54,13 @@ def plot_curves(
         axis.set_xlabel(xlabel)
         axis.set_ylabel(ylabel)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+    handles = {}
+    for axis in axes[0]:
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    figure.legend(handles.values(), handles.keys(), loc="lower center", ncol=columns, fontsize=8, frameon=False)
     figure.suptitle(title)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, legend_height / (4.5 + legend_height), 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100, metadata={"Software": None})

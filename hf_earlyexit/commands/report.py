@@ -154,7 +154,7 @@ def read_cascade(data: dict) -> Benchmark:
         if "full" in run["models"]:
             full = run["models"]["full"].get("accuracy")
     config = data.get("config", {})
-    command = "python examples/benchmark_cascade.py " + " ".join(
+    command = data.get("command") or "python examples/benchmark_cascade.py " + " ".join(
         f"--{k} {v}" for k, v in sorted(config.items()) if k in ("train_size", "epochs", "calibration_size")
     )
     return Benchmark("cascade", "SST-2", "accuracy", cells, data.get("machine", {}), command, full_metric=full)
@@ -213,6 +213,12 @@ def _fmt_target(target: float) -> str:
     return f"{target:g}x"
 
 
+def _batch_sizes(group: list[Benchmark]) -> list[str]:
+    """The timing batch sizes of a dataset's benchmarks, smallest first (1 and 32 when none was timed)."""
+    sizes = {size for bench in group for cells in bench.cells.values() for c in cells.values() for size in c.wallclock}
+    return sorted(sizes, key=int) if sizes else list(BATCH_SIZES)
+
+
 def render(benchmarks: list[Benchmark], missing: list[str], plots: dict[str, str], command: str) -> str:
     lines = [
         "# Benchmark results",
@@ -253,7 +259,8 @@ def render(benchmarks: list[Benchmark], missing: list[str], plots: dict[str, str
                     label = f", {cell.model}" if cell.model else ""
                     row.append(f"{100 * cell.metric:.2f} ({cell.flops_speedup:.2f}x{label}){mark}")
                 lines.append(f"| {method} | {bench.source} | " + " | ".join(row) + " |")
-        lines += ["", "### Wall-clock speed-up at batch size 1 / 32", ""]
+        sizes = _batch_sizes(group)
+        lines += ["", f"### Wall-clock speed-up at batch size {' / '.join(sizes)}", ""]
         lines += ["| method | source | " + " | ".join(_fmt_target(t) for t in TARGETS) + " |"]
         lines += ["| --- | --- | " + " | ".join("---:" for _ in TARGETS) + " |"]
         for bench in group:
@@ -261,7 +268,7 @@ def render(benchmarks: list[Benchmark], missing: list[str], plots: dict[str, str
                 row = []
                 for target in TARGETS:
                     cell = cells.get(target)
-                    values = [cell.wallclock.get(size) for size in BATCH_SIZES] if cell else []
+                    values = [cell.wallclock.get(size) for size in sizes] if cell else []
                     if not values or all(v is None for v in values):
                         row.append("-")
                     else:
