@@ -36,7 +36,7 @@ from hf_earlyexit import BertWithBypassExits, EarlyExitTrainer, EarlyExitTrainin
 from hf_earlyexit.calibration import calibrate, record
 from hf_earlyexit.data import load_text_classification
 from hf_earlyexit.evaluation import machine_info, make_batches, markdown_table, measure_points
-from hf_earlyexit.model_card import EarlyExitModelCardData, EvaluationRow, card_results
+from hf_earlyexit.model_card import EarlyExitModelCardData, EvaluationRow, benchmark_machine_fields, card_results
 from hf_earlyexit.utils import default_backbone, portable_path
 
 
@@ -312,12 +312,6 @@ def write_flagship_card(results: dict, backbone: str, path: Path) -> dict:
         eval_split="validation",
         metric="accuracy",
         evaluation=[EvaluationRow.from_sweep_point(p, latency_key="1") for p in points],
-        speed_setup={
-            "device": f"CPU ({machine['processor']})",
-            "torch threads": machine["torch_threads"],
-            "batch size": 1,
-            "baseline": "BertForSequenceClassification of the same size, timed interleaved",
-        },
         evaluation_note=(
             f"Thresholds calibrated on {results['data']['calibration']} held-out training sentences; the config "
             f"holds the `{criterion}` setting for {chosen['target_flops_speedup']:g}x FLOPs. Command: "
@@ -334,11 +328,7 @@ def write_flagship_card(results: dict, backbone: str, path: Path) -> dict:
             "weight_decay": 0.01,
             "seed": settings["seed"],
         },
-        framework_versions={
-            "Python": machine["python"],
-            "torch": machine["torch"],
-            "transformers": machine["transformers"],
-        },
+        **benchmark_machine_fields(machine, "BertForSequenceClassification of the same size, timed interleaved"),
     )
     card = card_results(config, card_data, num_parameters=num_parameters)
     path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")

@@ -76,7 +76,7 @@ from hf_earlyexit import (
 from hf_earlyexit.calibration import calibrate, record
 from hf_earlyexit.data import load_text_classification
 from hf_earlyexit.evaluation import machine_info, make_batches, markdown_table, measure_points, plain_baseline
-from hf_earlyexit.model_card import EarlyExitModelCardData, EvaluationRow, card_results
+from hf_earlyexit.model_card import EarlyExitModelCardData, EvaluationRow, benchmark_machine_fields, card_results
 from hf_earlyexit.utils import default_backbone, portable_path
 
 
@@ -605,12 +605,6 @@ def write_flagship_card(results: dict, path: Path) -> dict:
         eval_split="validation",
         metric="accuracy",
         evaluation=rows,
-        speed_setup={
-            "device": f"CPU ({machine['processor']})",
-            "torch threads": machine["torch_threads"],
-            "batch size": 1,
-            "baseline": "BertForSequenceClassification of the last member's size, timed interleaved",
-        },
         evaluation_note=(
             f"`{name}`. Thresholds calibrated on {results['data']['calibration']} held-out training sentences; the "
             f"config holds the `{FLAGSHIP['criterion']}` threshold for {chosen['target']:g}x FLOPs. Command: "
@@ -628,11 +622,9 @@ def write_flagship_card(results: dict, path: Path) -> dict:
             "warmup_steps": settings["warmup_ratio"],
             "seed": results["runs"][0]["seed"],
         },
-        framework_versions={
-            "Python": machine["python"],
-            "torch": machine["torch"],
-            "transformers": machine["transformers"],
-        },
+        **benchmark_machine_fields(
+            machine, "BertForSequenceClassification of the last member's size, timed interleaved"
+        ),
     )
     card = card_results(
         config, card_data, architecture="BertForCascadeClassification", num_parameters=model["num_parameters"]

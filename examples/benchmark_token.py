@@ -52,7 +52,13 @@ from hf_earlyexit.evaluation import (
     markdown_table,
     word_tags,
 )
-from hf_earlyexit.model_card import EarlyExitModelCardData, EvaluationRow, card_results, format_setting
+from hf_earlyexit.model_card import (
+    EarlyExitModelCardData,
+    EvaluationRow,
+    benchmark_machine_fields,
+    card_results,
+    format_setting,
+)
 from hf_earlyexit.models.bert.exit_utils import classifier_head_flops, encoder_layer_flops
 from hf_earlyexit.utils import default_backbone
 
@@ -534,12 +540,6 @@ def write_flagship_card(results: dict, path: Path) -> dict:
         eval_split="validation",
         metric="f1",
         evaluation=rows,
-        speed_setup={
-            "device": f"CPU ({machine['processor']})",
-            "torch threads": machine["torch_threads"],
-            "batch size": 1,
-            "baseline": "BertForTokenClassification with the same weights, timed interleaved",
-        },
         evaluation_note=(
             f"Entity F1 (seqeval) on the first {data['dev']} validation sentences. {stage_name} model; window and "
             f"threshold calibrated on {data['calibration']} held-out training sentences for "
@@ -556,11 +556,7 @@ def write_flagship_card(results: dict, path: Path) -> dict:
             "train_examples": data["train"],
             "seed": settings["seed"],
         },
-        framework_versions={
-            "Python": machine["python"],
-            "torch": machine["torch"],
-            "transformers": machine["transformers"],
-        },
+        **benchmark_machine_fields(machine, "BertForTokenClassification with the same weights, timed interleaved"),
     )
     card = card_results(
         config, card_data, architecture="BertForTokenEarlyExit", num_parameters=stage["num_parameters"]

@@ -628,6 +628,24 @@ def model_card_for(
     )
 
 
+def benchmark_machine_fields(machine: dict, baseline: str, batch_size: int = 1) -> dict[str, Any]:
+    """`speed_setup` and `framework_versions` of an [`EarlyExitModelCardData`] from a benchmark's
+    [`~hf_earlyexit.evaluation.machine_info`] record, so that a card says where its latencies were measured."""
+    return {
+        "speed_setup": {
+            "device": f"CPU ({machine['processor']})" if machine.get("device", "cpu") == "cpu" else machine["device"],
+            "torch threads": machine["torch_threads"],
+            "batch size": batch_size,
+            "baseline": baseline,
+        },
+        "framework_versions": {
+            "Python": machine["python"],
+            "torch": machine["torch"],
+            "transformers": machine["transformers"],
+        },
+    }
+
+
 def card_results(
     config: PreTrainedConfig | dict,
     card_data: EarlyExitModelCardData,
@@ -696,6 +714,7 @@ if __name__ == "__main__":
 
 __all__ = [
     "CITATIONS",
+    "benchmark_machine_fields",
     "card_results",
     "FAMILY_CARDS",
     "EarlyExitModelCardData",
