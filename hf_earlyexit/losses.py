@@ -1334,9 +1334,9 @@ def register_exit_loss(
         _STAGED_RECIPES.add(recipe)
 
 
-def registered_recipes() -> tuple[str, ...]:
-    """Every recipe some model family registered, sorted."""
-    return tuple(sorted({recipe for _, recipe in _EXIT_LOSSES}))
+def registered_recipes(model_type: str | None = None) -> tuple[str, ...]:
+    """Every recipe some model family registered (or the family of `model_type`), sorted."""
+    return tuple(sorted({recipe for family, recipe in _EXIT_LOSSES if model_type in (None, family)}))
 
 
 def staged_recipes() -> tuple[str, ...]:
@@ -1353,7 +1353,7 @@ def exit_loss_from_args(model: nn.Module, args) -> ExitLoss:
     model_type = model.config.model_type
     factory = _EXIT_LOSSES.get((model_type, args.exit_recipe))
     if factory is None:
-        available = sorted(recipe for family, recipe in _EXIT_LOSSES if family == model_type)
+        available = list(registered_recipes(model_type))
         raise ValueError(
             f"`exit_recipe={args.exit_recipe!r}` has no loss for models of type {model_type!r}; recipes registered for "
             f"that type: {available}. Register one with `register_exit_loss`, or pass `loss=` to the trainer."

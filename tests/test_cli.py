@@ -110,7 +110,8 @@ def test_train_token_family_on_conll_columns(tmp_path, workspace, capsys):
         + [conll, "--model_name_or_path", workspace / "bert", "--output_dir", tmp_path / "other"],
         capsys,
     )
-    assert status == 2 and "`--family token` trains with the model's joint loss" in err
+    assert status == 2 and "`--exit_recipe alternating` does not train `--family token`" in err
+    assert "['joint', 'self_sampling']" in err
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModel, AutoModelForSequenceClassification
 
 from examples.train import check_launch, main, parse_args, synthetic_classification
 from hf_earlyexit.calibration import calibrate, record
@@ -73,6 +73,7 @@ class Case:
     args: tuple[str, ...]
     after: str | None = None
     strict_ddp: bool = True
+    loss_rtol: float = LOSS_RTOL
 
 
 CASES = [
@@ -93,6 +94,10 @@ CASES = [
         after="bypass-distillation-1",
     ),
     Case("cascade-joint", "cascade", ("--exit_recipe", "joint")),
+    # the token loss is a mean over each batch's labelled words, and the two halves of a batch hold different numbers
+    # of them (sentences of mixed length): two processes average two means where one process takes one mean over
+    # all the words, as transformers' token classifiers do without `num_items_in_batch`; the curves part by ~0.2 %
+    Case("token-joint", "token", ("--exit_recipe", "joint"), loss_rtol=5e-3),
 ]
 CASE_NAMES = [case.name for case in CASES]
 # checkpoints (single-process outputs) evaluated, recorded and collected in both settings, with calibrated thresholds
@@ -198,6 +203,7 @@ def test_two_processes_form_one_group(runs):
 
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_loss_curve_matches_one_process(runs, name):
+    case = next(case for case in CASES if case.name == name)
     expected = runs["reference"][name]["loss_curve"]
     for rank in runs["ranks"]:  # the logged loss is the mean over processes, the same in each
         curve = rank["runs"][name]["loss_curve"]
@@ -205,7 +211,7 @@ def test_loss_curve_matches_one_process(runs, name):
         torch.testing.assert_close(
             torch.tensor([loss for _, loss in curve]),
             torch.tensor([loss for _, loss in expected]),
-            rtol=LOSS_RTOL,
+            rtol=case.loss_rtol,
             atol=LOSS_ATOL,
         )
     # the run learned something, so matching curves are not two flat lines
@@ -240,13 +246,14 @@ def test_only_the_main_process_saves(runs, name):
     assert written["process_index"] == 0 and written["loss_curve"] == main_rank["runs"][name]["loss_curve"]
 
 
-@pytest.mark.parametrize("name", CASE_NAMES)
+# per-example losses only: a per-word mean trains two processes to slightly different weights (see the token case)
+@pytest.mark.parametrize("name", [case.name for case in CASES if case.loss_rtol == LOSS_RTOL])
 def test_checkpoints_of_one_and_two_processes_predict_alike(runs, name):
     dev = synthetic_classification(EVAL_EXAMPLES, seed=1)
     inputs = {key: torch.tensor(dev[key]) for key in ("input_ids", "attention_mask")}
     logits = []
     for setting in ("single", "multi"):
-        model = AutoModelForSequenceClassification.from_pretrained(runs[setting] / name).eval()
+        model = AutoModel.from_pretrained(runs[setting] / name).eval()
         with torch.no_grad():
             logits.append(model(**inputs, output_all_exits=True).all_logits)
     torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=PREDICTION_ATOL)

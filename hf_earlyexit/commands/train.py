@@ -72,8 +72,8 @@ from hf_earlyexit import (
     TokenExitBertConfig,
     encode_words,
 )
-from hf_earlyexit.data import label_names_of, load_text_classification, read_conll
-from hf_earlyexit.losses import ExitLoss
+from hf_earlyexit.data import DataCollatorForTokenEarlyExit, label_names_of, load_text_classification, read_conll
+from hf_earlyexit.losses import registered_recipes
 from hf_earlyexit.utils import TINY_BERT, default_backbone
 
 
@@ -210,16 +210,6 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-class ModelJointLoss(ExitLoss):
-    """The model's own loss (`forward(labels=...)`): for [`BertForTokenEarlyExit`] in training mode the joint token
-    loss `sum_i i * CE_i / sum_i i` (SENTEE/TOKEE stage 1). Used for families without a registered exit recipe."""
-
-    input_columns = ()
-
-    def forward(self, outputs, inputs, step=None):
-        return {"loss": outputs.loss}
-
-
 def synthetic_classification(num_examples: int, seed: int, num_labels: int = 2, max_length: int = 10) -> Dataset:
     """Token sequences of mixed length over the tiny vocabulary whose label `c` is written as token `10 + c` in
     positions 1-3, so that every exit can learn it."""
@@ -235,6 +225,30 @@ def synthetic_classification(num_examples: int, seed: int, num_labels: int = 2, 
             "input_ids": (input_ids * attention_mask).tolist(),
             "attention_mask": attention_mask.tolist(),
             "labels": labels.tolist(),
+        }
+    )
+
+
+SYNTHETIC_TAGS = ("O", "B-X", "I-X")
+
+
+def synthetic_tagging(num_examples: int, seed: int, max_length: int = 12) -> Dataset:
+    """Sentences of mixed length over the tiny vocabulary, padded to `max_length`, one word per position between
+    [CLS] and [SEP]; a word's tag is its token id modulo 3, so that every exit can learn it."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(20, TINY_BERT["vocab_size"], (num_examples, max_length), generator=generator)
+    lengths = torch.randint(4, max_length + 1, (num_examples,), generator=generator)
+    positions = torch.arange(max_length)
+    attention_mask = (positions < lengths.unsqueeze(-1)).long()
+    words = attention_mask.bool() & (positions > 0) & (positions < lengths.unsqueeze(-1) - 1)
+    input_ids[:, 0] = 2
+    input_ids[positions == lengths.unsqueeze(-1) - 1] = 3
+    return Dataset.from_dict(
+        {
+            "input_ids": (input_ids * attention_mask).tolist(),
+            "attention_mask": attention_mask.tolist(),
+            "labels": torch.where(words, input_ids % len(SYNTHETIC_TAGS), -100).tolist(),
+            "word_ids": torch.where(words, positions - 1, -1).tolist(),
         }
     )
 
@@ -255,9 +269,11 @@ def _data_sources(data_args: DataArguments) -> tuple[str, str | None, str, str |
 
 def load_data(data_args: DataArguments, tokenizer, task: str = "sequence") -> tuple[Dataset, Dataset, list[str]]:
     """Tokenized training and evaluation sets and the class names."""
+    if data_args.synthetic_data and task == "token":
+        train = synthetic_tagging(data_args.max_train_samples or 64, seed=0)
+        dev = synthetic_tagging(data_args.max_eval_samples or 16, seed=1)
+        return train, dev, list(SYNTHETIC_TAGS)
     if data_args.synthetic_data:
-        if task != "sequence":
-            raise ValueError("`--synthetic_data` is sequence classification only; --family token reads CoNLL files.")
         train = synthetic_classification(data_args.max_train_samples or 64, seed=0)
         dev = synthetic_classification(data_args.max_eval_samples or 16, seed=1)
         return train, dev, ["0", "1"]
@@ -324,17 +340,6 @@ def _load_conll(data_args: DataArguments, tokenizer, max_length: int) -> tuple[D
     return prepare(train), prepare(dev), label_names
 
 
-def pad_token_batch(features: list[dict], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
-    """Collates `encode_words` rows of different lengths: padding with the pad id, 0 for masks, -100 for labels and
-    -1 for word ids."""
-    length = max(len(f["input_ids"]) for f in features)
-    fill = {"input_ids": pad_token_id, "labels": -100, "word_ids": -1}
-    return {
-        key: torch.tensor([list(f[key]) + [fill.get(key, 0)] * (length - len(f[key])) for f in features])
-        for key in features[0]
-    }
-
-
 def check_launch(training_args: EarlyExitTrainingArguments) -> None:
     """Refuse the two ways a multi-process launch silently degrades into independent single-process runs."""
     requested = int(os.environ.get("WORLD_SIZE", "1"))
@@ -366,10 +371,11 @@ def parse_args(argv: list[str] | None, prog: str | None = None):
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if model_args.family not in FAMILIES:
         raise ValueError(f"Unknown `--family` {model_args.family!r}; expected one of {sorted(FAMILIES)}.")
-    if FAMILIES[model_args.family].task == "token" and training_args.exit_recipe != "joint":
+    recipes = registered_recipes(FAMILIES[model_args.family].model_type)
+    if training_args.exit_recipe not in recipes:
         raise ValueError(
-            f"`--family token` trains with the model's joint loss (`--exit_recipe joint`); got "
-            f"`--exit_recipe {training_args.exit_recipe}`."
+            f"`--exit_recipe {training_args.exit_recipe}` does not train `--family {model_args.family}`; its recipes: "
+            f"{list(recipes)}."
         )
     return model_args, data_args, training_args
 
@@ -408,9 +414,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     model.config.label2id = {name: i for i, name in enumerate(label_names)}
 
     extra = {}
-    if family.task == "token":
-        extra["loss"] = ModelJointLoss()
-        extra["data_collator"] = lambda rows: pad_token_batch(rows, tokenizer.pad_token_id or 0)
+    if family.task == "token" and tokenizer is not None:  # synthetic rows come padded already
+        extra["data_collator"] = DataCollatorForTokenEarlyExit(tokenizer)
     from hf_earlyexit.model_card import ModelCardCallback, model_card_data_of, model_card_for
 
     trainer = EarlyExitTrainer(
