@@ -22,8 +22,8 @@ from tests.utils import REPO_ROOT, tiny_config_kwargs
 
 
 CONLL_VALID = REPO_ROOT.parent / "shared" / "data" / "conll2003" / "valid.txt"
-if not CONLL_VALID.is_file():  # a worktree lives beside the main repo, not inside it
-    CONLL_VALID = Path("/work/shared/data/conll2003/valid.txt")
+if not CONLL_VALID.is_file():  # a worktree one level further down (wt/<name>) sees the data two levels up
+    CONLL_VALID = REPO_ROOT.parent.parent / "shared" / "data" / "conll2003" / "valid.txt"
 
 
 def tiny_model(**config_overrides) -> BertForTokenEarlyExit:
