@@ -100,6 +100,21 @@ def test_train_token_family_on_conll_columns(tmp_path, workspace, capsys):
     assert status == 0, err
     results = json.loads((out / "results.json").read_text())
     assert len(results["loss_curve"]) == 3 and "eval_loss" in results["eval_metrics"]
+
+    # predict: entities with their exit layers; a threshold every word passes stops them all at the first exit
+    texts = ["the film is good", "a movie was"]
+    status, stdout, err = run(["predict", "--model", out, "--exit_threshold", "1.0", *texts], capsys)
+    assert status == 0, err
+    rows = [json.loads(line) for line in stdout.splitlines()]
+    assert [row["text"] for row in rows] == texts
+    entities = [entity for row in rows for entity in row["entities"]]
+    assert entities and all(entity["exit_layer"] == 1 for entity in entities)
+    for entity in entities:
+        assert set(entity) == {"entity_group", "word", "start", "end", "score", "exit_layer"}
+    status, _, err = run(["predict", "--model", out, "--exit_threshold", "1.5", *texts], capsys)
+    assert status == 2 and "exit_threshold" in err
+    status, _, err = run(["predict", "--model", out, "--exit_criterion", "entropy", *texts], capsys)
+    assert status == 2 and "`--exit_criterion` is for text classifiers" in err
     model = AutoModelForTokenClassification.from_pretrained(out)
     assert model.config.model_type == "token-exit-bert"
     assert model.config.id2label == {0: "O", 1: "B-ORG", 2: "B-PER", 3: "I-ORG"}

@@ -29,9 +29,15 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -
     group.add_argument("--batch_size", type=int, default=32, help="Batch size of the accuracy runs.")
 
 
-def load_checkpoint(path: str):
-    """An early-exit sequence classifier (bypass or cascade family) and its tokenizer."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+def load_checkpoint(path: str, token_models: bool = False):
+    """An early-exit sequence classifier (bypass or cascade family), or with `token_models` also a token classifier
+    (token family), and its tokenizer."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+    )
 
     import hf_earlyexit  # noqa: F401  (registers the families with the Auto classes)
 
@@ -41,12 +47,19 @@ def load_checkpoint(path: str):
         config = AutoConfig.from_pretrained(path)
     except OSError as error:
         raise UsageError(f"`--model` {path}: not a checkpoint folder or a reachable Hub id ({error}).") from None
-    if config.model_type not in ("bypass-bert", "cascade-bert"):
+    accepted = ("bypass-bert", "cascade-bert", "token-exit-bert") if token_models else ("bypass-bert", "cascade-bert")
+    if config.model_type not in accepted:
+        kind = "early-exit classifier" if token_models else "early-exit text classifier"
         raise UsageError(
-            f"`--model` {path} holds a {config.model_type!r} model; this command takes an early-exit text classifier "
-            "('bypass-bert' or 'cascade-bert', e.g. the output of `hf-earlyexit train`)."
+            f"`--model` {path} holds a {config.model_type!r} model; this command takes an {kind} "
+            f"({', '.join(repr(t) for t in accepted)}, e.g. the output of `hf-earlyexit train`)."
         )
-    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    auto = (
+        AutoModelForTokenClassification
+        if config.model_type == "token-exit-bert"
+        else AutoModelForSequenceClassification
+    )
+    model = auto.from_pretrained(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
 

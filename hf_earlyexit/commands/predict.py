@@ -1,6 +1,9 @@
 """`hf-earlyexit predict`: classify texts with an early-exit checkpoint; one JSON line per text with its label, the
 probability of that label (`score`) and the layer it left the model at (`exit_layer`, cumulative for a cascade).
 
+With a token model (token family) each line holds the text's entities instead, each with its label
+(`entity_group`), words, character span, score and exit layer.
+
 Texts come from the arguments, from `--file` (one per line) or, when neither is given, from standard input:
 
     hf-earlyexit predict --model runs/bypass "a gripping film" "a tedious mess"
@@ -19,7 +22,7 @@ from .common import UsageError, label_names, load_checkpoint
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("texts", nargs="*", help="Texts to classify (default: --file, else standard input).")
-    parser.add_argument("--model", required=True, help="An early-exit checkpoint (bypass or cascade family).")
+    parser.add_argument("--model", required=True, help="An early-exit checkpoint (any family).")
     parser.add_argument("--file", default=None, help="A text file with one text per line.")
     parser.add_argument(
         "--exit_threshold",
@@ -65,14 +68,37 @@ def predict(model, tokenizer, texts: list[str], batch_size: int = 32, max_length
     return rows
 
 
+def predict_entities(model, tokenizer, texts: list[str], batch_size: int = 32, **settings):
+    """`[{"text", "entities": [{"entity_group", "word", "start", "end", "score", "exit_layer"}]}]` for `texts`, in
+    order: the token-classification pipeline with the exit settings, entities grouped (`aggregation_strategy="simple"`),
+    each with the deepest exit layer among its word-pieces."""
+    from transformers import pipeline
+
+    tagger = pipeline(
+        "token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple", **settings
+    )
+    rows = []
+    for text, entities in zip(texts, tagger(texts, batch_size=batch_size)):
+        keys = ("entity_group", "word", "start", "end", "score", "exit_layer")
+        found = [{key: entity[key] for key in keys} for entity in entities]
+        for entity in found:
+            entity["score"] = round(float(entity["score"]), 6)
+            entity["exit_layer"] = int(entity["exit_layer"])
+        rows.append({"text": text, "entities": found})
+    return rows
+
+
 def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> dict:
     if args is None:
         parser = argparse.ArgumentParser(prog="hf-earlyexit predict", description=__doc__.split("\n\n")[0])
         add_arguments(parser)
         args = parser.parse_args(argv)
     texts = read_texts(args)
-    model, tokenizer = load_checkpoint(args.model)
+    model, tokenizer = load_checkpoint(args.model, token_models=True)
+    tagging = model.config.model_type == "token-exit-bert"
     settings = {}
+    if args.exit_criterion is not None and tagging:
+        raise UsageError("`--exit_criterion` is for text classifiers; a token model exits on its uncertainty.")
     if args.exit_criterion is not None:
         settings["exit_criterion"] = args.exit_criterion
     if args.exit_threshold is not None:
@@ -89,7 +115,10 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
         except ValueError as error:
             raise UsageError(str(error)) from None
     max_length = min(args.max_seq_length, tokenizer.model_max_length)
-    rows = predict(model, tokenizer, texts, args.batch_size, max_length, **settings)
+    if tagging:
+        rows = predict_entities(model, tokenizer, texts, args.batch_size, **settings)
+    else:
+        rows = predict(model, tokenizer, texts, args.batch_size, max_length, **settings)
     for row in rows:
         print(json.dumps(row, ensure_ascii=False))
     return {"predictions": rows}
