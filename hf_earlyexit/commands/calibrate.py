@@ -18,11 +18,9 @@ from .common import (
     CARD_DATA_FILE,
     UsageError,
     add_data_arguments,
-    batches_with_labels,
     dump_json,
     load_card_data,
-    load_checkpoint,
-    load_examples,
+    load_for_sweep,
     write_atomically,
 )
 
@@ -86,15 +84,8 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     check_target(args.target_speedup, args.max_accuracy_drop)
     if not Path(args.model, "config.json").is_file():
         raise UsageError(f"`--model` {args.model}: not a checkpoint folder (no config.json); calibrate updates one.")
-    model, tokenizer = load_checkpoint(args.model)
-    criterion = args.criterion or model.config.exit_criterion
-    try:
-        model.config.exit_rule(exit_criterion=criterion)
-    except ValueError as error:
-        raise UsageError(f"`--criterion` {criterion!r}: {error}") from None
-    dataset = load_examples(args, model)
-    max_length = min(args.max_seq_length, tokenizer.model_max_length)
-    batches = batches_with_labels(tokenizer, dataset, args.batch_size, max_length)
+    inputs = load_for_sweep(args)
+    model, criterion, batches = inputs.model, inputs.criterion, inputs.batches
     recorded = record(model, tqdm(batches, desc="recording", unit="batch", file=sys.stderr))
     result = calibrate(
         model,

@@ -4,7 +4,9 @@ import argparse
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -111,6 +113,33 @@ def batches_with_labels(tokenizer, dataset, batch_size: int, max_length: int) ->
         dict(batch, labels=torch.tensor(labels[i * batch_size : (i + 1) * batch_size]))
         for i, batch in enumerate(batches)
     ]
+
+
+@dataclass
+class SweepInputs:
+    """What `evaluate` and `calibrate` start from (see [`load_for_sweep`])."""
+
+    model: Any
+    tokenizer: Any
+    criterion: str
+    dataset: Any
+    batches: list[dict]
+    max_length: int
+
+
+def load_for_sweep(args) -> SweepInputs:
+    """The checkpoint `--model` and its tokenizer, the exit criterion (`--criterion`, checked against the family, or
+    the config's), the labelled examples of `--data` and their batches (with labels)."""
+    model, tokenizer = load_checkpoint(args.model)
+    criterion = args.criterion or model.config.exit_criterion
+    try:
+        model.config.exit_rule(exit_criterion=criterion)
+    except ValueError as error:
+        raise UsageError(f"`--criterion` {criterion!r}: {error}") from None
+    dataset = load_examples(args, model)
+    max_length = min(args.max_seq_length, tokenizer.model_max_length)
+    batches = batches_with_labels(tokenizer, dataset, args.batch_size, max_length)
+    return SweepInputs(model, tokenizer, criterion, dataset, batches, max_length)
 
 
 def without_labels(batches: list[dict]) -> list[dict]:

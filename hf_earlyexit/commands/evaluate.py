@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .common import UsageError, add_data_arguments, batches_with_labels, dump_json, load_checkpoint, load_examples
+from .common import UsageError, add_data_arguments, dump_json, load_for_sweep
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,21 +89,16 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
         raise UsageError(f"`--num_points` must be >= 2, got {args.num_points}.")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_checkpoint(args.model)
-    criterion = args.criterion or model.config.exit_criterion
-    try:
-        model.config.exit_rule(exit_criterion=criterion)
-    except ValueError as error:
-        raise UsageError(f"`--criterion` {criterion!r}: {error}") from None
-    dataset = load_examples(args, model)
-    max_length = min(args.max_seq_length, tokenizer.model_max_length)
-    batches = batches_with_labels(tokenizer, dataset, args.batch_size, max_length)
+    inputs = load_for_sweep(args)
+    model, criterion, dataset, batches = inputs.model, inputs.criterion, inputs.dataset, inputs.batches
     eval_batches = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
     labels = torch.tensor(dataset["label"])
 
     settings = sweep_settings(model, batches, criterion, args.thresholds, args.num_points)
     timed = dataset.select(range(min(args.timing_size, len(dataset))))
-    timing = {size: make_batches(tokenizer, timed, size, max_length) for size in args.timing_batch_sizes or []}
+    timing = {
+        size: make_batches(inputs.tokenizer, timed, size, inputs.max_length) for size in args.timing_batch_sizes or []
+    }
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(settings) + 1, desc="measuring", unit="point", file=sys.stderr)
