@@ -57,6 +57,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import has_length
 
 from .citations import CITATIONS
+from .distributed import gather_across_processes, global_batch_share, sum_across_processes
 from .models.bert.exit_utils import kl_divergence, max_prob
 from .models.bert.modeling_exit_heads import problem_type_of, sequence_classification_loss, weighted_exit_loss
 
@@ -617,10 +618,12 @@ class DifficultyAwareCascadeLoss(CascadeExitLoss):
     With `"column"` and `"online"`, `warmup_epochs` (default 0) delays DAR by that many epochs. Examples without a
     label (none, unless the labelling pass dropped a last incomplete batch) take part in neither side.
 
-    The partners are drawn from a generator of the loss seeded with `seed` (the trainer's `args.seed` plus the process
-    index), one draw per non-final member per batch, in member order, so a run is reproducible under its seed and
-    enabling DAR does not change the global random stream (dropout, data order). A run resumed from a checkpoint after
-    the warm-up relabels the training set with the resumed model.
+    The partners are drawn from a generator of the loss seeded with `seed` (the trainer's `args.seed`), one draw per
+    non-final member per batch, in member order, so a run is reproducible under its seed and enabling DAR does not
+    change the global random stream (dropout, data order). In a multi-process run the batch is the global one: every
+    process gathers the confidences and labels of all processes' shares (see [`~hf_earlyexit.distributed`]) and makes
+    the same draw from the same generator, so two processes train exactly as one process on the whole batch. A run
+    resumed from a checkpoint after the warm-up relabels the training set with the resumed model.
 
     Args:
         config ([`CascadeBertConfig`]): The model's config; at least two members, single-label classification.
@@ -683,7 +686,7 @@ class DifficultyAwareCascadeLoss(CascadeExitLoss):
             margin=args.dar_margin,
             difficulty=args.dar_difficulty,
             warmup_epochs=args.dar_warmup_epochs,
-            seed=args.seed + args.process_index,
+            seed=args.seed,
         )
 
     def get_config_dict(self):
@@ -743,12 +746,18 @@ class DifficultyAwareCascadeLoss(CascadeExitLoss):
         terms = self.joint_terms(outputs, inputs)
         if not self.dar_active(step):
             return terms
-        hard = self.hard_labels(outputs, inputs)
+        num_terms = self.num_members - 1
+        confidence = torch.stack([max_prob(logits) for logits in outputs.all_logits[:-1]], dim=-1)
+        labels = self.hard_labels(outputs, inputs).to(confidence.dtype)
+        # the partners come from the global batch: a multi-process run pairs what one process would pair
+        batch, _ = gather_across_processes(torch.cat([confidence, labels], dim=-1))
+        confidence, hard = batch[:, :num_terms], batch[:, num_terms:].round().to(torch.int8)
         dar = []
-        for k in range(self.num_members - 1):
+        for k in range(num_terms):
             known = hard[:, k] >= 0
-            confidence = max_prob(outputs.all_logits[k][known])
-            dar.append(difficulty_aware_ranking_loss(confidence, hard[known, k] == 1, self.margin, self.generator))
+            dar.append(
+                difficulty_aware_ranking_loss(confidence[known, k], hard[known, k] == 1, self.margin, self.generator)
+            )
             terms[f"dar_member_{k}"] = dar[-1].detach()
             terms[f"hard_fraction_member_{k}"] = (hard[known, k] == 1).float().mean().nan_to_num(0.0)
         terms["loss"] = terms["loss"] + self.dar_lambda * sum(dar)
@@ -887,7 +896,10 @@ STAGE_ONE_INDEX_COLUMN = "self_sampling_example_index"
 
 
 def masked_token_losses(
-    all_logits: torch.Tensor, labels: torch.Tensor, active: torch.Tensor | None = None
+    all_logits: torch.Tensor,
+    labels: torch.Tensor,
+    active: torch.Tensor | None = None,
+    across_processes: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per exit, the mean cross-entropy over the labelled positions (active at that exit, when `active` is given).
 
@@ -895,6 +907,9 @@ def masked_token_losses(
         all_logits: `(num_exits, batch, seq, num_labels)`.
         labels: `(batch, seq)`, -100 where there is nothing to predict.
         active: Optional `(num_exits, batch, seq)` bool.
+        across_processes: In a multi-process run, average over the positions of the global batch (every process's
+            share; see [`~hf_earlyexit.distributed.sum_across_processes`]) rather than over this process's share,
+            whose number of labelled words differs from the other shares'.
 
     Returns:
         `(losses, counts)`, both `(num_exits,)`: the mean loss (0 where an exit has no position to score) and the
@@ -908,9 +923,11 @@ def masked_token_losses(
         labels.clamp_min(0).unsqueeze(0).expand(num_exits, -1, -1).reshape(-1),
         reduction="none",
     ).view(keep.shape)
-    counts = keep.sum(dim=(1, 2))
-    losses = (per_position * keep).sum(dim=(1, 2)) / counts.clamp_min(1)
-    return losses, counts
+    sums, counts = (per_position * keep).sum(dim=(1, 2)), keep.sum(dim=(1, 2))
+    if across_processes:
+        totals = sum_across_processes(torch.stack([sums, counts.to(sums.dtype)]))
+        sums, counts = totals[0], totals[1].round().long()
+    return sums / counts.clamp_min(1), counts
 
 
 def token_classification_metrics(
@@ -1007,9 +1024,9 @@ class TokenExitLoss(ExitLoss):
     def eval_loss(self, outputs, inputs) -> dict[str, torch.Tensor]:
         return {"loss": sequence_classification_loss(outputs.logits, inputs["labels"], "single_label_classification")}
 
-    def per_exit_losses(self, all_logits: torch.Tensor, labels: torch.Tensor, active=None) -> dict[str, torch.Tensor]:
-        losses, _ = masked_token_losses(all_logits.detach(), labels, active)
-        return {f"loss_exit_{layer}": loss for layer, loss in zip(self.exit_layers, losses)}
+    def per_exit_losses(self, losses: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Detached `loss_exit_<layer>` of every exit, from the `(num_exits,)` losses of the batch, for the logs."""
+        return {f"loss_exit_{layer}": loss for layer, loss in zip(self.exit_layers, losses.detach())}
 
     def metrics(self, model, outputs, inputs):
         return token_classification_metrics(model, outputs, inputs)
@@ -1020,7 +1037,11 @@ class TokenExitLoss(ExitLoss):
 
 class JointTokenExitLoss(TokenExitLoss):
     """Stage 1 of sequence-labelling early exit: `L = sum_i w_i CE_i / sum_i w_i` over every exit, `CE_i` the mean
-    token cross-entropy of exit `i` over labelled positions (with linear weights, the model's own training loss)."""
+    token cross-entropy of exit `i` over labelled positions (with linear weights, the model's own training loss).
+
+    In a multi-process run the mean is over the labelled words of the global batch (every process's share), so two
+    processes train exactly as one does on the whole batch, though their shares hold different numbers of words.
+    """
 
     @classmethod
     def from_args(cls, model, args):
@@ -1029,9 +1050,10 @@ class JointTokenExitLoss(TokenExitLoss):
     def forward(self, outputs, inputs, step=None):
         if outputs.all_logits is None:
             return self.eval_loss(outputs, inputs)
-        labels = inputs["labels"]
-        loss = weighted_exit_loss(outputs.all_logits, labels, "single_label_classification", self.weights)
-        return {"loss": loss, **self.per_exit_losses(outputs.all_logits, labels)}
+        losses, _ = masked_token_losses(outputs.all_logits, inputs["labels"], across_processes=True)
+        weights = torch.tensor(self.weights, dtype=losses.dtype, device=losses.device)
+        loss = (weights * losses).sum() / weights.sum()
+        return {"loss": loss, **self.per_exit_losses(losses)}
 
 
 class SelfSamplingTokenLoss(TokenExitLoss):
@@ -1061,8 +1083,12 @@ class SelfSamplingTokenLoss(TokenExitLoss):
     recording pass.
 
     The stored logits take `num_exits x (sentence length) x num_labels` floats per sentence (about 80 MB for the
-    14k CoNLL-2003 training sentences with 6 exits and 9 tags). The recording pass runs in this process over the
-    whole training set (no sharing across processes).
+    14k CoNLL-2003 training sentences with 6 exits and 9 tags). In a multi-process run each process records a share
+    of the training set and every process keeps all of it.
+
+    In a multi-process run the batch is the global one: the settings are drawn for all the processes' shares together
+    (the same draw in every process, each taking its own rows) and the per-exit means run over the global batch's
+    words, so two processes train exactly as one process on the whole batch.
 
     Args:
         config ([`TokenExitBertConfig`]): The model's config.
@@ -1107,7 +1133,7 @@ class SelfSamplingTokenLoss(TokenExitLoss):
             max_threshold=args.self_sampling_max_threshold,
             flooding=args.self_sampling_flooding,
             weights=args.exit_loss_weights,
-            seed=args.seed + args.process_index,
+            seed=args.seed,
         )
 
     def get_config_dict(self):
@@ -1142,6 +1168,8 @@ class SelfSamplingTokenLoss(TokenExitLoss):
         """Run the model as it is now (evaluation mode, every exit) over the training set and store its logits."""
         from torch.utils.data import DataLoader
 
+        from .evaluation import map_batches
+
         model = trainer.accelerator.unwrap_model(trainer.model)
         was_training = model.training
         model.eval()
@@ -1153,20 +1181,25 @@ class SelfSamplingTokenLoss(TokenExitLoss):
         loader = DataLoader(
             dataset, batch_size=trainer.args.per_device_eval_batch_size, collate_fn=trainer.data_collator
         )
-        stored: list[torch.Tensor | None] = [None] * len(dataset)
         device = next(model.parameters()).device
+
+        def run(batch):
+            inputs = {
+                key: value.to(device)
+                for key, value in batch.items()
+                if key not in self.input_columns and isinstance(value, torch.Tensor)
+            }
+            all_logits = model(**inputs, output_all_exits=True).all_logits.float().cpu()
+            lengths = inputs["attention_mask"].sum(-1).tolist()
+            index = batch[STAGE_ONE_INDEX_COLUMN].tolist()
+            return [(i, all_logits[:, row, :length].clone()) for row, (i, length) in enumerate(zip(index, lengths))]
+
+        stored: list[torch.Tensor | None] = [None] * len(dataset)
         with torch.random.fork_rng(devices=[]):
-            for batch in loader:
-                index = batch[STAGE_ONE_INDEX_COLUMN]
-                inputs = {
-                    key: value.to(device)
-                    for key, value in batch.items()
-                    if key not in self.input_columns and isinstance(value, torch.Tensor)
-                }
-                all_logits = model(**inputs, output_all_exits=True).all_logits.float().cpu()
-                lengths = inputs["attention_mask"].sum(-1).tolist()
-                for row, (i, length) in enumerate(zip(index.tolist(), lengths)):
-                    stored[i] = all_logits[:, row, :length].clone()
+            # each process records a share of the batches and every process gets all of them back
+            for sentences in map_batches(run, list(loader), split_across_processes=True):
+                for i, logits in sentences:
+                    stored[i] = logits.cpu()
         model.train(was_training)
         self.stage_one_logits = stored
         return stored
@@ -1253,7 +1286,11 @@ class SelfSamplingTokenLoss(TokenExitLoss):
             return super().model_inputs(inputs, step)
         stage_one = self.batch_stage_one(inputs)
         attention_mask = inputs["attention_mask"]
-        windows, thresholds = self.sample_settings(attention_mask.shape[0])
+        # one draw for the global batch, of which this process takes its own rows: the sandwich is per global batch
+        # and a multi-process run samples what one process on the whole batch samples
+        total, start = global_batch_share(attention_mask.shape[0], attention_mask.device)
+        windows, thresholds = self.sample_settings(total)
+        windows, thresholds = (t[start : start + attention_mask.shape[0]] for t in (windows, thresholds))
         depth = self.replay(stage_one, attention_mask, inputs.get("word_ids"), windows, thresholds)
         self._replay = {"stage_one": stage_one, "depth": depth, "windows": windows, "thresholds": thresholds}
         model_inputs = {key: value for key, value in inputs.items() if key not in self.input_columns}
@@ -1265,20 +1302,22 @@ class SelfSamplingTokenLoss(TokenExitLoss):
         labels = inputs["labels"]
         layers = torch.tensor(self.exit_layers, device=labels.device)
         active = outputs.exit_layer.unsqueeze(0) >= layers.view(-1, 1, 1)
-        losses, counts = masked_token_losses(outputs.all_logits, labels, active)
-        terms = {}
+        # means over the global batch's words (see `masked_token_losses`); the terms below then hold for it too
+        losses, counts = masked_token_losses(outputs.all_logits, labels, active, across_processes=True)
+        terms = self.per_exit_losses(losses)
         if self.flooding is not None:
             if self._replay is None:
                 raise ValueError("Flooding compares with the stage-1 logits of the batch: call `model_inputs` first.")
-            old, _ = masked_token_losses(self._replay["stage_one"].to(outputs.all_logits.device), labels, active)
+            stage_one = self._replay["stage_one"].to(outputs.all_logits.device)
+            old, _ = masked_token_losses(stage_one, labels, active, across_processes=True)
             terms["flooding_gap"] = ((losses - old).detach() * (counts > 0)).sum() / (counts > 0).sum().clamp_min(1)
             losses = (losses - old - self.flooding).abs()
         weights = torch.tensor(self.weights, dtype=losses.dtype, device=losses.device) * (counts > 0)
         loss = (weights * losses).sum() / weights.sum().clamp_min(1e-12)
-        words = (labels != -100).sum().clamp_min(1)
+        words = sum_across_processes((labels != -100).sum()).clamp_min(1)
         for layer, count in zip(self.exit_layers, counts):
             terms[f"active_words_exit_{layer}"] = count.float() / words
-        return {"loss": loss, **self.per_exit_losses(outputs.all_logits, labels, active), **terms}
+        return {"loss": loss, **terms}
 
 
 def check_self_sampling_settings(max_threshold, flooding) -> None:

@@ -15,8 +15,9 @@
 
 Every exit recipe of every family runs through the same function, [`main`]: the multi-exit model (`--family bypass`,
 recipes `joint`, `two_stage`, `alternating`, `distillation`), the cascade (`--family cascade`, recipes `joint` and
-`difficulty_aware`) and the sequence-labelling model (`--family token`, the model's own joint loss, on CoNLL column
-files). A staged recipe's stage 2 continues from stage 1's output (`--model_name_or_path <stage 1 output_dir>`).
+`difficulty_aware`) and the sequence-labelling model (`--family token`, recipes `joint` and `self_sampling`, on CoNLL
+column files). A staged recipe's stage 2 (and `self_sampling`, after `joint`) continues from stage 1's output
+(`--model_name_or_path <stage 1 output_dir>`).
 `examples/train.py` is a thin wrapper around this module, for `accelerate launch` and `torchrun`.
 
 One process:
@@ -37,6 +38,11 @@ processes (torchrun's); `--use_cpu` puts each of them on the CPU, where they joi
 only through MPI (`--mpirun_hostfile`), so without MPI it runs the script once, and that script trains alone. This
 script refuses both silent failures (one process where several were asked for; several processes that joined no
 group) with an error that says what to run.
+
+Every recipe trains in N processes as it does in one at the same global batch (tests/test_distributed.py compares
+them): the per-example losses average over each process's share as DDP expects, and the losses that are not means
+over examples (DAR's pairs, the token losses' means over words, self-sampling's sandwich) are computed on the global
+batch (see `hf_earlyexit.distributed`).
 
 Data: `--train_file` / `--validation_file` take GLUE-style TSV, CSV or JSON lines (columns guessed, or named with
 `--text_column`, `--text_pair_column`, `--label_column`), CoNLL column files for `--family token`, or `--dataset_name`
