@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, BertConfig, BertForTokenClassification, set_seed
+from transformers import AutoConfig, AutoTokenizer, set_seed
 from transformers import logging as hf_logging
 
 from hf_earlyexit import BertForTokenEarlyExit, EarlyExitTrainer, EarlyExitTrainingArguments
@@ -47,9 +47,10 @@ from hf_earlyexit.data import DataCollatorForTokenEarlyExit, read_conll, tokeniz
 from hf_earlyexit.evaluation import (
     SweepPoint,
     entity_scores,
-    interleaved_latency,
     machine_info,
     markdown_table,
+    measure_token_points,
+    plain_token_baseline,
     word_tags,
 )
 from hf_earlyexit.model_card import (
@@ -59,7 +60,6 @@ from hf_earlyexit.model_card import (
     card_results,
     format_setting,
 )
-from hf_earlyexit.models.bert.exit_utils import classifier_head_flops, encoder_layer_flops
 from hf_earlyexit.utils import default_backbone
 
 
@@ -178,18 +178,6 @@ def train_stage(model, args, recipe, epochs, train, collator, workdir):
     }
 
 
-def plain_token_baseline(model) -> BertForTokenClassification:
-    """A stock `BertForTokenClassification` with the encoder and the last exit head of `model`: what
-    `early_exit=False` computes, for the wall-clock reference."""
-    config = BertConfig(**{**model.bert.config.to_dict(), "num_labels": model.config.num_labels})
-    config.model_type = "bert"
-    baseline = BertForTokenClassification(config)
-    baseline.bert.load_state_dict(model.bert.state_dict())
-    baseline.classifier.load_state_dict(model.exit_heads[-1].state_dict())
-    baseline.set_attn_implementation(model.config._attn_implementation or "sdpa")
-    return baseline.eval()
-
-
 def truncated(model, num_layers: int) -> BertForTokenEarlyExit:
     """The first `num_layers` layers of `model` with their exit heads, as a model of that depth (run it with
     `early_exit=False`: full depth `num_layers`, answered by the exit at layer `num_layers`)."""
@@ -237,89 +225,12 @@ def without(batch, *names):
     return {k: v for k, v in batch.items() if k not in names}
 
 
-@torch.inference_mode()
-def evaluate(model, batches, full_layers, full_config, **settings) -> dict:
-    """Entity F1 and exit statistics of real runs of `model` with `settings` over labelled batches."""
-    predictions, references = [], []
-    correct = words = depth = flops = reference = 0
-    for batch in batches:
-        labels = batch["labels"]
-        out = model(**without(batch, "labels"), **settings)
-        p, r = word_tags(out.logits, labels, model.config.id2label)
-        predictions += p
-        references += r
-        starts = labels != -100
-        correct += int((out.logits.argmax(-1) == labels)[starts].sum())
-        words += int(starts.sum())
-        depth += int(out.exit_layer[starts].sum())
-        flops += int(out.flops.sum())
-        lengths = batch["attention_mask"].sum(-1)
-        reference += int(
-            (
-                full_layers * encoder_layer_flops(lengths, full_config.hidden_size, full_config.intermediate_size)
-                + lengths * classifier_head_flops(full_config.hidden_size, full_config.num_labels)
-            ).sum()
-        )
-    scores = entity_scores(predictions, references)
-    return {
-        "f1": scores["f1"],
-        "precision": scores["precision"],
-        "recall": scores["recall"],
-        "f1_per_type": {name: s["f1"] for name, s in scores["per_type"].items()},
-        "token_accuracy": correct / words,
-        "mean_exit_layer": depth / words,
-        "layer_speedup": full_layers * words / depth,
-        "flops_speedup": reference / flops,
-    }
-
-
-def timed(model, reference, timing, rounds, settings) -> tuple[dict, dict]:
-    """Wall-clock speed-up over the plain model and latency per sentence, per timed batch size."""
-    speedups, latency = {}, {}
-    for batch_size, batches in timing.items():
-        model_batches = [without(b, "labels") for b in batches]
-        plain_batches = [without(b, "labels", "word_ids") for b in batches]
-
-        def run_model(model=model, model_batches=model_batches):
-            with torch.inference_mode():
-                for batch in model_batches:
-                    model(**batch, **settings)
-
-        def run_plain(plain_batches=plain_batches):
-            with torch.inference_mode():
-                for batch in plain_batches:
-                    reference(**batch)
-
-        times = interleaved_latency({"reference": run_plain, "model": run_model}, rounds=rounds)
-        sentences = sum(b["input_ids"].shape[0] for b in batches)
-        speedups[str(batch_size)] = times["reference"]["median_s"] / times["model"]["median_s"]
-        latency[str(batch_size)] = 1000 * times["model"]["median_s"] / sentences
-        latency[f"{batch_size}_reference"] = 1000 * times["reference"]["median_s"] / sentences
-    return speedups, latency
-
-
 def measure(name, settings, model, args, dev_batches, timing, reference, full_config, extra=None) -> dict:
     logger.info(f"   {name} {settings}")
-    scores = evaluate(model, dev_batches, full_config.num_hidden_layers, full_config, **settings)
-    speedups, latency = timed(model, reference, timing, args.rounds, settings)
-    point = SweepPoint(
-        method=name,
-        settings=dict(settings),
-        metric_name="entity F1",
-        metric=scores["f1"],
-        mean_exit_layer=scores["mean_exit_layer"],
-        layer_speedup=scores["layer_speedup"],
-        flops_speedup=scores["flops_speedup"],
-        wallclock_speedup=speedups,
-        latency_ms=latency,
-    ).to_dict()
-    point.update(
-        precision=scores["precision"],
-        recall=scores["recall"],
-        f1_per_type=scores["f1_per_type"],
-        token_accuracy=scores["token_accuracy"],
-        **(extra or {}),
+    (point,) = measure_token_points(
+        model, [(name, settings)], dev_batches, timing, reference, args.rounds, full_config=full_config
     )
+    point.update(extra or {})
     return point
 
 
@@ -472,9 +383,7 @@ def main(argv=None) -> dict:
                 )
         sweep_points, chosen = sweep(model, args, calibration_record, dev_batches, timing, reference)
         points += sweep_points
-        table = markdown_table(
-            [SweepPoint(**{k: p[k] for k in SweepPoint.__dataclass_fields__}) for p in points], list(timing)
-        )
+        table = markdown_table([SweepPoint.from_dict(p) for p in points], list(timing))
         logger.info("\n" + table)
         results["stages"][stage] = {
             "saved_config": {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"},

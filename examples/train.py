@@ -17,6 +17,7 @@ from hf_earlyexit.commands.train import (  # noqa: F401  (re-exported: tests and
     main,
     parse_args,
     synthetic_classification,
+    synthetic_tagging,
 )
 
 

@@ -209,7 +209,8 @@ def calibrate(
         metric: `metric(logits, labels) -> float` to maximise instead of accuracy (higher is better).
         apply: Write the chosen settings into `model.config` (then `save_pretrained` saves them).
         split_across_processes: In a multi-process run, record the calibration set with each process running a share
-            of the batches (see [`record`]); every process then searches the same record and chooses the same setting.
+            of the batches (see [`record`], [`record_token`]; a token model's live TOKEE checks are shared out too);
+            every process then searches the same record and chooses the same setting.
 
     Returns:
         A [`CalibrationResult`]. A target that cannot be reached is reported (`reached=False`, a warning) with the
@@ -221,8 +222,8 @@ def calibrate(
                 "`per_exit` is not supported for sequence-labelling early exit: SENTEE / TOKEE calibrate one "
                 "threshold (and a window); see `calibrate_token`."
             )
-        if split_across_processes:
-            raise ValueError("`split_across_processes` is not supported for sequence-labelling early exit.")
+        if split_across_processes and not isinstance(batches, TokenCalibrationRecord):
+            batches = record_token(model, batches, split_across_processes=True)
         return calibrate_token(
             model,
             batches,
@@ -290,18 +291,22 @@ def calibrate(
     return result
 
 
-def apply_calibration(model, result: CalibrationResult) -> None:
+def apply_calibration(model, result: "CalibrationResult | TokenCalibrationResult") -> None:
     """Write a calibration's settings into `model.config` (validated like any config value). Only the settings the
-    family's config declares are written: a cascade has no `patience`."""
+    family's config declares are written: a cascade has no `patience`. A [`TokenCalibrationResult`] writes
+    `exit_mode`, `exit_threshold` and `window_size`."""
     from .models.bert.checkpoint_utils import family_config_fields
 
     config = model.config
     declared = family_config_fields(type(config))
-    settings = {
-        "exit_criterion": result.criterion,
-        "patience": result.patience,
-        "exit_threshold": result.exit_threshold,
-    }
+    if isinstance(result, TokenCalibrationResult):
+        settings = result.forward_kwargs()
+    else:
+        settings = {
+            "exit_criterion": result.criterion,
+            "patience": result.patience,
+            "exit_threshold": result.exit_threshold,
+        }
     for name, value in settings.items():
         if name in declared:
             setattr(config, name, value)
@@ -430,7 +435,8 @@ TOKEN_METRICS = ("f1", "token_accuracy")
 class TokenCalibrationRecord:
     """One full pass of a [`BertForTokenEarlyExit`] over a calibration set, padded to one length.
 
-    `batches` keeps the inputs (labels removed) for the live runs that check TOKEE candidates.
+    `batches` keeps the inputs (labels removed) for the live runs that check TOKEE candidates; a record made with
+    `split_across_processes=True` shares those runs out between the processes too.
     """
 
     all_logits: torch.Tensor  # (num_exits, N, S, num_labels)
@@ -439,6 +445,7 @@ class TokenCalibrationRecord:
     labels: torch.Tensor  # (N, S), -100 where no word starts
     batches: list[dict]
     batch_labels: list[torch.Tensor]
+    split_across_processes: bool = False
 
 
 @dataclass
@@ -485,35 +492,37 @@ def _pad_cat(tensors: list[torch.Tensor], dim: int, value) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def record_token(model, batches: Iterable[dict]) -> TokenCalibrationRecord:
+def record_token(model, batches: Iterable[dict], split_across_processes: bool = False) -> TokenCalibrationRecord:
     """Run a [`BertForTokenEarlyExit`] once over `batches` (from [`encode_words`] with `labels`, right-padded) with
-    every exit evaluated at full depth."""
-    inputs, labels, logits, masks, word_ids = [], [], [], [], []
+    every exit evaluated at full depth.
+
+    With `split_across_processes=True` in a multi-process run, every process records a share of the batches and gets
+    back the whole record, as [`record`] does; every process must call it.
+    """
+    batches = [dict(batch) for batch in batches]
+    if any("labels" not in batch for batch in batches):
+        raise ValueError("Every calibration batch needs `labels` (word tags on first word-pieces, -100 elsewhere).")
+    if not batches:
+        raise ValueError("The calibration set is empty.")
+    word_ids = [batch.get("word_ids") for batch in batches]
+    if any(w is None for w in word_ids) and not all(w is None for w in word_ids):
+        raise ValueError("Some calibration batches have `word_ids` and others do not; give them to all or none.")
+    inputs = [{key: value for key, value in batch.items() if key != "labels"} for batch in batches]
+    labels = [batch["labels"] for batch in batches]
+    masks = [
+        batch["attention_mask"] if batch.get("attention_mask") is not None else torch.ones_like(batch["input_ids"])
+        for batch in batches
+    ]
+
+    def run(batch):
+        return model(**batch, output_all_exits=True).all_logits.float()
+
     was_training = model.training
     model.eval()
     try:
-        for batch in batches:
-            batch = dict(batch)
-            if "labels" not in batch:
-                raise ValueError(
-                    "Every calibration batch needs `labels` (word tags on first word-pieces, -100 elsewhere)."
-                )
-            label = batch.pop("labels")
-            mask = batch.get("attention_mask")
-            if mask is None:
-                mask = torch.ones_like(batch["input_ids"])
-            out = model(**batch, output_all_exits=True)
-            inputs.append(batch)
-            labels.append(label)
-            logits.append(out.all_logits.float())
-            masks.append(mask)
-            word_ids.append(batch.get("word_ids"))
+        logits = map_batches(run, inputs, split_across_processes)
     finally:
         model.train(was_training)
-    if not inputs:
-        raise ValueError("The calibration set is empty.")
-    if any(w is None for w in word_ids) and not all(w is None for w in word_ids):
-        raise ValueError("Some calibration batches have `word_ids` and others do not; give them to all or none.")
     return TokenCalibrationRecord(
         all_logits=_pad_cat(logits, 2, 0.0),
         attention_mask=_pad_cat(masks, 1, 0),
@@ -521,6 +530,7 @@ def record_token(model, batches: Iterable[dict]) -> TokenCalibrationRecord:
         labels=_pad_cat(labels, 1, -100),
         batches=inputs,
         batch_labels=labels,
+        split_across_processes=split_across_processes,
     )
 
 
@@ -594,13 +604,18 @@ class _TokenScorer:
     def live(self, settings: dict) -> dict:
         was_training = self.model.training
         self.model.eval()
+
+        def run(batch):
+            out = self.model(**batch, **settings)
+            return {"logits": out.logits.float(), "exit_layer": out.exit_layer, "flops": out.flops}
+
         try:
-            outs = [self.model(**batch, **settings) for batch in self.rec.batches]
+            outs = map_batches(run, self.rec.batches, self.rec.split_across_processes)
         finally:
             self.model.train(was_training)
-        logits = _pad_cat([out.logits.float() for out in outs], 1, 0.0)
-        exit_layer = _pad_cat([out.exit_layer for out in outs], 1, 0)
-        flops = torch.cat([out.flops for out in outs])
+        logits = _pad_cat([out["logits"] for out in outs], 1, 0.0)
+        exit_layer = _pad_cat([out["exit_layer"] for out in outs], 1, 0)
+        flops = torch.cat([out["flops"] for out in outs])
         return self.summary(logits, exit_layer, flops)
 
 
@@ -641,53 +656,18 @@ def calibrate_token(
             padded `(N, seq, num_labels)` logits and `(N, seq)` labels (higher is better).
         apply: Write the chosen `exit_mode`, `exit_threshold` and `window_size` into `model.config`.
     """
-    from .models.bert.token_exit_utils import EXIT_MODES, TokenExitRule, check_window_size, uncertainty_of, word_layout
-
     if (target_speedup is None) == (max_accuracy_drop is None):
         raise ValueError("Give exactly one calibration target: `target_speedup` or `max_accuracy_drop`.")
     if target_speedup is not None and not (target_speedup >= 1.0 and math.isfinite(target_speedup)):
         raise ValueError(f"`target_speedup` is a FLOPs speed-up and must be >= 1, got {target_speedup}.")
     if max_accuracy_drop is not None and not 0.0 <= max_accuracy_drop <= 1.0:
         raise ValueError(f"`max_accuracy_drop` is a fraction in [0, 1] (0.01 = one point), got {max_accuracy_drop}.")
-    config = model.config
-    exit_mode = exit_mode or config.exit_mode
-    if exit_mode not in EXIT_MODES:
-        raise ValueError(f"`exit_mode` must be one of {EXIT_MODES}, got {exit_mode!r}.")
-    windows = [config.window_size] if window_sizes is None else list(window_sizes)
-    if not windows:
-        raise ValueError("`window_sizes` must name at least one window.")
-    windows = [check_window_size(w, "window_sizes") for w in windows]
-    if exit_mode == "sentence":
-        windows = [config.window_size]
-    for name, value in (("max_candidates", max_candidates), ("max_live_checks", max_live_checks)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
-    if len(model.exit_layers) < 2:
-        raise ValueError("The model has a single exit: there is nothing to calibrate.")
+    exit_mode, windows = _token_search_space(model, exit_mode, window_sizes, max_candidates)
+    if isinstance(max_live_checks, bool) or not isinstance(max_live_checks, int) or max_live_checks < 1:
+        raise ValueError(f"`max_live_checks` must be an integer >= 1, got {max_live_checks!r}.")
     rec = batches if isinstance(batches, TokenCalibrationRecord) else record_token(model, batches)
     scorer = _TokenScorer(model, rec, metric)
-
-    def rule(threshold, window):
-        return TokenExitRule.build(
-            exit_mode,
-            threshold,
-            model.exit_layers,
-            config.num_hidden_layers,
-            window_size=window,
-            sentence_pooling=config.sentence_pooling,
-            threshold_schedule=config.threshold_schedule,
-            threshold_cap=config.threshold_cap,
-        )
-
-    full = scorer.replay(rule(0.0, windows[0]))
-    _, starts = word_layout(rec.attention_mask, rec.word_ids)
-    # word uncertainties at the deciding exits (a SENTEE mean falls within their range, which the grid covers)
-    observed = uncertainty_of(rec.all_logits[:-1])[:, starts]
-    thresholds = [min(max(t, 0.0), 1.0) for t in _midpoints(observed, max_candidates)]
-    points = []
-    for window in windows:
-        for threshold in sorted(set(thresholds)):
-            points.append({**scorer.replay(rule(threshold, window)), "threshold": threshold, "window_size": window})
+    full, points = _token_replay_grid(model, scorer, exit_mode, windows, max_candidates)
 
     verified = "replay"
     if exit_mode == "token":
@@ -748,11 +728,91 @@ def calibrate_token(
         frontier=[{k: v for k, v in p.items() if k != "accuracy"} for p in _pareto(renamed)],
     )
     if apply:
-        config.exit_mode = result.exit_mode
-        config.exit_threshold = result.exit_threshold
-        config.window_size = result.window_size
-        config.validate()
+        apply_calibration(model, result)
     return result
+
+
+def _token_search_space(
+    model, exit_mode: str | None, window_sizes: Iterable[int] | None, max_candidates: int
+) -> tuple[str, list[int]]:
+    """The checked exit mode (default: the config's) and windows (default: the config's; SENTEE has none to search),
+    before anything runs."""
+    from .models.bert.token_exit_utils import EXIT_MODES, check_window_size
+
+    config = model.config
+    exit_mode = exit_mode or config.exit_mode
+    if exit_mode not in EXIT_MODES:
+        raise ValueError(f"`exit_mode` must be one of {EXIT_MODES}, got {exit_mode!r}.")
+    windows = [config.window_size] if window_sizes is None else list(window_sizes)
+    if not windows:
+        raise ValueError("`window_sizes` must name at least one window.")
+    windows = [check_window_size(w, "window_sizes") for w in windows]
+    if exit_mode == "sentence":
+        windows = [config.window_size]
+    if isinstance(max_candidates, bool) or not isinstance(max_candidates, int) or max_candidates < 1:
+        raise ValueError(f"`max_candidates` must be an integer >= 1, got {max_candidates!r}.")
+    if len(model.exit_layers) < 2:
+        raise ValueError("The model has a single exit: there is nothing to calibrate.")
+    return exit_mode, windows
+
+
+def _token_replay_grid(model, scorer: _TokenScorer, exit_mode: str, windows: list[int], max_candidates: int):
+    """The full model's scores and every candidate `(threshold, window)` scored by replaying the rule on the record:
+    thresholds halfway between the observed word uncertainties, for each window."""
+    from .models.bert.token_exit_utils import TokenExitRule, uncertainty_of, word_layout
+
+    config, rec = model.config, scorer.rec
+
+    def rule(threshold, window):
+        return TokenExitRule.build(
+            exit_mode,
+            threshold,
+            model.exit_layers,
+            config.num_hidden_layers,
+            window_size=window,
+            sentence_pooling=config.sentence_pooling,
+            threshold_schedule=config.threshold_schedule,
+            threshold_cap=config.threshold_cap,
+        )
+
+    full = scorer.replay(rule(0.0, windows[0]))
+    _, starts = word_layout(rec.attention_mask, rec.word_ids)
+    # word uncertainties at the deciding exits (a SENTEE mean falls within their range, which the grid covers)
+    observed = uncertainty_of(rec.all_logits[:-1])[:, starts]
+    thresholds = [min(max(t, 0.0), 1.0) for t in _midpoints(observed, max_candidates)]
+    points = []
+    for window in windows:
+        for threshold in sorted(set(thresholds)):
+            points.append({**scorer.replay(rule(threshold, window)), "threshold": threshold, "window_size": window})
+    return full, points
+
+
+def token_frontier(
+    model,
+    batches: Iterable[dict] | TokenCalibrationRecord,
+    *,
+    exit_mode: str | None = None,
+    window_sizes: Iterable[int] | None = None,
+    max_candidates: int = 48,
+    metric: str | Callable | None = None,
+) -> list[dict]:
+    """The speed/metric frontier of SENTEE / TOKEE settings of a [`BertForTokenEarlyExit`] from one recorded pass,
+    each candidate scored by replaying the rule on the full-depth logits (exact for SENTEE, an estimate for TOKEE; see
+    [`calibrate_token`]), e.g. to choose the settings a sweep then measures for real.
+
+    Args:
+        model, batches, exit_mode, window_sizes, max_candidates, metric: As for [`calibrate_token`].
+
+    Returns:
+        The Pareto-optimal points, `{"threshold", "window_size", "metric", "flops_speedup", "layer_speedup"}` each.
+    """
+    exit_mode, windows = _token_search_space(model, exit_mode, window_sizes, max_candidates)
+    rec = batches if isinstance(batches, TokenCalibrationRecord) else record_token(model, batches)
+    _, points = _token_replay_grid(model, _TokenScorer(model, rec, metric), exit_mode, windows, max_candidates)
+    return [
+        {k: v for k, v in p.items() if k != "accuracy"}
+        for p in _pareto([{**p, "accuracy": p["metric"]} for p in points])
+    ]
 
 
 def _token_settings(exit_mode: str, point: dict) -> dict:

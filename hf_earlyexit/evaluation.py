@@ -184,6 +184,11 @@ class SweepPoint:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "SweepPoint":
+        """The point of a `to_dict()` result that may carry more keys (e.g. [`measure_token_points`]'s)."""
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(-1) == labels).float().mean())
@@ -278,6 +283,153 @@ def measure_points(
             point.wallclock_speedup[str(batch_size)] = timed["reference"]["median_s"] / timed["model"]["median_s"]
             point.latency_ms[str(batch_size)] = 1000 * timed["model"]["median_s"] / num_examples
             point.latency_ms[f"{batch_size}_reference"] = 1000 * timed["reference"]["median_s"] / num_examples
+        results.append(point)
+    return results
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Sequence labelling: operating points of SENTEE / TOKEE measured on real early-exit runs
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def plain_token_baseline(model):
+    """The stock transformers model the wall-clock speed-ups of a [`BertForTokenEarlyExit`] are measured against: a
+    `BertForTokenClassification` with its encoder and its last exit head, which computes what `early_exit=False`
+    computes."""
+    from transformers import BertConfig, BertForTokenClassification
+
+    config = BertConfig(**{**model.bert.config.to_dict(), "num_labels": model.config.num_labels})
+    config.model_type = "bert"
+    baseline = BertForTokenClassification(config)
+    baseline.bert.load_state_dict(model.bert.state_dict())
+    baseline.classifier.load_state_dict(model.exit_heads[-1].state_dict())
+    baseline.set_attn_implementation(model.config._attn_implementation or "sdpa")
+    return baseline.eval()
+
+
+def _without(batch: dict, *names: str) -> dict:
+    return {key: value for key, value in batch.items() if key not in names}
+
+
+def token_metric_name(config) -> str:
+    """`"entity F1"` for IOB-style tags (NER, chunking), `"token accuracy"` otherwise (e.g. POS tags)."""
+    return "entity F1" if entity_types(config.id2label.values()) else "token accuracy"
+
+
+@torch.inference_mode()
+def token_scores(model, batches: Sequence[dict], full_config=None, **settings) -> dict:
+    """Entity scores (seqeval, micro), word accuracy and exit statistics of real runs of a [`BertForTokenEarlyExit`]
+    with forward `settings` over labelled batches (`labels` on first word-pieces, -100 elsewhere).
+
+    Exit statistics count words. The FLOPs reference is the full-depth model of `full_config` (default: the model's
+    own config; a truncated model passes the config of the model it was cut from), per sentence from its real length.
+
+    Returns:
+        `dict` with `f1`, `precision`, `recall`, `f1_per_type`, `token_accuracy`, `metric` (F1 for IOB-style tags,
+        else word accuracy; see [`token_metric_name`]), `mean_exit_layer`, `layer_speedup` and `flops_speedup`.
+    """
+    from .models.bert.exit_utils import classifier_head_flops, encoder_layer_flops
+
+    full_config = full_config if full_config is not None else model.config
+    full_layers = full_config.num_hidden_layers
+    predictions, references = [], []
+    correct = words = depth = flops = reference = 0
+    for batch in batches:
+        labels = batch["labels"]
+        out = model(**_without(batch, "labels"), **settings)
+        predicted, gold = word_tags(out.logits, labels, model.config.id2label)
+        predictions += predicted
+        references += gold
+        starts = labels != -100
+        correct += int((out.logits.argmax(-1) == labels)[starts].sum())
+        words += int(starts.sum())
+        depth += int(out.exit_layer[starts].sum())
+        flops += int(out.flops.sum())
+        lengths = batch["attention_mask"].sum(-1)
+        reference += int(
+            (
+                full_layers * encoder_layer_flops(lengths, full_config.hidden_size, full_config.intermediate_size)
+                + lengths * classifier_head_flops(full_config.hidden_size, full_config.num_labels)
+            ).sum()
+        )
+    scores = entity_scores(predictions, references) if entity_types(model.config.id2label.values()) else None
+    result = {
+        "f1": scores["f1"] if scores else None,
+        "precision": scores["precision"] if scores else None,
+        "recall": scores["recall"] if scores else None,
+        "f1_per_type": {name: s["f1"] for name, s in scores["per_type"].items()} if scores else {},
+        "token_accuracy": correct / words,
+        "mean_exit_layer": depth / words,
+        "layer_speedup": full_layers * words / depth,
+        "flops_speedup": reference / flops,
+    }
+    result["metric"] = result["f1"] if scores else result["token_accuracy"]
+    return result
+
+
+def token_wallclock(
+    model, reference, timing_batches: dict[int, Sequence[dict]], rounds: int = 3, **settings
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Wall-clock speed-up of `model` with `settings` over `reference` (e.g. [`plain_token_baseline`]) and latency per
+    sentence in milliseconds, per timed batch size: the same batches, interleaved rounds, medians."""
+    speedups, latency = {}, {}
+    for batch_size, batches in timing_batches.items():
+        model_batches = [_without(batch, "labels") for batch in batches]
+        plain_batches = [_without(batch, "labels", "word_ids") for batch in batches]
+        times = interleaved_latency(
+            {
+                "reference": forward_all(reference, plain_batches),
+                "model": forward_all(model, model_batches, **settings),
+            },
+            rounds=rounds,
+        )
+        sentences = sum(batch["input_ids"].shape[0] for batch in batches)
+        speedups[str(batch_size)] = times["reference"]["median_s"] / times["model"]["median_s"]
+        latency[str(batch_size)] = 1000 * times["model"]["median_s"] / sentences
+        latency[f"{batch_size}_reference"] = 1000 * times["reference"]["median_s"] / sentences
+    return speedups, latency
+
+
+def measure_token_points(
+    model,
+    points: Sequence[tuple[str, dict]],
+    eval_batches: Sequence[dict],
+    timing_batches: dict[int, Sequence[dict]] | None = None,
+    reference=None,
+    rounds: int = 3,
+    full_config=None,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """[`measure_points`] for a [`BertForTokenEarlyExit`]: every `(method, settings)` point run for real over the
+    labelled `eval_batches` ([`token_scores`]) and timed against `reference` (default: [`plain_token_baseline`]) at
+    each batch size of `timing_batches` ([`token_wallclock`]).
+
+    Returns:
+        One dict per point: the fields of [`SweepPoint`] (`metric` is entity F1, or word accuracy for tags that are
+        not IOB-style) plus `precision`, `recall`, `f1_per_type` and `token_accuracy`.
+    """
+    reference = reference if reference is not None else (plain_token_baseline(model) if timing_batches else None)
+    metric_name = token_metric_name(model.config)
+    results = []
+    for method, settings in points:
+        if progress is not None:
+            progress(f"{method} {settings}")
+        scores = token_scores(model, eval_batches, full_config, **settings)
+        speedups, latency = (
+            token_wallclock(model, reference, timing_batches, rounds, **settings) if timing_batches else ({}, {})
+        )
+        point = SweepPoint(
+            method=method,
+            settings=dict(settings),
+            metric_name=metric_name,
+            metric=scores["metric"],
+            mean_exit_layer=scores["mean_exit_layer"],
+            layer_speedup=scores["layer_speedup"],
+            flops_speedup=scores["flops_speedup"],
+            wallclock_speedup=speedups,
+            latency_ms=latency,
+        ).to_dict()
+        point.update({key: scores[key] for key in ("precision", "recall", "f1_per_type", "token_accuracy")})
         results.append(point)
     return results
 

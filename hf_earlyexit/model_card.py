@@ -328,19 +328,40 @@ class EarlyExitModelCardData:
         self.speed_setup = {**self.speed_setup, **speed_setup}
 
     def set_calibration(self, result, *, max_rows: int = 8, dataset_name: str | None = None) -> None:
-        """Fills the speed/accuracy table from a [`~hf_earlyexit.calibration.CalibrationResult`] (or its `to_dict()`):
+        """Fills the speed/accuracy table from a [`~hf_earlyexit.calibration.CalibrationResult`] or
+        [`~hf_earlyexit.calibration.TokenCalibrationResult`] (or its `to_dict()`):
         the full model first, then up to `max_rows` points of its speed/accuracy frontier, evenly spread, fastest
         last. The numbers are those measured on the calibration set, which the card says."""
         data = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+        token = "exit_mode" in data  # a TokenCalibrationResult (SENTEE / TOKEE)
         frontier = sorted(data.get("frontier") or [], key=lambda point: point["flops_speedup"])
         if len(frontier) > max_rows:
             picks = sorted({round(i * (len(frontier) - 1) / (max_rows - 1)) for i in range(max_rows)})
             frontier = [frontier[i] for i in picks]
-        rows = [EvaluationRow("full depth", data["full_accuracy"], 1.0, 1.0)]
+        rows = [EvaluationRow("full depth", data["full_metric" if token else "full_accuracy"], 1.0, 1.0)]
         for point in frontier:
             threshold = point.get("threshold")
-            setting = threshold if threshold is not None else f"patience={point['patience']}"
-            rows.append(EvaluationRow(setting, point["accuracy"], point["layer_speedup"], point["flops_speedup"]))
+            if token:
+                setting = (
+                    threshold if data["exit_mode"] == "sentence" else f"{threshold:g}, window {point['window_size']}"
+                )
+                metric = point["metric"]
+            else:
+                setting = threshold if threshold is not None else f"patience={point['patience']}"
+                metric = point["accuracy"]
+            rows.append(EvaluationRow(setting, metric, point["layer_speedup"], point["flops_speedup"]))
+        if token:
+            metric = {"f1": "f1", "token_accuracy": "accuracy"}.get(data["metric_name"], data["metric_name"])
+            self.set_evaluation(rows, metric=metric, dataset_name=dataset_name, eval_split="calibration")
+            checked = (
+                "real early-exit runs" if data["verified"] == "live" else "the rule replayed on full-depth logits"
+            )
+            self.evaluation_note = (
+                f"Exit mode `{data['exit_mode']}`, scored by `hf_earlyexit.calibration` on the {data['num_sentences']} "
+                f"calibration sentences (the chosen setting and the rows from {checked}; speed-ups over words; no "
+                "latency measured)."
+            )
+            return
         self.set_evaluation(rows, dataset_name=dataset_name, eval_split="calibration")
         self.evaluation_note = (
             f"Exit criterion `{data['criterion']}`, scored by `hf_earlyexit.calibration` on the "

@@ -9,6 +9,10 @@ One launch runs every case of the plan in turn, so the process start-up (seconds
   process, on all batches without splitting; every process records how many batches its model ran and whether the
   split results equal its own unsplit ones bit for bit. The main process also saves the split results.
 
+- `split_token`: token checkpoints on which `record_token` and `calibrate_token` (whose TOKEE candidates run live) run
+  split across the processes and unsplit; every process records how many batches its model ran in each and whether
+  the split record and calibration equal the unsplit ones.
+
 Each process writes `rank<i>.json` into the plan's `output_dir`; the main process writes `split_<name>.pt`.
 """
 
@@ -18,10 +22,10 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, PreTrainedModel
 
 import hf_earlyexit  # noqa: F401  (registers the Auto classes)
-from hf_earlyexit.calibration import record
+from hf_earlyexit.calibration import calibrate_token, record, record_token
 from hf_earlyexit.evaluation import collect
 
 
@@ -78,6 +82,27 @@ def run_split(checkpoint: str, dataset) -> tuple[dict, dict]:
     return report, tensors
 
 
+def run_token_split(checkpoint: str, dataset) -> dict:
+    model = AutoModelForTokenClassification.from_pretrained(checkpoint).eval()
+    calls = count_forwards(model)
+    batches = batches_of(dataset, 4)  # 4 + 4 + 4 + 1 sentences: two batches per process
+    report = {}
+    split = record_token(model, batches, split_across_processes=True)
+    report["record_batches_run"], calls[0] = calls[0], 0
+    local = record_token(model, batches)
+    report["record_batches_run_alone"], calls[0] = calls[0], 0
+    fields = ("all_logits", "attention_mask", "word_ids", "labels")
+    report["record_equal"] = all(torch.equal(getattr(split, name), getattr(local, name)) for name in fields)
+    settings = {"target_speedup": 1.3, "exit_mode": "token", "window_sizes": [1, 3], "apply": False}
+    split_result = calibrate_token(model, split, **settings)
+    report["calibrate_batches_run"], calls[0] = calls[0], 0
+    local_result = calibrate_token(model, local, **settings)
+    report["calibrate_batches_run_alone"] = calls[0]
+    report["calibrate_equal"] = split_result.to_dict() == local_result.to_dict()
+    report["verified"] = split_result.verified
+    return report
+
+
 def main(plan_path: str) -> None:
     plan = json.loads(Path(plan_path).read_text())
     output_dir = Path(plan["output_dir"])
@@ -107,6 +132,8 @@ def main(plan_path: str) -> None:
         report["split"][name], tensors = run_split(checkpoint, dataset)
         if state.is_main_process:
             torch.save(tensors, output_dir / f"split_{name}.pt")
+    tagging = train.synthetic_tagging(plan["split_examples"], seed=1)
+    report["split_token"] = {name: run_token_split(checkpoint, tagging) for name, checkpoint in plan["split_token"]}
     (output_dir / f"rank{state.process_index}.json").write_text(json.dumps(report, indent=2))
     state.wait_for_everyone()
 

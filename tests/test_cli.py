@@ -8,7 +8,13 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, BertConfig, BertModel
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+)
 
 from hf_earlyexit.cli import main
 from hf_earlyexit.evaluation import collect, make_batches
@@ -83,21 +89,34 @@ def test_train_saves_checkpoint_tokenizer_and_card(workspace, family, model_type
     assert type(model).__name__ in card and "learning_rate" in card
 
 
-def test_train_token_family_on_conll_columns(tmp_path, workspace, capsys):
+@pytest.fixture(scope="module")
+def token_workspace(workspace):
+    """A CoNLL column file (word, POS, NER) and a token model trained on it by `train`."""
     sentences = [
-        [("the", "O", "B-ORG"), ("film", "O", "I-ORG"), ("is", "O", "O"), ("good", "O", "O")],
-        [("a", "O", "O"), ("movie", "O", "B-PER"), ("was", "O", "O")],
+        [("the", "DT", "B-ORG"), ("film", "NN", "I-ORG"), ("is", "VBZ", "O"), ("good", "JJ", "O")],
+        [("a", "DT", "O"), ("movie", "NN", "B-PER"), ("was", "VBD", "O")],
+        [
+            ("great", "JJ", "O"),
+            ("acting", "NN", "B-PER"),
+            ("and", "CC", "O"),
+            ("a", "DT", "O"),
+            ("plot", "NN", "B-ORG"),
+        ],
     ] * 6
     text = "-DOCSTART- -X- O\n\n" + "\n\n".join("\n".join(" ".join(t) for t in s) for s in sentences) + "\n"
-    conll = tmp_path / "train.txt"
+    conll = workspace / "data" / "ner.txt"
     conll.write_text(text)
-    out = tmp_path / "token"
-    status, _, err = run(
-        ["train", "--family", "token", "--model_name_or_path", workspace / "bert", "--train_file", conll]
-        + ["--validation_file", conll, *TRAIN_QUICK, "--output_dir", out],
-        capsys,
+    out = workspace / "token"
+    status = main(
+        [str(a) for a in ["train", "--family", "token", "--model_name_or_path", workspace / "bert", "--train_file"]]
+        + [str(conll), "--validation_file", str(conll), *TRAIN_QUICK, "--output_dir", str(out)]
     )
-    assert status == 0, err
+    assert status == 0
+    return {"conll": conll, "model": out}
+
+
+def test_train_token_family_on_conll_columns(tmp_path, workspace, token_workspace, capsys):
+    conll, out = token_workspace["conll"], token_workspace["model"]
     results = json.loads((out / "results.json").read_text())
     assert len(results["loss_curve"]) == 3 and "eval_loss" in results["eval_metrics"]
 
@@ -188,7 +207,7 @@ def test_evaluate_sweep_table_files_and_plot(workspace, tmp_path, capsys):
         (["--data", "{missing}"], ["`--data`", "Data file not found"]),
         (["--data", "{dev}", "--label_column", "stars"], ["`--label_column`: label column 'stars' does not exist"]),
         (["--data", "{dev}", "--criterion", "telepathy"], ["`--criterion` 'telepathy'"]),
-        (["--data", "{dev}", "--model", "{bert}"], ["'bert' model", "early-exit text classifier"]),
+        (["--data", "{dev}", "--model", "{bert}"], ["'bert' model", "early-exit classifier"]),
     ],
 )
 def test_evaluate_usage_errors(workspace, tmp_path, capsys, extra, expected):
@@ -198,6 +217,78 @@ def test_evaluate_usage_errors(workspace, tmp_path, capsys, extra, expected):
     status, _, err = run(["evaluate", "--model", workspace / "bypass", *extra, "--output_dir", tmp_path], capsys)
     assert status == 2
     assert err.splitlines()[-1].startswith("hf-earlyexit evaluate: error:")
+    for text in expected:
+        assert text in err
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_evaluate_token_checkpoint_measures_real_runs(token_workspace, tmp_path, capsys):
+    from hf_earlyexit.commands.common import collate_token_rows
+    from hf_earlyexit.data import read_conll, tokenize_token_dataset
+    from hf_earlyexit.evaluation import token_scores
+
+    out = tmp_path / "eval"
+    model_path, conll = token_workspace["model"], token_workspace["conll"]
+    status, stdout, err = run(
+        ["evaluate", "--model", model_path, "--data", conll, "--num_points", 4, "--window_sizes", 1, 3]
+        + ["--timing_batch_sizes", 1, 4, "--timing_size", 4, "--rounds", 1, "--output_dir", out],
+        capsys,
+    )
+    assert status == 0, err
+    results = json.loads((out / "results.json").read_text())
+    points = results["points"]
+    assert results["num_examples"] == 18 and results["criterion"] == "token"
+    assert points[0]["settings"] == {"early_exit": False} and points[0]["mean_exit_layer"] == 4.0
+    assert points[0]["flops_speedup"] == pytest.approx(1.0)
+    swept = points[1:]
+    assert 2 <= len(swept) <= 4 and max(p["flops_speedup"] for p in swept) > 1.5
+    for point in points:
+        assert point["metric_name"] == "entity F1" and 0 <= point["metric"] <= 1
+        assert {"precision", "recall", "token_accuracy", "f1_per_type"} <= set(point)
+        assert set(point["wallclock_speedup"]) == {"1", "4"} and point["latency_ms"]["1"] > 0
+    for point in swept:
+        assert point["settings"]["exit_mode"] == "token" and point["settings"]["window_size"] in (1, 3)
+    assert "| full depth |" in stdout and "entity F1" in stdout
+    image = matplotlib.image.imread(out / "speed_accuracy.png")
+    assert image.shape[0] >= 300 and image.shape[1] >= 800 and image.std() > 0.01
+
+    # each point is what the model does with those settings on the same sentences
+    model = AutoModelForTokenClassification.from_pretrained(model_path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    sentences = read_conll(conll, label_names=[model.config.id2label[i] for i in range(model.config.num_labels)])
+    batches = collate_token_rows(tokenizer, tokenize_token_dataset(sentences, tokenizer, max_length=128), 32)
+    again = token_scores(model, batches, **swept[-1]["settings"])
+    assert again["flops_speedup"] == pytest.approx(swept[-1]["flops_speedup"]) and again["f1"] == swept[-1]["metric"]
+
+    # SENTEE with given thresholds: a threshold every sentence passes stops them all at the first exit
+    status, _, err = run(
+        ["evaluate", "--model", model_path, "--data", conll, "--criterion", "sentence", "--thresholds", 0.0, 1.0]
+        + ["--timing_batch_sizes", "--output_dir", out],
+        capsys,
+    )
+    assert status == 0, err
+    never, always = json.loads((out / "results.json").read_text())["points"][1:]
+    assert never["settings"] == {"exit_mode": "sentence", "exit_threshold": 0.0} and never["mean_exit_layer"] == 4.0
+    assert always["mean_exit_layer"] == 1.0 and always["flops_speedup"] > 2.0
+
+
+TOKEN_USAGE_ERRORS = [
+    (["--criterion", "entropy"], ["`--criterion` 'entropy'", "exit mode", "'token'"]),
+    (["--window_sizes", "4"], ["`--window_sizes` must be an odd integer", "4"]),
+    (["--criterion", "sentence", "--window_sizes", "3"], ["`--window_sizes` sets TOKEE's window"]),
+    (["--label_column", "tags"], ["`--label_column` is for text classifiers", "`--tag_column`"]),
+    (["--tag_column", "7"], ["`--tag_column` 7", "fewer columns"]),
+    (["--tag_column", "1"], ["`--data` (tags from `--tag_column` 1)", "not in label_names"]),
+    (["--data", "{missing}"], ["`--data`", "no such file", "CoNLL"]),
+]
+
+
+@pytest.mark.parametrize("extra, expected", TOKEN_USAGE_ERRORS)
+def test_evaluate_token_usage_errors(token_workspace, tmp_path, capsys, extra, expected):
+    extra = [str(tmp_path / "nope.txt") if a == "{missing}" else a for a in extra]
+    argv = ["evaluate", "--model", token_workspace["model"], "--data", token_workspace["conll"], *extra]
+    status, _, err = run([*argv, "--output_dir", tmp_path], capsys)
+    assert status == 2 and err.splitlines()[-1].startswith("hf-earlyexit evaluate: error:")
     for text in expected:
         assert text in err
     assert not (tmp_path / "results.json").exists()
@@ -287,6 +378,64 @@ def test_calibrate_usage_errors_leave_the_checkpoint_alone(
     status, _, err = run(argv, capsys)
     assert status == 2
     assert err.splitlines()[-1].startswith("hf-earlyexit calibrate: error:")
+    for text in expected:
+        assert text in err
+    assert (checkpoint / "config.json").read_bytes() == config
+    assert not (checkpoint / "calibration.json").exists()
+
+
+def test_calibrate_token_checkpoint(token_workspace, tmp_path, capsys):
+    import shutil
+
+    from hf_earlyexit.commands.common import collate_token_rows
+    from hf_earlyexit.data import read_conll, tokenize_token_dataset
+    from hf_earlyexit.evaluation import token_scores
+
+    checkpoint = shutil.copytree(token_workspace["model"], tmp_path / "token")
+    before = json.loads((checkpoint / "config.json").read_text())
+    conll = token_workspace["conll"]
+    status, stdout, err = run(
+        ["calibrate", "--model", checkpoint, "--data", conll, "--target_speedup", 1.5, "--window_sizes", 1, 3],
+        capsys,
+    )
+    assert status == 0, err
+    summary = json.loads(stdout)
+    assert summary["written"] and summary["reached"] and summary["verified"] == "live"
+    assert summary["expected_flops_speedup"] >= 1.5 and summary["window_size"] in (1, 3)
+    after = json.loads((checkpoint / "config.json").read_text())
+    changed = {key for key in after if after[key] != before.get(key)}
+    assert changed <= {"exit_mode", "exit_threshold", "window_size"} and "exit_threshold" in changed
+    assert (after["exit_threshold"], after["window_size"]) == (summary["exit_threshold"], summary["window_size"])
+    assert json.loads((checkpoint / "calibration.json").read_text())["exit_threshold"] == summary["exit_threshold"]
+    card = (checkpoint / "README.md").read_text()
+    assert "Exit mode `token`" in card and "calibration sentences" in card and "learning_rate" in card
+
+    # the reloaded checkpoint, with its own settings, runs at the speed-up calibration promised on that data
+    model = AutoModelForTokenClassification.from_pretrained(checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    sentences = read_conll(conll, label_names=[model.config.id2label[i] for i in range(model.config.num_labels)])
+    batches = collate_token_rows(tokenizer, tokenize_token_dataset(sentences, tokenizer, max_length=128), 32)
+    scores = token_scores(model, batches)
+    assert scores["flops_speedup"] == pytest.approx(summary["expected_flops_speedup"], rel=1e-6)
+    assert scores["f1"] == pytest.approx(summary["expected_metric"])
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--target_speedup", "0.5"], ["`--target_speedup`", "must be >= 1"]),
+        (["--target_speedup", "2", "--per_exit"], ["`--per_exit` is for text classifiers"]),
+        *[(["--target_speedup", "2", *extra], expected) for extra, expected in TOKEN_USAGE_ERRORS],
+    ],
+)
+def test_calibrate_token_usage_errors_leave_the_checkpoint_alone(token_workspace, tmp_path, capsys, extra, expected):
+    import shutil
+
+    checkpoint = shutil.copytree(token_workspace["model"], tmp_path / "token")
+    config = (checkpoint / "config.json").read_bytes()
+    extra = [str(tmp_path / "nope.txt") if a == "{missing}" else a for a in extra]
+    status, _, err = run(["calibrate", "--model", checkpoint, "--data", token_workspace["conll"], *extra], capsys)
+    assert status == 2 and err.splitlines()[-1].startswith("hf-earlyexit calibrate: error:")
     for text in expected:
         assert text in err
     assert (checkpoint / "config.json").read_bytes() == config

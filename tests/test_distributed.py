@@ -130,6 +130,8 @@ CASES = [
 CASE_NAMES = [case.name for case in CASES]
 # checkpoints (single-process outputs) evaluated, recorded and collected in both settings, with calibrated thresholds
 EVALUATED = ["bypass-joint", "cascade-joint"]
+# token checkpoints (single-process outputs) recorded and calibrated split across the processes
+SPLIT_TOKEN = ["token-self_sampling"]
 
 
 # the recipes whose loss is computed on the global batch: their first gradient is compared directly
@@ -224,6 +226,7 @@ def runs(tmp_path_factory):
         ]
         + [[f"gradient-{case.name}", gradient_argv(case, multi, NUM_PROCESSES, single)] for case in gradient_cases],
         "split": [[name, str(checkpoints[name])] for name in EVALUATED],
+        "split_token": [[name, str(single / name)] for name in SPLIT_TOKEN],
         "split_examples": EVAL_EXAMPLES,
     }
     multi.mkdir()
@@ -390,6 +393,18 @@ def test_record_and_collect_split_across_processes(runs, name):
     here = collect(model, whole)
     assert torch.equal(split["collect_1_batch"]["exit_layer"], here["exit_layer"])
     torch.testing.assert_close(split["collect_1_batch"]["logits"], here["logits"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", SPLIT_TOKEN)
+def test_token_calibration_splits_across_processes(runs, name):
+    for rank in runs["ranks"]:
+        report = rank["split_token"][name]
+        # a share of the batches each (2 of 4), for the record and for every live TOKEE check
+        assert (report["record_batches_run"], report["record_batches_run_alone"]) == (2, 4)
+        assert report["verified"] == "live" and report["calibrate_batches_run_alone"] > 4
+        assert 2 * report["calibrate_batches_run"] == report["calibrate_batches_run_alone"]
+        # and the same record and the same choice as one process running everything
+        assert report["record_equal"] and report["calibrate_equal"]
 
 
 def launcher_choice(monkeypatch, options: list[str]):

@@ -6,7 +6,13 @@ accurate setting that reaches `--target_speedup` (a FLOPs speed-up >= 1), or the
 written to a temporary file and then moved over the old one) and its model card (`README.md`) is rendered again with
 the calibration's frontier (and the training hyperparameters `train` kept in `model_card_data.json`). `calibration.json` beside them keeps the whole result.
 
+A token model (SENTEE / TOKEE) calibrates on a CoNLL column file: `--criterion` is its exit mode (`token` or
+`sentence`), `--window_sizes` the TOKEE windows to search, and the metric entity F1 (word accuracy for tags that are
+not IOB-style); its `exit_mode`, `exit_threshold` and `window_size` are written (`hf_earlyexit.calibration.
+calibrate_token`: TOKEE candidates are checked by real runs on the calibration set).
+
     hf-earlyexit calibrate --model runs/bypass --data held_out.tsv --target_speedup 2
+    hf-earlyexit calibrate --model runs/tokee --data held_out.conll --target_speedup 2 --window_sizes 5 15
 """
 
 import argparse
@@ -25,7 +31,8 @@ from .common import (
 )
 
 
-EXIT_SETTINGS = ("exit_criterion", "exit_threshold", "patience")
+# what a calibration may change in config.json, of the fields the family declares
+EXIT_SETTINGS = ("exit_criterion", "exit_threshold", "patience", "exit_mode", "window_size")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,8 +43,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument(
         "--max_accuracy_drop", type=float, default=None, help="Largest accuracy drop, a fraction in [0, 1]."
     )
-    parser.add_argument("--criterion", default=None, help="Exit criterion to calibrate (default: the checkpoint's).")
+    parser.add_argument(
+        "--criterion",
+        default=None,
+        help="Exit criterion to calibrate (default: the checkpoint's); for a token model its exit mode, token or "
+        "sentence.",
+    )
     parser.add_argument("--per_exit", action="store_true", help="One threshold per exit instead of a shared one.")
+    parser.add_argument(
+        "--window_sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="Token models, TOKEE: the windows to search (odd; default: the checkpoint's).",
+    )
     parser.add_argument("--dry_run", action="store_true", help="Print the result; leave the checkpoint unchanged.")
 
 
@@ -79,23 +98,36 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
         args = parser.parse_args(argv)
     from tqdm.auto import tqdm
 
-    from ..calibration import apply_calibration, calibrate, record
+    from ..calibration import apply_calibration, calibrate, calibrate_token, record, record_token
 
     check_target(args.target_speedup, args.max_accuracy_drop)
     if not Path(args.model, "config.json").is_file():
         raise UsageError(f"`--model` {args.model}: not a checkpoint folder (no config.json); calibrate updates one.")
     inputs = load_for_sweep(args)
     model, criterion, batches = inputs.model, inputs.criterion, inputs.batches
-    recorded = record(model, tqdm(batches, desc="recording", unit="batch", file=sys.stderr))
-    result = calibrate(
-        model,
-        recorded,
-        target_speedup=args.target_speedup,
-        max_accuracy_drop=args.max_accuracy_drop,
-        criterion=criterion,
-        per_exit=args.per_exit or None,
-        apply=False,
-    )
+    if inputs.is_token and args.per_exit:
+        raise UsageError("`--per_exit` is for text classifiers; SENTEE / TOKEE calibrate one threshold (and window).")
+    progress = tqdm(batches, desc="recording", unit="batch", file=sys.stderr)
+    if inputs.is_token:
+        result = calibrate_token(
+            model,
+            record_token(model, progress),
+            target_speedup=args.target_speedup,
+            max_accuracy_drop=args.max_accuracy_drop,
+            exit_mode=criterion,
+            window_sizes=args.window_sizes,
+            apply=False,
+        )
+    else:
+        result = calibrate(
+            model,
+            record(model, progress),
+            target_speedup=args.target_speedup,
+            max_accuracy_drop=args.max_accuracy_drop,
+            criterion=criterion,
+            per_exit=args.per_exit or None,
+            apply=False,
+        )
     if not args.dry_run:
         apply_calibration(model, result)
         write_calibration(args.model, model, result, dataset_name=args.data)

@@ -20,12 +20,16 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -
     group.add_argument(
         "--data",
         required=required,
-        help="Labelled examples: a GLUE-style .tsv, a .csv or .jsonl file, or a `datasets` name (with --split).",
+        help="Labelled examples: a GLUE-style .tsv, a .csv or .jsonl file, or a `datasets` name (with --split); for a "
+        "token model, a CoNLL column file.",
     )
     group.add_argument("--split", default=None, help="Split of a `datasets` dataset, e.g. validation.")
     group.add_argument("--text_column", default=None, help="Text column (guessed: sentence, text, sentence1, ...).")
     group.add_argument("--text_pair_column", default=None, help="Second text of a pair (guessed for GLUE pairs).")
     group.add_argument("--label_column", default=None, help="Label column (guessed: label, Quality, labels).")
+    group.add_argument(
+        "--tag_column", type=int, default=-1, help="Token models: the CoNLL column of the tags (default: the last)."
+    )
     group.add_argument("--max_samples", type=int, default=None, help="Keep a random subset of this many examples.")
     group.add_argument("--max_seq_length", type=int, default=128, help="Word-pieces per example at most.")
     group.add_argument("--batch_size", type=int, default=32, help="Batch size of the accuracy runs.")
@@ -117,7 +121,11 @@ def batches_with_labels(tokenizer, dataset, batch_size: int, max_length: int) ->
 
 @dataclass
 class SweepInputs:
-    """What `evaluate` and `calibrate` start from (see [`load_for_sweep`])."""
+    """What `evaluate` and `calibrate` start from (see [`load_for_sweep`]).
+
+    For a token model (`is_token`), `criterion` is the exit mode (`token` for TOKEE, `sentence` for SENTEE),
+    `dataset` holds the tokenized sentences and `batches` are padded by [`DataCollatorForTokenEarlyExit`].
+    """
 
     model: Any
     tokenizer: Any
@@ -125,12 +133,32 @@ class SweepInputs:
     dataset: Any
     batches: list[dict]
     max_length: int
+    is_token: bool = False
+
+    def timing_batches(self, batch_sizes, size: int) -> dict[int, list[dict]]:
+        """The first `size` examples batched at each batch size, without labels for a text model."""
+        from ..evaluation import make_batches
+
+        timed = self.dataset.select(range(min(size, len(self.dataset))))
+        if self.is_token:
+            return {batch_size: collate_token_rows(self.tokenizer, timed, batch_size) for batch_size in batch_sizes}
+        return {
+            batch_size: make_batches(self.tokenizer, timed, batch_size, self.max_length) for batch_size in batch_sizes
+        }
+
+
+TOKEN_MODEL_TYPE = "token-exit-bert"
 
 
 def load_for_sweep(args) -> SweepInputs:
-    """The checkpoint `--model` and its tokenizer, the exit criterion (`--criterion`, checked against the family, or
-    the config's), the labelled examples of `--data` and their batches (with labels)."""
-    model, tokenizer = load_checkpoint(args.model)
+    """The checkpoint `--model` (any family) and its tokenizer, the exit criterion (`--criterion`, checked against the
+    family, or the config's; a token model's exit mode), the labelled examples of `--data` and their batches (with
+    labels)."""
+    model, tokenizer = load_checkpoint(args.model, token_models=True)
+    if model.config.model_type == TOKEN_MODEL_TYPE:
+        return _load_token_sweep(args, model, tokenizer)
+    if getattr(args, "window_sizes", None):
+        raise UsageError("`--window_sizes` is for token models (TOKEE's window); this checkpoint classifies texts.")
     criterion = args.criterion or model.config.exit_criterion
     try:
         model.config.exit_rule(exit_criterion=criterion)
@@ -140,6 +168,65 @@ def load_for_sweep(args) -> SweepInputs:
     max_length = min(args.max_seq_length, tokenizer.model_max_length)
     batches = batches_with_labels(tokenizer, dataset, args.batch_size, max_length)
     return SweepInputs(model, tokenizer, criterion, dataset, batches, max_length)
+
+
+def _load_token_sweep(args, model, tokenizer) -> SweepInputs:
+    """A token model's sweep inputs: the sentences of the CoNLL file `--data`, tagged with the model's tag names."""
+    import random
+
+    from ..data import read_conll, tokenize_token_dataset
+    from ..models.bert.token_exit_utils import EXIT_MODES, check_window_size
+
+    criterion = args.criterion or model.config.exit_mode
+    if criterion not in EXIT_MODES:
+        raise UsageError(
+            f"`--criterion` {criterion!r}: a token model's criterion is its exit mode, one of {list(EXIT_MODES)} "
+            "('token' for TOKEE, 'sentence' for SENTEE)."
+        )
+    for window in getattr(args, "window_sizes", None) or []:
+        try:
+            check_window_size(window, "--window_sizes")
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    if getattr(args, "window_sizes", None) and criterion == "sentence":
+        raise UsageError("`--window_sizes` sets TOKEE's window; `--criterion sentence` (SENTEE) has none.")
+    for option in ("split", "text_column", "text_pair_column", "label_column"):
+        if getattr(args, option) is not None:
+            raise UsageError(
+                f"`--{option}` is for text classifiers; a token model reads a CoNLL column file (`--data`) with its "
+                "tags in `--tag_column`."
+            )
+    if args.max_samples is not None and args.max_samples < 1:
+        raise UsageError(f"`--max_samples` must be >= 1, got {args.max_samples}.")
+    path = Path(args.data)
+    if not path.is_file():
+        raise UsageError(f"`--data` {args.data}: no such file (a token model reads a CoNLL column file).")
+    try:
+        sentences = read_conll(path, tag_column=args.tag_column, label_names=label_names(model))
+    except IndexError:
+        raise UsageError(f"`--tag_column` {args.tag_column}: {path} has fewer columns on some line.") from None
+    except ValueError as error:
+        raise UsageError(f"`--data` (tags from `--tag_column` {args.tag_column}): {error}") from None
+    if len(sentences) == 0:
+        raise UsageError(f"`--data` {args.data}: no sentences in the file.")
+    if args.max_samples is not None and args.max_samples < len(sentences):
+        # a random subset, drawn as for text data (seed 0), in file order
+        sentences = sentences.select(sorted(random.Random(0).sample(range(len(sentences)), args.max_samples)))
+    max_length = min(args.max_seq_length, tokenizer.model_max_length)
+    rows = tokenize_token_dataset(sentences, tokenizer, max_length=max_length)
+    batches = collate_token_rows(tokenizer, rows, args.batch_size)
+    return SweepInputs(model, tokenizer, criterion, rows, batches, max_length, is_token=True)
+
+
+def collate_token_rows(tokenizer, rows, batch_size: int) -> list[dict]:
+    """Tokenized sentences in padded batches of `batch_size` (with `labels` and `word_ids`), in order."""
+    from ..data import DataCollatorForTokenEarlyExit
+
+    collator = DataCollatorForTokenEarlyExit(tokenizer)
+    return [
+        collator([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+        for start in range(0, len(rows), batch_size)
+    ]
 
 
 def without_labels(batches: list[dict]) -> list[dict]:
