@@ -120,7 +120,7 @@ def test_token_results_add_a_dataset_with_its_own_plot(tmp_path, results_dir):
     text = (out / "RESULTS.md").read_text()
     assert "## CoNLL-2003" in text and "### F1 (%) at a target FLOPs speed-up" in text
     assert "| TOKEE (W=5) | token | - | 86.00 (2.00x) | 84.00 (3.00x) | - |" in text
-    assert "Not run yet" not in text
+    assert "Not run yet (no result file)" not in text
     sst2, conll = (matplotlib.image.imread(out / f"plots/{name}.png") for name in ("sst_2", "conll_2003"))
     assert sst2.shape != conll.shape or not np.array_equal(sst2, conll)
 
@@ -176,10 +176,19 @@ def test_token_results_as_benchmark_token_writes_them(tmp_path, results_dir):
     (results_dir / "token").mkdir()
     (results_dir / "token/results.json").write_text(json.dumps(token_stages_results()))
     text = (report(tmp_path, results_dir) / "RESULTS.md").read_text()
-    assert "Full model (no exit), dev F1: 90.00 (token run)." in text
+    assert "Full model (no exit), dev F1: 90.00 (token run, stage1)." in text
     assert "| TOKEE (stage1) | token | - | 88.00 (2.02x) | 88.00 (2.02x) † | - |" in text
-    assert "| static truncated 3 (stage1) | token | - | 80.00 (1.98x) | - | - |" in text
-    assert "truncated 1" not in text  # 5.6x meets no target
+    # the best static model per target, picked as the cascade benchmark picks it (the most accurate that meets it)
+    assert (
+        "| static truncated (best per target) (stage1) | token | 80.00 (1.98x, static 3L) | 80.00 (1.98x, static 3L) | "
+        "50.00 (5.60x, static 1L) | 50.00 (5.60x, static 1L) |" in text
+    )
+    # how much of the FLOPs saving the clock sees: 0.9 and 0.8 of it in this fabricated file
+    assert "| TOKEE (stage1) | token | - | 0.90 / 0.80 | 0.90 / 0.80 | - |" in text
+    assert (
+        "- token, TOKEE rows: batch 1: median 0.90, min 0.90, 2 of 2 cells at 0.9 or more; batch 32: median 0.80, "
+        "min 0.80, 0 of 2 cells at 0.9 or more." in text
+    )
 
 
 def test_malformed_result_file_is_a_usage_error(tmp_path, results_dir, capsys):
@@ -188,3 +197,32 @@ def test_malformed_result_file_is_a_usage_error(tmp_path, results_dir, capsys):
     argv = ["benchmark", "--report_only", "--results_dir", str(results_dir), "--output", str(tmp_path / "R.md")]
     assert main(argv) == 2
     assert "token/results.json: not the structure `examples/benchmark_token.py` writes" in capsys.readouterr().err
+
+
+def quickstart_results():
+    """The shape `hf-earlyexit quickstart` writes (the parts the report reads)."""
+    models = {
+        key: {
+            "name": name,
+            "full_depth": point("full depth", {"early_exit": False}, 0.83, 1.0, 1.1, 0.95),
+            "calibrated": point("2x", {"exit_threshold": 0.9}, 0.80, 2.2, 2.3, 2.0),
+        }
+        for key, name in (("cascade", "CascadeBERT 1L->6L"), ("badge", "BADGE multi-exit + bypasses"))
+    }
+    return {"command": "hf-earlyexit quickstart ", "backbone_name": "all-MiniLM-L6-v2 (embedded)", "machine": MACHINE,
+            "data": {"train": 4800, "calibration": 500, "dev": 872}, "elapsed_seconds": 612.0, "models": models}  # fmt: skip
+
+
+def test_quickstart_result_is_the_first_section(tmp_path, results_dir):
+    text = (report(tmp_path, results_dir, "none") / "RESULTS.md").read_text()
+    assert "## Quick start\n\nNot run yet (no `quickstart/results.json`" in text
+    (results_dir / "quickstart").mkdir()
+    (results_dir / "quickstart/results.json").write_text(json.dumps(quickstart_results()))
+    text = (report(tmp_path, results_dir) / "RESULTS.md").read_text()
+    section = text.split("## Quick start")[1].split("## SST-2")[0]
+    assert "`hf-earlyexit quickstart` (what `make quickstart` runs)" in section
+    assert "4800 SST-2 training sentences, 500 held out for calibration, 872 dev sentences" in section
+    assert "10.2 min on Test CPU, 2 cores, 2 torch threads" in section
+    # the table the quick start prints, a full and a calibrated row per model
+    assert "| CascadeBERT 1L->6L | calibrated 2x | 80.00 | 2.20x | 2.20x | 2.30x | 2.00x |" in section
+    assert "| BADGE multi-exit + bypasses | full model | 83.00 | 1.00x | 1.00x | 1.10x | 0.95x |" in section

@@ -1,4 +1,4 @@
-"""`hf-earlyexit quickstart`: the main job on the embedded default, end to end, in about 10 minutes on 2 CPU cores.
+"""`hf-earlyexit quickstart`: the main job on the embedded default, end to end, in about 6 minutes on 2 CPU cores.
 
 1. Splits the shipped SST-2 copy (`data/sst2/train.tsv`) into a training set (`--train_size` sentences) and a held-out
    calibration slice (`--calibration_size` examples of at least `--calibration_min_words` words, never trained on);
