@@ -323,35 +323,12 @@ def render(
         if fulls:
             lines += [f"Full model (no exit), dev {metric}: " + ", ".join(fulls) + ".", ""]
         lines += [f"### {metric} (%) at a target FLOPs speed-up", ""]
-        lines += ["| method | source | " + " | ".join(_fmt_target(t) for t in TARGETS) + " |"]
-        lines += ["| --- | --- | " + " | ".join("---:" for _ in TARGETS) + " |"]
-        for bench in group:
-            for method, cells in bench.cells.items():
-                row = []
-                for target in TARGETS:
-                    cell = cells.get(target)
-                    if cell is None:
-                        row.append("-")
-                        continue
-                    mark = "" if cell.reached else " †"
-                    label = f", {cell.model}" if cell.model else ""
-                    row.append(f"{100 * cell.metric:.2f} ({cell.flops_speedup:.2f}x{label}){mark}")
-                lines.append(f"| {method} | {bench.source} | " + " | ".join(row) + " |")
+        lines += _method_table(group, _metric_text)
         sizes = _batch_sizes(group)
         lines += ["", f"### Wall-clock speed-up at batch size {' / '.join(sizes)}", ""]
-        lines += ["| method | source | " + " | ".join(_fmt_target(t) for t in TARGETS) + " |"]
-        lines += ["| --- | --- | " + " | ".join("---:" for _ in TARGETS) + " |"]
-        for bench in group:
-            for method, cells in bench.cells.items():
-                row = []
-                for target in TARGETS:
-                    cell = cells.get(target)
-                    values = [cell.wallclock.get(size) for size in sizes] if cell else []
-                    if not values or all(v is None for v in values):
-                        row.append("-")
-                    else:
-                        row.append(" / ".join("-" if v is None else f"{v:.2f}x" for v in values))
-                lines.append(f"| {method} | {bench.source} | " + " | ".join(row) + " |")
+        lines += _method_table(
+            group, lambda cell, s=sizes: _per_size_text([cell.wallclock.get(size) for size in s], "x")
+        )
         lines += ["", f"### Wall-clock over FLOPs speed-up at batch size {' / '.join(sizes)}", ""]
         lines += [
             "How much of the FLOPs saving the clock sees (1 = all of it; above 1 where the plain model also pays for "
@@ -360,19 +337,7 @@ def render(
             "cells reach 0.9.",
             "",
         ]
-        lines += ["| method | source | " + " | ".join(_fmt_target(t) for t in TARGETS) + " |"]
-        lines += ["| --- | --- | " + " | ".join("---:" for _ in TARGETS) + " |"]
-        for bench in group:
-            for method, cells in bench.cells.items():
-                row = []
-                for target in TARGETS:
-                    cell = cells.get(target)
-                    ratios = [_ratio(cell, size) for size in sizes] if cell else []
-                    if not ratios or all(r is None for r in ratios):
-                        row.append("-")
-                    else:
-                        row.append(" / ".join("-" if r is None else f"{r:.2f}" for r in ratios))
-                lines.append(f"| {method} | {bench.source} | " + " | ".join(row) + " |")
+        lines += _method_table(group, lambda cell, s=sizes: _per_size_text([_ratio(cell, size) for size in s], ""))
         lines.append("")
         for bench in group:
             kinds = dict.fromkeys(method.split()[0] for method in bench.cells if not method.startswith("static"))
@@ -415,6 +380,29 @@ def render(
             )
     lines += [""] + [f"- {p['method']}: {p['source']}." for p in PUBLISHED] + [""]
     return "\n".join(lines)
+
+
+def _method_table(group: list[Benchmark], text) -> list[str]:
+    """A Markdown table, a row per method of the group's benchmarks and a column per target: `text(cell)`, or `-`."""
+    lines = ["| method | source | " + " | ".join(_fmt_target(t) for t in TARGETS) + " |"]
+    lines += ["| --- | --- | " + " | ".join("---:" for _ in TARGETS) + " |"]
+    for bench in group:
+        for method, cells in bench.cells.items():
+            row = [text(cells[target]) if target in cells else "-" for target in TARGETS]
+            lines.append(f"| {method} | {bench.source} | " + " | ".join(row) + " |")
+    return lines
+
+
+def _metric_text(cell: Cell) -> str:
+    mark = "" if cell.reached else " †"
+    label = f", {cell.model}" if cell.model else ""
+    return f"{100 * cell.metric:.2f} ({cell.flops_speedup:.2f}x{label}){mark}"
+
+
+def _per_size_text(values: list[float | None], unit: str) -> str:
+    if all(value is None for value in values):
+        return "-"
+    return " / ".join("-" if value is None else f"{value:.2f}{unit}" for value in values)
 
 
 def _ratio(cell: Cell, size: str) -> float | None:
