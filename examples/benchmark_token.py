@@ -6,7 +6,7 @@ stage-1 model. For each stage and each mode (SENTEE, TOKEE) it chooses the thres
 `--windows`) that reaches FLOPs speed-ups of 1.5x, 2x, 3x and 4x on a held-out slice of the training data
 (`calibrate_token`), then measures every point on the validation set with real early-exit runs: entity F1 (seqeval),
 word accuracy, mean exit layer over words, layer and FLOPs speed-up, and wall-clock speed-up against a plain
-`BertForTokenClassification` of the same weights (the last exit's head) at batch size 1 and 16, timed interleaved in
+`BertForTokenClassification` of the same weights (the last exit's head) at batch size 1 and 32, timed interleaved in
 the same process with the same thread count.
 
 Baselines on the same set: the full model (`early_exit=False`), and static truncated models, the stage-1 model cut
@@ -96,7 +96,7 @@ def parse_args(argv):
     parser.add_argument("--truncated_layers", nargs="*", type=int, default=[1, 2, 3], help="Static truncations.")
     parser.add_argument("--timing_size", type=int, default=64, help="Validation sentences timed at batch size 1.")
     parser.add_argument("--timing_size_batched", type=int, default=128, help="Sentences timed at the batch size.")
-    parser.add_argument("--timing_batch_size", type=int, default=16)
+    parser.add_argument("--timing_batch_size", type=int, default=32, help="The batch size timed besides 1.")
     parser.add_argument("--rounds", type=int, default=3, help="Timed rounds per point (median).")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
     parser.add_argument("--seed", type=int, default=0)
