@@ -36,13 +36,14 @@ def _read_delimited(path: Path, delimiter: str) -> Dataset:
     return Dataset.from_dict({name: [row[i] for row in rows] for i, name in enumerate(header)})
 
 
-def read_table(path_or_name: str | os.PathLike, split: str | None = None) -> Dataset:
+def read_table(path_or_name: str | os.PathLike, split: str | None = None, config_name: str | None = None) -> Dataset:
     """Read a table of examples.
 
     Args:
         path_or_name: A `.tsv` (GLUE style: tab-separated, header row, no quoting), `.csv`, `.json` or `.jsonl` file,
-            or the name of a dataset on the Hub (then `split` is required).
-        split: Split of a Hub dataset, e.g. `"validation"`.
+            or a `datasets` dataset: a name on the Hub or a local dataset folder (then `split` is required).
+        split: Split of a `datasets` dataset, e.g. `"validation"`.
+        config_name: Configuration of a `datasets` dataset, e.g. `"sst2"` of `"nyu-mll/glue"`.
 
     Raises:
         FileNotFoundError: `path_or_name` looks like a file path but does not exist.
@@ -59,11 +60,11 @@ def read_table(path_or_name: str | os.PathLike, split: str | None = None) -> Dat
         if suffix in (".json", ".jsonl"):
             return load_dataset("json", data_files=str(path), split="train")
         raise ValueError(f"{path}: use `read_conll` for CoNLL column files.")
-    if path.exists():
+    if path.is_file():
         raise ValueError(f"Unsupported data file {path}: expected .tsv, .csv, .json or .jsonl.")
     if split is None:
-        raise ValueError(f"{path_or_name!r} is not a local file; to read a Hub dataset, also pass `split`.")
-    return load_dataset(str(path_or_name), split=split)
+        raise ValueError(f"{path_or_name!r} is not a local file; to read a `datasets` dataset, also pass `split`.")
+    return load_dataset(str(path_or_name), config_name, split=split)
 
 
 def _pick_column(dataset: Dataset, requested: str | None, candidates: tuple[str, ...], role: str) -> str:
@@ -86,25 +87,28 @@ def load_text_classification(
     label_names: list[str] | None = None,
     limit: int | None = None,
     seed: int = 0,
+    config_name: str | None = None,
 ) -> Dataset:
     """Load a text-classification dataset with columns `text`, optional `text_pair`, and integer `label`.
 
     Args:
         path_or_name: See [`read_table`].
-        split: Split of a Hub dataset.
+        split: Split of a `datasets` dataset.
         text_column: Column with the text; guessed among `sentence`, `text`, `sentence1`, `#1 String`, ... if unset.
         text_pair_column: Column with the second text of a pair (e.g. MRPC); guessed from the text column if unset.
         label_column: Column with the label; guessed among `label`, `Quality`, `labels` if unset.
         label_names: Names of the classes in index order; labels given as names are mapped to their index. If unset,
-            integer-like labels are used as they are and other labels are indexed in sorted order.
+            the names of a `ClassLabel` column are taken (as in `datasets` datasets such as GLUE), integer-like
+            labels are used as they are and other labels are indexed in sorted order.
         limit: Keep a random subset of this many examples (drawn with `seed`); `None` keeps everything.
         seed: Seed of the subset.
+        config_name: See [`read_table`].
 
     Returns:
         A `Dataset` with `text`, `label` (a `ClassLabel` carrying the class names, see [`label_names_of`]) and, for
         pairs, `text_pair`.
     """
-    table = read_table(path_or_name, split)
+    table = read_table(path_or_name, split, config_name)
     text_column = _pick_column(table, text_column, TEXT_COLUMN_CANDIDATES, "text")
     label_column = _pick_column(table, label_column, LABEL_COLUMN_CANDIDATES, "label")
     if text_pair_column is None:
@@ -114,6 +118,8 @@ def load_text_classification(
         raise ValueError(f"text pair column {text_pair_column!r} does not exist; the data has {table.column_names}.")
 
     raw_labels = [str(value).strip() for value in table[label_column]]
+    if label_names is None and isinstance(table.features[label_column], ClassLabel):
+        label_names = table.features[label_column].names
     if label_names is None:
         if all(value.lstrip("-").isdigit() for value in raw_labels):
             labels = [int(value) for value in raw_labels]

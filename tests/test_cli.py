@@ -169,6 +169,65 @@ def test_train_usage_errors(workspace, tmp_path, capsys, extra, expected):
     assert not (tmp_path / "out" / "config.json").exists()
 
 
+@pytest.fixture(scope="module")
+def glue_like_dataset(tmp_path_factory):
+    """A local `datasets` folder laid out as `nyu-mll/glue` is on the Hub: configurations declared in the README's
+    YAML header, parquet files whose `label` is a `ClassLabel` with class names."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    root = tmp_path_factory.mktemp("glue")
+    features = Features({"sentence": Value("string"), "label": ClassLabel(names=["negative", "positive"])})
+    (root / "sst2").mkdir()
+    for split, name in (("train", "train"), ("dev", "validation")):
+        rows = sst2_rows(split, 24)
+        columns = {"sentence": [text for text, _ in rows], "label": [label for _, label in rows]}
+        Dataset.from_dict(columns, features=features).to_parquet(str(root / "sst2" / f"{name}.parquet"))
+    (root / "README.md").write_text(
+        "---\nconfigs:\n- config_name: sst2\n  data_files:\n  - split: train\n    path: sst2/train.parquet\n"
+        "  - split: validation\n    path: sst2/validation.parquet\n---\n"
+    )
+    return root
+
+
+def test_train_on_a_datasets_dataset_with_its_configuration(workspace, glue_like_dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["train", "--model_name_or_path", workspace / "bert", "--dataset_name", glue_like_dataset]
+    status, _, err = run([*argv, "--dataset_config_name", "sst2", *TRAIN_QUICK, "--output_dir", out], capsys)
+    assert status == 0, err
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    # the class names come from the dataset's ClassLabel, as for GLUE on the Hub
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    assert [step for step, _ in json.loads((out / "results.json").read_text())["loss_curve"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--dataset_config_name", "cola"], ["`--dataset_config_name`", "cola", "sst2"]),
+        (["--dataset_config_name", "sst2", "--train_split", "training"], ["`--dataset_name`", "training"]),
+        (["--dataset_config_name", "sst2", "--train_file", "{tsv}"], ["either `--dataset_name` or `--train_file`"]),
+        (["--dataset_name", "{missing}"], ["`--dataset_name`", "nope", "Couldn't find"]),
+        (["--dataset_name", "nyu-mll/glue"], ["`--dataset_name` 'nyu-mll/glue'", "Couldn't reach"]),  # offline
+    ],
+)
+def test_train_datasets_usage_errors(workspace, glue_like_dataset, tmp_path, capsys, extra, expected):
+    replace = {"{tsv}": str(workspace / "data/train.tsv"), "{missing}": str(tmp_path / "nope")}
+    extra = [replace.get(a, a) for a in extra]
+    argv = ["train", "--model_name_or_path", workspace / "bert", "--dataset_name", glue_like_dataset, *extra]
+    status, _, err = run([*argv, *TRAIN_QUICK, "--output_dir", tmp_path / "out"], capsys)
+    assert status == 2
+    assert err.splitlines()[-1].startswith("hf-earlyexit train: error:")
+    for text in expected:
+        assert text in err
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_train_refuses_a_configuration_without_a_dataset(workspace, tmp_path, capsys):
+    argv = ["train", "--model_name_or_path", workspace / "bert", "--dataset_config_name", "sst2", *TRAIN_QUICK]
+    status, _, err = run([*argv, "--output_dir", tmp_path / "out"], capsys)
+    assert status == 2 and "`--dataset_config_name` names a configuration of `--dataset_name`" in err
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # evaluate
 # --------------------------------------------------------------------------------------------------------------------

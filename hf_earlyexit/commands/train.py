@@ -46,7 +46,8 @@ batch (see `hf_earlyexit.distributed`).
 
 Data: `--train_file` / `--validation_file` take GLUE-style TSV, CSV or JSON lines (columns guessed, or named with
 `--text_column`, `--text_pair_column`, `--label_column`), CoNLL column files for `--family token`, or `--dataset_name`
-reads a `datasets` dataset (`--train_split`, `--validation_split`).
+reads a `datasets` dataset, from the Hub or a local folder (`--dataset_config_name`, `--train_split`,
+`--validation_split`; e.g. `--dataset_name nyu-mll/glue --dataset_config_name sst2`), keeping its class names.
 
 `--tiny_model --synthetic_data` trains a tiny random BERT (hidden 32, 4 layers, no dropout) on synthetic token
 sequences whose label is written in their first tokens: seconds per run, for tests and smoke runs.
@@ -135,7 +136,11 @@ class DataArguments:
     )
     validation_file: str | None = field(default=None, metadata={"help": "Evaluation data, same formats."})
     dataset_name: str | None = field(
-        default=None, metadata={"help": "A `datasets` dataset (Hub name or local script) instead of the files."}
+        default=None,
+        metadata={"help": "A `datasets` dataset (Hub name or local dataset folder) instead of the files."},
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "Configuration of --dataset_name, e.g. `sst2` of `nyu-mll/glue`."}
     )
     train_split: str = field(default="train", metadata={"help": "Split of --dataset_name to train on."})
     validation_split: str = field(default="validation", metadata={"help": "Split of --dataset_name to evaluate on."})
@@ -265,6 +270,8 @@ def _data_sources(data_args: DataArguments) -> tuple[str, str | None, str, str |
         if data_args.train_file or data_args.validation_file:
             raise ValueError("Give either `--dataset_name` or `--train_file` / `--validation_file`, not both.")
         return data_args.dataset_name, data_args.train_split, data_args.dataset_name, data_args.validation_split
+    if data_args.dataset_config_name is not None:
+        raise ValueError("`--dataset_config_name` names a configuration of `--dataset_name`: give both.")
     train = data_args.train_file or str(default_data_dir() / "train.tsv")
     validation = data_args.validation_file or str(default_data_dir() / "dev.tsv")
     for name, path in (("--train_file", train), ("--validation_file", validation)):
@@ -290,23 +297,36 @@ def load_data(data_args: DataArguments, tokenizer, task: str = "sequence") -> tu
         return _load_conll(data_args, tokenizer, max_length)
     train_source, train_split, dev_source, dev_split = _data_sources(data_args)
     columns = dict(
+        config_name=data_args.dataset_config_name,
         text_column=data_args.text_column,
         text_pair_column=data_args.text_pair_column,
         label_column=data_args.label_column,
     )
     from hf_earlyexit.commands.common import name_the_option
 
-    try:
-        train = load_text_classification(train_source, train_split, limit=data_args.max_train_samples, **columns)
-        label_names = label_names_of(train)
-    except ValueError as error:
-        raise ValueError(name_the_option(str(error), data_option="--train_file")) from None
-    try:
-        dev = load_text_classification(
-            dev_source, dev_split, limit=data_args.max_eval_samples, label_names=label_names, **columns
-        )
-    except ValueError as error:
-        raise ValueError(name_the_option(str(error), data_option="--validation_file")) from None
+    def load(source, split, option, **kwargs):
+        try:
+            return load_text_classification(source, split, **columns, **kwargs)
+        except (ConnectionError, FileNotFoundError) as error:  # also a Hub dataset while offline
+            raise ValueError(f"`{option}` {source!r}: {error}") from None
+        except ValueError as error:
+            message = str(error)
+            if message.startswith("BuilderConfig"):  # `datasets`' words for an unknown configuration
+                option = "--dataset_config_name"
+            raise ValueError(name_the_option(message, option)) from None
+
+    on_hub = data_args.dataset_name is not None
+    train = load(
+        train_source, train_split, "--dataset_name" if on_hub else "--train_file", limit=data_args.max_train_samples
+    )
+    label_names = label_names_of(train)
+    dev = load(
+        dev_source,
+        dev_split,
+        "--dataset_name" if on_hub else "--validation_file",
+        limit=data_args.max_eval_samples,
+        label_names=label_names,
+    )
 
     def tokenize(rows):
         return tokenizer(rows["text"], rows.get("text_pair"), truncation=True, max_length=max_length)
