@@ -123,6 +123,9 @@ def test_token_results_add_a_dataset_with_its_own_plot(tmp_path, results_dir):
     assert "Not run yet (no result file)" not in text
     sst2, conll = (matplotlib.image.imread(out / f"plots/{name}.png") for name in ("sst_2", "conll_2003"))
     assert sst2.shape != conll.shape or not np.array_equal(sst2, conll)
+    # a row of panels per benchmark: SST-2 has two (bypass, cascade), CoNLL-2003 one; columns for FLOPs and for the
+    # wall-clock at each timed batch size (SST-2: 1 and 32, the fabricated token file: 1 only)
+    assert sst2.shape[0] > 1.7 * conll.shape[0] and sst2.shape[1] > conll.shape[1]
 
 
 def test_plots_are_images_of_the_curves(tmp_path, results_dir):

@@ -424,24 +424,31 @@ def _ratio_summary(cells: list[Cell], size: str) -> str:
 
 
 def plot_dataset(group: list[Benchmark], path: Path, dataset: str) -> Path:
-    from ..plots import plot_curves
+    """A row per benchmark of the dataset (each against its own full model): the metric against the FLOPs speed-up and
+    against the wall-clock speed-up at each timed batch size."""
+    from ..plots import plot_rows
 
-    flops, wall = {}, {}
+    rows = []
     for bench in group:
-        for method, cells in bench.cells.items():
-            name = f"{method} [{bench.source}]"
-            flops[name] = [(c.flops_speedup, 100 * c.metric) for c in cells.values()]
-            points = [(c.wallclock["1"], 100 * c.metric) for c in cells.values() if "1" in c.wallclock]
-            if points:
-                wall[name] = points
-    panels = [("measured FLOPs speed-up (x)", flops)]
-    if wall:
-        panels.append(("measured wall-clock speed-up at batch size 1 (x)", wall))
-    full = next((b.full_metric for b in group if b.full_metric is not None), None)
-    reference = ("full model", 100 * full) if full is not None else None
-    return plot_curves(
-        panels, path, title=dataset, ylabel=f"{group[0].metric_name} (%)", reference=reference, marks=TARGETS
-    )
+        flops = {
+            method: [(c.flops_speedup, 100 * c.metric) for c in cells.values()]
+            for method, cells in bench.cells.items()
+        }
+        panels = [("measured FLOPs speed-up (x)", flops)]
+        for size in sorted(
+            {size for cells in bench.cells.values() for c in cells.values() for size in c.wallclock}, key=int
+        ):
+            wall = {
+                method: [(c.wallclock[size], 100 * c.metric) for c in cells.values() if size in c.wallclock]
+                for method, cells in bench.cells.items()
+            }
+            panels.append((f"measured wall-clock speed-up at batch size {size} (x)", wall))
+        if bench.full_by_stage:
+            references = [(f"full model ({stage})", 100 * value) for stage, value in bench.full_by_stage.items()]
+        else:
+            references = [("full model", 100 * bench.full_metric)] if bench.full_metric is not None else []
+        rows.append((f"{bench.source} benchmark", panels, references))
+    return plot_rows(rows, path, title=dataset, ylabel=f"{group[0].metric_name} (%)", marks=TARGETS)
 
 
 def make_report(results_dir: Path, output: Path, plots_dir: Path, command: str) -> dict:
