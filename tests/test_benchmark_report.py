@@ -3,6 +3,7 @@ reruns, a missing token benchmark, and plots that are real images of the curves.
 
 import json
 import shutil
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -229,3 +230,26 @@ def test_quickstart_result_is_the_first_section(tmp_path, results_dir):
     # the table the quick start prints, a full and a calibrated row per model
     assert "| CascadeBERT 1L->6L | calibrated 2x | 80.00 | 2.20x | 2.20x | 2.30x | 2.00x |" in section
     assert "| BADGE multi-exit + bypasses | full model | 83.00 | 1.00x | 1.00x | 1.10x | 0.95x |" in section
+
+
+def test_benchmark_runs_each_script_as_its_committed_result_records(tmp_path, monkeypatch):
+    """`hf-earlyexit benchmark` reruns every benchmark with the arguments of the committed run, so that the report it
+    regenerates is the one committed, not a run of the scripts' defaults."""
+    import subprocess
+
+    from hf_earlyexit.commands.report import REPO_ROOT, SOURCES
+
+    for source in SOURCES.values():
+        committed = json.loads((REPO_ROOT / "benchmarks/results" / source.result).read_text())
+        folder = Path("benchmarks/results", source.result).parent
+        assert committed["command"] == " ".join(source.command(folder)), source.script
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda command, check: calls.append(command))
+    results = REPO_ROOT / "benchmarks/results"
+    argv = ["benchmark", "--only", "bypass", "token", "--results_dir", str(results)]
+    assert main([*argv, "--output", str(tmp_path / "RESULTS.md"), "--plots_dir", str(tmp_path / "plots")]) == 0
+    assert [command[1:] for command in calls] == [
+        [str(REPO_ROOT / "examples" / SOURCES[name].script), *SOURCES[name].command(results / name)[2:]]
+        for name in ("bypass", "token")
+    ]

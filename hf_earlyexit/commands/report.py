@@ -39,10 +39,31 @@ from .common import UsageError
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TARGETS = (1.5, 2.0, 3.0, 4.0)
 BATCH_SIZES = ("1", "32")
-SOURCES = {  # name -> (result file under the results folder, benchmark script under examples/)
-    "bypass": ("bypass/results.json", "benchmark_bypass.py"),
-    "cascade": ("cascade/benchmark_cascade.json", "benchmark_cascade.py"),
-    "token": ("token/results.json", "benchmark_token.py"),
+
+
+@dataclass(frozen=True)
+class Source:
+    """A benchmark script under `examples/`, the arguments of its committed run (besides `--output_dir`), and the result
+    file it writes under the results folder."""
+
+    result: str
+    script: str
+    arguments: tuple[str, ...] = ()
+
+    def command(self, output_dir: str | Path) -> list[str]:
+        """The command line `hf-earlyexit benchmark` runs, as the script records it in its result file."""
+        return ["python", f"examples/{self.script}", *self.arguments, "--output_dir", Path(output_dir).as_posix()]
+
+
+# one torch thread: the timings of a shared 2-core machine are steadier with one (README, "Results")
+SOURCES = {
+    "bypass": Source("bypass/results.json", "benchmark_bypass.py", ("--threads", "1")),
+    "cascade": Source("cascade/benchmark_cascade.json", "benchmark_cascade.py", ("--threads", "1")),
+    "token": Source(
+        "token/results.json",
+        "benchmark_token.py",
+        ("--threads", "1", "--epochs", "3", "--learning_rate", "1e-4", "--head_learning_rate", "5e-4"),
+    ),
 }
 
 QUICKSTART_RESULT = "quickstart/results.json"
@@ -215,16 +236,18 @@ READERS = {"bypass": read_bypass, "cascade": read_cascade, "token": read_token}
 def load_benchmarks(results_dir: Path) -> tuple[list[Benchmark], list[str]]:
     """The benchmarks whose result files exist, and a note for each that does not."""
     found, missing = [], []
-    for name, (relative, script) in SOURCES.items():
-        path = results_dir / relative
+    for name, source in SOURCES.items():
+        path = results_dir / source.result
         if not path.is_file():
-            folder = f"benchmarks/results/{Path(relative).parent.as_posix()}"
-            missing.append(f"`{relative}` (run `python examples/{script} --output_dir {folder}`)")
+            command = " ".join(source.command(Path("benchmarks/results", source.result).parent))
+            missing.append(f"`{source.result}` (run `{command}`)")
             continue
         try:
             found.append(READERS[name](json.loads(path.read_text(encoding="utf-8"))))
         except (KeyError, TypeError) as error:
-            raise ValueError(f"{path}: not the structure `examples/{script}` writes (missing {error}).") from None
+            raise ValueError(
+                f"{path}: not the structure `examples/{source.script}` writes (missing {error})."
+            ) from None
     return found, missing
 
 
@@ -509,13 +532,13 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
             if name == "quickstart":
                 run_quickstart(results_dir)
                 continue
-            relative, script = SOURCES[name]
-            path = REPO_ROOT / "examples" / script
+            source = SOURCES[name]
+            path = REPO_ROOT / "examples" / source.script
             if not path.is_file():
                 raise UsageError(f"`--only {name}`: {path} not found (the benchmarks run from a source checkout).")
-            output_dir = results_dir / Path(relative).parent
-            print(f"running {script} -> {output_dir}", file=sys.stderr)
-            subprocess.run([sys.executable, str(path), "--output_dir", str(output_dir)], check=True)
+            _, script, *arguments = source.command(results_dir / Path(source.result).parent)
+            print(f"running {' '.join([script, *arguments])}", file=sys.stderr)
+            subprocess.run([sys.executable, str(path), *arguments], check=True)
 
     elif not results_dir.is_dir():
         print(
