@@ -34,7 +34,7 @@ from transformers import logging as hf_logging
 
 from hf_earlyexit import BertWithBypassExits, EarlyExitTrainer, EarlyExitTrainingArguments
 from hf_earlyexit.calibration import calibrate, record
-from hf_earlyexit.data import load_text_classification
+from hf_earlyexit.data import SST2_LABEL_NAMES, load_text_classification
 from hf_earlyexit.evaluation import machine_info, make_batches, markdown_table, measure_points
 from hf_earlyexit.model_card import EarlyExitModelCardData, EvaluationRow, benchmark_machine_fields, card_results
 from hf_earlyexit.utils import default_backbone, portable_path
@@ -43,7 +43,7 @@ from hf_earlyexit.utils import default_backbone, portable_path
 logger = logging.getLogger("benchmark_bypass")
 REPO = Path(__file__).resolve().parent.parent
 CRITERIA = ("max_prob", "entropy", "patience", "divergence")
-SST2_LABELS = {0: "negative", 1: "positive"}
+SST2_LABELS = dict(enumerate(SST2_LABEL_NAMES))
 
 
 def parse_args(argv):

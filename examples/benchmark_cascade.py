@@ -74,7 +74,7 @@ from hf_earlyexit import (
     EarlyExitTrainingArguments,
 )
 from hf_earlyexit.calibration import calibrate, record
-from hf_earlyexit.data import load_text_classification
+from hf_earlyexit.data import SST2_LABEL_NAMES, load_text_classification
 from hf_earlyexit.evaluation import machine_info, make_batches, markdown_table, measure_points, plain_baseline
 from hf_earlyexit.model_card import EarlyExitModelCardData, EvaluationRow, benchmark_machine_fields, card_results
 from hf_earlyexit.utils import default_backbone, portable_path
@@ -586,7 +586,8 @@ def write_flagship_card(results: dict, path: Path) -> dict:
     chosen = max((p for p in points if p["target"] <= FLAGSHIP["target"]), key=lambda p: p["target"])
     config = {**model["saved_config"], **chosen["settings"]}
     # SST-2's label names (the benchmark trains with the default LABEL_0 / LABEL_1)
-    config["id2label"], config["label2id"] = {"0": "negative", "1": "positive"}, {"negative": 0, "positive": 1}
+    config["id2label"] = {str(i): name for i, name in enumerate(SST2_LABEL_NAMES)}
+    config["label2id"] = {name: i for i, name in enumerate(SST2_LABEL_NAMES)}
     default = results["config"]["model"] == DEFAULT_BACKBONE_NAME
     config["_name_or_path"] = "sentence-transformers/all-MiniLM-L6-v2" if default else ""
     rows, seen = [EvaluationRow("full depth (last member)", model["exit_accuracy"][-1], 1.0, 1.0)], []

@@ -14,6 +14,8 @@ from datasets import ClassLabel, Dataset, Features, Sequence, Value, load_datase
 TEXT_COLUMN_CANDIDATES = ("sentence", "text", "sentence1", "#1 String", "question")
 PAIR_COLUMN_CANDIDATES = {"sentence1": "sentence2", "#1 String": "#2 String", "question": "sentence"}
 LABEL_COLUMN_CANDIDATES = ("label", "Quality", "labels")
+# GLUE SST-2's classes in index order (its files hold 0 and 1)
+SST2_LABEL_NAMES = ("negative", "positive")
 
 
 def _read_delimited(path: Path, delimiter: str) -> Dataset:

@@ -147,6 +147,14 @@ def test_train_token_family_on_conll_columns(tmp_path, workspace, token_workspac
     assert status == 2 and "`--exit_recipe alternating` does not train `--family token`" in err
     assert "['joint', 'self_sampling']" in err
 
+    status, _, err = run(
+        ["train", "--family", "token", "--class_names", "O", "B-ORG", "--train_file", conll, "--validation_file"]
+        + [conll, "--model_name_or_path", workspace / "bert", "--output_dir", tmp_path / "third"],
+        capsys,
+    )
+    assert status == 2 and "`--class_names` names text classes" in err
+    assert not (tmp_path / "third").exists()
+
 
 @pytest.mark.parametrize(
     "extra, expected",
@@ -220,6 +228,20 @@ def test_train_datasets_usage_errors(workspace, glue_like_dataset, tmp_path, cap
     for text in expected:
         assert text in err
     assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_train_class_names_become_the_models_labels(workspace, tmp_path, capsys):
+    argv = ["train", "--model_name_or_path", workspace / "bert", "--train_file", workspace / "data/train.tsv"]
+    argv += ["--validation_file", workspace / "data/dev.tsv", *TRAIN_QUICK]
+    status, _, err = run([*argv, "--class_names", "negative", "positive", "--output_dir", tmp_path / "out"], capsys)
+    assert status == 0, err
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+
+    # the files hold labels 0 and 1: one name is too few
+    status, _, err = run([*argv, "--class_names", "negative", "--output_dir", tmp_path / "other"], capsys)
+    assert status == 2 and "`--class_names`: labels ['1'] of column 'label' are not in label_names ['negative']" in err
+    assert not (tmp_path / "other" / "config.json").exists()
 
 
 def test_train_refuses_a_configuration_without_a_dataset(workspace, tmp_path, capsys):
@@ -582,6 +604,7 @@ def test_quickstart_smoke_run(workspace, tmp_path, capsys):
         assert data["training"]["steps"] == 2
         config = json.loads((out / key / "config.json").read_text())
         assert config["exit_threshold"] == calibration["exit_threshold"]
+        assert config["id2label"] == {"0": "negative", "1": "positive"}  # SST-2's classes
     assert "CascadeBERT 1L->4L" in stdout and "BADGE multi-exit + bypasses" in stdout
     assert "Outputs in" in stdout and str(out.resolve()) in stdout
     assert (out / "results.md").read_text().count("| calibrated 2x |") == 2

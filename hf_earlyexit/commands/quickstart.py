@@ -100,12 +100,13 @@ def split_data(args, output_dir: Path):
 
 
 def train_model(args, family: list[str], train_file: Path, dev_file: Path, output_dir: Path) -> dict:
+    from ..data import SST2_LABEL_NAMES
     from . import train
 
     argv = [
         *family,
         "--model_name_or_path", args.model,
-        "--train_file", str(train_file), "--validation_file", str(dev_file),
+        "--train_file", str(train_file), "--validation_file", str(dev_file), "--class_names", *SST2_LABEL_NAMES,
         "--do_train", "--output_dir", str(output_dir),
         "--num_train_epochs", str(args.epochs), "--per_device_train_batch_size", str(args.batch_size),
         "--learning_rate", str(args.learning_rate), "--head_learning_rate", str(args.head_learning_rate),

@@ -147,6 +147,13 @@ class DataArguments:
     text_column: str | None = field(default=None, metadata={"help": "Text column (guessed if unset)."})
     text_pair_column: str | None = field(default=None, metadata={"help": "Second text of a pair (guessed if unset)."})
     label_column: str | None = field(default=None, metadata={"help": "Label column (guessed if unset)."})
+    class_names: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Class names in index order, e.g. `negative positive` for SST-2 (the data's labels may be these "
+            "names or their indices); saved as the model's id2label. Default: a ClassLabel's names, else the labels."
+        },
+    )
     tag_column: int = field(default=-1, metadata={"help": "--family token: CoNLL column of the tags (default: last)."})
     synthetic_data: bool = field(
         default=False,
@@ -313,11 +320,17 @@ def load_data(data_args: DataArguments, tokenizer, task: str = "sequence") -> tu
             message = str(error)
             if message.startswith("BuilderConfig"):  # `datasets`' words for an unknown configuration
                 option = "--dataset_config_name"
+            elif message.startswith("labels ") and data_args.class_names is not None:
+                option = "--class_names"
             raise ValueError(name_the_option(message, option)) from None
 
     on_hub = data_args.dataset_name is not None
     train = load(
-        train_source, train_split, "--dataset_name" if on_hub else "--train_file", limit=data_args.max_train_samples
+        train_source,
+        train_split,
+        "--dataset_name" if on_hub else "--train_file",
+        limit=data_args.max_train_samples,
+        label_names=data_args.class_names,
     )
     label_names = label_names_of(train)
     dev = load(
@@ -343,6 +356,8 @@ def load_data(data_args: DataArguments, tokenizer, task: str = "sequence") -> tu
 def _load_conll(data_args: DataArguments, tokenizer, max_length: int) -> tuple[Dataset, Dataset, list[str]]:
     if data_args.dataset_name is not None:
         raise ValueError("--family token reads CoNLL column files: give `--train_file` and `--validation_file`.")
+    if data_args.class_names is not None:
+        raise ValueError("`--class_names` names text classes: --family token takes its tags from the CoNLL files.")
     if not data_args.train_file or not data_args.validation_file:
         raise ValueError("--family token needs `--train_file` and `--validation_file` (CoNLL column files).")
     train = read_conll(data_args.train_file, tag_column=data_args.tag_column, limit=data_args.max_train_samples)
