@@ -19,7 +19,7 @@ first, as the table the quick start prints, with its run time and machine.
 Each result becomes rows `(dataset, method, target FLOPs speed-up) -> metric, measured FLOPs speed-up, wall-clock
 speed-up per batch size`; RESULTS.md has one accuracy table and one wall-clock table per dataset, the machines, and
 the numbers the original papers published (quoted in METHODS.md, labelled as theirs, with their backbone), and one
-plot per dataset (`benchmarks/plots/<dataset>.png`, a curve per method).
+plot per dataset (`benchmarks/plots/<dataset>.png`: a row per benchmark, a curve per method).
 
     hf-earlyexit benchmark --report_only
     python benchmarks/make_report.py
