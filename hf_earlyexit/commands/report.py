@@ -458,14 +458,13 @@ def plot_dataset(group: list[Benchmark], path: Path, dataset: str) -> Path:
             for method, cells in bench.cells.items()
         }
         panels = [("measured FLOPs speed-up (x)", flops)]
-        for size in sorted(
-            {size for cells in bench.cells.values() for c in cells.values() for size in c.wallclock}, key=int
-        ):
+        for size in _batch_sizes([bench]):
             wall = {
                 method: [(c.wallclock[size], 100 * c.metric) for c in cells.values() if size in c.wallclock]
                 for method, cells in bench.cells.items()
             }
-            panels.append((f"measured wall-clock speed-up at batch size {size} (x)", wall))
+            if any(wall.values()):  # (a benchmark that timed nothing gets the FLOPs panel only)
+                panels.append((f"measured wall-clock speed-up at batch size {size} (x)", wall))
         if bench.full_by_stage:
             references = [(f"full model ({stage})", 100 * value) for stage, value in bench.full_by_stage.items()]
         else:

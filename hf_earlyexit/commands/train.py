@@ -324,11 +324,11 @@ def load_data(data_args: DataArguments, tokenizer, task: str = "sequence") -> tu
                 option = "--class_names"
             raise ValueError(name_the_option(message, option)) from None
 
-    on_hub = data_args.dataset_name is not None
+    from_datasets = data_args.dataset_name is not None  # a Hub name or a local dataset folder
     train = load(
         train_source,
         train_split,
-        "--dataset_name" if on_hub else "--train_file",
+        "--dataset_name" if from_datasets else "--train_file",
         limit=data_args.max_train_samples,
         label_names=data_args.class_names,
     )
@@ -336,7 +336,7 @@ def load_data(data_args: DataArguments, tokenizer, task: str = "sequence") -> tu
     dev = load(
         dev_source,
         dev_split,
-        "--dataset_name" if on_hub else "--validation_file",
+        "--dataset_name" if from_datasets else "--validation_file",
         limit=data_args.max_eval_samples,
         label_names=label_names,
     )
