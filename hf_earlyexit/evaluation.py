@@ -8,6 +8,7 @@ Speed accounting follows METHODS.md section 4 and always names its convention:
   by the time of the early-exit model, measured in the same process with the same thread count, interleaved.
 """
 
+import math
 import os
 import platform
 import statistics
@@ -156,6 +157,69 @@ def interleaved_latency(
     }
 
 
+def interleaved_batch_latency(
+    models: dict[str, Callable[[dict], Any]], batches: Sequence[dict], rounds: int = 3, warmup: int = 1
+) -> dict[str, dict]:
+    """Time several models batch by batch: for every batch, each model runs it in turn (the order alternating from
+    batch to batch), so every model meets the same state of the machine within milliseconds.
+
+    Args:
+        models: Name to a callable that runs one batch.
+        batches: The batches, each timed on its own.
+        rounds: Timed passes over the batches; per batch, the median over rounds counts.
+        warmup: Untimed passes first.
+
+    Returns:
+        Name to `{"median_s": median over rounds of the total time, "rounds": totals per round, "batch_s": per batch
+        the median over rounds, "p90_ms_per_example": 90th percentile over batches of the batch's median time per
+        example, in ms}`.
+    """
+    names = list(models)
+    for _ in range(warmup):
+        for batch in batches:
+            for name in names:
+                models[name](batch)
+    # times[name][round][batch]
+    times = {name: [[0.0] * len(batches) for _ in range(rounds)] for name in names}
+    for r in range(rounds):
+        for b, batch in enumerate(batches):
+            order = names if (r + b) % 2 == 0 else names[::-1]
+            for name in order:
+                start = time.perf_counter()
+                models[name](batch)
+                times[name][r][b] = time.perf_counter() - start
+    results = {}
+    for name in names:
+        totals = [sum(per_batch) for per_batch in times[name]]
+        batch_s = [statistics.median(times[name][r][b] for r in range(rounds)) for b in range(len(batches))]
+        per_example = sorted(1000 * t / batch["input_ids"].shape[0] for t, batch in zip(batch_s, batches))
+        results[name] = {
+            "median_s": statistics.median(totals),
+            "rounds": totals,
+            "batch_s": batch_s,
+            "p90_ms_per_example": _quantile(per_example, 0.9),
+        }
+    return results
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    """The `q` quantile of sorted values, linearly interpolated (numpy's default)."""
+    position = q * (len(sorted_values) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def forward_one(model, **settings) -> Callable[[dict], None]:
+    """A callable that runs `model` on one batch under `torch.inference_mode` (for `interleaved_batch_latency`)."""
+
+    def run(batch):
+        with torch.inference_mode():
+            model(**batch, **settings)
+
+    return run
+
+
 def forward_all(model, batches: Sequence[dict], **settings) -> Callable[[], None]:
     """A callable that runs `model` over every batch under `torch.inference_mode` (for `interleaved_latency`)."""
 
@@ -180,6 +244,8 @@ class SweepPoint:
     flops_speedup: float
     wallclock_speedup: dict[str, float] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
+    # 90th percentile over the timed batches of the time per example (at batch size 1: per-sentence latency)
+    latency_p90_ms: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -200,6 +266,37 @@ def speed_summary(exit_layer: torch.Tensor, flops: torch.Tensor, full_layers: in
         "mean_exit_layer": float(exit_layer.float().mean()),
         "layer_speedup": full_layers * exit_layer.numel() / float(exit_layer.sum()),
         "flops_speedup": float(full_flops.sum()) / float(flops.sum()),
+    }
+
+
+def oracle_exits(all_logits: torch.Tensor) -> torch.Tensor:
+    """The oracle's exits: for every example, the first exit (or cascade member) whose prediction equals the last
+    one's. Leaving there changes no answer of the full model, so its speed-up is the most any exit criterion can reach
+    at zero loss against the full model (the limit the measured curves are compared with).
+
+    Args:
+        all_logits: `(num_exits, batch, num_labels)`, every exit's logits (`output_all_exits=True`).
+
+    Returns:
+        `(batch,)` exit indices.
+    """
+    predictions = all_logits.argmax(dim=-1)
+    agrees = predictions == predictions[-1]  # the last row is all true
+    return agrees.int().argmax(dim=0)  # the first true entry
+
+
+def oracle_point(model, all_logits: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Metric and speed-ups of the oracle's exits ([`oracle_exits`]) for a model's recorded `all_logits` on examples
+    of real `lengths`, priced as the model prices its exits (`flops_per_exit`, `exit_layers`)."""
+    exit_index = oracle_exits(all_logits)
+    columns = torch.arange(exit_index.numel())
+    flops = model.flops_per_exit(lengths)[exit_index, columns]
+    exit_layer = torch.tensor(model.exit_layers)[exit_index]
+    answers = all_logits[exit_index, columns]
+    return {
+        "metric": accuracy(answers, labels),
+        **speed_summary(exit_layer, flops, model.full_depth_layers, model.reference_flops(lengths)),
+        "exit_fraction": torch.bincount(exit_index, minlength=all_logits.shape[0]).div(exit_index.numel()).tolist(),
     }
 
 
@@ -245,7 +342,8 @@ def measure_points(
     For every `(method, settings)` point: the metric, mean exit layer and layer / FLOPs speed-up come from running the
     model with `settings` over `eval_batches`; the wall-clock speed-up at each batch size of `timing_batches` is the
     time of `reference` (default: [`plain_baseline`]) over the time of the model with `settings`, on the same batches,
-    interleaved round by round in this process.
+    interleaved batch by batch in this process ([`interleaved_batch_latency`]); `latency_p90_ms` is the 90th percentile
+    of the time per example over the timed batches (per sentence at batch size 1).
 
     Args:
         model: An early-exit model in eval mode (any sequence-classification family).
@@ -275,14 +373,15 @@ def measure_points(
             **speed_summary(out["exit_layer"], out["flops"], model.full_depth_layers, full_flops),
         )
         for batch_size, batches in (timing_batches or {}).items():
-            timed = interleaved_latency(
-                {"reference": forward_all(reference, batches), "model": forward_all(model, batches, **settings)},
-                rounds=rounds,
+            timed = interleaved_batch_latency(
+                {"reference": forward_one(reference), "model": forward_one(model, **settings)}, batches, rounds=rounds
             )
             num_examples = sum(batch["input_ids"].shape[0] for batch in batches)
             point.wallclock_speedup[str(batch_size)] = timed["reference"]["median_s"] / timed["model"]["median_s"]
             point.latency_ms[str(batch_size)] = 1000 * timed["model"]["median_s"] / num_examples
             point.latency_ms[f"{batch_size}_reference"] = 1000 * timed["reference"]["median_s"] / num_examples
+            point.latency_p90_ms[str(batch_size)] = timed["model"]["p90_ms_per_example"]
+            point.latency_p90_ms[f"{batch_size}_reference"] = timed["reference"]["p90_ms_per_example"]
         results.append(point)
     return results
 

@@ -67,3 +67,48 @@ def test_collect_split_in_one_process_is_the_plain_collect():
     plain = collect(model, batches, exit_threshold=0.6)
     assert split.keys() == plain.keys() == {"logits", "exit_layer", "flops"}
     assert all(torch.equal(split[name], plain[name]) for name in plain)
+
+
+def test_oracle_exits_are_the_first_agreeing_exit():
+    from hf_earlyexit.evaluation import oracle_exits
+
+    # predictions per exit (rows) for 4 examples: the last row is the full model's answer
+    predictions = torch.tensor([[0, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 1]])
+    all_logits = torch.nn.functional.one_hot(predictions, 2).float()
+    assert oracle_exits(all_logits).tolist() == [1, 2, 1, 2]
+
+
+def test_oracle_point_keeps_the_full_model_answers_and_prices_exits_as_the_model():
+    from hf_earlyexit.evaluation import oracle_point
+
+    model = tiny_model(num_labels=2)
+    batch = padded_inputs(batch_size=8, seed=3)
+    labels = torch.randint(0, 2, (8,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        all_logits = model(**batch, output_all_exits=True).all_logits
+    lengths = batch["attention_mask"].sum(-1)
+    point = oracle_point(model, all_logits, lengths, labels)
+    assert point["metric"] == float((all_logits[-1].argmax(-1) == labels).float().mean())
+    # an early-exit run whose criterion happened to pick the oracle's exits would spend exactly these FLOPs
+    first = (all_logits.argmax(-1) == all_logits[-1].argmax(-1)).int().argmax(0)
+    spent = model.flops_per_exit(lengths)[first, torch.arange(8)]
+    assert point["flops_speedup"] == pytest.approx(float(model.reference_flops(lengths).sum() / spent.sum()))
+    assert sum(point["exit_fraction"]) == pytest.approx(1.0) and point["flops_speedup"] >= 1.0
+
+
+def test_interleaved_batch_latency_times_every_batch_of_every_model():
+    from hf_earlyexit.evaluation import interleaved_batch_latency
+
+    calls = []
+    batches = [{"input_ids": torch.zeros(n, 3)} for n in (1, 2, 4)]
+    timed = interleaved_batch_latency(
+        {"a": lambda b: calls.append(("a", b["input_ids"].shape[0])), "b": lambda b: calls.append(("b", 0))},
+        batches,
+        rounds=2,
+        warmup=1,
+    )
+    # warm-up and two rounds, each model once per batch, the order alternating from batch to batch
+    assert len(calls) == 3 * 3 * 2
+    assert [name for name, _ in calls[6:12]] == ["a", "b", "b", "a", "a", "b"]
+    assert len(timed["a"]["rounds"]) == 2 and len(timed["a"]["batch_s"]) == 3
+    assert timed["a"]["median_s"] >= 0 and timed["a"]["p90_ms_per_example"] >= 0
