@@ -100,6 +100,33 @@ def test_from_plain_bert_checkpoint_keeps_backbone_weights(tmp_path):
             torch.testing.assert_close(model.bert.state_dict()[name], tensor, rtol=0, atol=0)
 
 
+def _assert_bypasses_are_identity(model):
+    z = torch.randn(5, model.config.hidden_size)
+    for bypass in model.bypasses:
+        assert torch.count_nonzero(bypass.up.weight) == 0 and torch.count_nonzero(bypass.up.bias) == 0
+        torch.testing.assert_close(bypass(z), z, rtol=0, atol=0)
+
+
+def test_fresh_bypass_is_the_identity_from_a_config():
+    model = BertWithBypassExits(BypassBertConfig(**tiny_config_kwargs(use_bypass=True)))
+    _assert_bypasses_are_identity(model)
+    # the down-projection is initialised as any BERT linear layer, not left at zero
+    assert model.bypasses[0].down.weight.std() > 0.01
+
+
+def test_fresh_bypass_is_the_identity_from_a_plain_bert_checkpoint(tmp_path):
+    BertModel(BertConfig(**tiny_config_kwargs())).save_pretrained(tmp_path)
+    model = BertWithBypassExits.from_pretrained(tmp_path, num_labels=2, use_bypass=True)
+    _assert_bypasses_are_identity(model)
+
+
+def test_trained_bypass_weights_survive_a_reload(tmp_path):
+    model = tiny_model(use_bypass=True)
+    model.save_pretrained(tmp_path)
+    reloaded = BertWithBypassExits.from_pretrained(tmp_path)
+    torch.testing.assert_close(reloaded.bypasses[0].up.weight, model.bypasses[0].up.weight, rtol=0, atol=0)
+
+
 # --- real skipping ------------------------------------------------------------------------------------------------
 
 

@@ -272,6 +272,11 @@ def test_each_recipe_trains(tmp_path, recipe, stage, labelled):
 
 def test_alternating_even_steps_leave_intermediate_exits_without_gradient(tmp_path):
     model = tiny_model()
+    with (
+        torch.no_grad()
+    ):  # a fresh bypass's up-projection is zero, which would stop the gradient of its down-projection
+        for bypass in model.bypasses:
+            bypass.up.weight.normal_(0, 0.2)
     train = separable_dataset(16, seed=0)
     trainer = EarlyExitTrainer(model, make_args(tmp_path, exit_recipe="alternating", max_steps=1), train_dataset=train)
     batch = as_batch(train)

@@ -27,6 +27,7 @@ from .modeling_exit_heads import (
     BypassModule,
     ClassificationHead,
     EarlyExitModelMixin,
+    ZeroInitLinear,
     embed_and_mask,
     full_depth_exit_logits,
     layer_mask,
@@ -135,10 +136,11 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, BypassModule):
-            init.zeros_(module.up.weight)
-            init.zeros_(module.up.bias)
+        if isinstance(module, ZeroInitLinear):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
 
     @property
     def exit_layers(self) -> list[int]:

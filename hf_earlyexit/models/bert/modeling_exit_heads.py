@@ -60,17 +60,25 @@ def scale_gradient(tensor: torch.Tensor, scale: float) -> torch.Tensor:
     return _ScaleGradient.apply(tensor, scale)
 
 
+class ZeroInitLinear(nn.Linear):
+    """A linear layer that the model's `_init_weights` sets to zero (weight and bias).
+
+    Its own class rather than a check on the parent module: transformers initialises children before their parents
+    and skips parameters already initialised, so a zero init written for the parent would never run.
+    """
+
+
 class BypassModule(nn.Module):
     """BADGE block-wise bypass (our interpretation, see [`BypassBertConfig`]): `z + W_up(act(W_down(z)))`.
 
-    `W_up` is zero-initialised by the model's `_init_weights`, so a fresh bypass is the identity.
+    `W_up` is a [`ZeroInitLinear`], so a freshly initialised bypass is the identity.
     """
 
     def __init__(self, hidden_size: int, bottleneck: int):
         super().__init__()
         self.down = nn.Linear(hidden_size, bottleneck)
         self.act = ACT2FN["gelu"]
-        self.up = nn.Linear(bottleneck, hidden_size)
+        self.up = ZeroInitLinear(bottleneck, hidden_size)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return pooled + self.up(self.act(self.down(pooled)))
@@ -352,4 +360,5 @@ __all__ = [
     "scale_gradient",
     "sequence_classification_loss",
     "weighted_exit_loss",
+    "ZeroInitLinear",
 ]
