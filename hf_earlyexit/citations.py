@@ -86,6 +86,13 @@ CITATIONS: dict[str, str] = {
   url = "https://aclanthology.org/2020.acl-main.537",
   pages = "6035--6044"
 }""",
+    "distillation": """@article{hinton-etal-2015-distilling,
+  title = "Distilling the Knowledge in a Neural Network",
+  author = "Hinton, Geoffrey and Vinyals, Oriol and Dean, Jeff",
+  journal = "arXiv preprint arXiv:1503.02531",
+  year = "2015",
+  url = "https://arxiv.org/abs/1503.02531"
+}""",
 }
 
 

@@ -33,6 +33,7 @@ Cascade recipes (METHODS.md section 2), for [`BertForCascadeClassification`]:
 | --- | --- | --- |
 | `joint` | [`JointCascadeLoss`] | `sum_k CE_k` over the members |
 | `difficulty_aware` | [`DifficultyAwareCascadeLoss`] | `sum_k CE_k + lambda sum_{k<K-1} L_DAR(k)` (CascadeBERT) |
+| `teacher_distillation` | [`TeacherDistillationLoss`] | `sum_k alpha T^2 KL_T(teacher, member k) + (1 - alpha) CE_k` (Hinton et al.) |
 
 Sequence-labelling recipes (METHODS.md section 3), for [`BertForTokenEarlyExit`]:
 
@@ -881,6 +882,124 @@ def check_dar_settings(dar_lambda, margin, difficulty, warmup_epochs) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Knowledge distillation from a fine-tuned teacher (the smaller-model baseline a user would train instead)
+# --------------------------------------------------------------------------------------------------------------------
+
+TEACHER_DISTILLATION_RECIPE = "teacher_distillation"
+TEACHER_LOGITS_COLUMN = "teacher_logits"
+
+
+def logit_distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+) -> dict[str, torch.Tensor]:
+    r"""Hinton et al.'s logit distillation (https://huggingface.co/papers/1503.02531), batch means:
+
+    `loss = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y)`
+
+    The `T^2` keeps the soft term's gradients on the scale of the hard one when `T` changes.
+
+    Args:
+        student_logits: `(batch, num_labels)`.
+        teacher_logits: `(batch, num_labels)`; no gradient flows into them.
+        labels: `(batch,)` class indices.
+        temperature: `T > 0`.
+        alpha: Weight of the soft term, in `[0, 1]`.
+
+    Returns:
+        `{"loss": ..., "kl": ..., "ce": ...}` (`kl` without the `T^2`, `ce` at temperature 1).
+    """
+    teacher = teacher_logits.detach().to(student_logits.dtype)
+    kl = kl_divergence(teacher / temperature, student_logits / temperature).mean()
+    ce = nn.functional.cross_entropy(student_logits, labels)
+    return {"loss": alpha * temperature**2 * kl + (1 - alpha) * ce, "kl": kl, "ce": ce}
+
+
+class TeacherDistillationLoss(CascadeExitLoss):
+    r"""Every member of a cascade learns from a fine-tuned teacher as well as from the labels:
+    `sum_k [alpha T^2 KL(p_teacher^T || p_k^T) + (1 - alpha) CE_k]` (see [`logit_distillation_loss`]).
+
+    With a one-member cascade this is the classic distilled smaller model (a DistilBERT-style student of the first
+    `k` layers), the baseline an early-exit model has to beat. The teacher's logits come from a `teacher_logits`
+    column of the training set (computed once, e.g. with `hf_earlyexit.evaluation.collect`; the cheapest on a CPU) or
+    from `teacher` (a sequence classifier with the same labels, run in evaluation mode on every batch).
+
+    Args:
+        config ([`CascadeBertConfig`]): The model's config (single-label classification).
+        temperature (`float`): `T`.
+        alpha (`float`): Weight of the soft term.
+        teacher (`nn.Module`, *optional*): Used when the batch has no `teacher_logits`.
+    """
+
+    input_columns = ("labels", TEACHER_LOGITS_COLUMN)
+    citation = CITATIONS["distillation"]
+
+    def __init__(self, config, temperature: float = 2.0, alpha: float = 0.5, teacher: nn.Module | None = None):
+        super().__init__(config)
+        if config.num_labels < 2 or config.problem_type in ("regression", "multi_label_classification"):
+            raise ValueError(
+                "Logit distillation matches class distributions (softmax), so it needs single-label classification "
+                f"with num_labels >= 2; got num_labels={config.num_labels}, problem_type={config.problem_type!r}."
+            )
+        self.temperature = temperature
+        self.alpha = alpha
+        # not a submodule: the teacher is neither trained nor saved with the student
+        self.__dict__["teacher"] = teacher.eval().requires_grad_(False) if teacher is not None else None
+
+    @classmethod
+    def from_args(cls, model, args):
+        cls.check_args(args)
+        teacher = None
+        if args.distillation_teacher is not None:
+            from transformers import AutoModelForSequenceClassification
+
+            teacher = AutoModelForSequenceClassification.from_pretrained(args.distillation_teacher)
+            if teacher.config.num_labels != model.config.num_labels:
+                raise ValueError(
+                    f"`distillation_teacher` {args.distillation_teacher!r} has {teacher.config.num_labels} labels, the "
+                    f"student {model.config.num_labels}: a teacher must classify into the same labels."
+                )
+        return cls(model.config, args.distillation_temperature, args.distillation_alpha, teacher)
+
+    def setup(self, trainer) -> None:
+        columns = getattr(trainer.train_dataset, "column_names", None) or []
+        if self.teacher is None and TEACHER_LOGITS_COLUMN not in columns:
+            raise ValueError(
+                f"`exit_recipe={TEACHER_DISTILLATION_RECIPE!r}` needs the teacher's logits: a {TEACHER_LOGITS_COLUMN!r} "
+                "column in the training set, or `distillation_teacher` (a fine-tuned classifier's path or Hub id)."
+            )
+        if self.teacher is not None:
+            self.teacher.to(trainer.args.device)
+
+    def teacher_logits(self, inputs) -> torch.Tensor:
+        if TEACHER_LOGITS_COLUMN in inputs:
+            return inputs[TEACHER_LOGITS_COLUMN]
+        with torch.no_grad():
+            return self.teacher(**self.model_inputs(inputs)).logits
+
+    def forward(self, outputs, inputs, step=None):
+        if step is None and self.teacher is None and TEACHER_LOGITS_COLUMN not in inputs:
+            # evaluation data usually carries no teacher logits: report the labels' loss then
+            return self.joint_terms(outputs, inputs)
+        teacher = self.teacher_logits(inputs)
+        terms = [
+            logit_distillation_loss(logits, teacher, inputs["labels"], self.temperature, self.alpha)
+            for logits in outputs.all_logits
+        ]
+        components = {"loss": sum(term["loss"] for term in terms)}
+        for k, term in enumerate(terms):
+            components[f"loss_member_{k}"] = term["loss"].detach()
+            components[f"kl_member_{k}"] = term["kl"].detach()
+        return components
+
+    def get_config_dict(self):
+        return {"distillation_temperature": self.temperature, "distillation_alpha": self.alpha}
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Sequence-labelling recipes (BertForTokenEarlyExit): `outputs.all_logits` is `(num_exits, batch, seq, num_labels)`
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -1406,6 +1525,7 @@ register_exit_loss("bypass-bert", "alternating", AlternatingExitLoss.from_args)
 register_exit_loss("bypass-bert", "distillation", DistillationExitLoss.from_args, staged=True)
 register_exit_loss("cascade-bert", "joint", JointCascadeLoss.from_args)
 register_exit_loss("cascade-bert", DAR_RECIPE, DifficultyAwareCascadeLoss.from_args)
+register_exit_loss("cascade-bert", TEACHER_DISTILLATION_RECIPE, TeacherDistillationLoss.from_args)
 register_exit_loss("token-exit-bert", "joint", JointTokenExitLoss.from_args)
 register_exit_loss("token-exit-bert", SELF_SAMPLING_RECIPE, SelfSamplingTokenLoss.from_args)
 
@@ -1421,12 +1541,14 @@ __all__ = [
     "JointTokenExitLoss",
     "MultiExitLoss",
     "SelfSamplingTokenLoss",
+    "TeacherDistillationLoss",
     "TokenExitLoss",
     "TwoStageExitLoss",
     "check_difficulty_values",
     "check_self_sampling_settings",
     "difficulty_aware_ranking_loss",
     "exit_loss_from_args",
+    "logit_distillation_loss",
     "masked_token_losses",
     "register_exit_loss",
     "registered_recipes",

@@ -21,6 +21,7 @@ from transformers import TrainingArguments
 from .losses import (
     DAR_RECIPE,
     SELF_SAMPLING_RECIPE,
+    TEACHER_DISTILLATION_RECIPE,
     WEIGHT_SCHEMES,
     check_dar_settings,
     check_self_sampling_settings,
@@ -52,6 +53,9 @@ class EarlyExitTrainingArguments(TrainingArguments):
             - `"joint"`: `sum_k CE_k` over the members (no weights: `exit_loss_weights` must not be a list).
             - `"difficulty_aware"` (CascadeBERT): `sum_k CE_k + dar_lambda * sum_{k<K-1} L_DAR(k)`, see the `dar_*`
               arguments and [`DifficultyAwareCascadeLoss`].
+            - `"teacher_distillation"`: every member learns from a fine-tuned teacher's logits as well as from the
+              labels (Hinton et al.); with a one-member cascade, the classic distilled smaller model. See the
+              `distillation_*` arguments and [`TeacherDistillationLoss`].
 
             For sequence labelling ([`BertForTokenEarlyExit`], METHODS.md section 3):
 
@@ -91,6 +95,14 @@ class EarlyExitTrainingArguments(TrainingArguments):
             `exit_recipe="difficulty_aware"` only: epochs (fractions allowed) trained without DAR at the start, within
             the same learning-rate schedule; `ceil(dar_warmup_epochs x update steps per epoch)` optimizer steps. Defaults
             to 1 for `"warmup"` (must be > 0 and shorter than the training) and 0 for the other sources.
+        distillation_temperature (`float`, *optional*):
+            `exit_recipe="teacher_distillation"` only: the temperature `T > 0` of the soft term. Defaults to 2.0.
+        distillation_alpha (`float`, *optional*):
+            `exit_recipe="teacher_distillation"` only: the weight of the soft term, in `[0, 1]` (the labels' cross-entropy
+            gets `1 - alpha`). Defaults to 0.5.
+        distillation_teacher (`str`, *optional*):
+            `exit_recipe="teacher_distillation"` only: path or Hub id of the fine-tuned teacher classifier, run on every
+            batch. Unset: the training set must carry a `teacher_logits` column (computed once beforehand).
         self_sampling_max_threshold (`float`, *optional*):
             `exit_recipe="self_sampling"` only: the largest threshold sampled (thresholds `0.01, 0.02, ...` up to it),
             in `[0.01, 1]`. Defaults to 0.5 (the paper's range).
@@ -164,6 +176,22 @@ class EarlyExitTrainingArguments(TrainingArguments):
         },
     )
 
+    distillation_temperature: float | None = field(
+        default=None,
+        metadata={"help": "exit_recipe='teacher_distillation': temperature T > 0 of the soft term (default 2.0)."},
+    )
+    distillation_alpha: float | None = field(
+        default=None,
+        metadata={"help": "exit_recipe='teacher_distillation': weight of the soft term, in [0, 1] (default 0.5)."},
+    )
+    distillation_teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "exit_recipe='teacher_distillation': path or Hub id of the fine-tuned teacher (default: a "
+            "`teacher_logits` column of the training set)."
+        },
+    )
+
     self_sampling_max_threshold: float | None = field(
         default=None,
         metadata={"help": "exit_recipe='self_sampling': the largest sampled threshold, in [0.01, 1] (default 0.5)."},
@@ -181,6 +209,7 @@ class EarlyExitTrainingArguments(TrainingArguments):
         self.validate_head_learning_rate()
         self.validate_dar()
         self.validate_self_sampling()
+        self.validate_distillation()
         if self.exit_recipe == "alternating" and self.ddp_find_unused_parameters is None:
             # even steps leave the intermediate exits without gradient; DDP must be told to expect that
             self.ddp_find_unused_parameters = True
@@ -275,6 +304,34 @@ class EarlyExitTrainingArguments(TrainingArguments):
         if self.self_sampling_max_threshold is None:
             self.self_sampling_max_threshold = 0.5
         check_self_sampling_settings(self.self_sampling_max_threshold, self.self_sampling_flooding)
+
+    def validate_distillation(self):
+        settings = {
+            "distillation_temperature": self.distillation_temperature,
+            "distillation_alpha": self.distillation_alpha,
+            "distillation_teacher": self.distillation_teacher,
+        }
+        if self.exit_recipe != TEACHER_DISTILLATION_RECIPE:
+            given = sorted(name for name, value in settings.items() if value is not None)
+            if given:
+                raise ValueError(
+                    f"{given} only apply to `exit_recipe={TEACHER_DISTILLATION_RECIPE!r}`; "
+                    f"`exit_recipe={self.exit_recipe!r}` does not use them, so leave them unset."
+                )
+            return
+        if self.distillation_temperature is None:
+            self.distillation_temperature = 2.0
+        if self.distillation_alpha is None:
+            self.distillation_alpha = 0.5
+        temperature, alpha = self.distillation_temperature, self.distillation_alpha
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not 0 < temperature < math.inf
+        ):
+            raise ValueError(f"`distillation_temperature` must be a finite number > 0, got {temperature!r}.")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+            raise ValueError(f"`distillation_alpha` must be a number in [0, 1], got {alpha!r}.")
 
     def validate_head_learning_rate(self):
         if self.head_learning_rate is None:

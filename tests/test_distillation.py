@@ -1,0 +1,98 @@
+"""The `teacher_distillation` recipe: logit distillation of a (one-member) cascade from a fine-tuned teacher."""
+
+import math
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from hf_earlyexit import EarlyExitTrainer
+from hf_earlyexit.losses import TeacherDistillationLoss, logit_distillation_loss
+from tests.test_cascade_training import tiny_cascade
+from tests.test_trainer import make_args, separable_dataset
+from tests.utils import tiny_config_kwargs
+
+
+def test_logit_distillation_by_hand():
+    student = torch.tensor([[1.0, 0.0]])
+    teacher = torch.tensor([[0.0, 1.0]])
+    terms = logit_distillation_loss(student, teacher, torch.tensor([0]), temperature=2.0, alpha=0.5)
+    # at T = 2 the two distributions are sigmoid(+-0.5) mirrored: KL = (s(0.5) - s(-0.5)) * 0.5 = tanh(0.25) / 2
+    kl = math.tanh(0.25) / 2
+    ce = math.log(1 + math.exp(-1.0))
+    assert float(terms["kl"]) == pytest.approx(kl, abs=1e-6)
+    assert float(terms["ce"]) == pytest.approx(ce, abs=1e-6)
+    assert float(terms["loss"]) == pytest.approx(0.5 * 4 * kl + 0.5 * ce, abs=1e-6)
+    assert float(terms["loss"]) == pytest.approx(0.4015495, abs=1e-6)
+    # alpha = 0 is plain cross-entropy; alpha = 1 the soft term alone; a teacher equal to the student adds nothing
+    assert float(logit_distillation_loss(student, teacher, torch.tensor([0]), 2.0, 0.0)["loss"]) == pytest.approx(ce)
+    assert float(logit_distillation_loss(student, teacher, torch.tensor([0]), 2.0, 1.0)["loss"]) == pytest.approx(
+        4 * kl
+    )
+    assert float(logit_distillation_loss(student, student, torch.tensor([1]), 3.0, 1.0)["loss"]) == 0.0
+
+
+def test_no_gradient_reaches_the_teacher_logits():
+    student = torch.randn(4, 3, requires_grad=True)
+    teacher = torch.randn(4, 3, requires_grad=True)
+    logit_distillation_loss(student, teacher, torch.tensor([0, 1, 2, 0]))["loss"].backward()
+    assert teacher.grad is None and student.grad.abs().sum() > 0
+
+
+def teacher_model(tmp_path):
+    torch.manual_seed(3)
+    teacher = BertForSequenceClassification(BertConfig(**tiny_config_kwargs(num_labels=2))).eval()
+    teacher.save_pretrained(tmp_path / "teacher")
+    return teacher
+
+
+def test_teacher_column_and_teacher_model_train_the_same_student(tmp_path):
+    teacher = teacher_model(tmp_path)
+    train = separable_dataset(64, seed=0)
+    with torch.no_grad():
+        logits = teacher(
+            input_ids=torch.tensor(train["input_ids"]), attention_mask=torch.tensor(train["attention_mask"])
+        )
+    with_column = train.add_column("teacher_logits", logits.logits.tolist())
+
+    def trained(dataset, **args):
+        model = tiny_cascade(member_layers=(2,))
+        arguments = make_args(tmp_path / "out", exit_recipe="teacher_distillation", max_steps=4, **args)
+        trainer = EarlyExitTrainer(model, arguments, train_dataset=dataset)
+        assert isinstance(trainer.exit_loss, TeacherDistillationLoss)
+        trainer.train()
+        return model, [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+    by_column, column_losses = trained(with_column)
+    by_model, model_losses = trained(train, distillation_teacher=str(tmp_path / "teacher"))
+    assert column_losses == pytest.approx(model_losses, rel=1e-5)
+    for (name, a), b in zip(by_column.named_parameters(), by_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    # the student moved towards the teacher: its KL to the teacher fell
+    assert column_losses[-1] < column_losses[0]
+
+
+def test_distillation_arguments(tmp_path):
+    args = make_args(tmp_path, exit_recipe="teacher_distillation")
+    assert (args.distillation_temperature, args.distillation_alpha, args.distillation_teacher) == (2.0, 0.5, None)
+    with pytest.raises(
+        ValueError, match=r"\['distillation_alpha'\] only apply to `exit_recipe='teacher_distillation'`"
+    ):
+        make_args(tmp_path, exit_recipe="joint", distillation_alpha=0.3)
+    with pytest.raises(ValueError, match="`distillation_temperature` must be a finite number > 0, got 0"):
+        make_args(tmp_path, exit_recipe="teacher_distillation", distillation_temperature=0)
+    with pytest.raises(ValueError, match=r"`distillation_alpha` must be a number in \[0, 1\], got 1.5"):
+        make_args(tmp_path, exit_recipe="teacher_distillation", distillation_alpha=1.5)
+
+
+def test_distillation_without_a_teacher_is_refused(tmp_path):
+    args = make_args(tmp_path, exit_recipe="teacher_distillation")
+    with pytest.raises(ValueError, match="needs the teacher's logits: a 'teacher_logits' column"):
+        EarlyExitTrainer(tiny_cascade(member_layers=(2,)), args, train_dataset=separable_dataset(8, seed=0))
+
+
+def test_a_teacher_with_other_labels_is_refused(tmp_path):
+    BertForSequenceClassification(BertConfig(**tiny_config_kwargs(num_labels=3))).save_pretrained(tmp_path / "t3")
+    args = make_args(tmp_path, exit_recipe="teacher_distillation", distillation_teacher=str(tmp_path / "t3"))
+    with pytest.raises(ValueError, match="has 3 labels, the student 2"):
+        EarlyExitTrainer(tiny_cascade(member_layers=(2,)), args, train_dataset=separable_dataset(8, seed=0))
