@@ -68,6 +68,10 @@ SOURCES = {
 
 QUICKSTART_RESULT = "quickstart/results.json"
 
+# The converged benchmarks (`python -m benchmarks.sst2`): one result file per cell under these folders, rendered by the
+# repository's `benchmarks.converged` (a source checkout's, like the scripts above)
+CONVERGED = {"sst2": "SST-2, converged models"}
+
 # What the original papers published, as quoted in METHODS.md (their setups, not ours: other backbones, other data)
 PUBLISHED = [
     {
@@ -314,6 +318,7 @@ def render(
     plots: dict[str, str],
     command: str,
     quickstart: dict | None = None,
+    converged: list[str] = (),
 ) -> str:
     lines = [
         "# Benchmark results",
@@ -329,7 +334,17 @@ def render(
         "process and threads, interleaved (median of rounds).",
         "",
         *render_quickstart(quickstart),
+        *converged,
     ]
+    if benchmarks and converged:
+        lines += [
+            "## Small-budget benchmarks",
+            "",
+            "The first benchmarks: every model trained one epoch on 3,000-4,800 SST-2 sentences (CoNLL-2003: three "
+            "epochs on 14,041 sentences). They show that the mechanism skips real work (FLOPs and clock agree), not how "
+            "the methods compare on trained models; the converged benchmarks above answer that.",
+            "",
+        ]
     if missing:
         lines += ["Not run yet (no result file): " + "; ".join(missing) + ".", ""]
     datasets = list(dict.fromkeys(b.dataset for b in benchmarks))
@@ -473,6 +488,34 @@ def plot_dataset(group: list[Benchmark], path: Path, dataset: str) -> Path:
     return plot_rows(rows, path, title=dataset, ylabel=f"{group[0].metric_name} (%)", marks=TARGETS)
 
 
+def converged_sections(results_dir: Path, plots_dir: Path, output: Path) -> list[str]:
+    """The converged benchmarks' section (tables and plot), when any of their result folders exists."""
+    folders = {name: results_dir / name for name in CONVERGED if (results_dir / name).is_dir()}
+    if not folders:
+        return []
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks.converged import plot_benchmark, render_benchmark
+
+    lines = [
+        "## Converged benchmarks",
+        "",
+        "Is early exit better than simply using a smaller model, on models trained properly? Every model below "
+        "trains on the whole training set but a held-out calibration slice, for the same budget; the baselines are "
+        "the ones a user would pick instead: truncated models fine-tuned on their own (static) and the same depths "
+        "distilled from the fine-tuned full model (KL at a temperature plus cross-entropy). Each cell of the "
+        "benchmark has its own result file (`benchmarks/cells.py`), with its command and settings.",
+        "",
+    ]
+    for name, folder in folders.items():
+        lines += render_benchmark(CONVERGED[name], folder)
+        plot = plot_benchmark(CONVERGED[name], folder, plots_dir / f"{name}_converged.png")
+        if plot is not None:
+            relative = Path(os.path.relpath(Path(plot).resolve(), output.parent.resolve())).as_posix()
+            lines += [f"![{CONVERGED[name]}: dev accuracy against speed-up]({relative})", ""]
+    return lines
+
+
 def make_report(results_dir: Path, output: Path, plots_dir: Path, command: str) -> dict:
     benchmarks, missing = load_benchmarks(results_dir)
     plots = {}
@@ -482,7 +525,8 @@ def make_report(results_dir: Path, output: Path, plots_dir: Path, command: str) 
         plots[dataset] = Path(os.path.relpath(Path(path).resolve(), output.parent.resolve())).as_posix()
     output.parent.mkdir(parents=True, exist_ok=True)
     quickstart = load_quickstart(results_dir)
-    output.write_text(render(benchmarks, missing, plots, command, quickstart), encoding="utf-8")
+    converged = converged_sections(results_dir, plots_dir, output)
+    output.write_text(render(benchmarks, missing, plots, command, quickstart, converged), encoding="utf-8")
     return {
         "report": str(output),
         "plots": sorted(str(plots_dir / Path(p).name) for p in plots.values()),

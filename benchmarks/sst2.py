@@ -1,0 +1,613 @@
+# Copyright 2026 The hf_earlyexit Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The converged SST-2 benchmark: is early exit better than simply using a smaller model, on models trained properly?
+
+Every model trains on the whole SST-2 training set except a held-out calibration slice (`--calibration_size`
+sentence-length examples, at least `--calibration_min_words` words: SST-2's training set is mostly phrases), for the
+same budget (`--epochs`, chosen from the full model's per-epoch dev curve, the `curve` cell). Cells, one result file
+each under `--results_dir` (see `benchmarks/cells.py`; checkpoints under `--runs_dir`):
+
+| kind | what | trained with |
+| --- | --- | --- |
+| `curve` | the full L-layer model, `--curve_epochs` epochs, dev accuracy after each | cross-entropy |
+| `full` | the full model at the budget (the teacher of `distilled`) | cross-entropy |
+| `static` | the first k layers (`--static_layers`), fine-tuned on their own | cross-entropy |
+| `distilled` | the same depths, distilled from `full` of the same seed | `teacher_distillation` (KL at T + CE) |
+| `cascade` | CascadeBERT cascades cut from the backbone (`--cascades`), `joint` and `dar` | the cascade recipes |
+| `assembled` | cascades assembled from `static` members and `full` (no training) | - |
+| `multi_exit` | BADGE multi-exit model, with and without bypasses, four criteria | `joint` |
+
+Every model with more than one exit is calibrated on the slice for each target FLOPs speed-up (`--targets`) and run
+for real on the 872 dev sentences; the oracle bound (each example leaves at the first exit that agrees with the last)
+comes from the same dev run. Wall-clock: `--timing_sentences` dev sentences at each batch size, interleaved batch by
+batch with a plain transformers model of the full size, median of `--timing_rounds` rounds, and the 90th-percentile
+latency per sentence at batch size 1.
+
+Seeds change the training seed and the calibration slice together. Run it in pieces, e.g.:
+
+    python -m benchmarks.sst2 --only curve                 # the per-epoch curve; pick --epochs from it
+    python -m benchmarks.sst2 --only full static --seeds 0
+    python -m benchmarks.sst2 --only distilled cascade multi_exit assembled --seeds 0
+    python -m benchmarks.sst2 --list                       # every cell and whether it is done
+
+`python -m benchmarks.report` builds RESULTS.md from whatever cells exist.
+"""
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    PrinterCallback,
+    TrainerCallback,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from benchmarks.cells import Cell, CellStore
+from hf_earlyexit import (
+    BertForCascadeClassification,
+    BertWithBypassExits,
+    EarlyExitTrainer,
+    EarlyExitTrainingArguments,
+)
+from hf_earlyexit.calibration import calibrate, record
+from hf_earlyexit.data import load_text_classification
+from hf_earlyexit.evaluation import collect, machine_info, make_batches, measure_points, oracle_point, plain_baseline
+from hf_earlyexit.utils import default_backbone
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KINDS = ("curve", "full", "static", "distilled", "cascade", "assembled", "multi_exit")
+CASCADE_RECIPES = {"joint": "joint", "dar": "difficulty_aware"}
+CRITERIA = ("max_prob", "entropy", "patience", "divergence")
+DEFAULT_BACKBONE_NAME = "all-MiniLM-L6-v2 (embedded default)"
+
+logger = logging.getLogger("benchmarks.sst2")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.sst2",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--only", nargs="+", default=None, help=f"cell kinds {KINDS} or cell names to run")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of the cells (the curve: the first)")
+    parser.add_argument("--list", action="store_true", help="list every cell and whether it is done, run nothing")
+    parser.add_argument("--results_dir", default="benchmarks/results/sst2")
+    parser.add_argument("--runs_dir", default="runs/sst2", help="checkpoints (an ignored folder)")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--train", default="data/sst2/train.tsv")
+    data.add_argument("--dev", default="data/sst2/dev.tsv")
+    data.add_argument("--train_size", type=int, default=0, help="training sentences (0: all but the slice)")
+    data.add_argument("--calibration_size", type=int, default=2000)
+    data.add_argument("--calibration_min_words", type=int, default=12)
+    data.add_argument("--dev_size", type=int, default=0, help="dev sentences (0: all)")
+    data.add_argument("--max_length", type=int, default=128)
+
+    models = parser.add_argument_group("models")
+    models.add_argument("--model", default=None, help="BERT backbone path or id (default: the embedded MiniLM-L6)")
+    models.add_argument("--static_layers", nargs="+", type=int, default=[1, 2, 3])
+    models.add_argument(
+        "--cascades", nargs="+", default=["1-6"], help="trained cascades' member depths (2-6: use the assembled one)"
+    )
+    models.add_argument("--cascade_recipes", nargs="+", choices=sorted(CASCADE_RECIPES), default=["dar", "joint"])
+    models.add_argument("--assembled", nargs="+", default=["1-6", "2-6", "3-6", "1-3-6"])
+    models.add_argument("--bypass", nargs="+", choices=["bypass", "no_bypass"], default=["bypass", "no_bypass"])
+
+    training = parser.add_argument_group("training")
+    training.add_argument("--epochs", type=float, default=2.0, help="the budget of every model")
+    training.add_argument("--curve_epochs", type=int, default=3)
+    training.add_argument("--batch_size", type=int, default=32)
+    training.add_argument("--learning_rate", type=float, default=5e-5, help="encoders of full-depth models")
+    training.add_argument("--head_learning_rate", type=float, default=2e-4, help="heads, shallow models and members")
+    training.add_argument("--warmup_ratio", type=float, default=0.1)
+    training.add_argument("--distillation_temperature", type=float, default=2.0)
+    training.add_argument("--distillation_alpha", type=float, default=0.5)
+    training.add_argument("--train_threads", type=int, default=None, help="torch threads while training")
+
+    measuring = parser.add_argument_group("measuring")
+    measuring.add_argument("--targets", nargs="+", type=float, default=[1.5, 2.0, 3.0, 4.0])
+    measuring.add_argument("--eval_batch_size", type=int, default=64)
+    measuring.add_argument("--timing_batch_sizes", nargs="+", type=int, default=[1, 32])
+    measuring.add_argument("--timing_sentences", type=int, default=256)
+    measuring.add_argument("--timing_rounds", type=int, default=3)
+    measuring.add_argument("--threads", type=int, default=1, help="torch threads while measuring")
+    args = parser.parse_args(argv)
+    if args.only:
+        unknown = [name for name in args.only if name not in KINDS and "-" not in name]
+        if unknown:
+            parser.error(f"--only takes cell kinds {KINDS} or cell names; got {unknown}")
+    for option in ("cascades", "assembled"):
+        for spec in getattr(args, option):
+            depths = spec.split("-")
+            if len(depths) < 2 or not all(d.isdigit() and int(d) > 0 for d in depths):
+                parser.error(f"--{option} takes member depths joined by '-', e.g. 1-6; got {spec!r}")
+    if args.epochs <= 0 or args.curve_epochs < 1:
+        parser.error("--epochs and --curve_epochs must be positive")
+    if args.calibration_size < 1 or args.timing_sentences < 1 or args.timing_rounds < 1:
+        parser.error("--calibration_size, --timing_sentences and --timing_rounds must be positive")
+    return args
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class Data:
+    """The splits of one seed: training set (tokenized), calibration batches (with labels), dev batches, timing."""
+
+    def __init__(self, args, tokenizer, seed: int):
+        pool = load_text_classification(args.train)
+        generator = torch.Generator().manual_seed(seed)
+        eligible = [i for i, text in enumerate(pool["text"]) if len(text.split()) >= args.calibration_min_words]
+        if len(eligible) < args.calibration_size:
+            raise ValueError(
+                f"--calibration_size {args.calibration_size}: only {len(eligible)} training sentences have "
+                f"--calibration_min_words {args.calibration_min_words} words or more."
+            )
+        picked = [eligible[i] for i in torch.randperm(len(eligible), generator=generator)[: args.calibration_size]]
+        held_out = set(picked)
+        train_indices = [i for i in range(len(pool)) if i not in held_out]
+        if args.train_size:
+            order = torch.randperm(len(train_indices), generator=generator)[: args.train_size]
+            train_indices = sorted(train_indices[i] for i in order)
+        self.train_text = pool.select(train_indices)
+        calibration = pool.select(sorted(picked))
+        dev = load_text_classification(args.dev)
+        if args.dev_size:
+            dev = dev.select(range(min(args.dev_size, len(dev))))
+
+        def tokenize(rows):
+            return tokenizer(rows["text"], truncation=True, max_length=args.max_length)
+
+        self.train = self.train_text.map(tokenize, batched=True, remove_columns=["text"]).rename_column(
+            "label", "labels"
+        )
+        self.dev_set = dev.map(tokenize, batched=True, remove_columns=["text"]).rename_column("label", "labels")
+        self.calibration_batches = self._labelled(tokenizer, calibration, args)
+        self.dev_batches = make_batches(tokenizer, dev, args.eval_batch_size, args.max_length)
+        self.dev_labels = torch.tensor(dev["label"])
+        self.dev_lengths = torch.cat([batch["attention_mask"].sum(-1) for batch in self.dev_batches])
+        timed = dev.select(range(min(args.timing_sentences, len(dev))))
+        self.timing = {size: make_batches(tokenizer, timed, size, args.max_length) for size in args.timing_batch_sizes}
+        self.sizes = {"train": len(self.train), "calibration": len(calibration), "dev": len(dev), "timed": len(timed)}
+
+    @staticmethod
+    def _labelled(tokenizer, dataset, args) -> list[dict]:
+        batches = make_batches(tokenizer, dataset, args.eval_batch_size, args.max_length)
+        labels = torch.tensor(dataset["label"])
+        start = 0
+        for batch in batches:
+            size = batch["input_ids"].shape[0]
+            batch["labels"] = labels[start : start + size]
+            start += size
+        return batches
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class Progress(TrainerCallback):
+    """One line to stderr per logging step: where the training is and when it should end."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.started = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started, self.first_step = time.perf_counter(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        done = state.global_step - self.first_step
+        if not done:
+            return
+        elapsed = time.perf_counter() - self.started
+        left = elapsed / done * (state.max_steps - state.global_step)
+        metrics = ", ".join(f"{k} {v:.4g}" for k, v in (logs or {}).items() if k in ("loss", "eval_loss"))
+        print(
+            f"[{time.strftime('%H:%M:%S')}]   {self.name}: step {state.global_step}/{state.max_steps} "
+            f"({elapsed / done:.2f} s/step, {left / 60:.0f} min left) {metrics}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def train(model, args, data: Data, tokenizer, seed: int, run_dir: Path, learning_rate: float, recipe: str, **extra):
+    """Fine-tune `model` in place, evaluating on dev after every epoch, resuming from the last epoch checkpoint in
+    `run_dir` when there is one. Returns the training record (time, steps, losses, the per-epoch dev metrics)."""
+    epochs = extra.pop("epochs", args.epochs)
+    train_set = extra.pop("train_set", data.train)
+    training_args = EarlyExitTrainingArguments(
+        output_dir=str(run_dir / "trainer"),
+        exit_recipe=recipe,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.eval_batch_size,
+        learning_rate=learning_rate,
+        head_learning_rate=args.head_learning_rate,
+        warmup_steps=args.warmup_ratio,
+        lr_scheduler_type="linear",
+        seed=seed,
+        data_seed=seed,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        logging_steps=max(1, math.ceil(len(train_set) / args.batch_size) // 10),
+        **extra,
+    )
+    trainer = EarlyExitTrainer(
+        model,
+        training_args,
+        train_dataset=train_set,
+        eval_dataset=data.dev_set,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(Progress(run_dir.name))
+    threads = torch.get_num_threads()
+    if args.train_threads:
+        torch.set_num_threads(args.train_threads)
+    start = time.perf_counter()
+    try:
+        output = trainer.train(resume_from_checkpoint=get_last_checkpoint(training_args.output_dir))
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    history = trainer.state.log_history
+    return {
+        "train_seconds": time.perf_counter() - start,
+        "train_loss": output.training_loss,
+        "steps": trainer.state.global_step,
+        "dev_per_epoch": [
+            {key: value for key, value in entry.items() if key.startswith("eval_") or key == "epoch"}
+            for entry in history
+            if any(key.startswith("eval_accuracy") for key in entry)
+        ],
+        "losses": [entry for entry in history if "loss" in entry],
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def exit_record(model, data: Data) -> dict:
+    """Every exit's dev accuracy and predictions (one digit per sentence), and the oracle bound."""
+    with torch.inference_mode():
+        all_logits = torch.cat([model(**batch, output_all_exits=True).all_logits for batch in data.dev_batches], dim=1)
+    predictions = all_logits.argmax(-1)
+    record_ = {
+        "exit_accuracy": [float((p == data.dev_labels).float().mean()) for p in predictions],
+        "dev_predictions": ["".join(map(str, p.tolist())) for p in predictions],
+    }
+    if all_logits.shape[0] > 1:
+        record_["oracle"] = oracle_point(model, all_logits, data.dev_lengths, data.dev_labels)
+    return record_
+
+
+def measure_exits(model, data: Data, args, criteria, progress) -> list[dict]:
+    """Calibrate each criterion for each target on the slice, then measure every distinct setting on dev."""
+    recorded = record(model, data.calibration_batches)
+    points = []
+    for criterion in criteria:
+        for target in args.targets:
+            result = calibrate(model, recorded, target_speedup=target, criterion=criterion, apply=False)
+            settings = {"exit_criterion": criterion}
+            if result.exit_threshold is not None:
+                settings["exit_threshold"] = result.exit_threshold
+            if criterion in ("patience", "divergence"):
+                settings["patience"] = result.patience
+            points.append(
+                {
+                    "criterion": criterion,
+                    "target": target,
+                    "reached": result.reached,
+                    "settings": settings,
+                    "calibration": {
+                        "accuracy": result.expected_accuracy,
+                        "flops_speedup": result.expected_flops_speedup,
+                        "full_accuracy": result.full_accuracy,
+                    },
+                }
+            )
+    distinct = []
+    for point in points:
+        if point["settings"] not in distinct:
+            distinct.append(point["settings"])
+    measured = measure_points(
+        model,
+        [(settings["exit_criterion"], settings) for settings in distinct],
+        data.dev_batches,
+        data.dev_labels,
+        timing_batches=data.timing,
+        rounds=args.timing_rounds,
+        progress=progress,
+    )
+    for point in points:
+        point["measured"] = measured[distinct.index(point["settings"])].to_dict()
+    return points
+
+
+def measure_static(model, reference_model, data: Data, args, progress) -> dict:
+    """A model without exits against the full-size plain transformers model: accuracy, FLOPs, wall-clock."""
+    (point,) = measure_points(
+        model,
+        [("static", {"early_exit": False})],
+        data.dev_batches,
+        data.dev_labels,
+        timing_batches=data.timing,
+        reference=plain_baseline(reference_model),
+        rounds=args.timing_rounds,
+        progress=progress,
+    )
+    point.flops_speedup = float(reference_model.reference_flops(data.dev_lengths).sum()) / float(
+        model.reference_flops(data.dev_lengths).sum()
+    )
+    point.layer_speedup = reference_model.full_depth_layers / model.full_depth_layers
+    return point.to_dict()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Cells
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def common_settings(args, seed: int) -> dict:
+    """The settings every cell of a seed shares: data, training batch and rates, measuring."""
+    return {
+        "backbone": args.model or DEFAULT_BACKBONE_NAME,
+        "seed": seed,
+        "data": {
+            "train": Path(args.train).name,
+            "train_size": args.train_size,
+            "calibration_size": args.calibration_size,
+            "calibration_min_words": args.calibration_min_words,
+            "dev_size": args.dev_size,
+            "max_length": args.max_length,
+        },
+        "training": {
+            "batch_size": args.batch_size,
+            "warmup_ratio": args.warmup_ratio,
+            "head_learning_rate": args.head_learning_rate,
+        },
+        "measuring": {
+            "targets": args.targets,
+            "timing_batch_sizes": args.timing_batch_sizes,
+            "timing_sentences": args.timing_sentences,
+            "timing_rounds": args.timing_rounds,
+            "threads": args.threads,
+        },
+    }
+
+
+def plan(args, depth: int) -> list[Cell]:
+    """Every cell the arguments ask for (without their `run`), dependencies first; `depth` is the backbone's."""
+    a = args
+    cells = [
+        Cell(
+            f"curve-seed{a.seeds[0]}",
+            "curve",
+            {**common_settings(a, a.seeds[0]), "layers": depth, "epochs": a.curve_epochs, "lr": a.learning_rate},
+        )
+    ]
+    for seed in a.seeds:
+        common = {**common_settings(a, seed), "epochs": a.epochs}
+        full = Cell(f"full-seed{seed}", "full", {**common, "layers": depth, "lr": a.learning_rate})
+        cells.append(full)
+        shallow = [k for k in a.static_layers if k < depth]
+        for k in shallow:
+            cells.append(
+                Cell(f"static-{k}L-seed{seed}", "static", {**common, "layers": k, "lr": a.head_learning_rate})
+            )
+        for k in shallow:
+            settings = {
+                **common,
+                "layers": k,
+                "lr": a.head_learning_rate,
+                "temperature": a.distillation_temperature,
+                "alpha": a.distillation_alpha,
+                "teacher": full.key,  # the teacher's logits must come from these settings
+            }
+            cells.append(Cell(f"distilled-{k}L-seed{seed}", "distilled", settings, needs=(full.name,)))
+        for spec in a.cascades:
+            for recipe in a.cascade_recipes:
+                layers = [int(d) for d in spec.split("-")]
+                settings = {**common, "member_layers": layers, "recipe": recipe, "lr": a.learning_rate}
+                cells.append(Cell(f"cascade-{spec}-{recipe}-seed{seed}", "cascade", settings))
+        for variant in a.bypass:
+            settings = {**common, "use_bypass": variant == "bypass", "lr": a.learning_rate, "recipe": "joint"}
+            cells.append(Cell(f"multi_exit-{variant}-seed{seed}", "multi_exit", settings))
+        for spec in a.assembled:
+            layers = [int(d) for d in spec.split("-")]
+            members = [f"static-{k}L-seed{seed}" if k < depth else full.name for k in layers]
+            settings = {**common, "member_layers": layers, "members": members}
+            cells.append(Cell(f"assembled-{spec}-seed{seed}", "assembled", settings, needs=tuple(members)))
+    return cells
+
+
+class Benchmark:
+    """Builds the cells from the arguments and runs them; data and the tokenizer are loaded once per seed, on use."""
+
+    def __init__(self, args):
+        self.args = args
+        self.backbone = args.model or default_backbone()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.backbone)
+        self.depth = AutoConfig.from_pretrained(self.backbone).num_hidden_layers
+        self.store = CellStore(args.results_dir, args.runs_dir, command=self.command())
+        self._data: dict[int, Data] = {}
+
+    @staticmethod
+    def command() -> str:
+        return "python -m benchmarks.sst2 " + " ".join(sys.argv[1:])
+
+    def data(self, seed: int) -> Data:
+        if seed not in self._data:
+            self._data[seed] = Data(self.args, self.tokenizer, seed)
+        return self._data[seed]
+
+    def log(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+    def cells(self) -> list[Cell]:
+        runners = {
+            "curve": self.run_curve,
+            "full": self.run_single,
+            "static": self.run_single,
+            "distilled": self.run_single,
+            "cascade": self.run_cascade,
+            "multi_exit": self.run_multi_exit,
+            "assembled": self.run_assembled,
+        }
+        cells = plan(self.args, self.depth)
+        for cell in cells:
+            cell.run = runners[cell.kind]
+        return cells
+
+    def progress(self, cell: Cell):
+        return lambda text: self.log(f"  {cell.name}: {text}")
+
+    # --- running each kind ------------------------------------------------------------------------------------------
+
+    def run_curve(self, cell: Cell, run_dir: Path) -> dict:
+        return self.run_single(cell, run_dir, epochs=cell.settings["epochs"])
+
+    def run_single(self, cell: Cell, run_dir: Path, epochs: float | None = None) -> dict:
+        """A model without exits: the full model, a static truncated one or a distilled one."""
+        s = cell.settings
+        seed, layers = s["seed"], s["layers"]
+        data = self.data(seed)
+        set_seed(seed)
+        model = BertForCascadeClassification.from_backbone(self.backbone, member_layers=[layers], num_labels=2)
+        extra = {"epochs": epochs or s["epochs"]}
+        recipe = "joint"
+        if cell.kind == "distilled":
+            teacher_name = cell.needs[0]
+            logits = load_file(self.store.results_dir / f"{teacher_name}.teacher.safetensors")["logits"]
+            if len(logits) != len(data.train):
+                raise ValueError(
+                    f"{teacher_name}'s teacher logits cover {len(logits)} sentences, not {len(data.train)}"
+                )
+            extra["train_set"] = data.train.add_column("teacher_logits", logits.tolist())
+            extra.update(distillation_temperature=s["temperature"], distillation_alpha=s["alpha"])
+            recipe = "teacher_distillation"
+        result = train(model, self.args, data, self.tokenizer, seed, run_dir, s["lr"], recipe, **extra)
+        model.save_pretrained(run_dir / "final")
+        torch.set_num_threads(self.args.threads)
+        if cell.kind == "full":
+            # the teacher of the distilled cells: logits over the training set, in its order
+            train_batches = make_batches(
+                self.tokenizer, data.train_text, self.args.eval_batch_size, self.args.max_length
+            )
+            logits = collect(model, train_batches, fields=("logits",), early_exit=False)["logits"]
+            save_file({"logits": logits.contiguous()}, self.store.results_dir / f"{cell.name}.teacher.safetensors")
+        reference = BertForCascadeClassification.from_backbone(
+            self.backbone, member_layers=[self.depth], num_labels=2
+        ).eval()
+        self.log(f"  {cell.name}: measuring")
+        return {
+            "training": result,
+            "data": data.sizes,
+            **exit_record(model, data),
+            "measured": measure_static(model, reference, data, self.args, self.progress(cell)),
+        }
+
+    def run_cascade(self, cell: Cell, run_dir: Path) -> dict:
+        s = cell.settings
+        data = self.data(s["seed"])
+        set_seed(s["seed"])
+        model = BertForCascadeClassification.from_backbone(
+            self.backbone, member_layers=s["member_layers"], num_labels=2
+        )
+        extra = {}
+        if s["recipe"] == "dar":
+            extra = {"dar_warmup_epochs": s["epochs"] / 2}
+        recipe = CASCADE_RECIPES[s["recipe"]]
+        result = train(model, self.args, data, self.tokenizer, s["seed"], run_dir, s["lr"], recipe, **extra)
+        model.save_pretrained(run_dir / "final")
+        return self.measure(cell, model, data, ["max_prob"], {"training": result})
+
+    def run_multi_exit(self, cell: Cell, run_dir: Path) -> dict:
+        s = cell.settings
+        data = self.data(s["seed"])
+        set_seed(s["seed"])
+        model = BertWithBypassExits.from_pretrained(self.backbone, num_labels=2, use_bypass=s["use_bypass"])
+        result = train(model, self.args, data, self.tokenizer, s["seed"], run_dir, s["lr"], s["recipe"])
+        model.save_pretrained(run_dir / "final")
+        return self.measure(cell, model, data, list(CRITERIA), {"training": result})
+
+    def run_assembled(self, cell: Cell, run_dir: Path) -> dict:
+        s = cell.settings
+        data = self.data(s["seed"])
+        members = []
+        for name in s["members"]:
+            source = [c for c in self.cells() if c.name == name][0]
+            path = self.store.run_dir(source) / "final"
+            if not (path / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"{cell.name} needs the checkpoint of {name} ({path}), which is gone (checkpoints stay on the "
+                    f"machine that trained them): rerun {name} first (delete its result file to force it)."
+                )
+            members.append(BertForCascadeClassification.from_pretrained(path).members[0])
+        model = BertForCascadeClassification.from_members(members).eval()
+        return self.measure(cell, model, data, ["max_prob"], {})
+
+    def measure(self, cell: Cell, model, data: Data, criteria: list[str], result: dict) -> dict:
+        torch.set_num_threads(self.args.threads)
+        self.log(f"  {cell.name}: measuring")
+        return {
+            **result,
+            "data": data.sizes,
+            "exit_layers": model.exit_layers,
+            **exit_record(model, data),
+            "points": measure_exits(model, data, self.args, criteria, self.progress(cell)),
+        }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    benchmark = Benchmark(args)
+    cells = benchmark.cells()
+    if args.list:
+        for cell in cells:
+            print(f"{cell.name:36s} {cell.kind:11s} {'done' if benchmark.store.is_done(cell) else 'missing'}")
+        return {cell.name: benchmark.store.is_done(cell) for cell in cells}
+    torch.set_num_threads(args.threads)
+    status = benchmark.store.run(cells, only=args.only, log=benchmark.log, machine=machine_info)
+    benchmark.log(json.dumps(status))
+    return status
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    main()
