@@ -315,6 +315,8 @@ def apply_calibration(model, result: "CalibrationResult | TokenCalibrationResult
 
 def _rule_builder(model, criterion: str, num_exits: int):
     config = model.config
+    # the family's own comparison (a cascade answers on `max p > t`, multi-exit models on `>=`)
+    strict_confidence = config.exit_rule(exit_criterion=criterion).strict_confidence
 
     def build(threshold=None, patience=None):
         return ExitRule.build(
@@ -325,6 +327,7 @@ def _rule_builder(model, criterion: str, num_exits: int):
             patience=patience if patience is not None else getattr(config, "patience", 1),
             divergence=getattr(config, "divergence", "jsd"),
             regression_tolerance=getattr(config, "regression_tolerance", 0.1),
+            strict_confidence=strict_confidence,
         )
 
     return build

@@ -24,7 +24,7 @@ Multi-exit recipes (METHODS.md section 1), for [`BertWithBypassExits`]:
 | --- | --- | --- |
 | `joint` | [`JointExitLoss`] | `sum_i w_i CE_i / sum_i w_i` |
 | `two_stage` | [`TwoStageExitLoss`] | stage 1: `CE_L`; stage 2 (backbone and final exit frozen): `sum_{i<L} CE_i` |
-| `alternating` | [`AlternatingExitLoss`] | even steps: `CE_L`; odd steps: the joint loss |
+| `alternating` | [`AlternatingExitLoss`] | even steps: `CE_L`; odd steps: `sum_i CE_i` (BERxiT) |
 | `distillation` | [`DistillationExitLoss`] | stage 1: `CE_L`; stage 2 (frozen as above): `sum_{i<L} KL(p_L || p_i)` |
 
 Cascade recipes (METHODS.md section 2), for [`BertForCascadeClassification`]:
@@ -369,19 +369,29 @@ class TwoStageExitLoss(_StagedExitLoss):
         return {"loss": loss, **self.per_exit_losses(outputs, inputs)}
 
 
-class AlternatingExitLoss(JointExitLoss):
-    """BERxiT's alternating training: even optimizer steps train on the final exit's loss only (the other exits get
-    no gradient, so the optimizer leaves them untouched), odd steps on the joint loss `sum_i w_i CE_i / sum_i w_i`.
+class AlternatingExitLoss(MultiExitLoss):
+    """BERxiT's alternating training: even optimizer steps train on the final exit's loss `CE_L` only (the other exits
+    get no gradient, so the optimizer leaves them untouched), odd steps on the sum of every exit's loss `sum_i CE_i`
+    (BERxiT's objective: a sum, not a mean, so an odd step weighs the exits together `L` times as much as an even step
+    weighs the final one). Evaluation (no step) reports the odd steps' `sum_i CE_i`.
 
-    The step is the optimizer step, so every micro-batch of a gradient accumulation uses the same objective. Evaluation
-    (no step) reports the joint loss.
+    The step is the optimizer step, so every micro-batch of a gradient accumulation uses the same objective.
+    `exit_loss_weights` does not apply (the sum is unweighted, as in BERxiT); a list of weights is refused.
 
     Args:
         config ([`BypassBertConfig`]): The model's config.
-        weights (`str` or `list[float]`, *optional*, defaults to `"linear"`): Exit weights of the odd steps.
     """
 
     citation = CITATIONS["berxit"]
+
+    @classmethod
+    def from_args(cls, model, args):
+        if isinstance(args.exit_loss_weights, list):
+            raise ValueError(
+                "`exit_recipe='alternating'` sums the exits' losses unweighted on odd steps (BERxiT's `sum_i CE_i`); "
+                f"`exit_loss_weights` is for the 'joint' recipe, got {args.exit_loss_weights}."
+            )
+        return cls(model.config)
 
     def trains_final_exit_only(self, step):
         return step is not None and step % 2 == 0
@@ -390,7 +400,7 @@ class AlternatingExitLoss(JointExitLoss):
         if self.trains_final_exit_only(step):
             loss = self.exit_loss(self.final_logits(outputs), inputs)
         else:
-            loss = self.joint_loss(outputs, inputs)
+            loss = sum(self.exit_loss(logits, inputs) for logits in outputs.all_logits)
         return {"loss": loss, **self.per_exit_losses(outputs, inputs)}
 
 

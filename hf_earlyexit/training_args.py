@@ -43,7 +43,8 @@ class EarlyExitTrainingArguments(TrainingArguments):
             - `"joint"`: `sum_i w_i CE_i / sum_i w_i` over every exit in every step (PABEE, PCEE-BERT).
             - `"two_stage"` (DeeBERT): stage 1 trains the backbone and the final exit on the final loss; stage 2 freezes
               them and trains the other exits on `sum_{i<L} CE_i`. Needs `exit_stage`.
-            - `"alternating"` (BERxiT): even optimizer steps train on the final loss only, odd steps on the joint loss.
+            - `"alternating"` (BERxiT): even optimizer steps train on the final loss only, odd steps on the sum of every
+              exit's loss `sum_i CE_i` (unweighted).
             - `"distillation"` (FastBERT): stage 1 is two-stage's stage 1; stage 2 freezes the backbone and the final
               exit and trains the other exits on `sum_{i<L} KL(p_L || p_i)`, which needs no labels. Needs
               `exit_stage`.
@@ -66,7 +67,7 @@ class EarlyExitTrainingArguments(TrainingArguments):
 
             Families can register more recipes (see [`register_exit_loss`]).
         exit_loss_weights (`str` or `list[float]`, *optional*, defaults to `"linear"`):
-            Exit weights `w_i` of the joint loss (used by `"joint"` and by the odd steps of `"alternating"`):
+            Exit weights `w_i` of the joint loss (used by `"joint"`):
             `"linear"` (`w_i` is the exit's layer number, PABEE and PCEE's "asc"), `"uniform"`, or one non-negative
             number per exit. On the command line: `--exit_loss_weights uniform` or `--exit_loss_weights 1 1 2 4`.
         exit_stage (`int`, *optional*):

@@ -542,3 +542,23 @@ def test_minilm_cascade_batch_invariance_on_sst2(minilm):
     assert torch.equal(batched.logits.argmax(-1), single_logits.argmax(-1))
     torch.testing.assert_close(batched.logits, single_logits, rtol=0, atol=1e-5)
     assert batched.flops.tolist() == [int(o.flops) for o in singles]
+
+
+def test_a_member_answers_only_above_its_threshold_not_at_it():
+    # CascadeBERT answers with member k when max p_k > threshold; a multi-exit model's max_prob leaves at >=
+    from hf_earlyexit.models.bert.exit_utils import ExitRule
+
+    score = torch.tensor([0.89, 0.9, 0.91])
+    cascade_rule = tiny_cascade(num_labels=2).config.exit_rule(exit_threshold=0.9)
+    assert cascade_rule.strict_confidence and cascade_rule.passes(score, 0).tolist() == [False, False, True]
+    multi_exit_rule = ExitRule.build("max_prob", 0.9, num_exits=2, num_labels=2)
+    assert multi_exit_rule.passes(score, 0).tolist() == [False, True, True]
+
+    model = tiny_cascade(num_labels=2)
+    inputs = padded_inputs(batch_size=6)
+    with torch.no_grad():
+        confidence = model(**inputs, output_all_exits=True).all_logits[0].softmax(-1).max(-1).values
+        tie = float(confidence[2])
+        out = model(**inputs, exit_threshold=tie)
+    # the example whose confidence equals the threshold goes on to the next member, as do the less confident ones
+    assert out.exit_stage.tolist() == (confidence <= tie).long().tolist()

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from datasets import Dataset
 from transformers import BertConfig, BertForSequenceClassification, HfArgumentParser, Trainer, TrainingArguments
 
@@ -214,7 +215,7 @@ def test_losses_describe_themselves():
     config = tiny_model().config
     cases = [
         (JointExitLoss(config, "uniform"), {"weights": "uniform"}, "{BERT} Loses Patience"),
-        (AlternatingExitLoss(config, [1, 1, 1, 2]), {"weights": [1, 1, 1, 2]}, "{BER}xi{T}"),
+        (AlternatingExitLoss(config), {}, "{BER}xi{T}"),
         (TwoStageExitLoss(config, stage=2), {"stage": 2}, "{D}ee{BERT}"),
         (DistillationExitLoss(config, stage=1), {"stage": 1}, "{F}ast{BERT}"),
     ]
@@ -268,6 +269,25 @@ def test_each_recipe_trains(tmp_path, recipe, stage, labelled):
         # frozen parameters are bit-identical; the trainable ones moved
         assert changed <= trainable
         assert {name for name in trainable if name.endswith("classifier.weight")} <= changed
+
+
+def test_alternating_objective_by_hand(tmp_path):
+    model = tiny_model()
+    train = separable_dataset(16, seed=0)
+    loss = EarlyExitTrainer(model, make_args(tmp_path, exit_recipe="alternating"), train_dataset=train).exit_loss
+    batch = as_batch(train)
+    model.train()
+    with torch.no_grad():
+        all_logits = model(**{k: v for k, v in batch.items() if k != "labels"}, output_all_exits=True).all_logits
+        per_exit = [F.cross_entropy(logits, batch["labels"]).item() for logits in all_logits]
+        odd = loss(model(**loss.model_inputs(batch, step=1)), batch, step=1)["loss"].item()
+        even = loss(model(**loss.model_inputs(batch, step=2)), batch, step=2)["loss"].item()
+        evaluation = loss(model(**loss.model_inputs(batch)), batch)["loss"].item()
+    # BERxiT: odd steps sum every exit's loss (not a weighted mean), even steps the final exit's alone
+    assert odd == pytest.approx(sum(per_exit), rel=1e-6) and evaluation == pytest.approx(sum(per_exit), rel=1e-6)
+    assert even == pytest.approx(per_exit[-1], rel=1e-6)
+    with pytest.raises(ValueError, match="sums the exits' losses unweighted"):
+        EarlyExitTrainer(model, make_args(tmp_path, exit_recipe="alternating", exit_loss_weights=[1, 1, 1, 1]))
 
 
 def test_alternating_even_steps_leave_intermediate_exits_without_gradient(tmp_path):

@@ -257,7 +257,7 @@ class CascadeBertConfig(_LoadedConfigChecksMixin, PreTrainedConfig):
             sizes are allowed, a smaller member after a larger one is an error (it would only add cost to the examples
             that reach it). Label fields of a member are dropped (they must agree with the cascade's).
         exit_criterion (`str`, *optional*, defaults to `"max_prob"`):
-            How a member decides to answer: `"max_prob"` (`max_c p(c) >= threshold`, CascadeBERT's rule), `"entropy"`
+            How a member decides to answer: `"max_prob"` (`max_c p(c) > threshold`, CascadeBERT's rule), `"entropy"`
             (`H(p) < threshold`, nats) or `"normalized_entropy"` (`H(p) / log C <= threshold`). `"patience"` and
             `"divergence"` are refused: they compare a member with the previous one, so the first member could never
             answer.
@@ -352,7 +352,10 @@ class CascadeBertConfig(_LoadedConfigChecksMixin, PreTrainedConfig):
                 )
             # ExitRule keeps one value per exit; the last member's is never read
             threshold = [*threshold, threshold[-1]] if threshold else None
-        return ExitRule.build(criterion, threshold, num_exits=self.num_members, num_labels=self.num_labels)
+        # CascadeBERT answers with member k when `max p_k > threshold` (paper and released code)
+        return ExitRule.build(
+            criterion, threshold, num_exits=self.num_members, num_labels=self.num_labels, strict_confidence=True
+        )
 
     # named to run before the other validators (they are called in alphabetical order), which need the members
     def validate_cascade_members(self):

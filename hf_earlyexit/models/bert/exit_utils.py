@@ -226,6 +226,9 @@ class ExitRule:
     patience: int = 1
     divergence: str = "jsd"
     regression_tolerance: float = 0.1
+    # `max_prob` fires at `max p > t` rather than `max p >= t` (CascadeBERT's routing rule; the multi-exit criteria
+    # of PABEE / FastBERT use `>=`); the two differ only on exact ties
+    strict_confidence: bool = False
 
     @classmethod
     def build(
@@ -237,21 +240,19 @@ class ExitRule:
         patience: int = 1,
         divergence: str = "jsd",
         regression_tolerance: float = 0.1,
+        strict_confidence: bool = False,
     ) -> "ExitRule":
         if isinstance(threshold, list):
             threshold = tuple(threshold)
+        arguments = (criterion, threshold, num_exits, num_labels, patience, divergence, regression_tolerance)
         try:
-            return _build_rule(
-                cls, criterion, threshold, num_exits, num_labels, patience, divergence, regression_tolerance
-            )
+            return _build_rule(cls, *arguments, strict_confidence)
         except TypeError:  # an unhashable argument: validate without the cache (it raises the specific error)
-            return _build_rule.__wrapped__(
-                cls, criterion, threshold, num_exits, num_labels, patience, divergence, regression_tolerance
-            )
+            return _build_rule.__wrapped__(cls, *arguments, strict_confidence)
 
     @classmethod
     def _build(
-        cls, criterion, threshold, num_exits, num_labels, patience, divergence, regression_tolerance
+        cls, criterion, threshold, num_exits, num_labels, patience, divergence, regression_tolerance, strict_confidence
     ) -> "ExitRule":
         thresholds = resolve_thresholds(criterion, threshold, num_exits)
         check_criterion_fits_labels(criterion, num_labels)
@@ -267,6 +268,7 @@ class ExitRule:
             patience=patience,
             divergence=divergence,
             regression_tolerance=float(regression_tolerance),
+            strict_confidence=bool(strict_confidence),
         )
 
     @property
@@ -319,10 +321,10 @@ class ExitRule:
 
     def passes(self, score: torch.Tensor, exit_index: int) -> torch.Tensor:
         """Compare criterion scores with the threshold of exit `exit_index`, in the criterion's direction:
-        `max_prob >= t`, `entropy < t`, `normalized_entropy <= t`, `divergence < t`."""
+        `max_prob >= t` (`> t` with `strict_confidence`), `entropy < t`, `normalized_entropy <= t`, `divergence < t`."""
         threshold = self.thresholds[exit_index]
         if self.criterion == "max_prob":
-            return score >= threshold
+            return score > threshold if self.strict_confidence else score >= threshold
         if self.criterion == "normalized_entropy":
             return score <= threshold
         return score < threshold
@@ -362,9 +364,13 @@ def first_exit(fires: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=256)
-def _build_rule(cls, criterion, threshold, num_exits, num_labels, patience, divergence, regression_tolerance):
+def _build_rule(
+    cls, criterion, threshold, num_exits, num_labels, patience, divergence, regression_tolerance, strict_confidence
+):
     # every forward call resolves its rule; validation is pure, so identical settings share one validated rule
-    return cls._build(criterion, threshold, num_exits, num_labels, patience, divergence, regression_tolerance)
+    return cls._build(
+        criterion, threshold, num_exits, num_labels, patience, divergence, regression_tolerance, strict_confidence
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
