@@ -232,9 +232,26 @@ def tokenize_token_dataset(dataset: Dataset, tokenizer, max_length: int | None =
     return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
 
 
+def _pad_teacher_logits(rows: list):
+    """`(batch, max words, num_labels)` from per-row lists of per-word logits (zeros after a row's last word)."""
+    import torch
+
+    if any(row is None for row in rows):
+        raise ValueError("Some rows have `teacher_logits` and others do not; give them to every row or to none.")
+    tensors = [torch.as_tensor(row, dtype=torch.float) for row in rows]
+    num_labels = next((t.shape[-1] for t in tensors if t.numel()), 1)
+    padded = torch.zeros(len(tensors), max(len(t) for t in tensors), num_labels)
+    for i, t in enumerate(tensors):
+        if t.numel():
+            padded[i, : len(t)] = t
+    return padded
+
+
 class DataCollatorForTokenEarlyExit:
     """Pads token-classification rows with word ids: `labels` with -100 and `word_ids` with -1, the rest as the
-    tokenizer pads them (transformers' `DataCollatorForTokenClassification` does not know `word_ids`).
+    tokenizer pads them (transformers' `DataCollatorForTokenClassification` does not know `word_ids`). A
+    `teacher_logits` column (per row, one list of logits per labelled word, for the `teacher_distillation` recipe) is
+    padded with zeros to `(batch, max words, num_labels)`.
 
     Args:
         tokenizer: The model's tokenizer.
@@ -251,8 +268,14 @@ class DataCollatorForTokenEarlyExit:
         import torch
 
         word_ids = [feature.get("word_ids") for feature in features]
-        rest = [{key: value for key, value in feature.items() if key != "word_ids"} for feature in features]
+        teacher = [feature.get("teacher_logits") for feature in features]
+        rest = [
+            {key: value for key, value in feature.items() if key not in ("word_ids", "teacher_logits")}
+            for feature in features
+        ]
         batch = self.collator(rest)
+        if any(rows is not None for rows in teacher):
+            batch["teacher_logits"] = _pad_teacher_logits(teacher)
         if all(ids is None for ids in word_ids):
             return batch
         if any(ids is None for ids in word_ids):

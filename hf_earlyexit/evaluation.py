@@ -468,25 +468,28 @@ def token_scores(model, batches: Sequence[dict], full_config=None, **settings) -
 
 def token_wallclock(
     model, reference, timing_batches: dict[int, Sequence[dict]], rounds: int = 3, **settings
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Wall-clock speed-up of `model` with `settings` over `reference` (e.g. [`plain_token_baseline`]) and latency per
-    sentence in milliseconds, per timed batch size: the same batches, interleaved rounds, medians."""
-    speedups, latency = {}, {}
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Wall-clock speed-up of `model` with `settings` over `reference` (e.g. [`plain_token_baseline`]), latency per
+    sentence in milliseconds and its 90th percentile over the timed batches, per timed batch size: the same batches,
+    interleaved batch by batch ([`interleaved_batch_latency`]), medians over rounds."""
+    speedups, latency, p90 = {}, {}, {}
     for batch_size, batches in timing_batches.items():
         model_batches = [_without(batch, "labels") for batch in batches]
-        plain_batches = [_without(batch, "labels", "word_ids") for batch in batches]
-        times = interleaved_latency(
-            {
-                "reference": forward_all(reference, plain_batches),
-                "model": forward_all(model, model_batches, **settings),
-            },
-            rounds=rounds,
-        )
+        plain = {id(batch): _without(batch, "labels", "word_ids") for batch in model_batches}
+        run_model = forward_one(model, **settings)
+
+        def run_reference(batch, plain=plain):
+            with torch.inference_mode():
+                reference(**plain[id(batch)])
+
+        times = interleaved_batch_latency({"reference": run_reference, "model": run_model}, model_batches, rounds)
         sentences = sum(batch["input_ids"].shape[0] for batch in batches)
         speedups[str(batch_size)] = times["reference"]["median_s"] / times["model"]["median_s"]
         latency[str(batch_size)] = 1000 * times["model"]["median_s"] / sentences
         latency[f"{batch_size}_reference"] = 1000 * times["reference"]["median_s"] / sentences
-    return speedups, latency
+        p90[str(batch_size)] = times["model"]["p90_ms_per_example"]
+        p90[f"{batch_size}_reference"] = times["reference"]["p90_ms_per_example"]
+    return speedups, latency, p90
 
 
 def measure_token_points(
@@ -514,8 +517,8 @@ def measure_token_points(
         if progress is not None:
             progress(f"{method} {settings}")
         scores = token_scores(model, eval_batches, full_config, **settings)
-        speedups, latency = (
-            token_wallclock(model, reference, timing_batches, rounds, **settings) if timing_batches else ({}, {})
+        speedups, latency, p90 = (
+            token_wallclock(model, reference, timing_batches, rounds, **settings) if timing_batches else ({}, {}, {})
         )
         point = SweepPoint(
             method=method,
@@ -527,6 +530,7 @@ def measure_token_points(
             flops_speedup=scores["flops_speedup"],
             wallclock_speedup=speedups,
             latency_ms=latency,
+            latency_p90_ms=p90,
         ).to_dict()
         point.update({key: scores[key] for key in ("precision", "recall", "f1_per_type", "token_accuracy")})
         results.append(point)

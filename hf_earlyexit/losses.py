@@ -41,6 +41,7 @@ Sequence-labelling recipes (METHODS.md section 3), for [`BertForTokenEarlyExit`]
 | --- | --- | --- |
 | `joint` | [`JointTokenExitLoss`] | stage 1: `sum_i w_i CE_i / sum_i w_i` over token losses |
 | `self_sampling` | [`SelfSamplingTokenLoss`] | stage 2: sampled TOKEE replay, sandwich, loss on active words only |
+| `teacher_distillation` | [`TokenTeacherDistillationLoss`] | every exit: `alpha T^2 KL_T(teacher, exit) + (1 - alpha) CE` per word |
 
 Training each member on its own and assembling them afterwards needs no recipe: fine-tune one-member cascades (or
 `BertForSequenceClassification`s) and pass them (their `members[0]`) to `BertForCascadeClassification.from_members`.
@@ -928,6 +929,19 @@ def logit_distillation_loss(
     return {"loss": alpha * temperature**2 * kl + (1 - alpha) * ce, "kl": kl, "ce": ce}
 
 
+def load_teacher(args, model, auto_class) -> nn.Module | None:
+    """The `distillation_teacher` of the training arguments, loaded with `auto_class`, or `None` when unset."""
+    if args.distillation_teacher is None:
+        return None
+    teacher = auto_class.from_pretrained(args.distillation_teacher)
+    if teacher.config.num_labels != model.config.num_labels:
+        raise ValueError(
+            f"`distillation_teacher` {args.distillation_teacher!r} has {teacher.config.num_labels} labels, the "
+            f"student {model.config.num_labels}: a teacher must predict the same labels."
+        )
+    return teacher
+
+
 class TeacherDistillationLoss(CascadeExitLoss):
     r"""Every member of a cascade learns from a fine-tuned teacher as well as from the labels:
     `sum_k [alpha T^2 KL(p_teacher^T || p_k^T) + (1 - alpha) CE_k]` (see [`logit_distillation_loss`]).
@@ -961,17 +975,10 @@ class TeacherDistillationLoss(CascadeExitLoss):
 
     @classmethod
     def from_args(cls, model, args):
-        cls.check_args(args)
-        teacher = None
-        if args.distillation_teacher is not None:
-            from transformers import AutoModelForSequenceClassification
+        from transformers import AutoModelForSequenceClassification
 
-            teacher = AutoModelForSequenceClassification.from_pretrained(args.distillation_teacher)
-            if teacher.config.num_labels != model.config.num_labels:
-                raise ValueError(
-                    f"`distillation_teacher` {args.distillation_teacher!r} has {teacher.config.num_labels} labels, the "
-                    f"student {model.config.num_labels}: a teacher must classify into the same labels."
-                )
+        cls.check_args(args)
+        teacher = load_teacher(args, model, AutoModelForSequenceClassification)
         return cls(model.config, args.distillation_temperature, args.distillation_alpha, teacher)
 
     def setup(self, trainer) -> None:
@@ -1449,6 +1456,85 @@ class SelfSamplingTokenLoss(TokenExitLoss):
         return {"loss": loss, **terms}
 
 
+class TokenTeacherDistillationLoss(TokenExitLoss):
+    r"""Logit distillation for sequence labelling: every exit learns from a fine-tuned teacher's per-word logits as
+    well as from the labels, `sum_i w_i [alpha T^2 KL(p_teacher^T || p_i^T) + (1 - alpha) CE_i] / sum_i w_i` over the
+    labelled words (see [`logit_distillation_loss`]). With a model of a single exit (`num_hidden_layers=k`,
+    `exit_layers=[k]`) it is the distilled `k`-layer tagger, the baseline early exit has to beat.
+
+    The teacher's logits come from a `teacher_logits` column (per sentence, one list of logits per labelled word in
+    order, padded by [`~hf_earlyexit.data.DataCollatorForTokenEarlyExit`]) or from `teacher` (a token classifier with
+    the same labels, run on every batch). Means are over this process's words.
+
+    Args:
+        config ([`TokenExitBertConfig`]): The model's config.
+        temperature (`float`): `T`.
+        alpha (`float`): Weight of the soft term.
+        weights: As for [`TokenExitLoss`].
+        teacher (`nn.Module`, *optional*): Used when the batch has no `teacher_logits`.
+    """
+
+    input_columns = ("labels", TEACHER_LOGITS_COLUMN)
+
+    def __init__(self, config, temperature=2.0, alpha=0.5, weights="linear", teacher: nn.Module | None = None):
+        super().__init__(config, weights)
+        self.temperature = temperature
+        self.alpha = alpha
+        # not a submodule: the teacher is neither trained nor saved with the student
+        self.__dict__["teacher"] = teacher.eval().requires_grad_(False) if teacher is not None else None
+
+    @classmethod
+    def from_args(cls, model, args):
+        from transformers import AutoModelForTokenClassification
+
+        teacher = load_teacher(args, model, AutoModelForTokenClassification)
+        return cls(
+            model.config, args.distillation_temperature, args.distillation_alpha, args.exit_loss_weights, teacher
+        )
+
+    setup = TeacherDistillationLoss.setup
+
+    def teacher_word_logits(self, inputs) -> torch.Tensor:
+        """`(words, num_labels)`: the teacher's logits of every labelled word of the batch, row by row."""
+        labelled = inputs["labels"] != -100
+        if TEACHER_LOGITS_COLUMN in inputs:
+            padded = inputs[TEACHER_LOGITS_COLUMN]
+            counts = labelled.sum(dim=-1)
+            if padded.shape[1] < int(counts.max()):
+                raise ValueError(
+                    f"`teacher_logits` hold {padded.shape[1]} words for a sentence with {int(counts.max())} labelled "
+                    "words: give one list of logits per labelled word."
+                )
+            return padded[torch.arange(padded.shape[1], device=counts.device) < counts.unsqueeze(-1)]
+        encoded = {key: inputs[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in inputs}
+        with torch.no_grad():
+            return self.teacher(**encoded).logits[labelled]
+
+    def forward(self, outputs, inputs, step=None):
+        if outputs.all_logits is None:
+            return self.eval_loss(outputs, inputs)
+        labelled = inputs["labels"] != -100
+        teacher = self.teacher_word_logits(inputs)
+        labels = inputs["labels"][labelled]
+        terms = [
+            logit_distillation_loss(logits[labelled], teacher, labels, self.temperature, self.alpha)
+            for logits in outputs.all_logits
+        ]
+        losses = torch.stack([term["loss"] for term in terms])
+        weights = torch.tensor(self.weights, dtype=losses.dtype, device=losses.device)
+        components = {"loss": (weights * losses).sum() / weights.sum(), **self.per_exit_losses(losses)}
+        for layer, term in zip(self.exit_layers, terms):
+            components[f"kl_exit_{layer}"] = term["kl"].detach()
+        return components
+
+    def get_config_dict(self):
+        return {
+            **super().get_config_dict(),
+            "distillation_temperature": self.temperature,
+            "distillation_alpha": self.alpha,
+        }
+
+
 def check_self_sampling_settings(max_threshold, flooding) -> None:
     """Validate the self-sampling settings (shared by [`SelfSamplingTokenLoss`] and the training arguments)."""
     if (
@@ -1538,6 +1624,7 @@ register_exit_loss("cascade-bert", DAR_RECIPE, DifficultyAwareCascadeLoss.from_a
 register_exit_loss("cascade-bert", TEACHER_DISTILLATION_RECIPE, TeacherDistillationLoss.from_args)
 register_exit_loss("token-exit-bert", "joint", JointTokenExitLoss.from_args)
 register_exit_loss("token-exit-bert", SELF_SAMPLING_RECIPE, SelfSamplingTokenLoss.from_args)
+register_exit_loss("token-exit-bert", TEACHER_DISTILLATION_RECIPE, TokenTeacherDistillationLoss.from_args)
 
 
 __all__ = [
@@ -1553,6 +1640,7 @@ __all__ = [
     "SelfSamplingTokenLoss",
     "TeacherDistillationLoss",
     "TokenExitLoss",
+    "TokenTeacherDistillationLoss",
     "TwoStageExitLoss",
     "check_difficulty_values",
     "check_self_sampling_settings",

@@ -145,7 +145,7 @@ def test_train_token_family_on_conll_columns(tmp_path, workspace, token_workspac
         capsys,
     )
     assert status == 2 and "`--exit_recipe alternating` does not train `--family token`" in err
-    assert "['joint', 'self_sampling']" in err
+    assert "['joint', 'self_sampling', 'teacher_distillation']" in err
 
     status, _, err = run(
         ["train", "--family", "token", "--class_names", "O", "B-ORG", "--train_file", conll, "--validation_file"]

@@ -96,3 +96,57 @@ def test_a_teacher_with_other_labels_is_refused(tmp_path):
     args = make_args(tmp_path, exit_recipe="teacher_distillation", distillation_teacher=str(tmp_path / "t3"))
     with pytest.raises(ValueError, match="has 3 labels, the student 2"):
         EarlyExitTrainer(tiny_cascade(member_layers=(2,)), args, train_dataset=separable_dataset(8, seed=0))
+
+
+# --- sequence labelling -----------------------------------------------------------------------------------------------
+
+
+def test_token_distillation_column_and_teacher_model_agree_and_match_the_formula(tmp_path, tokenizer):
+    from transformers import BertForTokenClassification
+
+    from hf_earlyexit.data import DataCollatorForTokenEarlyExit, tokenize_token_dataset
+    from hf_earlyexit.losses import TokenTeacherDistillationLoss
+    from tests.test_token_training import LABELS, TAGS, ner_dataset, ner_model
+
+    torch.manual_seed(5)
+    teacher = BertForTokenClassification(BertConfig(**tiny_config_kwargs(num_labels=len(TAGS), **LABELS))).eval()
+    teacher.save_pretrained(tmp_path / "teacher")
+    rows = tokenize_token_dataset(ner_dataset(24), tokenizer)
+    collator = DataCollatorForTokenEarlyExit(tokenizer)
+    per_word = []
+    for row in rows:
+        batch = collator([row])
+        with torch.no_grad():
+            logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[0]
+        per_word.append(logits[batch["labels"][0] != -100].tolist())
+    with_column = rows.add_column("teacher_logits", per_word)
+
+    # the loss of one batch, by the formula: every exit's per-word KL and CE, then the linear exit weights
+    student = ner_model(num_hidden_layers=2, exit_layers=[2])
+    batch = collator([with_column[i] for i in range(6)])
+    loss = TokenTeacherDistillationLoss(student.config, temperature=2.0, alpha=0.3)
+    student.train()
+    with torch.no_grad():
+        outputs = student(**loss.model_inputs(batch, step=0))
+        labelled = batch["labels"] != -100
+        expected = logit_distillation_loss(
+            outputs.all_logits[0][labelled],
+            teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[labelled],
+            batch["labels"][labelled],
+            2.0,
+            0.3,
+        )["loss"]
+        assert float(loss(outputs, batch, step=0)["loss"]) == pytest.approx(float(expected), rel=1e-5)
+
+    def trained(dataset, **args):
+        torch.manual_seed(0)
+        model = ner_model(num_hidden_layers=2, exit_layers=[2])
+        arguments = make_args(tmp_path / "out", exit_recipe="teacher_distillation", max_steps=3, **args)
+        trainer = EarlyExitTrainer(model, arguments, train_dataset=dataset, data_collator=collator)
+        assert isinstance(trainer.exit_loss, TokenTeacherDistillationLoss)
+        trainer.train()
+        return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+    assert trained(with_column) == pytest.approx(
+        trained(rows, distillation_teacher=str(tmp_path / "teacher")), rel=1e-5
+    )
