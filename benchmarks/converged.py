@@ -33,11 +33,14 @@ TARGETS = (1.5, 2.0, 3.0, 4.0)
 STATIC_TOLERANCE = 0.01
 KIND_LABELS = {
     "full": "full model",
-    "static": "static",
-    "distilled": "distilled",
     "cascade": "cascade",
     "assembled": "assembled cascade",
     "multi_exit": "multi-exit",
+    "tokee": "TOKEE",
+    "sentee": "SENTEE",
+    "static": "static",
+    "distilled": "distilled",
+    "oracle": "oracle",
 }
 
 
@@ -60,6 +63,7 @@ class Row:
     name: str
     kind: str
     model: str  # the trained model behind the row (a multi-exit model gives a row per criterion)
+    cells: dict[int, str] = field(default_factory=dict)  # the cell behind the row, per seed
     points: dict[float | None, dict[int, Point]] = field(default_factory=lambda: defaultdict(dict))
     oracle: dict[int, dict] = field(default_factory=dict)
 
@@ -91,24 +95,46 @@ def rows_of(cells: list[dict]) -> tuple[dict[str, Row], dict]:
         if kind == "curve":
             curve = cell
             continue
-        if kind in ("full", "static", "distilled"):
-            name = "full model" if kind == "full" else f"{kind} {settings['layers']}L"
-            row = rows.setdefault(name, Row(name, kind, name))
+        if kind in ("full", "static", "distilled", "stage1"):
+            # fixed-depth models; a token model's stage 1 is also the full model (its full-depth run)
+            name = {"full": "full model", "stage1": "full model"}.get(kind, f"{kind} {settings['layers']}L")
+            row = rows.setdefault(name, Row(name, "full" if kind == "stage1" else kind, name))
             row.points[None][seed] = _point(result["measured"])
+            row.cells[seed] = cell["cell"]
+        if "points" not in result:
             continue
         if kind == "multi_exit":
             model = "multi-exit " + ("+ bypasses" if settings["use_bypass"] else "no bypass")
         elif kind == "cascade":
             model = f"cascade {_depths(settings['member_layers'])} ({settings['recipe']})"
-        else:
+        elif kind == "assembled":
             model = f"assembled {_depths(settings['member_layers'])}"
+        else:  # a token model's training stage
+            model = kind.replace("stage", "stage ")
         for point in result["points"]:
-            name = f"{model} ({point['criterion']})" if kind == "multi_exit" else model
-            row = rows.setdefault(name, Row(name, kind, model))
+            criterion = point["criterion"]
+            if kind in ("stage1", "stage2"):
+                name, row_kind = f"{criterion} ({model})", criterion.lower()
+            else:
+                name = f"{model} ({criterion})" if kind == "multi_exit" else model
+                row_kind = kind
+            row = rows.setdefault(name, Row(name, row_kind, model))
             row.points[point["target"]][seed] = _point(point["measured"], point["reached"])
-            if "oracle" in result:
-                row.oracle[seed] = result["oracle"]
+            row.cells[seed] = cell["cell"]
+        for mode, oracle in _oracles(result):
+            key = f"{model} ({mode})" if mode else model
+            rows.setdefault(f"oracle: {key}", Row(f"oracle: {key}", "oracle", key)).oracle[seed] = oracle
     return rows, curve
+
+
+def _oracles(result: dict) -> list[tuple[str | None, dict]]:
+    """The oracle bounds of a cell: one for a classifier, one per exit granularity for a tagger."""
+    oracle = result.get("oracle")
+    if oracle is None:
+        return []
+    if "metric" in oracle:
+        return [(None, oracle)]
+    return [({"token": "TOKEE", "sentence": "SENTEE"}[mode], value) for mode, value in oracle.items()]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -146,26 +172,66 @@ def best_row(rows: dict[str, Row], kind: str, target: float, seeds_needed: int =
     return name, points
 
 
-def render_benchmark(title: str, folder: Path, expected: list[str] | None = None) -> list[str]:
+def headline_cells(rows: dict[str, Row], seed: int = 0) -> list[str]:
+    """The cells (of `seed`) behind the headline: the full model, and the best row of each kind at any target."""
+    names = {rows["full model"].cells[seed]} if seed in rows.get("full model", Row("", "", "")).cells else set()
+    for kind in KIND_LABELS:
+        for target in TARGETS:
+            best = best_row(rows, kind, target)
+            if best is not None and seed in rows[best[0]].cells:
+                names.add(rows[best[0]].cells[seed])
+    return sorted(names)
+
+
+def expected_cells(plan_names: list[str], rows: dict[str, Row], seeds: tuple[int, ...] = (1, 2)) -> list[str]:
+    """What the benchmark asks for: every cell of the plan (seed 0), and the headline cells again for `seeds`."""
+    again = [name.replace("seed0", f"seed{seed}") for seed in seeds for name in headline_cells(rows)]
+    return list(dict.fromkeys([*plan_names, *again]))
+
+
+def _metric_name(cells: list[dict]) -> str:
+    for cell in cells:
+        measured = cell["result"].get("measured") or next(iter(cell["result"].get("points", [])), {}).get("measured")
+        if measured:
+            return measured.get("metric_name", "accuracy")
+    return "accuracy"
+
+
+def _curve_values(curve: dict) -> list[tuple[float, float]]:
+    """`(epoch, dev metric)` of a curve cell: the trainer's accuracy of the full model, or the callback's F1."""
+    values = []
+    for entry in curve["result"]["training"]["dev_per_epoch"]:
+        metric = entry["dev"]["f1"] if "dev" in entry else entry["eval_accuracy_member_0"]
+        values.append((entry["epoch"], metric))
+    return values
+
+
+def _ordered(rows: dict[str, Row]) -> list[Row]:
+    return sorted(rows.values(), key=lambda r: (list(KIND_LABELS).index(r.kind), r.name))
+
+
+def render_benchmark(title: str, folder: Path, plan_names: list[str] | None = None) -> list[str]:
+    """The section of one converged benchmark; `plan_names`: the seed-0 cells it plans (to list the missing ones, with
+    the headline cells of seeds 1 and 2)."""
     cells = load_cells(folder)
     if not cells:
         return [f"### {title}", "", f"No cell has run yet (`{folder.as_posix()}` holds no result file).", ""]
     rows, curve = rows_of(cells)
+    metric = _metric_name(cells)
     first = cells[0]["settings"]
     seconds = sum(cell["seconds"] for cell in cells)
     sizes = next((cell["result"]["data"] for cell in cells if "data" in cell["result"]), {})
     machines = sorted(
         {f"{c['machine']['processor']}, {c['machine']['cpu_count']} cores" for c in cells if c["machine"]}
     )
+    budgets = sorted({f"{c['settings']['epochs']:g} epoch(s)" for c in cells if c["kind"] != "curve"})
     lines = [
         f"### {title}",
         "",
         f"Backbone {first['backbone']}; {sizes.get('train', '?')} training sentences (all but the calibration slice), "
-        f"{sizes.get('calibration', '?')} held-out calibration sentences of at least "
-        f"{first['data']['calibration_min_words']} words, {sizes.get('dev', '?')} dev sentences; batch "
-        f"{first['training']['batch_size']}, every model trained for the same budget ("
-        + ", ".join(sorted({f"{c['settings']['epochs']:g} epochs" for c in cells if c["kind"] != "curve"}))
-        + f"). {len(cells)} cells, {seconds / 3600:.1f} h of CPU time (training, calibration and measuring), on "
+        f"{sizes.get('calibration', '?')} held-out calibration sentences, {sizes.get('dev', '?')} dev sentences; batch "
+        f"{first['training']['batch_size']}; every model trained for the same budget ({', '.join(budgets)}). "
+        f"{len(cells)} cells, {seconds / 3600:.1f} h of CPU time in all (training, calibration and measuring), on "
         + "; ".join(machines)
         + f", {first['measuring']['threads']} torch thread(s) while measuring. Timing: "
         f"{first['measuring']['timing_sentences']} dev sentences per batch size, interleaved batch by batch with the "
@@ -173,136 +239,160 @@ def render_benchmark(title: str, folder: Path, expected: list[str] | None = None
         "",
     ]
     if curve is not None:
-        epochs = curve["result"]["training"]["dev_per_epoch"]
+        values = _curve_values(curve)
         lines += [
-            f"Full model's dev accuracy after each epoch ({len(epochs)}-epoch schedule, seed {curve['settings']['seed']}; "
-            "the budget of every model was chosen from it):",
+            f"The full model's dev {metric} after each epoch ({len(values)}-epoch schedule, seed "
+            f"{curve['settings']['seed']}); the budget of every model was chosen from it:",
             "",
-            "| epoch | " + " | ".join(f"{e['epoch']:g}" for e in epochs) + " |",
-            "| --- | " + " | ".join("---:" for _ in epochs) + " |",
-            "| dev accuracy (%) | " + " | ".join(f"{100 * e['eval_accuracy_member_0']:.2f}" for e in epochs) + " |",
+            "| epoch | " + " | ".join(f"{epoch:g}" for epoch, _ in values) + " |",
+            "| --- | " + " | ".join("---:" for _ in values) + " |",
+            f"| dev {metric} (%) | " + " | ".join(f"{100 * value:.2f}" for _, value in values) + " |",
             "",
         ]
 
     lines += [
-        "**Headline** (each cell: dev accuracy %, mean ± standard deviation over seeds, and the measured FLOPs "
-        "speed-up; the best row of each kind at each target; † the calibration slice could not reach the target):",
+        f"**Headline** (each cell: dev {metric} %, mean ± standard deviation over the seeds that ran, and the measured "
+        "FLOPs speed-up; the best row of each kind at each target; † the calibration slice could not reach the target):",
         "",
         "| | " + " | ".join(f"{t:g}x" for t in TARGETS) + " |",
         "| --- | " + " | ".join("---:" for _ in TARGETS) + " |",
     ]
-    full = rows.get("full model")
-    if full is not None:
-        lines.append("| full model (1x) | " + " | ".join(_cell_text(full.points[None]) for _ in TARGETS) + " |")
-    for kind in ("cascade", "assembled", "multi_exit", "static", "distilled"):
-        cells_text = []
+    if "full model" in rows:
+        full = _cell_text(rows["full model"].points[None])
+        lines.append("| full model (1x) | " + " | ".join(full for _ in TARGETS) + " |")
+    kinds = [
+        kind for kind in KIND_LABELS if kind not in ("full", "oracle") and any(r.kind == kind for r in rows.values())
+    ]
+    for kind in kinds:
+        texts = []
         for target in TARGETS:
             best = best_row(rows, kind, target)
-            cells_text.append("-" if best is None else _cell_text(best[1], f", {best[0]}"))
-        lines.append(f"| best {KIND_LABELS[kind]} | " + " | ".join(cells_text) + " |")
-    lines.append("")
-
-    lines += ["Every row (calibrated on the slice, measured on dev):", ""]
+            texts.append("-" if best is None else _cell_text(best[1], f", {best[0]}"))
+        lines.append(f"| best {KIND_LABELS[kind]} | " + " | ".join(texts) + " |")
+    lines += ["", "Every row (calibrated on the slice, measured on dev; fixed-depth models in the first column):", ""]
     lines += ["| method | " + " | ".join(f"{t:g}x" for t in TARGETS) + " |"]
     lines += ["| --- | " + " | ".join("---:" for _ in TARGETS) + " |"]
-    for row in sorted(rows.values(), key=lambda r: (list(KIND_LABELS).index(r.kind), r.name)):
+    for row in _ordered(rows):
+        if row.kind == "oracle":
+            continue
         if None in row.points:
-            text = _cell_text(row.points[None])
-            lines.append(f"| {row.name} | " + " | ".join(text for _ in TARGETS[:1]) + " | | | |")
+            texts = [_cell_text(row.points[None])] + [""] * (len(TARGETS) - 1)
         else:
             texts = [_cell_text(row.points[t]) if row.points.get(t) else "-" for t in TARGETS]
-            lines.append(f"| {row.name} | " + " | ".join(texts) + " |")
-    lines += ["", "Static, distilled and full models have one speed-up; it is shown in the first column.", ""]
+        lines.append(f"| {row.name} | " + " | ".join(texts) + " |")
+    lines.append("")
 
-    oracle_rows = {}
-    for row in rows.values():
-        for seed, oracle in row.oracle.items():
-            oracle_rows.setdefault(row.model, {})[seed] = oracle
-    if oracle_rows:
+    oracles = [row for row in _ordered(rows) if row.kind == "oracle"]
+    if oracles:
         lines += [
-            "**Oracle bound**: each example leaves at the first exit (cascade member) whose prediction equals the "
-            "last one's, so the accuracy is the full depth's; the speed-up is the most any criterion could reach "
-            "without losing an answer:",
+            "**Oracle bound**: each example (for taggers: each word, TOKEE, or each sentence, SENTEE) leaves at the "
+            f"first exit whose prediction equals the last one's, so the {metric} is the full depth's and the speed-up "
+            "is the most an exit criterion could reach without changing an answer:",
             "",
-            "| model | accuracy (%) | FLOPs speed-up | layer speed-up | share leaving at each exit |",
+            f"| model | {metric} (%) | FLOPs speed-up | layer speed-up | share leaving at each exit |",
             "| --- | ---: | ---: | ---: | --- |",
         ]
-        for name, by_seed in sorted(oracle_rows.items()):
-            accuracy, _ = _mean_std([100 * o["metric"] for o in by_seed.values()])
+        for row in oracles:
+            by_seed = row.oracle
+            value, _ = _mean_std([100 * o["metric"] for o in by_seed.values()])
             flops, _ = _mean_std([o["flops_speedup"] for o in by_seed.values()])
             layers, _ = _mean_std([o["layer_speedup"] for o in by_seed.values()])
-            shares = " / ".join(f"{100 * s:.0f}%" for s in next(iter(by_seed.values()))["exit_fraction"])
-            lines.append(f"| {name} | {accuracy:.2f} | {flops:.2f}x | {layers:.2f}x | {shares} |")
+            shares = " / ".join(f"{100 * share:.0f}%" for share in by_seed[min(by_seed)]["exit_fraction"])
+            lines.append(f"| {row.model} | {value:.2f} | {flops:.2f}x | {layers:.2f}x | {shares} |")
         lines.append("")
 
-    sizes_timed = sorted(
-        {size for row in rows.values() for pts in row.points.values() for p in pts.values() for size in p.wallclock},
-        key=int,
+    timed = sorted(
+        {s for r in rows.values() for pts in r.points.values() for p in pts.values() for s in p.wallclock}, key=int
     )
-    if sizes_timed:
-        header = " | ".join(f"wall-clock x (bs {s})" for s in sizes_timed)
+    if timed:
         lines += [
-            "Wall-clock (first seed that ran; x against the plain full-size model) and the 90th-percentile latency "
-            "per sentence at batch size 1 (the plain full model's in parentheses):",
+            "Wall-clock speed-up against the plain full-size model (first seed that ran), and the 90th-percentile "
+            "latency per sentence at batch size 1 (the plain model's in parentheses); a setting reached by several "
+            "targets is shown once:",
             "",
-            f"| method | target | FLOPs x | {header} | p90 latency bs 1 (ms) |",
-            "| --- | ---: | ---: | " + " | ".join("---:" for _ in sizes_timed) + " | ---: |",
+            "| method | FLOPs x | "
+            + " | ".join(f"wall-clock x (bs {s})" for s in timed)
+            + " | p90 latency bs 1 (ms) |",
+            "| --- | ---: | " + " | ".join("---:" for _ in timed) + " | ---: |",
         ]
-        for row in sorted(rows.values(), key=lambda r: (list(KIND_LABELS).index(r.kind), r.name)):
-            for target, by_seed in sorted(row.points.items(), key=lambda item: item[0] or 0):
+        for row in _ordered(rows):
+            shown = set()
+            for _, by_seed in sorted(row.points.items(), key=lambda item: item[0] or 0):
                 point = by_seed[min(by_seed)]
-                walls = " | ".join(f"{point.wallclock[s]:.2f}x" if s in point.wallclock else "-" for s in sizes_timed)
+                if point.flops_speedup in shown:
+                    continue
+                shown.add(point.flops_speedup)
+                walls = " | ".join(f"{point.wallclock[s]:.2f}x" if s in point.wallclock else "-" for s in timed)
                 p90 = point.latency_p90_ms
                 latency = f"{p90['1']:.1f} ({p90['1_reference']:.1f})" if "1" in p90 else "-"
-                label = "-" if target is None else f"{target:g}x"
-                lines.append(f"| {row.name} | {label} | {point.flops_speedup:.2f}x | {walls} | {latency} |")
+                lines.append(f"| {row.name} | {point.flops_speedup:.2f}x | {walls} | {latency} |")
         lines.append("")
-    if expected:
+    if plan_names is not None:
         done = {cell["cell"] for cell in cells}
-        missing = [name for name in expected if name not in done]
+        missing = [name for name in expected_cells(plan_names, rows) if name not in done]
         if missing:
-            lines += [f"Cells not run yet ({len(missing)}): " + ", ".join(f"`{n}`" for n in missing) + ".", ""]
+            lines += [
+                f"Cells not run yet ({len(missing)}; seeds 1 and 2 only for the headline rows): "
+                + ", ".join(f"`{n}`" for n in missing)
+                + ".",
+                "",
+            ]
     return lines
 
 
 def plot_benchmark(title: str, folder: Path, path: Path) -> Path | None:
-    """Dev accuracy against the FLOPs speed-up and the wall-clock speed-up at each timed batch size: a curve per exit
-    method (mean over seeds, one point per target), one per kind of fixed model (static, distilled: a point per depth),
-    the oracle bounds as single points, and the full model as a reference line."""
+    """The dev metric against the FLOPs speed-up and the wall-clock speed-up at each timed batch size: a curve per
+    exit method (mean over seeds, a point per target), one per kind of fixed-depth model (a point per depth), the
+    oracle bounds as single points, and the full model as a reference line."""
     from hf_earlyexit.plots import plot_rows
 
-    rows, _ = rows_of(load_cells(folder))
+    cells = load_cells(folder)
+    rows, _ = rows_of(cells)
     if not rows:
         return None
-    sizes = sorted({s for r in rows.values() for pts in r.points.values() for p in pts.values() for s in p.wallclock})
+    timed = sorted(
+        {s for r in rows.values() for pts in r.points.values() for p in pts.values() for s in p.wallclock}, key=int
+    )
 
-    def mean(points, attribute, size=None):
-        values = [getattr(p, attribute) if size is None else p.wallclock.get(size) for p in points.values()]
-        return None if None in values else statistics.fmean(values)
+    def mean(points: dict[int, Point], size: str | None = None) -> tuple[float, float] | None:
+        if size is not None and not all(size in p.wallclock for p in points.values()):
+            return None
+        x = statistics.fmean(p.flops_speedup if size is None else p.wallclock[size] for p in points.values())
+        return x, 100 * statistics.fmean(p.accuracy for p in points.values())
 
     panels = []
     for label, size in [("measured FLOPs speed-up (x)", None)] + [
-        (f"measured wall-clock speed-up at batch size {s} (x)", s) for s in sorted(sizes, key=int)
+        (f"measured wall-clock speed-up at batch size {s} (x)", s) for s in timed
     ]:
         curves: dict[str, list[tuple[float, float]]] = {}
-        for row in rows.values():
+        for row in _ordered(rows):
             if row.kind == "full":
                 continue
-            # exit methods: a curve each; fixed models: a curve per kind through their depths
+            if row.kind == "oracle":
+                if size is None:
+                    oracle = list(row.oracle.values())
+                    speedup = statistics.fmean(o["flops_speedup"] for o in oracle)
+                    curves[row.name] = [(speedup, 100 * statistics.fmean(o["metric"] for o in oracle))]
+                continue
             name = row.name if None not in row.points else KIND_LABELS[row.kind]
             for points in row.points.values():
-                x = mean(points, "flops_speedup") if size is None else mean(points, "wallclock", size)
-                if x is not None:
-                    curves.setdefault(name, []).append((x, 100 * mean(points, "accuracy")))
-            if size is None and row.oracle:
-                oracle = list(row.oracle.values())
-                speedup = statistics.fmean(o["flops_speedup"] for o in oracle)
-                curves[f"oracle: {row.model}"] = [(speedup, 100 * statistics.fmean(o["metric"] for o in oracle))]
-        panels.append((label, dict(sorted(curves.items()))))
+                point = mean(points, size)
+                if point is not None:
+                    curves.setdefault(name, []).append(point)
+        panels.append((label, curves))
     references = []
     if "full model" in rows:
-        references.append(("full model", 100 * mean(rows["full model"].points[None], "accuracy")))
-    return plot_rows([(None, panels, references)], path, title=title, ylabel="dev accuracy (%)", marks=TARGETS)
+        references.append(("full model", mean(rows["full model"].points[None])[1]))
+    metric = _metric_name(cells)
+    return plot_rows([(None, panels, references)], path, title=title, ylabel=f"dev {metric} (%)", marks=TARGETS)
 
 
-__all__ = ["best_row", "load_cells", "plot_benchmark", "render_benchmark", "rows_of"]
+__all__ = [
+    "best_row",
+    "expected_cells",
+    "headline_cells",
+    "load_cells",
+    "plot_benchmark",
+    "render_benchmark",
+    "rows_of",
+]

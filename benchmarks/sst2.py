@@ -45,35 +45,27 @@ Seeds change the training seed and the calibration slice together. Run it in pie
 """
 
 import argparse
-import json
 import logging
-import math
 import sys
-import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import (
-    AutoConfig,
-    AutoTokenizer,
-    DataCollatorWithPadding,
-    PrinterCallback,
-    TrainerCallback,
-    set_seed,
-)
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import AutoConfig, AutoTokenizer, DataCollatorWithPadding, set_seed
 
 from benchmarks.cells import Cell, CellStore
-from hf_earlyexit import (
-    BertForCascadeClassification,
-    BertWithBypassExits,
-    EarlyExitTrainer,
-    EarlyExitTrainingArguments,
+from benchmarks.common import (
+    add_timing_arguments,
+    benchmark_parser,
+    check_common_arguments,
+    log,
+    run_benchmark,
+    train_model,
 )
+from hf_earlyexit import BertForCascadeClassification, BertWithBypassExits
 from hf_earlyexit.calibration import calibrate, record
 from hf_earlyexit.data import load_text_classification
-from hf_earlyexit.evaluation import collect, machine_info, make_batches, measure_points, oracle_point, plain_baseline
+from hf_earlyexit.evaluation import collect, make_batches, measure_points, oracle_point, plain_baseline
 from hf_earlyexit.utils import default_backbone
 
 
@@ -87,16 +79,7 @@ logger = logging.getLogger("benchmarks.sst2")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.sst2",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--only", nargs="+", default=None, help=f"cell kinds {KINDS} or cell names to run")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of the cells (the curve: the first)")
-    parser.add_argument("--list", action="store_true", help="list every cell and whether it is done, run nothing")
-    parser.add_argument("--results_dir", default="benchmarks/results/sst2")
-    parser.add_argument("--runs_dir", default="runs/sst2", help="checkpoints (an ignored folder)")
+    parser = benchmark_parser("sst2", __doc__.split("\n\n")[0], KINDS)
 
     data = parser.add_argument_group("data")
     data.add_argument("--train", default="data/sst2/train.tsv")
@@ -130,16 +113,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     measuring = parser.add_argument_group("measuring")
     measuring.add_argument("--targets", nargs="+", type=float, default=[1.5, 2.0, 3.0, 4.0])
-    measuring.add_argument("--eval_batch_size", type=int, default=64)
-    measuring.add_argument("--timing_batch_sizes", nargs="+", type=int, default=[1, 32])
-    measuring.add_argument("--timing_sentences", type=int, default=256)
-    measuring.add_argument("--timing_rounds", type=int, default=3)
-    measuring.add_argument("--threads", type=int, default=1, help="torch threads while measuring")
+    add_timing_arguments(measuring)
     args = parser.parse_args(argv)
-    if args.only:
-        unknown = [name for name in args.only if name not in KINDS and "-" not in name]
-        if unknown:
-            parser.error(f"--only takes cell kinds {KINDS} or cell names; got {unknown}")
+    check_common_arguments(parser, args)
     for option in ("cascades", "assembled"):
         for spec in getattr(args, option):
             depths = spec.split("-")
@@ -147,8 +123,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 parser.error(f"--{option} takes member depths joined by '-', e.g. 1-6; got {spec!r}")
     if args.epochs <= 0 or args.curve_epochs < 1:
         parser.error("--epochs and --curve_epochs must be positive")
-    if args.calibration_size < 1 or args.timing_sentences < 1 or args.timing_rounds < 1:
-        parser.error("--calibration_size, --timing_sentences and --timing_rounds must be positive")
+    if args.calibration_size < 1:
+        parser.error("--calibration_size must be positive")
     return args
 
 
@@ -213,88 +189,27 @@ class Data:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class Progress(TrainerCallback):
-    """One line to stderr per logging step: where the training is and when it should end."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.started = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.started, self.first_step = time.perf_counter(), state.global_step
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        done = state.global_step - self.first_step
-        if not done:
-            return
-        elapsed = time.perf_counter() - self.started
-        left = elapsed / done * (state.max_steps - state.global_step)
-        metrics = ", ".join(f"{k} {v:.4g}" for k, v in (logs or {}).items() if k in ("loss", "eval_loss"))
-        print(
-            f"[{time.strftime('%H:%M:%S')}]   {self.name}: step {state.global_step}/{state.max_steps} "
-            f"({elapsed / done:.2f} s/step, {left / 60:.0f} min left) {metrics}",
-            file=sys.stderr,
-            flush=True,
-        )
-
-
 def train(model, args, data: Data, tokenizer, seed: int, run_dir: Path, learning_rate: float, recipe: str, **extra):
-    """Fine-tune `model` in place, evaluating on dev after every epoch, resuming from the last epoch checkpoint in
-    `run_dir` when there is one. Returns the training record (time, steps, losses, the per-epoch dev metrics)."""
-    epochs = extra.pop("epochs", args.epochs)
-    train_set = extra.pop("train_set", data.train)
-    training_args = EarlyExitTrainingArguments(
-        output_dir=str(run_dir / "trainer"),
-        exit_recipe=recipe,
-        num_train_epochs=epochs,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.eval_batch_size,
+    """Fine-tune `model` in place (see [`benchmarks.common.train_model`]), evaluating on dev after every epoch.
+    Returns the training record (time, steps, losses, the per-epoch dev metrics)."""
+    return train_model(
+        model,
+        extra.pop("train_set", data.train),
+        run_dir=run_dir,
+        recipe=recipe,
+        epochs=extra.pop("epochs", args.epochs),
         learning_rate=learning_rate,
         head_learning_rate=args.head_learning_rate,
-        warmup_steps=args.warmup_ratio,
-        lr_scheduler_type="linear",
+        batch_size=args.batch_size,
+        warmup_ratio=args.warmup_ratio,
         seed=seed,
-        data_seed=seed,
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        save_total_limit=1,
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        logging_steps=max(1, math.ceil(len(train_set) / args.batch_size) // 10),
+        collator=DataCollatorWithPadding(tokenizer),
+        tokenizer=tokenizer,
+        eval_set=data.dev_set,
+        eval_batch_size=args.eval_batch_size,
+        threads=args.train_threads,
         **extra,
     )
-    trainer = EarlyExitTrainer(
-        model,
-        training_args,
-        train_dataset=train_set,
-        eval_dataset=data.dev_set,
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
-    )
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(Progress(run_dir.name))
-    threads = torch.get_num_threads()
-    if args.train_threads:
-        torch.set_num_threads(args.train_threads)
-    start = time.perf_counter()
-    try:
-        output = trainer.train(resume_from_checkpoint=get_last_checkpoint(training_args.output_dir))
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
-    history = trainer.state.log_history
-    return {
-        "train_seconds": time.perf_counter() - start,
-        "train_loss": output.training_loss,
-        "steps": trainer.state.global_step,
-        "dev_per_epoch": [
-            {key: value for key, value in entry.items() if key.startswith("eval_") or key == "epoch"}
-            for entry in history
-            if any(key.startswith("eval_accuracy") for key in entry)
-        ],
-        "losses": [entry for entry in history if "loss" in entry],
-    }
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -476,9 +391,6 @@ class Benchmark:
             self._data[seed] = Data(self.args, self.tokenizer, seed)
         return self._data[seed]
 
-    def log(self, text: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
     def cells(self) -> list[Cell]:
         runners = {
             "curve": self.run_curve,
@@ -495,7 +407,7 @@ class Benchmark:
         return cells
 
     def progress(self, cell: Cell):
-        return lambda text: self.log(f"  {cell.name}: {text}")
+        return lambda text: log(f"  {cell.name}: {text}")
 
     # --- running each kind ------------------------------------------------------------------------------------------
 
@@ -534,7 +446,7 @@ class Benchmark:
         reference = BertForCascadeClassification.from_backbone(
             self.backbone, member_layers=[self.depth], num_labels=2
         ).eval()
-        self.log(f"  {cell.name}: measuring")
+        log(f"  {cell.name}: measuring")
         return {
             "training": result,
             "data": data.sizes,
@@ -584,7 +496,7 @@ class Benchmark:
 
     def measure(self, cell: Cell, model, data: Data, criteria: list[str], result: dict) -> dict:
         torch.set_num_threads(self.args.threads)
-        self.log(f"  {cell.name}: measuring")
+        log(f"  {cell.name}: measuring")
         return {
             **result,
             "data": data.sizes,
@@ -596,16 +508,7 @@ class Benchmark:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    benchmark = Benchmark(args)
-    cells = benchmark.cells()
-    if args.list:
-        for cell in cells:
-            print(f"{cell.name:36s} {cell.kind:11s} {'done' if benchmark.store.is_done(cell) else 'missing'}")
-        return {cell.name: benchmark.store.is_done(cell) for cell in cells}
-    torch.set_num_threads(args.threads)
-    status = benchmark.store.run(cells, only=args.only, log=benchmark.log, machine=machine_info)
-    benchmark.log(json.dumps(status))
-    return status
+    return run_benchmark(Benchmark(args), args)
 
 
 if __name__ == "__main__":

@@ -466,6 +466,70 @@ def token_scores(model, batches: Sequence[dict], full_config=None, **settings) -
     return result
 
 
+@torch.inference_mode()
+def token_oracle_points(model, batches: Sequence[dict]) -> dict:
+    """The oracle bound of a [`BertForTokenEarlyExit`] on labelled batches, from one full-depth run with every exit:
+    each word leaves at the first exit whose prediction equals the last exit's (`"token"`), or each sentence at the
+    first exit where all its words do (`"sentence"`). The predictions stay the full depth's, so the metric does too;
+    the speed-ups are the most TOKEE / SENTEE could reach at no loss.
+
+    The token oracle prices words as TOKEE does (`token_exit_flops`: a word's pieces stop where the word does,
+    special tokens run until the sentence's last word leaves), but reads every exit's prediction from the full-depth
+    run: a real TOKEE run freezes the words that left, which changes what the others see, so its predictions can
+    differ from these.
+
+    Returns:
+        `{"token": {...}, "sentence": {...}}`, each with `metric`, `mean_exit_layer`, `layer_speedup`,
+        `flops_speedup` and `exit_fraction` (share of words leaving at each exit).
+    """
+    from .models.bert.token_exit_utils import token_exit_flops
+
+    config = model.config
+    exit_layers = torch.tensor(model.exit_layers)
+    totals = {
+        mode: {"flops": 0, "layers": 0, "counts": torch.zeros(len(exit_layers))} for mode in ("token", "sentence")
+    }
+    reference = words = 0
+    for batch in batches:
+        labels = batch["labels"]
+        all_logits = model(**_without(batch, "labels"), output_all_exits=True, early_exit=False).all_logits
+        predictions = all_logits.argmax(-1)
+        starts = labels != -100
+        first = (predictions == predictions[-1]).int().argmax(dim=0)  # (batch, seq): first agreeing exit
+        lengths = batch["attention_mask"].sum(-1)
+        reference += int(model.reference_flops(lengths).sum())
+        words += int(starts.sum())
+        # a word's exit goes to all its pieces; the sentence's exit is its slowest word's
+        word_ids = batch["word_ids"]
+        word_exit = torch.zeros(labels.shape[0], labels.shape[1] + 1, dtype=torch.long)
+        word_exit.scatter_(1, torch.where(starts, word_ids, labels.shape[1]), torch.where(starts, first, 0))
+        sentence_exit = torch.where(starts, first, 0).amax(dim=-1, keepdim=True)
+        real = batch["attention_mask"].bool()
+        for mode in ("token", "sentence"):
+            if mode == "token":
+                position_exit = torch.where(word_ids >= 0, word_exit.gather(1, word_ids.clamp_min(0)), sentence_exit)
+            else:
+                position_exit = sentence_exit.expand_as(labels)
+            exit_layer = torch.where(real, exit_layers[position_exit], 0)
+            flops = token_exit_flops(
+                exit_layer, lengths, model.exit_layers, config.hidden_size, config.intermediate_size, config.num_labels
+            )
+            totals[mode]["flops"] += int(flops.sum())
+            totals[mode]["layers"] += int(exit_layer[starts].sum())
+            totals[mode]["counts"] += torch.bincount(position_exit[starts], minlength=len(exit_layers)).float()
+    metric = token_scores(model, batches, early_exit=False)["metric"]
+    return {
+        mode: {
+            "metric": metric,
+            "mean_exit_layer": total["layers"] / words,
+            "layer_speedup": model.full_depth_layers * words / total["layers"],
+            "flops_speedup": reference / total["flops"],
+            "exit_fraction": (total["counts"] / words).tolist(),
+        }
+        for mode, total in totals.items()
+    }
+
+
 def token_wallclock(
     model, reference, timing_batches: dict[int, Sequence[dict]], rounds: int = 3, **settings
 ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:

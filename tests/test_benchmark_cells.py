@@ -120,9 +120,12 @@ def test_converged_report_builds_from_the_cells_that_exist(tiny_sst2, tmp_path):
 
     sst2.main(sst2_args(tiny_sst2))  # done already by the test above when run together; otherwise runs them
     folder = tiny_sst2 / "results"
-    text = "\n".join(render_benchmark("SST-2 (tiny)", folder, expected=["full-seed0", "full-seed1"]))
+    text = "\n".join(render_benchmark("SST-2 (tiny)", folder, plan_names=["full-seed0", "static-2L-seed0"]))
     assert "| full model (1x) |" in text and "| best distilled |" in text and "**Oracle bound**" in text
-    assert "Cells not run yet (1): `full-seed1`." in text
+    # missing: the planned cell that did not run, and the headline cells again for seeds 1 and 2
+    missing = text.split("Cells not run yet")[1]
+    assert "`static-2L-seed0`" in missing and "`full-seed1`" in missing and "`full-seed2`" in missing
+    assert "`static-1L-seed0`" not in missing
     rows, curve = rows_of(load_cells(folder))
     assert curve["cell"] == "curve-seed0"
     # the best static model at 2x is the most accurate one whose speed-up reaches 2x (within 1 %)
@@ -130,3 +133,81 @@ def test_converged_report_builds_from_the_cells_that_exist(tiny_sst2, tmp_path):
     assert name == "static 1L" and points[0].flops_speedup > 3
     assert best_row(rows, "static", 10.0) is None
     assert plot_benchmark("SST-2 (tiny)", folder, tmp_path / "plot.png").stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def tiny_conll(tmp_path_factory, tiny_sst2):
+    """CoNLL-style files over the tiny vocabulary (no CoNLL-2003 text), and the tiny backbone."""
+    import random
+
+    root = tmp_path_factory.mktemp("tiny_conll")
+    words = "the a film movie story good bad great love hate charming".split()
+    rng = random.Random(0)
+    for name, count in (("train.txt", 90), ("valid.txt", 30)):
+        lines = ["-DOCSTART- -X- -X- O", ""]
+        for _ in range(count):
+            previous = "O"
+            for _ in range(rng.randint(2, 8)):
+                word = rng.choice(words)
+                kind = "PER" if word in ("love", "hate", "charming") else "LOC" if word in ("film", "movie") else None
+                tag = "O" if kind is None else ("I-" if previous.endswith(kind) else "B-") + kind
+                lines.append(f"{word} NN O {tag}")
+                previous = tag
+            lines.append("")
+        (root / name).write_text("\n".join(lines) + "\n")
+    return root, tiny_sst2 / "model"
+
+
+def conll_args(root, model, *extra):
+    return [
+        "--model", str(model), "--train", str(root / "train.txt"), "--dev", str(root / "valid.txt"),
+        "--calibration_size", "16", "--epochs", "1", "--curve_epochs", "2", "--stage2_epochs", "1",
+        "--targets", "1.5", "2", "--windows", "3", "--live_checks", "2", "--timing_sentences", "4",
+        "--timing_rounds", "1", "--timing_batch_sizes", "1", "4", "--eval_batch_size", "16",
+        "--results_dir", str(root / "results"), "--runs_dir", str(root / "runs"), *extra,
+    ]  # fmt: skip
+
+
+def test_conll_benchmark_runs_every_kind(tiny_conll):
+    from benchmarks import conll
+    from benchmarks.converged import render_benchmark
+
+    root, model = tiny_conll
+    status = conll.main(conll_args(root, model))
+    assert status == dict.fromkeys(
+        ["curve-seed0", "stage1-seed0", "stage2-seed0", "static-2L-seed0", "static-3L-seed0"]
+        + ["distilled-2L-seed0", "distilled-3L-seed0"],
+        "ran",
+    )
+    curve = json.loads((root / "results" / "curve-seed0.json").read_text())["result"]["training"]
+    assert [entry["epoch"] for entry in curve["dev_per_epoch"]] == [1, 2]
+    stage2 = json.loads((root / "results" / "stage2-seed0.json").read_text())["result"]
+    assert {p["criterion"] for p in stage2["points"]} == {"SENTEE", "TOKEE"} and len(stage2["exit_f1"]) == 4
+    assert set(stage2["oracle"]) == {"token", "sentence"}
+    # the teacher logits stay with the checkpoints (derived from research-only data), never in the results
+    assert not list((root / "results").glob("*.safetensors"))
+    text = "\n".join(render_benchmark("CoNLL (tiny)", root / "results"))
+    assert "| best TOKEE |" in text and "| best distilled |" in text and "dev entity F1" in text
+    assert set(conll.main(conll_args(root, model)).values()) == {"done"}
+
+
+def test_token_oracle_keeps_the_full_depth_answers():
+    import tempfile
+
+    from hf_earlyexit.data import DataCollatorForTokenEarlyExit, tokenize_token_dataset
+    from hf_earlyexit.evaluation import token_oracle_points, token_scores
+    from tests.test_token_training import ner_dataset, ner_model
+
+    tokenizer = tiny_tokenizer(tempfile.mkdtemp())
+    model = ner_model().eval()
+    rows = tokenize_token_dataset(ner_dataset(24), tokenizer)
+    collator = DataCollatorForTokenEarlyExit(tokenizer)
+    batches = [collator([rows[i] for i in range(start, start + 8)]) for start in (0, 8, 16)]
+    oracle = token_oracle_points(model, batches)
+    full = token_scores(model, batches, early_exit=False)
+    for mode in ("token", "sentence"):
+        assert oracle[mode]["metric"] == full["metric"]
+        assert sum(oracle[mode]["exit_fraction"]) == pytest.approx(1.0)
+    # a sentence waits for its slowest word: it leaves no earlier than its words do
+    assert oracle["sentence"]["mean_exit_layer"] >= oracle["token"]["mean_exit_layer"]
+    assert oracle["token"]["flops_speedup"] >= oracle["sentence"]["flops_speedup"]

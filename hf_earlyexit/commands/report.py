@@ -70,7 +70,7 @@ QUICKSTART_RESULT = "quickstart/results.json"
 
 # The converged benchmarks (`python -m benchmarks.sst2`): one result file per cell under these folders, rendered by the
 # repository's `benchmarks.converged` (a source checkout's, like the scripts above)
-CONVERGED = {"sst2": "SST-2, converged models"}
+CONVERGED = {"sst2": "SST-2, converged models", "conll": "CoNLL-2003, converged models"}
 
 # What the original papers published, as quoted in METHODS.md (their setups, not ours: other backbones, other data)
 PUBLISHED = [
@@ -495,7 +495,9 @@ def converged_sections(results_dir: Path, plots_dir: Path, output: Path) -> list
         return []
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
-    from benchmarks.converged import plot_benchmark, render_benchmark
+    import importlib
+
+    from benchmarks.converged import load_cells, plot_benchmark, render_benchmark
 
     lines = [
         "## Converged benchmarks",
@@ -508,7 +510,12 @@ def converged_sections(results_dir: Path, plots_dir: Path, output: Path) -> list
         "",
     ]
     for name, folder in folders.items():
-        lines += render_benchmark(CONVERGED[name], folder)
+        script = importlib.import_module(f"benchmarks.{name}")
+        # the backbone's depth, as the full-depth cells record it (6 for the embedded MiniLM-L6 before any ran)
+        full = (c for c in load_cells(folder) if c["kind"] in ("curve", "full", "stage1"))
+        depth = next((cell["settings"]["layers"] for cell in full), 6)
+        plan_names = [cell.name for cell in script.plan(script.parse_args(["--list"]), depth)]
+        lines += render_benchmark(CONVERGED[name], folder, plan_names)
         plot = plot_benchmark(CONVERGED[name], folder, plots_dir / f"{name}_converged.png")
         if plot is not None:
             relative = Path(os.path.relpath(Path(plot).resolve(), output.parent.resolve())).as_posix()

@@ -262,6 +262,18 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         """FLOPs of one exit head at one position."""
         return classifier_head_flops(self.config.hidden_size, self.config.num_labels)
 
+    @property
+    def full_depth_layers(self) -> int:
+        """Depth of the full model: the `L` of the layer speed-up `L * words / sum(exit layers)`."""
+        return self.config.num_hidden_layers
+
+    def reference_flops(self, lengths: torch.Tensor) -> torch.Tensor:
+        """FLOPs of the full model (what `early_exit=False` spends: every layer, the last exit's head at every
+        position) per sentence of each real length; the numerator of the FLOPs speed-up. Shape `(batch,)`."""
+        lengths = lengths.long()
+        layer_flops = encoder_layer_flops(lengths, self.config.hidden_size, self.config.intermediate_size)
+        return self.full_depth_layers * layer_flops + lengths * self.head_flops()
+
     def _head(self, exit_index: int, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.exit_heads[exit_index](self.dropout(hidden_states))
 
@@ -357,9 +369,8 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
             exit_layer = torch.where(real, layer_numbers[exit_index.clamp_min(0)], 0)
             if active_depth is not None:
                 exit_layer = torch.where(real, active_depth, 0)
-            heads = num_exits if all_exits else 1
-            layer_flops = encoder_layer_flops(lengths, self.config.hidden_size, self.config.intermediate_size)
-            flops = self.config.num_hidden_layers * layer_flops + heads * lengths * self.head_flops()
+            # every layer at every position, and each computed exit's head at every position
+            flops = self.reference_flops(lengths) + (num_exits - 1 if all_exits else 0) * lengths * self.head_flops()
             all_logits = stacked if all_exits else None
         else:
             logits, exit_layer, flops = self._forward_early_exit(
