@@ -26,6 +26,7 @@ import torch
 from transformers import PrinterCallback, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from benchmarks.cells import Cell, CellStore
 from hf_earlyexit import EarlyExitTrainer, EarlyExitTrainingArguments
 from hf_earlyexit.evaluation import machine_info
 
@@ -61,6 +62,54 @@ def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         parser.error(f"--only takes cell kinds {args.kinds} or cell names; got {unknown}")
     if args.timing_sentences < 1 or args.timing_rounds < 1:
         parser.error("--timing_sentences and --timing_rounds must be positive")
+
+
+class CellBenchmark:
+    """A converged benchmark: its backbone and tokenizer, its cell store, the data of each seed (loaded on first use),
+    and its cells with their runners. Subclasses set `name`, `data_class` (built as `data_class(args, tokenizer,
+    seed)`), `plan(args, depth)` and `runners()` (cell kind to `run(cell, run_dir) -> dict`)."""
+
+    name: str
+    data_class: type
+
+    def __init__(self, args: argparse.Namespace):
+        from transformers import AutoConfig, AutoTokenizer
+
+        from hf_earlyexit.utils import default_backbone
+
+        self.args = args
+        self.backbone = args.model or default_backbone()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.backbone)
+        self.backbone_config = AutoConfig.from_pretrained(self.backbone)
+        self.depth = self.backbone_config.num_hidden_layers
+        command = f"python -m benchmarks.{self.name} " + " ".join(sys.argv[1:])
+        self.store = CellStore(args.results_dir, args.runs_dir, command=command)
+        self._data = {}
+
+    def data(self, seed: int):
+        if seed not in self._data:
+            self._data[seed] = self.data_class(self.args, self.tokenizer, seed)
+        return self._data[seed]
+
+    def plan(self) -> list[Cell]:
+        raise NotImplementedError
+
+    def runners(self) -> dict[str, Callable[[Cell, Path], dict]]:
+        raise NotImplementedError
+
+    def cells(self) -> list[Cell]:
+        runners = self.runners()
+        cells = self.plan()
+        for cell in cells:
+            cell.run = runners[cell.kind]
+        return cells
+
+    def cell(self, name: str) -> Cell:
+        return next(cell for cell in self.cells() if cell.name == name)
+
+    @staticmethod
+    def progress(cell: Cell) -> Callable[[str], None]:
+        return lambda text: log(f"  {cell.name}: {text}")
 
 
 def run_benchmark(benchmark, args: argparse.Namespace) -> dict:
@@ -201,6 +250,7 @@ def train_model(
 
 
 __all__ = [
+    "CellBenchmark",
     "EpochEvaluation",
     "Progress",
     "add_timing_arguments",

@@ -39,15 +39,15 @@ beside the repository) and never copied into it.
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoTokenizer, set_seed
+from transformers import set_seed
 
-from benchmarks.cells import Cell, CellStore
+from benchmarks.cells import Cell
 from benchmarks.common import (
+    CellBenchmark,
     EpochEvaluation,
     add_timing_arguments,
     benchmark_parser,
@@ -67,7 +67,6 @@ from hf_earlyexit.evaluation import (
     token_scores,
     word_tags,
 )
-from hf_earlyexit.utils import default_backbone
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -212,36 +211,27 @@ def plan(args, depth: int) -> list[Cell]:
     return cells
 
 
-class Benchmark:
+class Benchmark(CellBenchmark):
+    """The CoNLL-2003 cells and how each kind runs."""
+
+    name = "conll"
+    data_class = Data
+
     def __init__(self, args):
-        self.args = args
-        self.backbone = args.model or default_backbone()
-        self.tokenizer = AutoTokenizer.from_pretrained(self.backbone)
-        backbone_config = AutoConfig.from_pretrained(self.backbone)
-        self.depth = backbone_config.num_hidden_layers
-        args.max_length = min(args.max_length, backbone_config.max_position_embeddings)
-        self.store = CellStore(
-            args.results_dir, args.runs_dir, command="python -m benchmarks.conll " + " ".join(sys.argv[1:])
-        )
-        self._data: dict[int, Data] = {}
+        super().__init__(args)
+        args.max_length = min(args.max_length, self.backbone_config.max_position_embeddings)
 
-    def data(self, seed: int) -> Data:
-        if seed not in self._data:
-            self._data[seed] = Data(self.args, self.tokenizer, seed)
-        return self._data[seed]
+    def plan(self) -> list[Cell]:
+        return plan(self.args, self.depth)
 
-    def cells(self) -> list[Cell]:
-        runners = {
+    def runners(self):
+        return {
             "curve": self.run_stage1,
             "stage1": self.run_stage1,
             "stage2": self.run_stage2,
             "static": self.run_static,
             "distilled": self.run_static,
         }
-        cells = plan(self.args, self.depth)
-        for cell in cells:
-            cell.run = runners[cell.kind]
-        return cells
 
     def new_model(self, data: Data, layers: int) -> BertForTokenEarlyExit:
         labels = {
@@ -291,7 +281,7 @@ class Benchmark:
     def run_stage2(self, cell: Cell, run_dir: Path) -> dict:
         seed = cell.settings["seed"]
         data = self.data(seed)
-        stage1 = next(c for c in self.cells() if c.name == cell.needs[0])
+        stage1 = self.cell(cell.needs[0])
         path = self.store.run_dir(stage1) / "final"
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
@@ -344,7 +334,7 @@ class Benchmark:
 
     def teacher_path(self, name: str) -> Path:
         """Beside the stage-1 checkpoint, not in the results: megabytes, and derived from research-only data."""
-        stage1 = next(c for c in self.cells() if c.name == name)
+        stage1 = self.cell(name)
         return self.store.run_dir(stage1) / "teacher.safetensors"
 
     @torch.inference_mode()
@@ -376,7 +366,7 @@ class Benchmark:
 
     def measure(self, model, data: Data, cell: Cell) -> dict:
         log(f"  {cell.name}: measuring")
-        progress = lambda text: log(f"  {cell.name}: {text}")  # noqa: E731
+        progress = self.progress(cell)
         args = self.args
         result = {
             "data": data.sizes,

@@ -46,15 +46,15 @@ Seeds change the training seed and the calibration slice together. Run it in pie
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoTokenizer, DataCollatorWithPadding, set_seed
+from transformers import DataCollatorWithPadding, set_seed
 
-from benchmarks.cells import Cell, CellStore
+from benchmarks.cells import Cell
 from benchmarks.common import (
+    CellBenchmark,
     add_timing_arguments,
     benchmark_parser,
     check_common_arguments,
@@ -66,7 +66,6 @@ from hf_earlyexit import BertForCascadeClassification, BertWithBypassExits
 from hf_earlyexit.calibration import calibrate, record
 from hf_earlyexit.data import load_text_classification
 from hf_earlyexit.evaluation import collect, make_batches, measure_points, oracle_point, plain_baseline
-from hf_earlyexit.utils import default_backbone
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -371,28 +370,17 @@ def plan(args, depth: int) -> list[Cell]:
     return cells
 
 
-class Benchmark:
-    """Builds the cells from the arguments and runs them; data and the tokenizer are loaded once per seed, on use."""
+class Benchmark(CellBenchmark):
+    """The SST-2 cells and how each kind runs."""
 
-    def __init__(self, args):
-        self.args = args
-        self.backbone = args.model or default_backbone()
-        self.tokenizer = AutoTokenizer.from_pretrained(self.backbone)
-        self.depth = AutoConfig.from_pretrained(self.backbone).num_hidden_layers
-        self.store = CellStore(args.results_dir, args.runs_dir, command=self.command())
-        self._data: dict[int, Data] = {}
+    name = "sst2"
+    data_class = Data
 
-    @staticmethod
-    def command() -> str:
-        return "python -m benchmarks.sst2 " + " ".join(sys.argv[1:])
+    def plan(self) -> list[Cell]:
+        return plan(self.args, self.depth)
 
-    def data(self, seed: int) -> Data:
-        if seed not in self._data:
-            self._data[seed] = Data(self.args, self.tokenizer, seed)
-        return self._data[seed]
-
-    def cells(self) -> list[Cell]:
-        runners = {
+    def runners(self):
+        return {
             "curve": self.run_curve,
             "full": self.run_single,
             "static": self.run_single,
@@ -401,13 +389,6 @@ class Benchmark:
             "multi_exit": self.run_multi_exit,
             "assembled": self.run_assembled,
         }
-        cells = plan(self.args, self.depth)
-        for cell in cells:
-            cell.run = runners[cell.kind]
-        return cells
-
-    def progress(self, cell: Cell):
-        return lambda text: log(f"  {cell.name}: {text}")
 
     # --- running each kind ------------------------------------------------------------------------------------------
 
@@ -483,7 +464,7 @@ class Benchmark:
         data = self.data(s["seed"])
         members = []
         for name in s["members"]:
-            source = [c for c in self.cells() if c.name == name][0]
+            source = self.cell(name)
             path = self.store.run_dir(source) / "final"
             if not (path / "config.json").is_file():
                 raise FileNotFoundError(
