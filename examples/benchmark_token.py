@@ -53,6 +53,7 @@ from hf_earlyexit.evaluation import (
     plain_token_baseline,
     word_tags,
 )
+from hf_earlyexit.losses import SELF_SAMPLING_DEPARTURES
 from hf_earlyexit.model_card import (
     EarlyExitModelCardData,
     EvaluationRow,
@@ -461,6 +462,11 @@ def write_flagship_card(results: dict, path: Path) -> dict:
             "num_train_epochs": settings["epochs"],
             "stage2_epochs": settings["stage2_epochs"],
             "self_sampling_max_threshold": settings["max_threshold"],
+            # runs from before the released self-sampling was matched used all of what are now named departures
+            "self_sampling_departures": ", ".join(
+                settings.get("self_sampling_departures", sorted(SELF_SAMPLING_DEPARTURES))
+            )
+            or "none (the released behaviour)",
             "per_device_train_batch_size": settings["batch_size"],
             "train_examples": data["train"],
             "seed": settings["seed"],

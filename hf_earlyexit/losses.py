@@ -1022,13 +1022,39 @@ class TeacherDistillationLoss(CascadeExitLoss):
 
 
 SELF_SAMPLING_RECIPE = "self_sampling"
-# the sampling space of the released code: windows 3, 5, ..., 15 words, thresholds 0.01, 0.02, ... up to the bound
+# the sampling space of the released code (LeeSureman/Sequence-Labeling-Early-Exit): windows 3, 5, ..., 15 words and
+# this threshold grid, bounded by `max_threshold`
 SELF_SAMPLING_WINDOWS: tuple[int, ...] = (3, 5, 7, 9, 11, 13, 15)
+SELF_SAMPLING_THRESHOLDS: tuple[float, ...] = (0.01, 0.03, 0.05, *(round(0.05 * k, 2) for k in range(2, 11)))
 SELF_SAMPLING_THRESHOLD_STEP = 0.01
+# the released replay schedule: tau in the lower half of the layers, min(2 tau, 0.5) in the upper half
+SELF_SAMPLING_REPLAY_CAP = 0.5
+# our departures from the released self-sampling, each off by default (see `SelfSamplingTokenLoss`)
+SELF_SAMPLING_DEPARTURES: dict[str, str] = {
+    "fine_threshold_grid": "thresholds 0.01, 0.02, ... up to max_threshold instead of the released grid",
+    "flooding_per_exit": "flooding on each exit's mean loss instead of on each word's loss",
+    "mean_over_active_words": "each exit's loss is the mean over its active words instead of their sum divided by "
+    "all labelled words",
+    "config_replay_schedule": "the replay follows the model config's threshold schedule instead of the released "
+    "one (tau, then min(2 tau, 0.5) in the upper half of the layers)",
+    "sandwich_both": "the most aggressive sandwich member takes both the smallest window and max_threshold instead "
+    "of one of the two by coin flip",
+}
 # the sandwich: instances per batch forced to the most aggressive setting, and to no exit
 SANDWICH_AGGRESSIVE = 2
 SANDWICH_NO_EXIT = 4
 STAGE_ONE_INDEX_COLUMN = "self_sampling_example_index"
+
+
+def token_cross_entropy(all_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """`(num_exits, batch, seq)` cross-entropy of every exit at every position (meaningless where `labels` is -100:
+    mask it)."""
+    num_exits, _, _, num_labels = all_logits.shape
+    return torch.nn.functional.cross_entropy(
+        all_logits.reshape(-1, num_labels).float(),
+        labels.clamp_min(0).unsqueeze(0).expand(num_exits, -1, -1).reshape(-1),
+        reduction="none",
+    ).view(all_logits.shape[:3])
 
 
 def masked_token_losses(
@@ -1051,14 +1077,9 @@ def masked_token_losses(
         `(losses, counts)`, both `(num_exits,)`: the mean loss (0 where an exit has no position to score) and the
         number of positions it averages.
     """
-    num_exits, _, _, num_labels = all_logits.shape
-    labelled = (labels != -100).unsqueeze(0).expand(num_exits, -1, -1)
+    labelled = (labels != -100).unsqueeze(0).expand(all_logits.shape[0], -1, -1)
     keep = labelled if active is None else labelled & active
-    per_position = torch.nn.functional.cross_entropy(
-        all_logits.reshape(-1, num_labels).float(),
-        labels.clamp_min(0).unsqueeze(0).expand(num_exits, -1, -1).reshape(-1),
-        reduction="none",
-    ).view(keep.shape)
+    per_position = token_cross_entropy(all_logits, labels)
     sums, counts = (per_position * keep).sum(dim=(1, 2)), keep.sum(dim=(1, 2))
     if across_processes:
         totals = sum_across_processes(torch.stack([sums, counts.to(sums.dtype)]))
@@ -1199,18 +1220,30 @@ class SelfSamplingTokenLoss(TokenExitLoss):
     exit computed, and its per-exit logits are stored per sentence. Every training step then, per sentence of the
     batch:
 
-    1. samples a TOKEE setting: a window `W` from `windows` and a threshold `tau` from `0.01, 0.02, ...,
-       max_threshold` (per layer through the config's `threshold_schedule` and `threshold_cap`); the "sandwich"
-       forces 2 sentences of the batch (chosen at random) to the most aggressive setting (the smallest window and
-       `max_threshold`) and 4 others to no exit (`tau = 0`); batches smaller than 6 take them in that order;
-    2. replays the TOKEE rule on the stored stage-1 logits ([`TokenExitRule.simulate`]) to get each word's exit layer
-       (word-pieces follow their word, special tokens their sentence);
+    1. samples a TOKEE setting: a window `W` from `windows` and a threshold `tau` from the released grid `0.01, 0.03,
+       0.05, 0.1, 0.15, ..., 0.5` up to `max_threshold`; the "sandwich" sets 2 sentences of the batch (chosen at
+       random) to the most aggressive setting (a coin flip per sentence: the smallest window, or `max_threshold`) and
+       4 others to no exit (`tau = 0`); batches smaller than 6 take them in that order;
+    2. replays the TOKEE rule on the stored stage-1 logits ([`TokenExitRule.simulate`]) with the released schedule
+       (`tau` for the exits in the lower half of the layers, `min(2 tau, 0.5)` in the upper half) to get each word's
+       exit layer (word-pieces follow their word, special tokens their sentence);
     3. runs the model with copying, `h_i = m_i * Layer_i(h_{i-1}) + (1 - m_i) * h_{i-1}` (the model's `active_depth`
        argument), so that an exited word's state stays as it was when it left;
-    4. the loss at exit `i` covers only the labelled words still active there (exit layer >= layer `i`):
-       `L = sum_i w_i L_i / sum_i w_i` over the exits with at least one such word, `w_i` the layer number by default.
-       With `flooding = b`, `L_i = |CE_i - CE_i^old - b|`, `CE_i^old` the stage-1 loss of the same words at that exit
-       from the stored logits (keeps each exit near its stage-1 loss plus `b` instead of pushing it further down).
+    4. the loss at exit `i` is the sum of the cross-entropies of the labelled words still active there (exit layer
+       >= layer `i`) divided by the number of labelled words of the batch, and `L = sum_i w_i L_i / sum_i w_i`, `w_i`
+       the layer number by default. With `flooding = b`, each word's term becomes `|CE - CE^old - b|`, `CE^old` its
+       stage-1 loss at that exit from the stored logits (keeps it near its stage-1 loss plus `b` instead of pushing
+       it further down).
+
+    That is the released code's behaviour. `departures` names any of our variants to use instead (each was the
+    library's behaviour before the released one was matched; kept for the ablation in `benchmarks/conll.py`):
+
+    - `"fine_threshold_grid"`: thresholds `0.01, 0.02, ...` up to `max_threshold`;
+    - `"flooding_per_exit"`: flooding on each exit's loss, `|L_i - L_i^old - b|`;
+    - `"mean_over_active_words"`: `L_i` is the mean over the words active at exit `i`, and exits without active words
+      leave the weighted mean;
+    - `"config_replay_schedule"`: the replay follows the model config's `threshold_schedule` and `threshold_cap`;
+    - `"sandwich_both"`: the most aggressive member takes both the smallest window and `max_threshold`.
 
     Evaluation runs the model's own early exit, as for stage 1.
 
@@ -1233,6 +1266,7 @@ class SelfSamplingTokenLoss(TokenExitLoss):
         windows (`tuple[int, ...]`, *optional*): Windows to sample from (odd, >= 1), defaults to 3, 5, ..., 15.
         weights: As for [`TokenExitLoss`].
         seed (`int`, *optional*, defaults to 0): Seed of the sampling.
+        departures (`tuple[str, ...]`, *optional*): Our variants to use instead of the released behaviour (above).
     """
 
     input_columns = ("labels", STAGE_ONE_INDEX_COLUMN)
@@ -1245,9 +1279,10 @@ class SelfSamplingTokenLoss(TokenExitLoss):
         windows: tuple[int, ...] = SELF_SAMPLING_WINDOWS,
         weights: str | list[float] = "linear",
         seed: int = 0,
+        departures: tuple[str, ...] = (),
     ):
         super().__init__(config, weights)
-        check_self_sampling_settings(max_threshold, flooding)
+        check_self_sampling_settings(max_threshold, flooding, departures)
         from .models.bert.token_exit_utils import check_window_size
 
         if not windows:
@@ -1255,8 +1290,14 @@ class SelfSamplingTokenLoss(TokenExitLoss):
         self.windows = tuple(check_window_size(w, "windows") for w in windows)
         self.max_threshold = float(max_threshold)
         self.flooding = None if flooding is None else float(flooding)
-        steps = max(int(round(self.max_threshold / SELF_SAMPLING_THRESHOLD_STEP)), 1)
-        self.thresholds = tuple(round(SELF_SAMPLING_THRESHOLD_STEP * k, 6) for k in range(1, steps + 1))
+        self.departures = frozenset(departures)
+        if "fine_threshold_grid" in self.departures:
+            steps = max(int(round(self.max_threshold / SELF_SAMPLING_THRESHOLD_STEP)), 1)
+            self.thresholds = tuple(round(SELF_SAMPLING_THRESHOLD_STEP * k, 6) for k in range(1, steps + 1))
+        else:
+            self.thresholds = tuple(t for t in SELF_SAMPLING_THRESHOLDS if t <= self.max_threshold + 1e-9) or (
+                self.max_threshold,
+            )
         self.generator = torch.Generator().manual_seed(seed)
         # example index -> `(num_exits, length, num_labels)` stage-1 logits, filled by `record_stage_one`
         self.stage_one_logits: list[torch.Tensor] | None = None
@@ -1270,6 +1311,7 @@ class SelfSamplingTokenLoss(TokenExitLoss):
             flooding=args.self_sampling_flooding,
             weights=args.exit_loss_weights,
             seed=args.seed,
+            departures=tuple(args.self_sampling_departures or ()),
         )
 
     def get_config_dict(self):
@@ -1278,7 +1320,9 @@ class SelfSamplingTokenLoss(TokenExitLoss):
             "max_threshold": self.max_threshold,
             "flooding": self.flooding,
             "windows": list(self.windows),
+            "thresholds": list(self.thresholds),
             "sandwich": {"most_aggressive": SANDWICH_AGGRESSIVE, "no_exit": SANDWICH_NO_EXIT},
+            "departures": sorted(self.departures),
         }
 
     # --- stage-1 logits ---------------------------------------------------------------------------------------------
@@ -1379,7 +1423,13 @@ class SelfSamplingTokenLoss(TokenExitLoss):
         order = torch.randperm(batch_size, generator=self.generator)
         aggressive = order[:SANDWICH_AGGRESSIVE]
         no_exit = order[SANDWICH_AGGRESSIVE : SANDWICH_AGGRESSIVE + SANDWICH_NO_EXIT]
-        windows[aggressive], thresholds[aggressive] = min(self.windows), self.max_threshold
+        largest = self.thresholds[-1]
+        if "sandwich_both" in self.departures:
+            windows[aggressive], thresholds[aggressive] = min(self.windows), largest
+        else:  # the released code: per sentence, a coin flip between the smallest window and the largest threshold
+            smallest_window = torch.rand(len(aggressive), generator=self.generator) < 0.5
+            windows[aggressive[smallest_window]] = min(self.windows)
+            thresholds[aggressive[~smallest_window]] = largest
         thresholds[no_exit] = 0.0
         return windows, thresholds
 
@@ -1401,14 +1451,17 @@ class SelfSamplingTokenLoss(TokenExitLoss):
         for window, threshold in torch.unique(settings, dim=0).tolist():
             rows = ((windows == int(window)) & (thresholds.float() == threshold)).nonzero().squeeze(-1)
             rows = rows.to(attention_mask.device)
+            if "config_replay_schedule" in self.departures:
+                schedule = {"threshold_schedule": config.threshold_schedule, "threshold_cap": config.threshold_cap}
+            else:
+                schedule = {"threshold_schedule": "paper", "threshold_cap": SELF_SAMPLING_REPLAY_CAP}
             rule = TokenExitRule.build(
                 "token",
                 float(threshold),
                 self.exit_layers,
                 config.num_hidden_layers,
                 window_size=int(window),
-                threshold_schedule=config.threshold_schedule,
-                threshold_cap=config.threshold_cap,
+                **schedule,
             )
             exit_index[rows] = rule.simulate(
                 all_logits[:, rows], attention_mask[rows], None if word_ids is None else word_ids[rows]
@@ -1438,21 +1491,38 @@ class SelfSamplingTokenLoss(TokenExitLoss):
         labels = inputs["labels"]
         layers = torch.tensor(self.exit_layers, device=labels.device)
         active = outputs.exit_layer.unsqueeze(0) >= layers.view(-1, 1, 1)
-        # means over the global batch's words (see `masked_token_losses`); the terms below then hold for it too
-        losses, counts = masked_token_losses(outputs.all_logits, labels, active, across_processes=True)
-        terms = self.per_exit_losses(losses)
+        keep = (labels != -100).unsqueeze(0) & active
+        stage_one = None
         if self.flooding is not None:
             if self._replay is None:
                 raise ValueError("Flooding compares with the stage-1 logits of the batch: call `model_inputs` first.")
             stage_one = self._replay["stage_one"].to(outputs.all_logits.device)
-            old, _ = masked_token_losses(stage_one, labels, active, across_processes=True)
+        per_word = token_cross_entropy(outputs.all_logits, labels)
+        old_per_word = None if stage_one is None else token_cross_entropy(stage_one, labels)
+        per_exit_flooding = "flooding_per_exit" in self.departures
+        terms = {}
+        if old_per_word is not None and not per_exit_flooding:  # the released flooding, word by word
+            gap = per_word - old_per_word
+            terms["flooding_gap"] = (gap.detach() * keep).sum() / keep.sum().clamp_min(1)
+            per_word = (gap - self.flooding).abs()
+        # sums over the global batch's words (every process's share, see `masked_token_losses`)
+        totals = sum_across_processes(torch.stack([(per_word * keep).sum(dim=(1, 2)), keep.sum(dim=(1, 2)).float()]))
+        sums, counts = totals[0], totals[1]
+        words = sum_across_processes((labels != -100).sum()).clamp_min(1)
+        mean_over_active = "mean_over_active_words" in self.departures
+        denominators = counts.clamp_min(1) if mean_over_active else words
+        losses = sums / denominators
+        if old_per_word is not None and per_exit_flooding:
+            old = sum_across_processes((old_per_word * keep).sum(dim=(1, 2))) / denominators
             terms["flooding_gap"] = ((losses - old).detach() * (counts > 0)).sum() / (counts > 0).sum().clamp_min(1)
             losses = (losses - old - self.flooding).abs()
-        weights = torch.tensor(self.weights, dtype=losses.dtype, device=losses.device) * (counts > 0)
+        weights = torch.tensor(self.weights, dtype=losses.dtype, device=losses.device)
+        if mean_over_active:  # an exit without active words has no mean: it leaves the weighted mean
+            weights = weights * (counts > 0)
         loss = (weights * losses).sum() / weights.sum().clamp_min(1e-12)
-        words = sum_across_processes((labels != -100).sum()).clamp_min(1)
+        terms.update(self.per_exit_losses(losses))
         for layer, count in zip(self.exit_layers, counts):
-            terms[f"active_words_exit_{layer}"] = count.float() / words
+            terms[f"active_words_exit_{layer}"] = count / words
         return {"loss": loss, **terms}
 
 
@@ -1535,7 +1605,7 @@ class TokenTeacherDistillationLoss(TokenExitLoss):
         }
 
 
-def check_self_sampling_settings(max_threshold, flooding) -> None:
+def check_self_sampling_settings(max_threshold, flooding, departures=()) -> None:
     """Validate the self-sampling settings (shared by [`SelfSamplingTokenLoss`] and the training arguments)."""
     if (
         isinstance(max_threshold, bool)
@@ -1555,6 +1625,12 @@ def check_self_sampling_settings(max_threshold, flooding) -> None:
     ):
         raise ValueError(
             f"`self_sampling_flooding` must be a finite number >= 0 (or None for none), got {flooding!r}."
+        )
+    unknown = [name for name in departures if name not in SELF_SAMPLING_DEPARTURES]
+    if unknown:
+        raise ValueError(
+            f"Unknown `self_sampling_departures` {unknown}; expected some of {sorted(SELF_SAMPLING_DEPARTURES)} (none: "
+            "the released behaviour)."
         )
 
 

@@ -108,8 +108,12 @@ class EarlyExitTrainingArguments(TrainingArguments):
             `exit_recipe="self_sampling"` only: the largest threshold sampled (thresholds `0.01, 0.02, ...` up to it),
             in `[0.01, 1]`. Defaults to 0.5 (the paper's range).
         self_sampling_flooding (`float`, *optional*):
-            `exit_recipe="self_sampling"` only: the flooding level `b >= 0`; each exit's loss becomes
-            `|CE_i - CE_i^old - b|` against the stage-1 loss of the same words. Unset: no flooding.
+            `exit_recipe="self_sampling"` only: the flooding level `b >= 0`; each word's loss becomes
+            `|CE - CE^old - b|` against its stage-1 loss at the same exit. Unset: no flooding.
+        self_sampling_departures (`list[str]`, *optional*):
+            `exit_recipe="self_sampling"` only: which of our variants to use instead of the released code's behaviour
+            (see [`SelfSamplingTokenLoss`]): `fine_threshold_grid`, `flooding_per_exit`, `mean_over_active_words`,
+            `config_replay_schedule`, `sandwich_both`. Unset: the released behaviour.
 
     Example:
 
@@ -204,6 +208,14 @@ class EarlyExitTrainingArguments(TrainingArguments):
         },
     )
 
+    self_sampling_departures: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "exit_recipe='self_sampling': our variants instead of the released behaviour (fine_threshold_grid, "
+            "flooding_per_exit, mean_over_active_words, config_replay_schedule, sandwich_both); default none."
+        },
+    )
+
     def __post_init__(self):
         self.exit_loss_weights = self._normalize_weights(self.exit_loss_weights)
         self.validate_exit_recipe()
@@ -292,6 +304,7 @@ class EarlyExitTrainingArguments(TrainingArguments):
         settings = {
             "self_sampling_max_threshold": self.self_sampling_max_threshold,
             "self_sampling_flooding": self.self_sampling_flooding,
+            "self_sampling_departures": self.self_sampling_departures,
         }
         if self.exit_recipe != SELF_SAMPLING_RECIPE:
             given = sorted(name for name, value in settings.items() if value is not None)
@@ -304,7 +317,9 @@ class EarlyExitTrainingArguments(TrainingArguments):
             return
         if self.self_sampling_max_threshold is None:
             self.self_sampling_max_threshold = 0.5
-        check_self_sampling_settings(self.self_sampling_max_threshold, self.self_sampling_flooding)
+        check_self_sampling_settings(
+            self.self_sampling_max_threshold, self.self_sampling_flooding, self.self_sampling_departures or ()
+        )
 
     def validate_distillation(self):
         settings = {

@@ -149,7 +149,10 @@ def test_joint_loss_is_the_models_training_loss():
 
 @pytest.mark.parametrize("batch_size", [32, 6, 5, 1])
 def test_sandwich_forces_most_aggressive_and_no_exit_settings(batch_size):
-    loss = SelfSamplingTokenLoss(ner_model().config, max_threshold=0.3, seed=1)
+    # our variant: the aggressive members take both the smallest window and the largest threshold; thresholds on a
+    # fine grid
+    departures = ("sandwich_both", "fine_threshold_grid")
+    loss = SelfSamplingTokenLoss(ner_model().config, max_threshold=0.3, seed=1, departures=departures)
     for _ in range(5):
         windows, thresholds = loss.sample_settings(batch_size)
         aggressive = (windows == 3) & (thresholds == 0.3)
@@ -163,18 +166,42 @@ def test_sandwich_forces_most_aggressive_and_no_exit_settings(batch_size):
     windows, thresholds = loss.sample_settings(4000)
     assert set(windows.tolist()) == set(range(3, 16, 2))
     assert float(thresholds[thresholds > 0].min()) == pytest.approx(0.01)
+    assert len(set(thresholds[thresholds > 0].tolist())) == 30
 
 
-def test_replay_applies_each_sentences_own_rule():
+def test_released_sampling_grid_and_coin_flip_sandwich():
+    loss = SelfSamplingTokenLoss(ner_model().config, max_threshold=0.3, seed=2)
+    assert loss.thresholds == (0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+    smallest_window = largest_threshold = 0
+    for _ in range(200):
+        windows, thresholds = loss.sample_settings(2)  # a batch of two: both are the aggressive members
+        grid = torch.tensor(loss.thresholds)
+        assert bool(torch.isclose(thresholds.unsqueeze(-1), grid).any(-1).all())
+        # each aggressive member gets the smallest window or the largest threshold, by a coin flip
+        assert bool(((windows == 3) | (thresholds == 0.3)).all())
+        smallest_window += int((windows == 3).sum())
+        largest_threshold += int((thresholds == 0.3).sum())
+    # both sides of the coin come up (with the draws that also land there by chance)
+    assert 150 < smallest_window < 300 and 150 < largest_threshold < 300
+    with pytest.raises(ValueError, match="Unknown `self_sampling_departures` \\['coarse'\\]"):
+        SelfSamplingTokenLoss(ner_model().config, departures=("coarse",))
+
+
+@pytest.mark.parametrize("departures", [(), ("config_replay_schedule",)])
+def test_replay_applies_each_sentences_own_rule(departures):
     model = ner_model()
     inputs = token_inputs(8, seed=3)
     with torch.no_grad():
         all_logits = model(**inputs, output_all_exits=True).all_logits
-    loss = SelfSamplingTokenLoss(model.config)
+    loss = SelfSamplingTokenLoss(model.config, departures=departures)
     windows, thresholds = loss.sample_settings(8)
     depth = loss.replay(all_logits, inputs["attention_mask"], inputs["word_ids"], windows, thresholds)
+    # released: tau in the lower half of the layers, min(2 tau, 0.5) in the upper half; ours: the config's (constant)
+    schedule = {"threshold_schedule": "paper", "threshold_cap": 0.5} if not departures else {}
     for row in range(8):
-        rule = TokenExitRule.build("token", float(thresholds[row]), [1, 2, 3, 4], 4, window_size=int(windows[row]))
+        rule = TokenExitRule.build(
+            "token", float(thresholds[row]), [1, 2, 3, 4], 4, window_size=int(windows[row]), **schedule
+        )
         index = rule.simulate(
             all_logits[:, row : row + 1], inputs["attention_mask"][row : row + 1], inputs["word_ids"][row : row + 1]
         )
@@ -185,14 +212,19 @@ def test_replay_applies_each_sentences_own_rule():
     assert len(depth[inputs["attention_mask"].bool()].unique()) >= 2
 
 
-def test_exited_words_get_no_loss_at_later_layers():
+def random_depth(batch, seed=0):
+    real = batch["attention_mask"].bool()
+    return torch.where(
+        real, torch.randint(1, NUM_LAYERS + 1, real.shape, generator=torch.Generator().manual_seed(seed)), 0
+    )
+
+
+@pytest.mark.parametrize("departures", [(), ("mean_over_active_words",)])
+def test_exited_words_get_no_loss_at_later_layers(departures):
     model = ner_model()
     batch = labelled_inputs(model, seed=1)
-    loss = SelfSamplingTokenLoss(model.config)
-    real = batch["attention_mask"].bool()
-    depth = torch.where(
-        real, torch.randint(1, NUM_LAYERS + 1, real.shape, generator=torch.Generator().manual_seed(0)), 0
-    )
+    loss = SelfSamplingTokenLoss(model.config, departures=departures)
+    depth = random_depth(batch)
     with torch.no_grad():
         outputs = model(**{k: v for k, v in batch.items() if k != "labels"}, active_depth=depth)
     all_logits = outputs.all_logits.clone().requires_grad_(True)
@@ -205,30 +237,40 @@ def test_exited_words_get_no_loss_at_later_layers():
     exited = layers > depth.unsqueeze(0)
     assert (grad[exited] == 0).all()
     assert (grad[~exited & labelled.unsqueeze(0)] > 0).all()
-    # by hand: the linearly weighted mean over exits of the CE of the words active there
+    # by hand, the linearly weighted mean over exits of each exit's loss on the words active there: released, their
+    # summed cross-entropy over all labelled words of the batch; ours, their mean cross-entropy
     terms = []
     for k in range(NUM_LAYERS):
         keep = labelled & (depth >= k + 1)
-        ce = torch.nn.functional.cross_entropy(outputs.all_logits[k][keep].detach(), batch["labels"][keep])
-        terms.append((k + 1) * ce)
+        ce = torch.nn.functional.cross_entropy(
+            outputs.all_logits[k][keep].detach(), batch["labels"][keep], reduction="sum"
+        )
+        terms.append((k + 1) * ce / (int(keep.sum()) if departures else int(labelled.sum())))
     assert float(components["loss"].detach()) == pytest.approx(float(sum(terms) / 10), rel=1e-5)
 
 
-def test_flooding_against_the_stage_one_loss():
+@pytest.mark.parametrize("departures", [(), ("flooding_per_exit", "mean_over_active_words")])
+def test_flooding_against_the_stage_one_loss(departures):
     model = ner_model()
     batch = labelled_inputs(model, seed=2)
-    loss = SelfSamplingTokenLoss(model.config, flooding=0.1)
-    real = batch["attention_mask"].bool()
-    depth = torch.where(real, NUM_LAYERS, 0)
+    loss = SelfSamplingTokenLoss(model.config, flooding=0.1, departures=departures)
+    depth = random_depth(batch, seed=1)
     with torch.no_grad():
         outputs = model(**{k: v for k, v in batch.items() if k != "labels"}, active_depth=depth)
     stage_one = outputs.all_logits + 0.5 * torch.randn_like(outputs.all_logits)
     loss._replay = {"stage_one": stage_one, "depth": depth}
     value = float(loss(outputs, batch, step=0)["loss"])
-    new, _ = masked_token_losses(outputs.all_logits, batch["labels"])
-    old, _ = masked_token_losses(stage_one, batch["labels"])
-    expected = sum((k + 1) * abs(float(new[k] - old[k]) - 0.1) for k in range(NUM_LAYERS)) / 10
-    assert value == pytest.approx(expected, rel=1e-5)
+    labelled = batch["labels"] != -100
+    terms = []
+    for k in range(NUM_LAYERS):
+        keep = labelled & (depth >= k + 1)
+        new = torch.nn.functional.cross_entropy(outputs.all_logits[k][keep], batch["labels"][keep], reduction="none")
+        old = torch.nn.functional.cross_entropy(stage_one[k][keep], batch["labels"][keep], reduction="none")
+        if departures:  # ours: flooding on each exit's mean over its active words
+            terms.append((k + 1) * abs(float(new.mean() - old.mean()) - 0.1))
+        else:  # released: flooding on each word, summed over the active words, over all labelled words
+            terms.append((k + 1) * float((new - old - 0.1).abs().sum()) / int(labelled.sum()))
+    assert value == pytest.approx(sum(terms) / 10, rel=1e-5)
 
 
 def test_self_sampling_trains_and_evaluates(tmp_path, tokenizer):
