@@ -22,7 +22,7 @@ Multi-exit recipes (METHODS.md section 1), for [`BertWithBypassExits`]:
 
 | recipe | class | objective |
 | --- | --- | --- |
-| `joint` | [`JointExitLoss`] | `sum_i w_i CE_i / sum_i w_i` |
+| `joint` | [`JointExitLoss`] | `sum_i w_i CE_i / sum_i w_i` (options: self-distillation, gradient equilibrium) |
 | `two_stage` | [`TwoStageExitLoss`] | stage 1: `CE_L`; stage 2 (backbone and final exit frozen): `sum_{i<L} CE_i` |
 | `alternating` | [`AlternatingExitLoss`] | even steps: `CE_L`; odd steps: `sum_i CE_i` (BERxiT) |
 | `distillation` | [`DistillationExitLoss`] | stage 1: `CE_L`; stage 2 (frozen as above): `sum_{i<L} KL(p_L || p_i)` |
@@ -85,10 +85,14 @@ class ExitLoss(nn.Module):
         input_columns (`tuple[str, ...]`): Batch columns the loss reads and the model does not take (the trainer keeps
             them in the dataset and does not pass them to the model).
         citation (`str`): BibTeX of the method's paper.
+        training_options (`frozenset[str]`): The optional [`EarlyExitTrainingArguments`] it honours, e.g.
+            `gradient_equilibrium`; the trainer refuses any other of [`OPTIONAL_TRAINING_ARGUMENTS`] that is set.
     """
 
     input_columns: tuple[str, ...] = ("labels",)
     citation: str = ""
+    # optional training arguments this objective honours (the trainer refuses the others when they are set)
+    training_options: frozenset[str] = frozenset()
 
     def model_inputs(self, inputs: dict[str, Any], step: int | None = None) -> dict[str, Any]:
         """The keyword arguments of the model call for this batch (by default the batch minus `input_columns`).
@@ -194,10 +198,11 @@ class MultiExitLoss(ExitLoss):
             cascade); defaults to the multi-exit config's `resolved_exit_layers`.
     """
 
-    def __init__(self, config, exit_layers: list[int] | None = None):
+    def __init__(self, config, exit_layers: list[int] | None = None, gradient_equilibrium: bool = False):
         super().__init__()
         self.config = config
         self.exit_layers = list(exit_layers) if exit_layers is not None else config.resolved_exit_layers
+        self.gradient_equilibrium = bool(gradient_equilibrium)
 
     def trains_final_exit_only(self, step: int | None) -> bool:
         """Whether this training step optimises the final exit alone (never in evaluation)."""
@@ -205,7 +210,10 @@ class MultiExitLoss(ExitLoss):
 
     def model_inputs(self, inputs, step=None):
         all_exits = step is None or not self.trains_final_exit_only(step)
-        return {**super().model_inputs(inputs, step), "output_all_exits": all_exits}
+        model_inputs = {**super().model_inputs(inputs, step), "output_all_exits": all_exits}
+        if self.gradient_equilibrium and step is not None:
+            model_inputs["gradient_equilibrium"] = True
+        return model_inputs
 
     @staticmethod
     def final_logits(outputs) -> torch.Tensor:
@@ -279,32 +287,86 @@ class JointExitLoss(MultiExitLoss):
 
     With linear weights (`w_i` = layer number) this is exactly the default loss of [`BertWithBypassExits`].
 
+    Two options make the shallow exits stronger without dragging the backbone:
+
+    - self-distillation (`self_distillation_weight = lambda > 0`): every exit but the last also learns the final
+      exit's answer, `CE_i + lambda T^2 KL(p_L^T || p_i^T)` with the final exit's distribution detached (a teacher that
+      learns nothing from its students), in one joint run (unlike FastBERT's two-stage `distillation` recipe);
+    - gradient equilibrium (`gradient_equilibrium=True`, Li et al., 2019): the backbone averages the exits' gradients
+      instead of summing them (see [`~hf_earlyexit.models.bert.modeling_exit_heads.full_depth_exit_logits`]).
+
     Args:
         config ([`BypassBertConfig`]): The model's config.
         weights (`str` or `list[float]`, *optional*, defaults to `"linear"`): `"linear"`, `"uniform"` or one number
             per exit.
+        gradient_equilibrium (`bool`, *optional*, defaults to `False`): See above.
+        self_distillation_weight (`float`, *optional*, defaults to 0): `lambda`; 0 leaves it out.
+        self_distillation_temperature (`float`, *optional*, defaults to 2.0): `T`.
     """
 
     citation = CITATIONS["pabee"]
+    training_options = frozenset({"gradient_equilibrium", "self_distillation_weight", "self_distillation_temperature"})
 
-    def __init__(self, config, weights: str | list[float] = "linear"):
-        super().__init__(config)
+    def __init__(
+        self,
+        config,
+        weights: str | list[float] = "linear",
+        gradient_equilibrium: bool = False,
+        self_distillation_weight: float = 0.0,
+        self_distillation_temperature: float = 2.0,
+    ):
+        super().__init__(config, gradient_equilibrium=gradient_equilibrium)
         self.weights_setting = weights
         self.weights = resolve_exit_weights(weights, self.exit_layers)
+        if self_distillation_weight and (
+            config.num_labels < 2 or config.problem_type in ("regression", "multi_label_classification")
+        ):
+            raise ValueError(
+                "Self-distillation matches class distributions (softmax), so it needs single-label classification "
+                f"with num_labels >= 2; got num_labels={config.num_labels}, problem_type={config.problem_type!r}."
+            )
+        self.self_distillation_weight = float(self_distillation_weight)
+        self.self_distillation_temperature = float(self_distillation_temperature)
 
     @classmethod
     def from_args(cls, model, args):
-        return cls(model.config, args.exit_loss_weights)
+        return cls(
+            model.config,
+            args.exit_loss_weights,
+            gradient_equilibrium=args.gradient_equilibrium,
+            self_distillation_weight=args.self_distillation_weight or 0.0,
+            self_distillation_temperature=args.self_distillation_temperature or 2.0,
+        )
 
     def joint_loss(self, outputs, inputs) -> torch.Tensor:
         problem_type = problem_type_of(self.config, inputs["labels"])
         return weighted_exit_loss(outputs.all_logits, inputs["labels"], problem_type, self.weights)
 
+    def self_distillation_terms(self, outputs) -> torch.Tensor:
+        """`(num_exits,)`: `T^2 KL(p_L^T || p_i^T)` per exit, batch means (0 for the last exit)."""
+        temperature = self.self_distillation_temperature
+        teacher = outputs.all_logits[-1].detach() / temperature
+        terms = [kl_divergence(teacher, logits / temperature).mean() for logits in outputs.all_logits[:-1]]
+        return temperature**2 * torch.stack([*terms, outputs.all_logits.new_zeros(())])
+
     def forward(self, outputs, inputs, step=None):
-        return {"loss": self.joint_loss(outputs, inputs), **self.per_exit_losses(outputs, inputs)}
+        loss = self.joint_loss(outputs, inputs)
+        components = self.per_exit_losses(outputs, inputs)
+        if self.self_distillation_weight:
+            kl = self.self_distillation_terms(outputs)
+            weights = torch.as_tensor(self.weights, dtype=kl.dtype, device=kl.device)
+            loss = loss + self.self_distillation_weight * (weights * kl).sum() / weights.sum()
+            components.update({f"kl_exit_{layer}": term.detach() for layer, term in zip(self.exit_layers, kl[:-1])})
+        return {"loss": loss, **components}
 
     def get_config_dict(self):
-        return {"weights": self.weights_setting}
+        config = {"weights": self.weights_setting}
+        if self.gradient_equilibrium:
+            config["gradient_equilibrium"] = True
+        if self.self_distillation_weight:
+            config["self_distillation_weight"] = self.self_distillation_weight
+            config["self_distillation_temperature"] = self.self_distillation_temperature
+        return config
 
 
 class _StagedExitLoss(MultiExitLoss):
@@ -381,9 +443,12 @@ class AlternatingExitLoss(MultiExitLoss):
 
     Args:
         config ([`BypassBertConfig`]): The model's config.
+        gradient_equilibrium (`bool`, *optional*, defaults to `False`): As for [`JointExitLoss`], on the odd steps.
     """
 
     citation = CITATIONS["berxit"]
+
+    training_options = frozenset({"gradient_equilibrium"})
 
     @classmethod
     def from_args(cls, model, args):
@@ -392,7 +457,7 @@ class AlternatingExitLoss(MultiExitLoss):
                 "`exit_recipe='alternating'` sums the exits' losses unweighted on odd steps (BERxiT's `sum_i CE_i`); "
                 f"`exit_loss_weights` is for the 'joint' recipe, got {args.exit_loss_weights}."
             )
-        return cls(model.config)
+        return cls(model.config, gradient_equilibrium=args.gradient_equilibrium)
 
     def trains_final_exit_only(self, step):
         return step is not None and step % 2 == 0
@@ -923,10 +988,22 @@ def logit_distillation_loss(
     Returns:
         `{"loss": ..., "kl": ..., "ce": ...}` (`kl` without the `T^2`, `ce` at temperature 1).
     """
+    kl, ce = (term.mean() for term in logit_distillation_terms(student_logits, teacher_logits, labels, temperature))
+    return {"loss": mix_distillation(kl, ce, temperature, alpha), "kl": kl, "ce": ce}
+
+
+def logit_distillation_terms(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example: `KL(softmax(t / T) || softmax(s / T))` (the teacher detached) and the cross-entropy at `T = 1`."""
     teacher = teacher_logits.detach().to(student_logits.dtype)
-    kl = kl_divergence(teacher / temperature, student_logits / temperature).mean()
-    ce = nn.functional.cross_entropy(student_logits, labels)
-    return {"loss": alpha * temperature**2 * kl + (1 - alpha) * ce, "kl": kl, "ce": ce}
+    kl = kl_divergence(teacher / temperature, student_logits / temperature)
+    return kl, nn.functional.cross_entropy(student_logits, labels, reduction="none")
+
+
+def mix_distillation(kl: torch.Tensor, ce: torch.Tensor, temperature: float, alpha: float) -> torch.Tensor:
+    """`alpha * T^2 * kl + (1 - alpha) * ce`."""
+    return alpha * temperature**2 * kl + (1 - alpha) * ce
 
 
 def load_teacher(args, model, auto_class) -> nn.Module | None:
@@ -1534,7 +1611,7 @@ class TokenTeacherDistillationLoss(TokenExitLoss):
 
     The teacher's logits come from a `teacher_logits` column (per sentence, one list of logits per labelled word in
     order, padded by [`~hf_earlyexit.data.DataCollatorForTokenEarlyExit`]) or from `teacher` (a token classifier with
-    the same labels, run on every batch). Means are over this process's words.
+    the same labels, run on every batch). Means are over the global batch's words in a multi-process run.
 
     Args:
         config ([`TokenExitBertConfig`]): The model's config.
@@ -1586,15 +1663,18 @@ class TokenTeacherDistillationLoss(TokenExitLoss):
         labelled = inputs["labels"] != -100
         teacher = self.teacher_word_logits(inputs)
         labels = inputs["labels"][labelled]
-        terms = [
-            logit_distillation_loss(logits[labelled], teacher, labels, self.temperature, self.alpha)
+        per_word = [
+            torch.stack(logit_distillation_terms(logits[labelled], teacher, labels, self.temperature))
             for logits in outputs.all_logits
         ]
-        losses = torch.stack([term["loss"] for term in terms])
+        # means over the global batch's words, as the other token losses (see `masked_token_losses`)
+        sums = sum_across_processes(torch.stack([terms.sum(dim=-1) for terms in per_word]))  # (exits, 2)
+        words = sum_across_processes(labelled.sum()).clamp_min(1)
+        kl, ce = sums[:, 0] / words, sums[:, 1] / words
+        losses = mix_distillation(kl, ce, self.temperature, self.alpha)
         weights = torch.tensor(self.weights, dtype=losses.dtype, device=losses.device)
         components = {"loss": (weights * losses).sum() / weights.sum(), **self.per_exit_losses(losses)}
-        for layer, term in zip(self.exit_layers, terms):
-            components[f"kl_exit_{layer}"] = term["kl"].detach()
+        components.update({f"kl_exit_{layer}": value.detach() for layer, value in zip(self.exit_layers, kl)})
         return components
 
     def get_config_dict(self):
@@ -1637,6 +1717,28 @@ def check_self_sampling_settings(max_threshold, flooding, departures=()) -> None
 # --------------------------------------------------------------------------------------------------------------------
 # Which loss a trainer uses
 # --------------------------------------------------------------------------------------------------------------------
+
+
+# the optional training arguments an objective may honour, with the value that means "unset"
+OPTIONAL_TRAINING_ARGUMENTS: dict[str, Any] = {
+    "gradient_equilibrium": False,
+    "self_distillation_weight": None,
+    "self_distillation_temperature": None,
+}
+
+
+def check_training_options(loss: ExitLoss, args) -> None:
+    """Refuse the optional training arguments that are set but that `loss` does not honour (never ignore them)."""
+    ignored = [
+        name
+        for name, unset in OPTIONAL_TRAINING_ARGUMENTS.items()
+        if getattr(args, name, unset) != unset and name not in loss.training_options
+    ]
+    if ignored:
+        raise ValueError(
+            f"{ignored} do not apply to `exit_recipe={args.exit_recipe!r}` ({type(loss).__name__}); "
+            f"it honours {sorted(loss.training_options) or 'none of them'}."
+        )
 
 
 def register_exit_loss(
@@ -1713,12 +1815,14 @@ __all__ = [
     "JointExitLoss",
     "JointTokenExitLoss",
     "MultiExitLoss",
+    "OPTIONAL_TRAINING_ARGUMENTS",
     "SelfSamplingTokenLoss",
     "TeacherDistillationLoss",
     "TokenExitLoss",
     "TokenTeacherDistillationLoss",
     "TwoStageExitLoss",
     "check_difficulty_values",
+    "check_training_options",
     "check_self_sampling_settings",
     "difficulty_aware_ranking_loss",
     "exit_loss_from_args",

@@ -21,7 +21,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_pt_utils import find_batch_size
 
-from .losses import ExitLoss, exit_loss_from_args
+from .losses import ExitLoss, check_training_options, exit_loss_from_args
 from .training_args import EarlyExitTrainingArguments
 
 
@@ -126,6 +126,7 @@ class EarlyExitTrainer(Trainer):
         # `compute_loss` never hands loss kwargs to the model, so there is no point counting `num_items_in_batch`
         self.model_accepts_loss_kwargs = False
         self.exit_loss = loss if loss is not None else exit_loss_from_args(self.model, args)
+        check_training_options(self.exit_loss, args)
         self._set_trainable_parameters()
         # metric name -> tensor([sum of numerators, sum of denominators]) since the last log / in this evaluation
         self._metrics: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}

@@ -96,6 +96,16 @@ class EarlyExitTrainingArguments(TrainingArguments):
             `exit_recipe="difficulty_aware"` only: epochs (fractions allowed) trained without DAR at the start, within
             the same learning-rate schedule; `ceil(dar_warmup_epochs x update steps per epoch)` optimizer steps. Defaults
             to 1 for `"warmup"` (must be > 0 and shorter than the training) and 0 for the other sources.
+        gradient_equilibrium (`bool`, *optional*, defaults to `False`):
+            `"joint"` and `"alternating"` (multi-exit models): rescale the gradients where each exit branches off the
+            backbone so that the layers below average the exits' gradients instead of summing them (Li et al., 2019,
+            https://arxiv.org/abs/1908.06294); shallow exits then pull the backbone less. Forward values are unchanged.
+        self_distillation_weight (`float`, *optional*):
+            `"joint"` (multi-exit models): weight `lambda >= 0` of a self-distillation term added to every exit but the
+            last, `lambda T^2 KL(p_L^T || p_i^T)` against the final exit's detached distribution, in the same run.
+            Unset: no self-distillation.
+        self_distillation_temperature (`float`, *optional*):
+            The temperature `T > 0` of self-distillation (needs `self_distillation_weight`). Defaults to 2.0.
         distillation_temperature (`float`, *optional*):
             `exit_recipe="teacher_distillation"` only: the temperature `T > 0` of the soft term. Defaults to 2.0.
         distillation_alpha (`float`, *optional*):
@@ -181,6 +191,18 @@ class EarlyExitTrainingArguments(TrainingArguments):
         },
     )
 
+    gradient_equilibrium: bool = field(
+        default=False,
+        metadata={"help": "joint / alternating: average the exits' gradients in the backbone (Li et al., 2019)."},
+    )
+    self_distillation_weight: float | None = field(
+        default=None,
+        metadata={"help": "joint: weight of the KL from the final exit added to every other exit (default: none)."},
+    )
+    self_distillation_temperature: float | None = field(
+        default=None,
+        metadata={"help": "joint: temperature of self-distillation (default 2.0 when its weight is set)."},
+    )
     distillation_temperature: float | None = field(
         default=None,
         metadata={"help": "exit_recipe='teacher_distillation': temperature T > 0 of the soft term (default 2.0)."},
@@ -223,6 +245,7 @@ class EarlyExitTrainingArguments(TrainingArguments):
         self.validate_dar()
         self.validate_self_sampling()
         self.validate_distillation()
+        self.validate_self_distillation()
         if self.exit_recipe == "alternating" and self.ddp_find_unused_parameters is None:
             # even steps leave the intermediate exits without gradient; DDP must be told to expect that
             self.ddp_find_unused_parameters = True
@@ -348,6 +371,26 @@ class EarlyExitTrainingArguments(TrainingArguments):
             raise ValueError(f"`distillation_temperature` must be a finite number > 0, got {temperature!r}.")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
             raise ValueError(f"`distillation_alpha` must be a number in [0, 1], got {alpha!r}.")
+
+    def validate_self_distillation(self):
+        weight, temperature = self.self_distillation_weight, self.self_distillation_temperature
+        if weight is None:
+            if temperature is not None:
+                raise ValueError(
+                    "`self_distillation_temperature` is the temperature of self-distillation: set "
+                    f"`self_distillation_weight` too (got a temperature of {temperature!r} and no weight)."
+                )
+            return
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
+            raise ValueError(f"`self_distillation_weight` must be a finite number >= 0, got {weight!r}.")
+        if temperature is None:
+            self.self_distillation_temperature = 2.0
+        elif (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not 0 < temperature < math.inf
+        ):
+            raise ValueError(f"`self_distillation_temperature` must be a finite number > 0, got {temperature!r}.")
 
     def validate_head_learning_rate(self):
         if self.head_learning_rate is None:

@@ -468,3 +468,87 @@ def test_a_registered_family_loss_is_used_and_gets_its_columns(tmp_path, monkeyp
     seen = torch.cat(trainer.exit_loss.seen_difficulty)
     assert sorted(seen.tolist()) == sorted(difficulty)
     assert trainer.state.log_history[0]["hard_fraction"] == pytest.approx(0.5)
+
+
+# --- stronger exits: gradient equilibrium and self-distillation in joint training ------------------------------------
+
+
+@pytest.mark.parametrize("exit_index", [0, 3])
+def test_gradient_equilibrium_scales_the_backbone_gradients(exit_index):
+    # with E = 4 exits, the gradient exit 0 sends into the backbone is scaled by 1/4 at its branch; the last exit's
+    # goes back through the three branch points, (3/4)(2/3)(1/2) = 1/4; the forward values do not change
+    model = tiny_model(use_bypass=False).train()
+    batch = as_batch(separable_dataset(8, seed=0))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+
+    def run(equilibrium):
+        model.zero_grad(set_to_none=True)
+        all_logits = model(**inputs, output_all_exits=True, gradient_equilibrium=equilibrium).all_logits
+        F.cross_entropy(all_logits[exit_index], batch["labels"]).backward()
+        return all_logits.detach(), model.bert.embeddings.word_embeddings.weight.grad.clone()
+
+    plain_logits, plain_grad = run(False)
+    ge_logits, ge_grad = run(True)
+    torch.testing.assert_close(ge_logits, plain_logits, rtol=0, atol=0)
+    torch.testing.assert_close(ge_grad, plain_grad / 4, rtol=1e-5, atol=1e-9)
+
+
+def test_self_distillation_by_hand(tmp_path):
+    model = tiny_model()
+    train = separable_dataset(16, seed=0)
+    args = make_args(tmp_path, self_distillation_weight=0.5, self_distillation_temperature=3.0)
+    loss = EarlyExitTrainer(model, args, train_dataset=train).exit_loss
+    assert loss.get_config_dict()["self_distillation_weight"] == 0.5
+    batch = as_batch(train)
+    model.train()
+    with torch.no_grad():
+        outputs = model(**loss.model_inputs(batch, step=0))
+        value = float(loss(outputs, batch, step=0)["loss"])
+        all_logits = outputs.all_logits
+        ce = [F.cross_entropy(logits, batch["labels"]) for logits in all_logits]
+        teacher = F.softmax(all_logits[-1] / 3.0, dim=-1)
+        kl = [
+            (teacher * (teacher.log() - F.log_softmax(logits / 3.0, dim=-1))).sum(-1).mean()
+            for logits in all_logits[:-1]
+        ]
+    # linear weights 1..4; the last exit has no self-distillation term
+    expected = sum((i + 1) * float(c) for i, c in enumerate(ce)) / 10
+    expected += 0.5 * 9.0 * sum((i + 1) * float(k) for i, k in enumerate(kl)) / 10
+    assert value == pytest.approx(expected, rel=1e-5)
+
+
+def test_self_distillation_sends_no_gradient_into_the_final_exit():
+    loss = JointExitLoss(tiny_model().config, self_distillation_weight=1.0)
+    model = tiny_model().train()
+    batch = as_batch(separable_dataset(8, seed=1))
+    outputs = model(**loss.model_inputs(batch, step=0))
+    kl = loss.self_distillation_terms(outputs)
+    kl.sum().backward()
+    assert model.exit_heads[-1].classifier.weight.grad is None or not model.exit_heads[-1].classifier.weight.grad.any()
+    assert model.exit_heads[0].classifier.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"self_distillation_temperature": 2.0}, "set `self_distillation_weight` too"),
+        ({"self_distillation_weight": -1.0}, "`self_distillation_weight` must be a finite number >= 0"),
+        ({"self_distillation_weight": 1.0, "self_distillation_temperature": 0}, "must be a finite number > 0"),
+    ],
+)
+def test_bad_self_distillation_arguments(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        make_args(tmp_path, **overrides)
+
+
+def test_training_options_a_recipe_does_not_honour_are_refused(tmp_path):
+    from tests.test_cascade_training import tiny_cascade
+
+    args = make_args(tmp_path, exit_recipe="alternating", self_distillation_weight=0.5)
+    with pytest.raises(ValueError, match=r"\['self_distillation_weight', 'self_distillation_temperature'\] do not apply"):
+        EarlyExitTrainer(tiny_model(), args)
+    args = make_args(tmp_path, exit_recipe="joint", gradient_equilibrium=True)
+    with pytest.raises(ValueError, match=r"\['gradient_equilibrium'\] do not apply to `exit_recipe='joint'`"):
+        EarlyExitTrainer(tiny_cascade(), args)
+    # honoured where they apply
+    EarlyExitTrainer(tiny_model(), make_args(tmp_path, exit_recipe="alternating", gradient_equilibrium=True))

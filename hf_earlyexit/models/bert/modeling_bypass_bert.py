@@ -194,6 +194,7 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
         divergence: str | None = None,
         regression_tolerance: float | None = None,
         output_all_exits: bool | None = None,
+        gradient_equilibrium: bool | None = None,
         **kwargs,
     ) -> EarlyExitSequenceClassifierOutput:
         r"""
@@ -208,6 +209,9 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
             by the criterion, from the same logits. Defaults to `True` in training mode and `False` in evaluation
             mode. `False` in training computes the last exit only, so the other exits get no gradient at all (not even
             a zero one), as when a recipe trains the final exit alone.
+        gradient_equilibrium (`bool`, *optional*):
+            With every exit computed, average rather than sum the exits' gradients in the backbone (Li et al., 2019;
+            see `full_depth_exit_logits`); the outputs are unchanged. Set by the trainer's `gradient_equilibrium`.
         """
         rule = self.config.exit_rule(
             exit_criterion=exit_criterion,
@@ -228,7 +232,7 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
 
         num_exits = len(self._exit_layers)
         if all_exits or not early_exit:
-            stacked = self._forward_full_depth(hidden_states, attention_mask, all_exits)
+            stacked = self._forward_full_depth(hidden_states, attention_mask, all_exits, bool(gradient_equilibrium))
             if all_exits and early_exit:
                 exit_index = rule.simulate(stacked)
             else:
@@ -263,7 +267,11 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
         )
 
     def _forward_full_depth(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, all_exits: bool
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        all_exits: bool,
+        gradient_equilibrium: bool = False,
     ) -> torch.Tensor:
         """Every layer on every example; returns `(num_exits, batch, num_labels)` logits, or `(1, batch, num_labels)`
         with the last exit only."""
@@ -276,6 +284,7 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
             self.exit_layers,
             lambda k, states: self._exit_logits(k, states, head_mask),
             all_exits,
+            gradient_equilibrium=gradient_equilibrium,
         )
 
     def _forward_early_exit(self, hidden_states, attention_mask, rule) -> tuple[torch.Tensor, torch.Tensor]:

@@ -276,6 +276,7 @@ def full_depth_exit_logits(
     exit_logits: Callable[[int, torch.Tensor], torch.Tensor],
     all_exits: bool,
     active_depth: torch.Tensor | None = None,
+    gradient_equilibrium: bool = False,
 ) -> torch.Tensor:
     """Run every encoder layer on every position and stack the exits' logits.
 
@@ -290,6 +291,11 @@ def full_depth_exit_logits(
         active_depth: Optional `(batch, seq)` number of layers that update each position: from layer
             `active_depth + 1` on, a position's state is copied forward unchanged, `h_i = m_i * Layer_i(h_{i-1}) +
             (1 - m_i) * h_{i-1}` (the training forward of sequence-labelling self-sampling, Li et al., 2021).
+        gradient_equilibrium: With every exit evaluated, rescale the gradients where an exit branches off (Li et al.,
+            2019, "Improved Techniques for Training Adaptive Deep Networks", https://arxiv.org/abs/1908.06294): with
+            `r` exits from this one to the last, the gradient reaching the backbone through exit `k`'s head is scaled
+            by `1 / r` and the one coming back from the deeper layers by `(r - 1) / r`, so the layers below average the
+            exits' gradients instead of summing them. The forward values are unchanged.
 
     Returns:
         `(num_exits, ...)` logits, or `(1, ...)` with the last exit only.
@@ -306,7 +312,12 @@ def full_depth_exit_logits(
             hidden_states = torch.where((active_depth > i).unsqueeze(-1), updated, hidden_states)
         k = exit_position.get(i + 1)
         if k is not None and (all_exits or i + 1 == num_layers):
-            logits.append(exit_logits(k, hidden_states))
+            head_input = hidden_states
+            remaining = len(exit_layers) - k
+            if gradient_equilibrium and all_exits and remaining > 1:
+                head_input = scale_gradient(hidden_states, 1.0 / remaining)
+                hidden_states = scale_gradient(hidden_states, (remaining - 1) / remaining)
+            logits.append(exit_logits(k, head_input))
     return torch.stack(logits)
 
 
