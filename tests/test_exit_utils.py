@@ -152,3 +152,41 @@ def test_drop_padding_columns():
     trimmed_mask, trimmed = eu.drop_padding_columns(mask, hidden)
     assert trimmed_mask.tolist() == [[1, 1, 0], [0, 1, 1]]
     assert trimmed.tolist() == [[0, 1, 2], [4, 5, 6]]
+
+
+@pytest.mark.parametrize("criterion", ["max_prob", "entropy", "normalized_entropy", "divergence"])
+def test_per_example_thresholds_decide_as_each_example_alone(criterion):
+    from hf_earlyexit.models.bert.exit_utils import ExitRule
+
+    generator = torch.Generator().manual_seed(0)
+    all_logits = torch.randn(4, 6, 3, generator=generator) * 2
+    high = 1.0 if criterion in ("max_prob", "normalized_entropy") else 1.2
+    thresholds = torch.rand(6, generator=generator) * high
+    rule = ExitRule.build(criterion, None, num_exits=4, num_labels=3, patience=1)
+    batched = rule.for_examples(thresholds, batch_size=6).simulate(all_logits)
+    for row in range(6):
+        alone = ExitRule.build(criterion, float(thresholds[row]), num_exits=4, num_labels=3, patience=1)
+        assert int(batched[row]) == int(alone.simulate(all_logits[:, row : row + 1])[0])
+    # `rows` picks the thresholds of the examples still in a shrunken batch
+    per_exit = rule.for_examples(thresholds.unsqueeze(-1).expand(6, 4).contiguous(), batch_size=6)
+    rows = torch.tensor([5, 1])
+    fires, _ = per_exit.step(0, all_logits[0, rows], None, None, rows=rows)
+    expected = [bool(rule.for_examples(thresholds, 6).step(0, all_logits[0], None, None)[0][r]) for r in (5, 1)]
+    assert fires.tolist() == expected
+
+
+@pytest.mark.parametrize(
+    "thresholds, match",
+    [
+        (torch.tensor([0.5, 1.5]), r"must lie in \[0.0, 1.0\]"),
+        (torch.tensor([0.5]), r"must have shape \(2,\) or \(2, 4\)"),
+        (torch.tensor([[0.5, 0.5], [0.5, 0.5]]), r"must have shape \(2,\) or \(2, 4\)"),
+        (torch.tensor([0.5, float("nan")]), "must be finite"),
+        (torch.tensor([True, False]), "must be a float tensor"),
+    ],
+)
+def test_bad_per_example_thresholds(thresholds, match):
+    from hf_earlyexit.models.bert.exit_utils import ExitRule
+
+    with pytest.raises(ValueError, match=match):
+        ExitRule.build("max_prob", None, num_exits=4, num_labels=2).for_examples(thresholds, batch_size=2)

@@ -22,7 +22,7 @@ This module is shipped with `trust_remote_code` checkpoints: it imports only tor
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -200,6 +200,40 @@ def resolve_thresholds(
     return [float(threshold)] * num_exits
 
 
+def resolve_example_thresholds(
+    criterion: str, thresholds: torch.Tensor, batch_size: int, num_exits: int, name: str = "exit_threshold"
+) -> torch.Tensor:
+    """Validate per-example thresholds and expand them to `(batch, num_exits)` float64.
+
+    Args:
+        criterion: One of `EXIT_CRITERIA` (not `"patience"`, which has no threshold).
+        thresholds: `(batch,)` (one per example, for every exit) or `(batch, num_exits)`.
+        batch_size: The batch the thresholds are for.
+        num_exits: Exits per example.
+        name: Argument name used in error messages.
+    """
+    if criterion == "patience":
+        raise ValueError(f"`{name}` per example: criterion 'patience' has no threshold.")
+    if not torch.is_tensor(thresholds) or not (thresholds.is_floating_point() or thresholds.dtype == torch.long):
+        raise ValueError(f"`{name}` per example must be a float tensor, got {type(thresholds).__name__}.")
+    if thresholds.dim() == 1:
+        thresholds = thresholds.unsqueeze(-1).expand(-1, num_exits)
+    if thresholds.dim() != 2 or thresholds.shape != (batch_size, num_exits):
+        raise ValueError(
+            f"`{name}` per example must have shape ({batch_size},) or ({batch_size}, {num_exits}) (batch, exits), got "
+            f"{tuple(thresholds.shape)}."
+        )
+    values = thresholds.detach().double()
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(f"`{name}` per example must be finite numbers, got {values.tolist()}.")
+    low, high = (0.0, 1.0) if criterion in ("max_prob", "normalized_entropy") else (0.0, math.inf)
+    if bool((values < low).any() | (values > high).any()):
+        raise ValueError(
+            f"`{name}` per example for criterion {criterion!r} must lie in [{low}, {high}], got {values.tolist()}."
+        )
+    return values
+
+
 def check_patience(value: int, name: str = "patience") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
@@ -229,6 +263,19 @@ class ExitRule:
     # `max_prob` fires at `max p > t` rather than `max p >= t` (CascadeBERT's routing rule; the multi-exit criteria
     # of PABEE / FastBERT use `>=`); the two differ only on exact ties
     strict_confidence: bool = False
+    # `(batch, num_exits)` thresholds of each example of one call (see `for_examples`), instead of `thresholds`
+    example_thresholds: torch.Tensor | None = field(default=None, compare=False, hash=False)
+
+    def for_examples(self, thresholds: torch.Tensor, batch_size: int) -> "ExitRule":
+        """This rule with a threshold per example of one batch: `(batch,)` (one per example, every exit) or
+        `(batch, num_exits)`, validated as `exit_threshold` is. Lets requests with different thresholds share one
+        forward pass (a serving batch); every example decides exactly as it would alone with its own threshold."""
+        return replace(
+            self,
+            example_thresholds=resolve_example_thresholds(
+                self.criterion, thresholds, batch_size, len(self.thresholds or ())
+            ),
+        )
 
     @classmethod
     def build(
@@ -295,6 +342,7 @@ class ExitRule:
         logits: torch.Tensor,
         prev_logits: torch.Tensor | None,
         counter: torch.Tensor | None,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Decide, per example, whether to leave at exit number `exit_index` (0-based).
 
@@ -303,26 +351,35 @@ class ExitRule:
             logits: `(batch, num_labels)` logits of this exit.
             prev_logits: Logits of the previous exit for the same examples, `None` at the first exit.
             counter: Consecutive-agreement counters of the stateful criteria, `None` at the first exit.
+            rows: With per-example thresholds, the positions in the original batch of the examples in `logits` (the
+                batch shrinks as examples leave); `None` when it is the whole batch.
 
         Returns:
             `(fires, counter)`: a `(batch,)` bool tensor and the updated counters (`None` for stateless criteria).
         """
         if not self.is_stateful:
-            return self.passes(self.score(logits), exit_index), None
+            return self.passes(self.score(logits), exit_index, rows), None
         if counter is None:
             counter = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         if prev_logits is not None:
             if self.criterion == "patience":
                 agree = predictions_agree(logits, prev_logits, self.regression_tolerance)
             else:
-                agree = self.passes(self.score(logits, prev_logits), exit_index)
+                agree = self.passes(self.score(logits, prev_logits), exit_index, rows)
             counter = torch.where(agree, counter + 1, 0)
         return counter >= self.patience, counter
 
-    def passes(self, score: torch.Tensor, exit_index: int) -> torch.Tensor:
+    def passes(self, score: torch.Tensor, exit_index: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Compare criterion scores with the threshold of exit `exit_index`, in the criterion's direction:
-        `max_prob >= t` (`> t` with `strict_confidence`), `entropy < t`, `normalized_entropy <= t`, `divergence < t`."""
-        threshold = self.thresholds[exit_index]
+        `max_prob >= t` (`> t` with `strict_confidence`), `entropy < t`, `normalized_entropy <= t`, `divergence < t`.
+        With per-example thresholds, `rows` picks those of the examples in `score` (default: all, in order)."""
+        if self.example_thresholds is None:
+            threshold = self.thresholds[exit_index]
+        else:
+            column = self.example_thresholds[:, exit_index]
+            # the score's precision, as a Python float threshold would be: a per-example threshold decides exactly
+            # as the same value given for the whole call
+            threshold = (column if rows is None else column[rows]).to(device=score.device, dtype=score.dtype)
         if self.criterion == "max_prob":
             return score > threshold if self.strict_confidence else score >= threshold
         if self.criterion == "normalized_entropy":
@@ -343,7 +400,7 @@ class ExitRule:
         """
         fires, counter = [], None
         for i in range(all_logits.shape[0] - 1):
-            fired, counter = self.step(i, all_logits[i], all_logits[i - 1] if i > 0 else None, counter)
+            fired, counter = self.step(i, all_logits[i], all_logits[i - 1] if i > 0 else None, counter)  # all rows
             fires.append(fired)
         fires.append(torch.ones_like(all_logits[0, :, 0], dtype=torch.bool))
         return first_exit(torch.stack(fires))
