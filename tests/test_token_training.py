@@ -411,3 +411,27 @@ def test_bad_collator_and_stage_one_inputs(tmp_path, tokenizer):
         trainer.exit_loss.batch_stage_one(batch)
     with pytest.raises(ValueError, match="no `self_sampling_example_index` column"):
         trainer.exit_loss.batch_stage_one({k: v for k, v in batch.items() if k != "self_sampling_example_index"})
+
+
+@pytest.mark.parametrize("schedule", ["constant", "paper"])
+@pytest.mark.parametrize("mode", ["token", "sentence"])
+def test_per_sentence_thresholds_decide_as_each_sentence_alone(mode, schedule):
+    model = ner_model()
+    inputs = token_inputs(6, seed=4)
+    with torch.no_grad():
+        all_logits = model(**inputs, output_all_exits=True).all_logits
+    taus = torch.tensor([0.0, 0.2, 0.5, 0.9, 0.35, 1.0])
+    rule = TokenExitRule.build(mode, 0.3, [1, 2, 3, 4], 4, window_size=3, threshold_schedule=schedule)
+    batched = rule.for_examples(taus, 6, [1, 2, 3, 4], 4, threshold_schedule=schedule).simulate(
+        all_logits, inputs["attention_mask"], inputs["word_ids"]
+    )
+    for row in range(6):
+        alone = TokenExitRule.build(
+            mode, float(taus[row]), [1, 2, 3, 4], 4, window_size=3, threshold_schedule=schedule
+        )
+        expected = alone.simulate(
+            all_logits[:, row : row + 1], inputs["attention_mask"][row : row + 1], inputs["word_ids"][row : row + 1]
+        )
+        assert batched[row].tolist() == expected[0].tolist()
+    with pytest.raises(ValueError, match="one number per sentence"):
+        rule.for_examples(taus.unsqueeze(-1).expand(6, 4), 6, [1, 2, 3, 4], 4, threshold_schedule="paper")

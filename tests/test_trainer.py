@@ -545,7 +545,9 @@ def test_training_options_a_recipe_does_not_honour_are_refused(tmp_path):
     from tests.test_cascade_training import tiny_cascade
 
     args = make_args(tmp_path, exit_recipe="alternating", self_distillation_weight=0.5)
-    with pytest.raises(ValueError, match=r"\['self_distillation_weight', 'self_distillation_temperature'\] do not apply"):
+    with pytest.raises(
+        ValueError, match=r"\['self_distillation_weight', 'self_distillation_temperature'\] do not apply"
+    ):
         EarlyExitTrainer(tiny_model(), args)
     args = make_args(tmp_path, exit_recipe="joint", gradient_equilibrium=True)
     with pytest.raises(ValueError, match=r"\['gradient_equilibrium'\] do not apply to `exit_recipe='joint'`"):

@@ -25,7 +25,7 @@ Shipped with `trust_remote_code` checkpoints: imports only torch (a tokenizer is
 """
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -173,6 +173,34 @@ class TokenExitRule:
     thresholds: tuple[float, ...]
     window_size: int = 5
     sentence_pooling: str = "max"
+    # `(batch, num_exits)` thresholds of each sentence of one call (see `for_examples`), instead of `thresholds`
+    example_thresholds: torch.Tensor | None = field(default=None, compare=False, hash=False)
+
+    def for_examples(
+        self,
+        thresholds: torch.Tensor,
+        batch_size: int,
+        exit_layers: list[int],
+        num_hidden_layers: int,
+        threshold_schedule: str = "constant",
+        threshold_cap: float = 1.0,
+    ) -> "TokenExitRule":
+        """This rule with a threshold per sentence of one batch, `(batch,)`, spread over the exits by the schedule
+        as a single threshold is (see [`layer_thresholds`]); or `(batch, num_exits)` with the `"constant"` schedule.
+        Every sentence decides exactly as it would alone with its own threshold."""
+        from .exit_utils import resolve_example_thresholds
+
+        values = resolve_example_thresholds("normalized_entropy", thresholds, batch_size, len(exit_layers))
+        if threshold_schedule == "paper":
+            if thresholds.dim() != 1:
+                raise ValueError(
+                    "`exit_threshold` per example must be one number per sentence, shape (batch,), with "
+                    "threshold_schedule='paper' (the schedule derives the per-layer values from it)."
+                )
+            (cap,) = resolve_thresholds("normalized_entropy", threshold_cap, 1, name="threshold_cap")
+            upper = torch.tensor([layer > num_hidden_layers // 2 for layer in exit_layers])
+            values = torch.where(upper, (2 * values).clamp_max(cap), values)
+        return replace(self, example_thresholds=values)
 
     @classmethod
     def build(
@@ -192,7 +220,9 @@ class TokenExitRule:
         thresholds = layer_thresholds(threshold, exit_layers, num_hidden_layers, threshold_schedule, threshold_cap)
         return cls(mode=mode, thresholds=tuple(thresholds), window_size=window_size, sentence_pooling=sentence_pooling)
 
-    def word_fires(self, exit_index: int, uncertainty: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    def word_fires(
+        self, exit_index: int, uncertainty: torch.Tensor, active: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Which active words leave at exit `exit_index`.
 
         Args:
@@ -200,6 +230,8 @@ class TokenExitRule:
             uncertainty: `(batch, max_words)` normalised uncertainty of each word at this exit (any value where
                 `active` is False).
             active: `(batch, max_words)` True for words not yet exited.
+            rows: With per-sentence thresholds, the position in the original batch of each row here (the batch
+                shrinks as sentences leave); `None` when the rows are the whole batch, in order.
 
         Returns:
             `(batch, max_words)` bool, True for active words that leave now.
@@ -214,8 +246,13 @@ class TokenExitRule:
         SENTEE: every word of a sentence leaves when the maximum (or mean) of `u` over its words is below the
         threshold; a sentence without words has nothing to decide.
         """
-        threshold = self.thresholds[exit_index]
         u = torch.where(active, uncertainty.float(), 0.0)
+        if self.example_thresholds is None:
+            threshold = self.thresholds[exit_index]
+        else:  # one per sentence, at the statistic's precision
+            threshold = self.example_thresholds[:, exit_index]
+            threshold = (threshold if rows is None else threshold[rows.cpu()]).to(device=u.device, dtype=u.dtype)
+            threshold = threshold.unsqueeze(-1) if self.mode == "token" else threshold
         if self.mode == "token":
             return active & (window_max(u, self.window_size) < threshold)
         if self.sentence_pooling == "max":
@@ -328,13 +365,16 @@ class ActiveWords:
         active_words = active_words.index_fill_(0, start_slot, True)[:spare].view(batch_size, max_words)
         return cls(positions, rows, word_slot, starts, start_slot, active_words)
 
-    def decide(self, rule: TokenExitRule, exit_index: int, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def decide(
+        self, rule: TokenExitRule, exit_index: int, logits: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One exit decision.
 
         Args:
             rule: The resolved rule.
             exit_index: 0-based exit number.
             logits: `(N, num_labels)` logits of this exit at `positions`.
+            rows: The original batch position of each row of the layout (see [`TokenExitRule.word_fires`]).
 
         Returns:
             `(freeze, remaining)`: `(N,)` bool, True for positions whose word leaves now (special tokens never); and
@@ -344,7 +384,7 @@ class ActiveWords:
         uncertainty = normalized_entropy(logits.index_select(0, self.starts))
         word_uncertainty = uncertainty.new_zeros(batch_size * max_words + 1)
         word_uncertainty = word_uncertainty.index_copy_(0, self.start_slot, uncertainty)[:-1]
-        fires = rule.word_fires(exit_index, word_uncertainty.view(batch_size, max_words), self.active_words)
+        fires = rule.word_fires(exit_index, word_uncertainty.view(batch_size, max_words), self.active_words, rows)
         with_spare = torch.cat([fires.reshape(-1), fires.new_zeros(1)])
         freeze = with_spare.index_select(0, self.word_slot)
         remaining = (self.active_words & ~fires).any(dim=-1)
