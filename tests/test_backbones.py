@@ -2,11 +2,15 @@
 base model, compaction and active-query layers change nothing they should not, and the cost model matches the FLOPs
 executed."""
 
+import sys
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig, AutoModel
+from transformers.dynamic_module_utils import check_imports, get_imports
 
+from hf_earlyexit.models import backbones
 from hf_earlyexit.models.backbones import SUPPORTED_MODEL_TYPES, backbone_for
 from hf_earlyexit.models.bert.configuration_early_exit_bert import BypassBertConfig
 from tests.utils import tiny_config_kwargs
@@ -313,3 +317,10 @@ def test_token_types_refused_where_the_architecture_has_none():
         inputs = batch(arch, model)
         with pytest.raises(ValueError, match="no token type embeddings"):
             backbone.embed(model, **inputs, token_type_ids=torch.zeros_like(inputs["input_ids"]))
+
+
+def test_imports_only_torch_and_transformers():
+    """It ships as remote code with checkpoints: no hf_earlyexit, no optional dependency."""
+    imported = set(get_imports(backbones.__file__))
+    assert imported - set(sys.stdlib_module_names) == {"torch", "transformers"}
+    check_imports(backbones.__file__)
