@@ -741,9 +741,10 @@ class ModernBertBackbone(EncoderBackbone):
     positions on each side; the base model ends with a LayerNorm ([`finalize`]).
 
     transformers 5 no longer unpads ModernBERT's inputs: it runs padded batches with a padding mask (plus the window
-    for local layers), which is what this backbone does. Rotary embeddings and the window are taken from the original
-    columns, so compaction keeps them, gaps included (for a gap, the window mask is built from the original columns,
-    which needs the eager or sdpa implementation).
+    for local layers), which is what this backbone does. The rotary embeddings are computed once from the original
+    position ids and sliced with the columns, and the window is measured in original columns, so compaction keeps
+    both, gaps included (for a gap, the window mask is built from the original columns, which needs the eager or sdpa
+    implementation).
     """
 
     model_types = ("modernbert",)
