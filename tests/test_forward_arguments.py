@@ -294,3 +294,27 @@ def test_float_labels_of_the_right_shape_train_a_multi_label_classifier():
     model = build("bypass")
     out = model(input_ids=ids(), labels=torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+
+
+# --- a cascade's embeddings ------------------------------------------------------------------------------------------
+
+
+def test_cascade_resizes_every_members_embeddings(tmp_path):
+    """`get_input_embeddings` used to raise NotImplementedError, so `resize_token_embeddings` failed: the members share
+    one tokenizer, so adding tokens to it resizes them all."""
+    model = tiny_cascade()
+    assert model.get_input_embeddings() is model.members[0].get_input_embeddings()
+    before = [member.get_input_embeddings().weight.detach().clone() for member in model.members]
+    embeddings = model.resize_token_embeddings(TINY_BERT["vocab_size"] + 5)
+    assert embeddings is model.members[0].get_input_embeddings()
+    for member, old in zip(model.members, before):
+        weight = member.get_input_embeddings().weight
+        assert weight.shape == (TINY_BERT["vocab_size"] + 5, member.config.hidden_size)
+        torch.testing.assert_close(weight[: TINY_BERT["vocab_size"]], old, rtol=0, atol=0)
+    assert model.config.vocab_size == TINY_BERT["vocab_size"] + 5
+    assert {member["vocab_size"] for member in model.config.members} == {TINY_BERT["vocab_size"] + 5}
+    new_token = torch.tensor([[2, TINY_BERT["vocab_size"] + 4, 3]])
+    expected = run(model.eval(), input_ids=new_token).logits
+    model.save_pretrained(tmp_path)
+    reloaded = BertForCascadeClassification.from_pretrained(tmp_path)
+    torch.testing.assert_close(run(reloaded, input_ids=new_token).logits, expected, rtol=0, atol=0)
