@@ -100,8 +100,8 @@ def pytest_terminal_summary(terminalreporter):
     write = terminalreporter.write_line
     terminalreporter.section(f"transformers {transformers_common.transformers_version()} common tests")
     write(", ".join(f"{counts[outcome]} {outcome}" for outcome in ("passed", "skipped", "failed", "error")))
-    write(
-        ", ".join(f"{counts[f'subtests {outcome}']} subtests {outcome}" for outcome in ("passed", "skipped", "failed"))
-    )
+    subtests = {outcome: counts[f"subtests {outcome}"] for outcome in ("passed", "skipped", "failed")}
+    if any(subtests.values()):  # pytest reports subtests one by one only in some verbosities (-q)
+        write(", ".join(f"{count} subtests {outcome}" for outcome, count in subtests.items()))
     for reason, count in sorted(reasons.items(), key=lambda item: (-item[1], item[0])):
         write(f"  skipped {count:3d}x: {reason}")
