@@ -30,7 +30,9 @@ benchmark: install
 report: install
 	$(VENV)/bin/hf-earlyexit benchmark --report_only
 
+# transformers' common model tests come from the sdist of the installed transformers (fetched once into the venv)
 test: install
+	$(PY) -m tests.transformers_common
 	$(PY) -m pytest
 
 lint: install

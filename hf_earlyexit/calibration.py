@@ -65,8 +65,11 @@ class CalibrationResult:
     frontier: list[dict] = field(default_factory=list)
 
     def forward_kwargs(self) -> dict:
-        """The settings as forward arguments (`model(**inputs, **result.forward_kwargs())`)."""
-        kwargs = {"exit_criterion": self.criterion, "patience": self.patience}
+        """The settings as forward arguments (`model(**inputs, **result.forward_kwargs())`). `patience` only for the
+        criteria that count agreeing exits (a cascade's `forward` has no such argument)."""
+        kwargs = {"exit_criterion": self.criterion}
+        if self.criterion in ("patience", "divergence"):
+            kwargs["patience"] = self.patience
         if self.exit_threshold is not None:
             kwargs["exit_threshold"] = self.exit_threshold
         return kwargs
@@ -88,12 +91,15 @@ def record(model, batches: Iterable[dict], split_across_processes: bool = False)
         batches = list(batches)
         if any("labels" not in batch for batch in batches):
             raise ValueError("Every calibration batch needs `labels`.")
+        for batch in batches:
+            check_calibration_labels(model, batch["labels"])
 
     def run(batch):
         batch = dict(batch)
         if "labels" not in batch:
             raise ValueError("Every calibration batch needs `labels`.")
         labels = batch.pop("labels")
+        check_calibration_labels(model, labels)
         mask = batch.get("attention_mask")
         if mask is None:
             mask = torch.ones_like(batch["input_ids"])
@@ -116,6 +122,28 @@ def record(model, batches: Iterable[dict], split_across_processes: bool = False)
         exit_layers=list(model.exit_layers),
         full_layers=model.full_depth_layers,
     )
+
+
+def check_calibration_labels(model, labels, ignore_index: int | None = None) -> None:
+    """Refuses labels that the model cannot predict: the calibration would count them as errors at every exit and
+    choose its thresholds on a wrong accuracy. Class ids in `[0, num_labels)` (or `ignore_index`) for a classifier;
+    numbers for a regression model (`num_labels == 1`)."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"Calibration `labels` must be a torch.Tensor, got {type(labels).__name__}.")
+    num_labels = model.config.num_labels
+    if num_labels == 1:
+        return
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"Calibration `labels` must be class ids (integers), got dtype {labels.dtype}.")
+    bad = (labels < 0) | (labels >= num_labels)
+    if ignore_index is not None:
+        bad &= labels != ignore_index
+    if bool(bad.any()):
+        names = [model.config.id2label[i] for i in range(num_labels)]
+        raise ValueError(
+            f"Calibration `labels` must be class ids in [0, {num_labels}) (the model's labels {names}), got "
+            f"{sorted(set(labels[bad].tolist()))[:10]}."
+        )
 
 
 class _Scorer:
@@ -512,6 +540,8 @@ def record_token(model, batches: Iterable[dict], split_across_processes: bool = 
         raise ValueError("Some calibration batches have `word_ids` and others do not; give them to all or none.")
     inputs = [{key: value for key, value in batch.items() if key != "labels"} for batch in batches]
     labels = [batch["labels"] for batch in batches]
+    for batch_labels in labels:
+        check_calibration_labels(model, batch_labels, ignore_index=-100)
     masks = [
         batch["attention_mask"] if batch.get("attention_mask") is not None else torch.ones_like(batch["input_ids"])
         for batch in batches

@@ -9,7 +9,9 @@
 
 `hf-earlyexit <command> --help` lists each command's options. Each command is also a function,
 `hf_earlyexit.commands.<command>.main(argv) -> dict`. Usage errors (a missing file, an unknown family or column, a
-target out of range) print what was expected and exit with status 2.
+target out of range, text that is not UTF-8) print what was expected and exit with status 2; a command that cannot do
+what was asked (a calibration target no setting reaches, a checkpoint that cannot be written) prints why and exits
+with status 1.
 """
 
 import argparse
@@ -90,20 +92,26 @@ def _usage(message: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The console script: runs a command; returns 0, or 2 after printing a usage error."""
+    """The console script: runs a command; returns 0, 2 after printing a usage error, or 1 after printing why the
+    command failed."""
+    from .commands.calibrate import TargetNotReached
     from .commands.common import UsageError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and not argv[0].startswith("-") else None
+    prefix = f"hf-earlyexit {command or ''}: error:".replace("  ", " ")
     try:
         run(argv)
     except (UsageError, FileNotFoundError) as error:
-        print(f"hf-earlyexit {command or ''}: error: {error}".replace("  ", " "), file=sys.stderr)
+        print(f"{prefix} {error}", file=sys.stderr)
         return 2
     except ValueError as error:
         # the library validates arguments with ValueError (unknown family, recipe, column, exit setting...)
-        print(f"hf-earlyexit {command or ''}: error: {error}".replace("  ", " "), file=sys.stderr)
+        print(f"{prefix} {error}", file=sys.stderr)
         return 2
+    except (TargetNotReached, OSError) as error:  # OSError: a file that cannot be written (permissions, full disk)
+        print(f"{prefix} {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -19,6 +19,16 @@ SST2_LABEL_NAMES = ("negative", "positive")
 
 
 def _read_delimited(path: Path, delimiter: str) -> Dataset:
+    try:
+        return _read_delimited_text(path, delimiter)
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not UTF-8 text: byte 0x{error.object[error.start]:02x} at offset {error.start} is not valid "
+            "UTF-8. Convert it first, e.g. `iconv -f latin1 -t utf-8`."
+        ) from None
+
+
+def _read_delimited_text(path: Path, delimiter: str) -> Dataset:
     with open(path, encoding="utf-8-sig", newline="") as f:
         # GLUE files are not quoted: a quote character is part of the text
         quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
@@ -111,6 +121,8 @@ def load_text_classification(
         pairs, `text_pair`.
     """
     table = read_table(path_or_name, split, config_name)
+    if len(table) == 0:
+        raise ValueError(f"{path_or_name} holds no examples (columns {table.column_names}, no rows).")
     text_column = _pick_column(table, text_column, TEXT_COLUMN_CANDIDATES, "text")
     label_column = _pick_column(table, label_column, LABEL_COLUMN_CANDIDATES, "label")
     if text_pair_column is None:

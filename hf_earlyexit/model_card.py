@@ -455,6 +455,23 @@ def _setting_text(name: str, value) -> str:
     return _value_text(value)
 
 
+def _encoder_text(config: dict) -> str:
+    """The card's encoder line: depth and width, or for a cascade those of each member."""
+    members = config.get("members")
+    if not members:
+        return f"{config.get('num_hidden_layers')} layers, hidden size {config.get('hidden_size')}"
+    depths = [member["num_hidden_layers"] for member in members]
+    widths = [member["hidden_size"] for member in members]
+    plural = "s" if depths[-1] != 1 else ""
+    if len(set(widths)) == 1:
+        sizes = f"{' and '.join(map(str, depths))} layer{plural}, hidden size {widths[0]}"
+    else:
+        sizes = " and ".join(
+            f"{depth} layer{'s' if depth != 1 else ''} of hidden size {width}" for depth, width in zip(depths, widths)
+        )
+    return f"a cascade of {len(members)} BERT models, {sizes}"
+
+
 def _looks_like_repo_id(name: str | None) -> bool:
     return bool(name) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not os.path.exists(name)
 
@@ -591,8 +608,7 @@ def render_model_card(
         family=family,
         architecture=architecture,
         base_model=f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "not recorded",
-        num_layers=config_dict.get("num_hidden_layers"),
-        hidden_size=config_dict.get("hidden_size"),
+        encoder=_encoder_text(config_dict),
         num_parameters=f"{num_parameters:,}" if num_parameters else None,
         labels=labels,
         datasets=", ".join(card_data.datasets),

@@ -17,6 +17,7 @@ This file imports only the standard library and transformers, so that it can als
 `custom_pipelines` code of `pipeline(..., trust_remote_code=True)`.
 """
 
+import difflib
 import inspect
 from typing import Any
 
@@ -40,7 +41,10 @@ class EarlyExitPipelineMixin:
     - the exit arguments given to the pipeline (construction or call; the call wins) are passed to `model.forward` for
       that call only, never written into the model or its config. Whether a value is valid is the model's business: a
       bad one fails at the first call, with the model's own error. An exit argument that the model's `forward` does not
-      name is an error here.
+      name (an exit argument of another family, such as `window_size` for a text classifier) is an error here, and so
+      is a near miss of one (`exit_treshold`), which the stock pipeline would hand to the tokenizer, which ignores it.
+    - inputs that are not text (`None`, numbers, bytes, or such items in a list) are refused with a message that names
+      them (the stock pipelines fail with messages about other arguments).
     - every per-example field of `exit_output_fields` that the model returns is added to each result;
     - an empty list of inputs gives `[]`.
 
@@ -64,6 +68,8 @@ class EarlyExitPipelineMixin:
         "divergence",
         "regression_tolerance",
     )
+    #: Whether an input may be a dict (`{"text": ..., "text_pair": ...}`), as for text classification.
+    text_pair_inputs: bool = True
     #: Per-example output fields copied into each result when the model returns them (shape `(batch_size, ...)`).
     exit_output_fields: tuple[str, ...] = ("exit_layer", "exit_stage")
 
@@ -86,6 +92,21 @@ class EarlyExitPipelineMixin:
                 f"{type(self.model).__name__}.forward does not take {', '.join(f'`{n}`' for n in unknown)}; the exit "
                 f"arguments it takes are {', '.join(f'`{n}`' for n in accepted)}."
             )
+        # another family's exit arguments and near misses: unexpected arguments (the stock pipeline would give some to
+        # the tokenizer, which ignores them)
+        unknown = [name for name in ALL_EXIT_ARGUMENTS if name in kwargs and name not in accepted]
+        if unknown:
+            raise TypeError(
+                f"{type(self.model).__name__}.forward does not take {', '.join(f'`{n}`' for n in unknown)}; the exit "
+                f"arguments it takes are {', '.join(f'`{n}`' for n in accepted)}."
+            )
+        for name in kwargs:
+            close = difflib.get_close_matches(name, ALL_EXIT_ARGUMENTS, n=1, cutoff=0.85)
+            if close and name not in ALL_EXIT_ARGUMENTS:
+                raise TypeError(
+                    f"Unknown pipeline argument `{name}` (did you mean `{close[0]}`?); the exit arguments of "
+                    f"{type(self.model).__name__} are {', '.join(f'`{n}`' for n in accepted)}."
+                )
         return {name: kwargs.pop(name) for name in accepted if name in kwargs}
 
     def _sanitize_parameters(self, **kwargs):
@@ -95,11 +116,14 @@ class EarlyExitPipelineMixin:
 
     def __call__(self, inputs, *args, **kwargs):
         """As the stock pipeline's `__call__`, plus the exit arguments of this call (they override those given at
-        construction, for this call only). With an early-exit model, an empty list returns `[]`."""
-        # stock pipelines fail with an IndexError on an empty list (they peek at `inputs[0]`)
-        if isinstance(inputs, list) and not inputs and self.is_early_exit_model:
-            self._sanitize_parameters(**kwargs)  # a bad argument is still reported
-            return []
+        construction, for this call only). With an early-exit model, an empty list returns `[]`, and inputs that are
+        not text are refused with a message that names them."""
+        if self.is_early_exit_model:
+            _check_text_inputs(inputs, self.text_pair_inputs)
+            # stock pipelines fail with an IndexError on an empty list (they peek at `inputs[0]`)
+            if isinstance(inputs, list) and not inputs:
+                self._sanitize_parameters(**kwargs)  # a bad argument is still reported
+                return []
         return super().__call__(inputs, *args, **kwargs)
 
     def _forward(self, model_inputs, **exit_params):
@@ -132,6 +156,19 @@ class EarlyExitPipelineMixin:
         if isinstance(result, dict):
             return {**result, **fields}
         return [{**item, **fields} for item in result]
+
+
+def _check_text_inputs(inputs, text_pairs: bool) -> None:
+    """Refuses inputs that are not text: `None`, numbers, bytes (and dicts where text pairs are not taken), at the top
+    or as items of a list (a dict of a text pair, a list of words and anything iterable, such as a dataset or a
+    generator, are the stock pipeline's to read)."""
+    not_text = (type(None), bytes, bytearray, int, float, bool) + (() if text_pairs else (dict,))
+    if isinstance(inputs, not_text):
+        raise TypeError(f"The pipeline's inputs must be a text or a list of texts, got {type(inputs).__name__}.")
+    if isinstance(inputs, (list, tuple)):
+        for i, item in enumerate(inputs):
+            if isinstance(item, not_text):
+                raise TypeError(f"The pipeline's inputs must be texts, but item {i} is {type(item).__name__}.")
 
 
 class EarlyExitTextClassificationPipeline(EarlyExitPipelineMixin, TextClassificationPipeline):
@@ -230,6 +267,7 @@ class EarlyExitTokenClassificationPipeline(EarlyExitPipelineMixin, TokenClassifi
         "sentence_pooling",
     )
     exit_output_fields: tuple[str, ...] = ("exit_layer",)
+    text_pair_inputs = False
 
     def preprocess(self, sentence, offset_mapping=None, **preprocess_params):
         for model_inputs in super().preprocess(sentence, offset_mapping=offset_mapping, **preprocess_params):
@@ -320,6 +358,14 @@ class EarlyExitTokenClassificationPipeline(EarlyExitPipelineMixin, TokenClassifi
             ]
             result.append({**entity, "exit_layer": max(layers) if layers else None})
         return result
+
+
+# every family's exit arguments: one of them that the model does not take is an error, not a tokenizer argument
+ALL_EXIT_ARGUMENTS: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        EarlyExitTextClassificationPipeline.exit_arguments + EarlyExitTokenClassificationPipeline.exit_arguments
+    )
+)
 
 
 __all__ = ["EarlyExitPipelineMixin", "EarlyExitTextClassificationPipeline", "EarlyExitTokenClassificationPipeline"]

@@ -112,7 +112,9 @@ def main(plan_path: str) -> None:
     save_pretrained = PreTrainedModel.save_pretrained
 
     def recording_save_pretrained(self, save_directory, *args, **kwargs):
-        saved_to.append(str(save_directory))
+        # our models write into a temporary folder inside the checkpoint folder, then move the files into place
+        folder = Path(save_directory)
+        saved_to.append(str(folder.parent if folder.name.startswith(".saving-") else folder))
         return save_pretrained(self, save_directory, *args, **kwargs)
 
     PreTrainedModel.save_pretrained = recording_save_pretrained

@@ -202,3 +202,41 @@ def test_cascade_calibration_writes_only_the_settings_a_cascade_declares(cascade
     assert "patience" not in cascade.config.to_dict()
     cascade.save_pretrained(tmp_path)
     assert "patience" not in (tmp_path / "config.json").read_text()
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (
+            torch.tensor([0, 1, 2, 1]),
+            r"class ids in \[0, 2\) \(the model's labels \['LABEL_0', 'LABEL_1'\]\), got \[2\]",
+        ),
+        (torch.tensor([0, -1, 1, 1]), r"got \[-1\]"),
+        (torch.tensor([0.0, 1.0, 1.0, 0.0]), "must be class ids \\(integers\\), got dtype torch.float32"),
+    ],
+)
+@pytest.mark.parametrize("split_across_processes", [False, True])
+def test_labels_the_model_cannot_predict_are_refused(model, labels, message, split_across_processes):
+    batch = {**padded_inputs(batch_size=4, seed=7), "labels": labels}
+    with pytest.raises(ValueError, match=message):
+        record(model, [batch], split_across_processes=split_across_processes)
+    with pytest.raises(ValueError, match=message):
+        calibrate(model, [batch], target_speedup=1.5)
+
+
+def test_a_cascade_runs_with_the_forward_arguments_of_its_calibration():
+    """`forward_kwargs()` used to hold `patience` for every criterion, which a cascade's forward silently dropped."""
+    from tests.test_modeling_cascade_bert import tiny_cascade
+
+    cascade = tiny_cascade(num_labels=2)
+    batches = calibration_batches(num_batches=2)
+    result = calibrate(cascade, batches, target_speedup=1.2, apply=False)
+    assert "patience" not in result.forward_kwargs()
+    with torch.no_grad():
+        out = cascade(**{k: v for k, v in batches[0].items() if k != "labels"}, **result.forward_kwargs())
+    assert out.logits.shape == (16, 2)
+
+
+def test_forward_arguments_of_a_patience_calibration_keep_the_patience(model):
+    result = calibrate(model, calibration_batches(), target_speedup=1.3, criterion="patience", apply=False)
+    assert result.forward_kwargs() == {"exit_criterion": "patience", "patience": result.patience}

@@ -614,3 +614,138 @@ def test_quickstart_smoke_run(workspace, tmp_path, capsys):
 def test_quickstart_rejects_a_target_below_one(tmp_path, capsys):
     status, _, err = run(["quickstart", "--target_speedup", 0.9, "--output_dir", tmp_path], capsys)
     assert status == 2 and "`--target_speedup`" in err and ">= 1" in err
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# bad input that used to escape as a traceback, or to be taken silently (issue 17)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_predict_refuses_text_that_is_not_utf8(workspace, tmp_path, capsys, monkeypatch):
+    latin1 = "un film très réussi\n".encode("latin-1")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(latin1)))
+    status, stdout, err = run(["predict", "--model", workspace / "bypass"], capsys)
+    assert status == 2 and stdout == ""
+    assert "standard input is not UTF-8 text: byte 0xe8 at offset 10" in err
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(latin1)
+    status, stdout, err = run(["predict", "--model", workspace / "bypass", "--file", path], capsys)
+    assert status == 2 and stdout == "" and f"`--file` {path} is not UTF-8 text" in err
+    # undecodable bytes in an argument reach Python as surrogates
+    status, _, err = run(["predict", "--model", workspace / "bypass", "ok", "bad \udce8"], capsys)
+    assert status == 2 and "text argument 2 is not UTF-8 text" in err
+    # UTF-8 with a byte-order mark is fine
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("\ufeffun film très réussi\n".encode())))
+    status, stdout, _ = run(["predict", "--model", workspace / "bypass"], capsys)
+    assert status == 0 and _lines(stdout)[0]["text"] == "un film très réussi"
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "calibrate"])
+@pytest.mark.parametrize("option", ["--batch_size", "--max_seq_length"])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("-1", "must be an integer >= 1, got -1"),
+        ("0", "must be an integer >= 1, got 0"),
+        ("x", "expected an integer >= 1, got 'x'"),
+    ],
+)
+def test_counts_below_one_are_usage_errors(workspace, capsys, command, option, value, message):
+    argv = ["--model", workspace / "bypass", option, value]
+    argv += ["a film"] if command == "predict" else ["--data", workspace / "data/dev.tsv", "--target_speedup", "2"]
+    if command == "evaluate":
+        argv.remove("--target_speedup"), argv.remove("2")
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, *map(str, argv)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"argument {option}: {message}" in err
+
+
+def test_max_seq_length_is_capped_at_the_models_positions(workspace, capsys):
+    long_text = " ".join(["the film is good and the acting is great"] * 20)
+    status, stdout, err = run(
+        ["predict", "--model", workspace / "bypass", "--max_seq_length", 1000, long_text], capsys
+    )
+    assert status == 0
+    assert "`--max_seq_length` 1000 is more than the model takes (64 positions)" in err
+    capped = _lines(stdout)
+    assert capped == _lines(
+        run(["predict", "--model", workspace / "bypass", "--max_seq_length", 64, long_text], capsys)[1]
+    )
+    status, _, err = run(
+        ["evaluate", "--model", workspace / "bypass", "--data", workspace / "data/dev.tsv", "--max_seq_length", 999]
+        + ["--num_points", 2, "--output_dir", workspace / "eval-capped"],
+        capsys,
+    )
+    assert status == 0 and "truncated to 64 word-pieces" in err
+
+
+def test_max_seq_length_applies_to_token_models(token_workspace, capsys):
+    """Eight word-pieces: [CLS], the first six words, [SEP]; the same entities as for those six words alone."""
+    model = token_workspace["model"]
+    text = " ".join(["the film is good"] * 30)
+    status, stdout, err = run(["predict", "--model", model, "--max_seq_length", 8, text], capsys)
+    assert status == 0, err
+    prefix = _lines(run(["predict", "--model", model, "the film is good the film"], capsys)[1])
+    full = _lines(run(["predict", "--model", model, text], capsys)[1])
+    assert _lines(stdout)[0]["entities"] == prefix[0]["entities"] != full[0]["entities"]
+
+
+def test_calibrate_refuses_a_folder_it_cannot_write_before_computing(workspace, checkpoint_copy, capsys, monkeypatch):
+    from hf_earlyexit.commands import calibrate as calibrate_command
+
+    checkpoint = checkpoint_copy("bypass")
+    before = {path.name: path.read_bytes() for path in checkpoint.iterdir()}
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(calibrate_command.tempfile, "mkstemp", read_only)
+    recorded = []
+    monkeypatch.setattr(calibrate_command, "load_for_sweep", lambda args: recorded.append(args))
+    status, stdout, err = run(
+        ["calibrate", "--model", checkpoint, "--data", workspace / "data/dev.tsv", "--target_speedup", 2], capsys
+    )
+    assert status == 2 and stdout == "" and not recorded
+    assert "cannot write into the checkpoint folder (Permission denied)" in err and "--dry_run" in err
+    assert {path.name: path.read_bytes() for path in checkpoint.iterdir()} == before
+
+
+def test_calibrate_that_fails_to_write_says_so_and_keeps_the_config(workspace, checkpoint_copy, capsys, monkeypatch):
+    from hf_earlyexit.commands import calibrate as calibrate_command
+
+    checkpoint = checkpoint_copy("bypass")
+    config = (checkpoint / "config.json").read_bytes()
+    real = calibrate_command.write_atomically
+
+    def full_disk(path, text):
+        if path.name == "calibration.json":
+            raise OSError(28, "No space left on device")
+        real(path, text)
+
+    monkeypatch.setattr(calibrate_command, "write_atomically", full_disk)
+    status, _, err = run(
+        ["calibrate", "--model", checkpoint, "--data", workspace / "data/dev.tsv", "--target_speedup", 1.5], capsys
+    )
+    assert status == 1 and "hf-earlyexit calibrate: error: [Errno 28] No space left on device" in err
+    assert (checkpoint / "config.json").read_bytes() == config  # written last, so the model exits as before
+
+
+def test_calibrate_an_unreachable_target_writes_nothing_and_fails(workspace, checkpoint_copy, capsys):
+    checkpoint = checkpoint_copy("cascade")
+    before = {path.name: path.read_bytes() for path in checkpoint.iterdir()}
+    argv = ["calibrate", "--model", checkpoint, "--data", workspace / "data/dev.tsv", "--target_speedup", 1000]
+    status, stdout, err = run(argv, capsys)
+    summary = json.loads(stdout)
+    assert status == 1 and not summary["reached"] and not summary["written"]
+    assert "cannot be reached" in err and "--accept_nearest" in err
+    assert {path.name: path.read_bytes() for path in checkpoint.iterdir()} == before
+
+    status, stdout, err = run([*argv, "--accept_nearest"], capsys)
+    summary = json.loads(stdout)
+    assert status == 0 and not summary["reached"] and summary["written"]
+    assert json.loads((checkpoint / "config.json").read_text())["exit_threshold"] == summary["exit_threshold"]
+
+    status, _, err = run([*argv, "--accept_nearest", "--dry_run"], capsys)
+    assert status == 2 and "`--accept_nearest`" in err

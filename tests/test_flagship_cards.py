@@ -60,3 +60,23 @@ def test_check_reports_a_card_that_differs(tmp_path):
 def test_missing_results_name_the_benchmark(tmp_path):
     with pytest.raises(FileNotFoundError, match="benchmarks/results/cascade/card.json"):
         load_make_cards().main(["--only", "cascadebert-sst2"], root=tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(FLAGSHIPS))
+def test_card_encoder_line_names_depth_and_width(name):
+    card = (REPO_ROOT / "model_cards" / name / "README.md").read_text()
+    (line,) = [line for line in card.splitlines() if line.startswith("- **Encoder:**")]
+    assert "None" not in line
+    config = json.loads((REPO_ROOT / FLAGSHIPS[name]).read_text())["config"]
+    for member in config.get("members") or [config]:
+        assert str(member["num_hidden_layers"]) in line and f"hidden size {member['hidden_size']}" in line
+
+
+def test_cascade_encoder_line_with_members_of_different_widths():
+    from hf_earlyexit.model_card import _encoder_text
+
+    members = [{"num_hidden_layers": 1, "hidden_size": 16}, {"num_hidden_layers": 4, "hidden_size": 32}]
+    assert _encoder_text({"members": members}) == (
+        "a cascade of 2 BERT models, 1 layer of hidden size 16 and 4 layers of hidden size 32"
+    )
+    assert _encoder_text({"num_hidden_layers": 6, "hidden_size": 384}) == "6 layers, hidden size 384"

@@ -402,7 +402,6 @@ def test_overrides_leave_module_and_config_alone():
     "kwargs, message",
     [
         (dict(members=[]), "`members` must list at least one"),
-        (dict(members=None), "`members` must list at least one"),
         (dict(members=[bert_config(vocab_size=99), bert_config(vocab_size=120)]), r"`vocab_size` differ: \[99, 120\]"),
         (dict(members=[bert_config(), bert_config(pad_token_id=1)]), r"`pad_token_id` differ: \[0, 1\]"),
         (dict(members=[bert_config(), {**tiny_config_kwargs(), "sep_token_id": 3}]), "`sep_token_id` differ"),

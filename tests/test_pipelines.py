@@ -288,13 +288,13 @@ def test_long_text_is_truncated_to_the_model_positions(model, tokenizer, mixed_t
     pipe_unbounded = pipeline("text-classification", model=model, tokenizer=unbounded)
     assert_same_results(pipe_unbounded(long_text, exit_threshold=mixed_thresholds), expected)
 
-    # overridable: a shorter `max_length`, or no truncation at all (the model then fails, as a stock model does)
+    # overridable: a shorter `max_length`, or no truncation at all (the model then refuses the input, naming the limit)
     short = tokenizer(long_text, truncation=True, max_length=10, return_tensors="pt")
     with torch.no_grad():
         out = model(**short, exit_threshold=mixed_thresholds)
     assert pipe(long_text, max_length=10)[0]["exit_layer"] == int(out.exit_layer[0])
     assert pipe(long_text, max_length=10)[0]["score"] == pytest.approx(float(out.logits.softmax(-1).max()), abs=1e-5)
-    with pytest.raises(RuntimeError, match="must match the size"):
+    with pytest.raises(ValueError, match=f"positions but BertWithBypassExits has {MAX_POSITIONS} position embeddings"):
         pipe(long_text, truncation=False)
 
 

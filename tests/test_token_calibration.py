@@ -120,3 +120,14 @@ def test_bad_input_through_calibrate(model):
         calibrate(model, unlabelled, target_speedup=2.0)
     with pytest.raises(ValueError, match="empty"):
         calibrate(model, [], target_speedup=2.0)
+
+
+def test_tags_the_model_cannot_predict_are_refused(model):
+    batches = calibration_batches(model, num_batches=1)
+    labels = batches[0]["labels"].clone()
+    labels[labels != -100] = model.config.num_labels + 2  # -100 (not a first word-piece) stays allowed
+    bad = [{**batches[0], "labels": labels}]
+    with pytest.raises(
+        ValueError, match=rf"class ids in \[0, {model.config.num_labels}\).*got \[{model.config.num_labels + 2}\]"
+    ):
+        calibrate_token(model, bad, target_speedup=2.0)

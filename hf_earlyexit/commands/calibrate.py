@@ -11,13 +11,20 @@ A token model (SENTEE / TOKEE) calibrates on a CoNLL column file: `--criterion` 
 not IOB-style); its `exit_mode`, `exit_threshold` and `window_size` are written (`hf_earlyexit.calibration.
 calibrate_token`: TOKEE candidates are checked by real runs on the calibration set).
 
+A target that no setting reaches on this data is a failure: the result (with the nearest setting found) is printed,
+the checkpoint is left as it was, and the command exits with status 1. `--accept_nearest` writes that nearest setting
+instead (and exits 0). The checkpoint folder must be writable (checked before anything is computed; `--dry_run` needs
+no write access).
+
     hf-earlyexit calibrate --model runs/bypass --data held_out.tsv --target_speedup 2
     hf-earlyexit calibrate --model runs/tokee --data held_out.conll --target_speedup 2 --window_sizes 5 15
 """
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from .common import (
@@ -58,12 +65,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Token models, TOKEE: the windows to search (odd; default: the checkpoint's).",
     )
     parser.add_argument("--dry_run", action="store_true", help="Print the result; leave the checkpoint unchanged.")
+    parser.add_argument(
+        "--accept_nearest",
+        action="store_true",
+        help="When the target cannot be reached, write the nearest setting found and exit 0 (default: write nothing "
+        "and exit 1).",
+    )
+
+
+class TargetNotReached(RuntimeError):
+    """No setting reaches the calibration target on the data: the command line exits with status 1."""
+
+
+def check_writable(checkpoint: Path) -> None:
+    """A usage error unless files can be created in `checkpoint` (calibrate replaces its files through temporary files
+    next to them)."""
+    try:
+        handle, probe = tempfile.mkstemp(dir=checkpoint, prefix=".calibrate-write-check-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise UsageError(
+            f"`--model` {checkpoint}: cannot write into the checkpoint folder ({error.strerror or error}); calibrate "
+            "updates it in place. Copy it somewhere writable, or pass `--dry_run` to only print the result."
+        ) from None
 
 
 def check_target(target_speedup, max_accuracy_drop) -> None:
     if (target_speedup is None) == (max_accuracy_drop is None):
         raise UsageError("give exactly one of `--target_speedup` (a FLOPs speed-up >= 1) or `--max_accuracy_drop`.")
-    if target_speedup is not None and not target_speedup >= 1:
+    if target_speedup is not None and not 1 <= target_speedup < float("inf"):
         raise UsageError(
             f"`--target_speedup` is a FLOPs speed-up against the full model and must be >= 1, got {target_speedup}."
         )
@@ -83,12 +114,13 @@ def write_calibration(checkpoint: str | Path, model, result, dataset_name: str |
     # the settings `apply_calibration` wrote (those the family declares)
     declared = family_config_fields(type(model.config))
     config.update({name: getattr(model.config, name) for name in EXIT_SETTINGS if name in declared})
-    write_atomically(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
     card_data = load_card_data(checkpoint)  # keeps what training recorded
     card_data.set_calibration(result, dataset_name=dataset_name)
     write_atomically(checkpoint / "README.md", str(model_card_for(model, card_data)))
     write_atomically(checkpoint / CARD_DATA_FILE, dump_json(card_data.to_dict()))
     write_atomically(checkpoint / "calibration.json", dump_json(result.to_dict()))
+    # the config last: a failure before it leaves the model exiting as before
+    write_atomically(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> dict:
@@ -103,6 +135,10 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     check_target(args.target_speedup, args.max_accuracy_drop)
     if not Path(args.model, "config.json").is_file():
         raise UsageError(f"`--model` {args.model}: not a checkpoint folder (no config.json); calibrate updates one.")
+    if args.accept_nearest and args.dry_run:
+        raise UsageError("`--accept_nearest` chooses what is written; `--dry_run` writes nothing.")
+    if not args.dry_run:
+        check_writable(Path(args.model))
     inputs = load_for_sweep(args)
     model, criterion, batches = inputs.model, inputs.criterion, inputs.batches
     if inputs.is_token and args.per_exit:
@@ -128,11 +164,17 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
             per_exit=args.per_exit or None,
             apply=False,
         )
-    if not args.dry_run:
+    write = not args.dry_run and (result.reached or args.accept_nearest)
+    if write:
         apply_calibration(model, result)
         write_calibration(args.model, model, result, dataset_name=args.data)
     summary = {k: v for k, v in result.to_dict().items() if k != "frontier"}
-    summary["written"] = not args.dry_run
+    summary["written"] = write
     print(json.dumps(summary, indent=2))
     print(result.message, file=sys.stderr)
+    if not result.reached and not args.accept_nearest:
+        raise TargetNotReached(
+            "the target was not reached; the checkpoint was left as it was"
+            + (" (`--dry_run`)." if args.dry_run else ". Pass `--accept_nearest` to write the nearest setting found.")
+        )
     return result.to_dict()

@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,86 @@ import torch
 
 class UsageError(ValueError):
     """A bad command-line argument: the command line prints the message and exits with status 2."""
+
+
+def int_at_least(minimum: int, meaning: str = ""):
+    """An argparse type for integers `>= minimum` (`meaning` says what the smallest means, e.g. "0: all"): argparse
+    reports anything else as a usage error naming the option."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}{meaning}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"  # what argparse calls the type in its messages
+    return parse
+
+
+# counts (batch sizes, lengths, rounds); sizes where 0 means "all"
+positive_int = int_at_least(1)
+size_or_all = int_at_least(0, " (0: all)")
+
+
+def decode_text(data: bytes | str, source: str) -> str:
+    """`data` as UTF-8 text (a byte-order mark is dropped), or a usage error naming `source` and the first byte that
+    is not UTF-8."""
+    if isinstance(data, str):
+        text = data
+    else:
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            raise UsageError(
+                f"{source} is not UTF-8 text: byte 0x{data[error.start]:02x} at offset {error.start} is not valid "
+                "UTF-8. Convert it first, e.g. `iconv -f latin1 -t utf-8`."
+            ) from None
+    try:  # text decoded by Python with `surrogateescape` (command-line arguments) may hide undecodable bytes
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise UsageError(
+            f"{source} is not UTF-8 text: it holds undecodable bytes at character {error.start}. Convert it first, "
+            "e.g. `iconv -f latin1 -t utf-8`."
+        ) from None
+    return text
+
+
+def read_standard_input() -> str:
+    """Standard input as UTF-8 text (see [`decode_text`])."""
+    stream = getattr(sys.stdin, "buffer", sys.stdin)
+    return decode_text(stream.read(), "standard input")
+
+
+def model_max_positions(model) -> int:
+    """The most positions the model takes: its `max_position_embeddings` (a cascade: its smallest member's)."""
+    members = getattr(model.config, "members", None)
+    if members:
+        return min(member["max_position_embeddings"] for member in members)
+    return model.config.max_position_embeddings
+
+
+DEFAULT_MAX_SEQ_LENGTH = 128
+
+
+def input_length(requested: int, model, tokenizer, option: str = "--max_seq_length") -> int:
+    """`requested` word-pieces, capped at what the model and its tokenizer take; when the cap applies to a length the
+    user asked for (not the default), a note on standard error says so."""
+    from ..pipelines import _NO_LIMIT
+
+    limits = [model_max_positions(model)]
+    if isinstance(tokenizer.model_max_length, int) and 0 < tokenizer.model_max_length < _NO_LIMIT:
+        limits.append(tokenizer.model_max_length)
+    limit = min(limits)
+    if requested > limit and requested != DEFAULT_MAX_SEQ_LENGTH:
+        print(
+            f"note: `{option}` {requested} is more than the model takes ({limit} positions): texts are truncated to "
+            f"{limit} word-pieces.",
+            file=sys.stderr,
+        )
+    return min(requested, limit)
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -31,8 +112,13 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -
         "--tag_column", type=int, default=-1, help="Token models: the CoNLL column of the tags (default: the last)."
     )
     group.add_argument("--max_samples", type=int, default=None, help="Keep a random subset of this many examples.")
-    group.add_argument("--max_seq_length", type=int, default=128, help="Word-pieces per example at most.")
-    group.add_argument("--batch_size", type=int, default=32, help="Batch size of the accuracy runs.")
+    group.add_argument(
+        "--max_seq_length",
+        type=positive_int,
+        default=DEFAULT_MAX_SEQ_LENGTH,
+        help="Word-pieces per example at most (capped at the model's positions).",
+    )
+    group.add_argument("--batch_size", type=positive_int, default=32, help="Batch size of the accuracy runs.")
 
 
 def load_checkpoint(path: str, token_models: bool = False):
@@ -75,7 +161,7 @@ def label_names(model) -> list[str]:
 
 
 def load_examples(args, model):
-    """The examples of `--data` with their labels as the model's class indices."""
+    """The examples of `--data` with their labels as the model's class indices (at least one)."""
     from ..data import load_text_classification
 
     if args.max_samples is not None and args.max_samples < 1:
@@ -165,7 +251,7 @@ def load_for_sweep(args) -> SweepInputs:
     except ValueError as error:
         raise UsageError(f"`--criterion` {criterion!r}: {error}") from None
     dataset = load_examples(args, model)
-    max_length = min(args.max_seq_length, tokenizer.model_max_length)
+    max_length = input_length(args.max_seq_length, model, tokenizer)
     batches = batches_with_labels(tokenizer, dataset, args.batch_size, max_length)
     return SweepInputs(model, tokenizer, criterion, dataset, batches, max_length)
 
@@ -212,7 +298,7 @@ def _load_token_sweep(args, model, tokenizer) -> SweepInputs:
     if args.max_samples is not None and args.max_samples < len(sentences):
         # a random subset, drawn as for text data (seed 0), in file order
         sentences = sentences.select(sorted(random.Random(0).sample(range(len(sentences)), args.max_samples)))
-    max_length = min(args.max_seq_length, tokenizer.model_max_length)
+    max_length = input_length(args.max_seq_length, model, tokenizer)
     rows = tokenize_token_dataset(sentences, tokenizer, max_length=max_length)
     batches = collate_token_rows(tokenizer, rows, args.batch_size)
     return SweepInputs(model, tokenizer, criterion, rows, batches, max_length, is_token=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .common import UsageError, add_data_arguments, dump_json, load_for_sweep
+from .common import UsageError, add_data_arguments, dump_json, load_for_sweep, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,11 +49,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--num_points", type=int, default=8, help="Frontier points measured without --thresholds.")
     timing = parser.add_argument_group("timing")
     timing.add_argument(
-        "--timing_batch_sizes", type=int, nargs="*", default=[1, 32], help="Batch sizes timed (none: no timing)."
+        "--timing_batch_sizes",
+        type=positive_int,
+        nargs="*",
+        default=[1, 32],
+        help="Batch sizes timed (none: no timing).",
     )
-    timing.add_argument("--timing_size", type=int, default=64, help="Examples timed per batch size.")
-    timing.add_argument("--rounds", type=int, default=3, help="Interleaved timing rounds (the median counts).")
-    timing.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
+    timing.add_argument("--timing_size", type=positive_int, default=64, help="Examples timed per batch size.")
+    timing.add_argument(
+        "--rounds", type=positive_int, default=3, help="Interleaved timing rounds (the median counts)."
+    )
+    timing.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice).")
     parser.add_argument("--output_dir", default="outputs/evaluate", help="Where the results and the plot go.")
 
 
@@ -62,6 +68,11 @@ def sweep_settings(model, batches, criterion: str, thresholds, num_points: int) 
     from ..calibration import calibrate, record
 
     if thresholds is not None:
+        for threshold in thresholds:
+            try:
+                model.config.exit_rule(exit_criterion=criterion, exit_threshold=threshold)
+            except ValueError as error:
+                raise UsageError(f"`--thresholds` {threshold:g}: {error}") from None
         return [(criterion, {"exit_criterion": criterion, "exit_threshold": t}) for t in thresholds]
     result = calibrate(model, record(model, batches), target_speedup=1.0, criterion=criterion, apply=False)
     frontier = sorted(result.frontier, key=lambda p: p["flops_speedup"])
@@ -69,7 +80,9 @@ def sweep_settings(model, batches, criterion: str, thresholds, num_points: int) 
         frontier = [frontier[round(i * (len(frontier) - 1) / (num_points - 1))] for i in range(num_points)]
     settings = []
     for point in frontier:
-        setting = {"exit_criterion": criterion, "patience": point["patience"]}
+        setting = {"exit_criterion": criterion}
+        if criterion in ("patience", "divergence"):  # the criteria that count agreeing exits (not a cascade's)
+            setting["patience"] = point["patience"]
         if point["threshold"] is not None:
             setting["exit_threshold"] = point["threshold"]
         if setting not in [s for _, s in settings]:

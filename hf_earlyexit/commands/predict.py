@@ -12,12 +12,20 @@ Texts come from the arguments, from `--file` (one per line) or, when neither is 
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-from .common import UsageError, label_names, load_checkpoint
+from .common import (
+    DEFAULT_MAX_SEQ_LENGTH,
+    UsageError,
+    decode_text,
+    input_length,
+    label_names,
+    load_checkpoint,
+    positive_int,
+    read_standard_input,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Override the threshold: one number, or one per exit separated by commas (e.g. 0.9,0.8).",
     )
     parser.add_argument("--exit_criterion", default=None, help="Override the exit criterion.")
-    parser.add_argument("--batch_size", type=int, default=32, help="Texts per forward pass.")
-    parser.add_argument("--max_seq_length", type=int, default=128, help="Word-pieces per text at most.")
+    parser.add_argument("--batch_size", type=positive_int, default=32, help="Texts per forward pass.")
+    parser.add_argument(
+        "--max_seq_length",
+        type=positive_int,
+        default=DEFAULT_MAX_SEQ_LENGTH,
+        help="Word-pieces per text at most (capped at the model's positions).",
+    )
 
 
 def read_texts(args) -> list[str]:
@@ -41,11 +54,11 @@ def read_texts(args) -> list[str]:
         path = Path(args.file)
         if not path.is_file():
             raise UsageError(f"`--file` {path}: no such file.")
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = decode_text(path.read_bytes(), f"`--file` {path}").splitlines()
     elif args.texts:
-        lines = args.texts
+        lines = [decode_text(text, f"text argument {i + 1}") for i, text in enumerate(args.texts)]
     else:
-        lines = sys.stdin.read().splitlines()
+        lines = read_standard_input().splitlines()
     texts = [line for line in lines if line.strip()]
     if not texts:
         raise UsageError("no text to classify: pass texts as arguments, `--file`, or lines on standard input.")
@@ -68,11 +81,20 @@ def predict(model, tokenizer, texts: list[str], batch_size: int = 32, max_length
     return rows
 
 
-def predict_entities(model, tokenizer, texts: list[str], batch_size: int = 32, **settings):
+def predict_entities(
+    model, tokenizer, texts: list[str], batch_size: int = 32, max_length: int | None = None, **settings
+):
     """`[{"text", "entities": [{"entity_group", "word", "start", "end", "score", "exit_layer"}]}]` for `texts`, in
     order: the token-classification pipeline with the exit settings, entities grouped (`aggregation_strategy="simple"`),
-    each with the deepest exit layer among its word-pieces."""
+    each with the deepest exit layer among its word-pieces. Texts are truncated to `max_length` word-pieces (default:
+    the tokenizer's `model_max_length`)."""
+    import copy
+
     from transformers import pipeline
+
+    if max_length is not None:  # the pipeline truncates to the tokenizer's maximum: a copy with this one
+        tokenizer = copy.copy(tokenizer)
+        tokenizer.model_max_length = max_length
 
     tagger = pipeline(
         "token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple", **settings
@@ -114,9 +136,9 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
             model.config.exit_rule(**settings)
         except ValueError as error:
             raise UsageError(str(error)) from None
-    max_length = min(args.max_seq_length, tokenizer.model_max_length)
+    max_length = input_length(args.max_seq_length, model, tokenizer)
     if tagging:
-        rows = predict_entities(model, tokenizer, texts, args.batch_size, **settings)
+        rows = predict_entities(model, tokenizer, texts, args.batch_size, max_length, **settings)
     else:
         rows = predict(model, tokenizer, texts, args.batch_size, max_length, **settings)
     for row in rows:

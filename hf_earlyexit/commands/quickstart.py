@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .common import UsageError, batches_with_labels, dump_json, without_labels
+from .common import UsageError, batches_with_labels, dump_json, input_length, positive_int, size_or_all, without_labels
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,8 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data_dir", default=None, help="Folder with train.tsv and dev.tsv (default: data/sst2).")
     parser.add_argument("--output_dir", default="outputs/quickstart", help="Where checkpoints, tables and plot go.")
-    parser.add_argument("--train_size", type=int, default=4800, help="Training sentences (0: all but calibration).")
-    parser.add_argument("--calibration_size", type=int, default=500, help="Held-out sentences for the thresholds.")
+    parser.add_argument(
+        "--train_size", type=size_or_all, default=4800, help="Training sentences (0: all but calibration)."
+    )
+    parser.add_argument(
+        "--calibration_size", type=positive_int, default=500, help="Held-out sentences for the thresholds."
+    )
     parser.add_argument(
         "--calibration_min_words",
         type=int,
@@ -46,18 +50,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "file is mostly short phrases (9 words on average), its dev set full sentences (20), and thresholds "
         "calibrated on phrases exit too early there (0: any example).",
     )
-    parser.add_argument("--dev_size", type=int, default=0, help="Dev sentences measured (0: all).")
+    parser.add_argument("--dev_size", type=size_or_all, default=0, help="Dev sentences measured (0: all).")
     parser.add_argument("--epochs", type=float, default=1.0, help="Training epochs of each model.")
-    parser.add_argument("--batch_size", type=int, default=32, help="Training batch size.")
+    parser.add_argument("--batch_size", type=positive_int, default=32, help="Training batch size.")
     parser.add_argument("--learning_rate", type=float, default=5e-5, help="The backbone's learning rate.")
     parser.add_argument("--head_learning_rate", type=float, default=2e-4, help="Exit heads, bypasses, small members.")
     parser.add_argument("--member_layers", type=int, nargs="+", default=None, help="Cascade members (default 1 L).")
     parser.add_argument("--target_speedup", type=float, default=2.0, help="FLOPs speed-up to calibrate for (>= 1).")
     parser.add_argument("--calibration_margin", type=float, default=0.05, help="Aim this fraction above the target.")
-    parser.add_argument("--max_seq_length", type=int, default=128, help="Word-pieces per sentence at most.")
-    parser.add_argument("--timing_size", type=int, default=32, help="Dev sentences timed at batch size 1.")
-    parser.add_argument("--timing_size_batched", type=int, default=64, help="Dev sentences timed at batch size 32.")
-    parser.add_argument("--rounds", type=int, default=3, help="Interleaved timing rounds (the median counts).")
+    parser.add_argument("--max_seq_length", type=positive_int, default=128, help="Word-pieces per sentence at most.")
+    parser.add_argument("--timing_size", type=positive_int, default=32, help="Dev sentences timed at batch size 1.")
+    parser.add_argument(
+        "--timing_size_batched", type=positive_int, default=64, help="Dev sentences timed at batch size 32."
+    )
+    parser.add_argument(
+        "--rounds", type=positive_int, default=3, help="Interleaved timing rounds (the median counts)."
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the data split and the training.")
 
 
@@ -163,7 +171,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
         say(f"training {name} on {train_file}")
         training = train_model(args, family, train_file, dev_file, output_dir / key)
         model, tokenizer = load_checkpoint(str(output_dir / key))
-        max_length = min(args.max_seq_length, tokenizer.model_max_length)
+        max_length = input_length(args.max_seq_length, model, tokenizer)
         say(f"calibrating {name} for {args.target_speedup:g}x FLOPs on {len(calibration)} held-out sentences")
         calibration_batches = batches_with_labels(tokenizer, calibration, 64, max_length)
         result = calibrate(

@@ -590,6 +590,8 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
             print(f"running {' '.join([script, *arguments])}", file=sys.stderr)
             subprocess.run([sys.executable, str(path), *arguments], check=True)
 
+    elif results_dir.exists() and not results_dir.is_dir():
+        raise UsageError(f"`--results_dir` {results_dir} is a file; give the folder of the result files.")
     elif not results_dir.is_dir():
         print(
             f"warning: `--results_dir` {results_dir} does not exist: the report will say no benchmark ran yet",

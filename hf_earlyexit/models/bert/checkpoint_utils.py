@@ -11,7 +11,8 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Checkpoints that travel: `trust_remote_code` export, config fields written by a newer version, damaged weights.
+"""Checkpoints that travel: `trust_remote_code` export, config fields written by a newer version, damaged weights,
+paths that do not exist, checkpoints of another family, saves that replace a checkpoint all at once.
 
 Shipped with `trust_remote_code` checkpoints: imports only the standard library, transformers and huggingface_hub
 (a dependency of transformers).
@@ -20,6 +21,7 @@ Shipped with `trust_remote_code` checkpoints: imports only the standard library,
 import dataclasses
 import json
 import os
+import re
 import struct
 import sys
 from pathlib import Path
@@ -62,6 +64,72 @@ _TRANSFORMERS_KEYS = frozenset(
 
 class DamagedCheckpointError(OSError):
     """A weights file of a checkpoint cannot be read (truncated, overwritten, not a safetensors file)."""
+
+
+# model_type -> the class that loads checkpoints of that family (for messages)
+FAMILY_CLASSES = {
+    "bypass-bert": "BertWithBypassExits",
+    "cascade-bert": "BertForCascadeClassification",
+    "token-exit-bert": "BertForTokenEarlyExit",
+}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Where a checkpoint is, and what it holds
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def check_local_path(pretrained_model_name_or_path) -> None:
+    """Clear errors for what `from_pretrained` cannot read as a checkpoint: not a path or a Hub id (`TypeError`), a file
+    (`NotADirectoryError`), a local path that does not exist (`FileNotFoundError`).
+
+    transformers takes any string it cannot find on disk for a Hub id, so a mistyped folder such as `runs/bypass/best`
+    fails with "Repo id must be in the form 'repo_name' or 'namespace/repo_name'" (or an offline error). A name that
+    cannot be a Hub id (absolute, starting with `.` or `~`, with a backslash or more than one `/`) or a `PathLike` is a
+    local path; a missing one is named here. `None` (transformers' "config and state_dict given") passes.
+    """
+    if pretrained_model_name_or_path is None:
+        return
+    is_path_object = isinstance(pretrained_model_name_or_path, os.PathLike)
+    name = os.fspath(pretrained_model_name_or_path) if is_path_object else pretrained_model_name_or_path
+    if not isinstance(name, str):
+        raise TypeError(
+            f"`pretrained_model_name_or_path` must be a checkpoint folder or a Hub id (str or os.PathLike), got "
+            f"{type(pretrained_model_name_or_path).__name__}."
+        )
+    if os.path.isfile(name):
+        raise NotADirectoryError(
+            f"{name!r} is a file; `from_pretrained` reads a checkpoint folder (config.json and the weights)."
+        )
+    if os.path.exists(name):
+        return
+    if is_path_object or name.startswith((".", "~")) or os.path.isabs(name) or "\\" in name or name.count("/") > 1:
+        raise FileNotFoundError(
+            f"{name!r} does not exist: no such checkpoint folder (and it is not a Hub id, which has the form "
+            "'name' or 'namespace/name')."
+        )
+
+
+def raise_if_other_family(config_class: type, config_dict: dict, source) -> None:
+    """Raises `ValueError` naming the family (or model type) of a checkpoint that `config_class` does not load.
+
+    A plain `bert` checkpoint and one of the class's own family pass; the caller decides what `bert` means for it.
+    """
+    found = config_dict.get("model_type")
+    expected = config_class.model_type
+    if found in (None, expected, "bert"):
+        return
+    loader = FAMILY_CLASSES.get(expected, config_class.__name__)
+    if found in FAMILY_CLASSES:
+        raise ValueError(
+            f"{str(source)!r} holds a {FAMILY_CLASSES[found]} checkpoint (model_type {found!r}), not a {loader} one: "
+            f"load it with {FAMILY_CLASSES[found]}.from_pretrained, or with AutoModel / AutoConfig, which pick the "
+            "family from the checkpoint."
+        )
+    raise ValueError(
+        f"{str(source)!r} holds a {found!r} model; {loader} loads its own checkpoints (model_type {expected!r}) and "
+        "starts from BERT checkpoints (model_type 'bert')."
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -160,6 +228,31 @@ def write_sharing_fields(save_directory, auto_map: dict | None, custom_pipelines
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Saving over a checkpoint
+# --------------------------------------------------------------------------------------------------------------------
+
+# weights files that transformers' `save_pretrained` writes (any variant, sharded or not)
+_WEIGHTS_FILE = re.compile(r"(model|pytorch_model)(\.[\w-]+)?(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?")
+
+
+def move_saved_files(staging, target) -> None:
+    """Moves the files of a complete save in `staging` into `target`, each with an atomic `os.replace`, then removes
+    the weights files of an earlier save that this one does not have (shards of a larger model, an unsharded file
+    after a sharded save). Other files of `target` (tokenizer, model card, calibration) stay.
+
+    The config goes last, so that the window in which a reader could see new files next to old ones is only the
+    renames themselves (no data is written any more by then).
+    """
+    staging, target = Path(staging), Path(target)
+    names = sorted((path.name for path in staging.iterdir()), key=lambda name: name == CONFIG_NAME)
+    for name in names:
+        os.replace(staging / name, target / name)
+    for path in target.iterdir():
+        if path.name not in names and path.is_file() and _WEIGHTS_FILE.fullmatch(path.name):
+            path.unlink()
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Damaged weights
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -226,8 +319,12 @@ def raise_if_damaged_weights(pretrained_model_name_or_path, hub_kwargs: dict, er
 
 __all__ = [
     "DamagedCheckpointError",
+    "FAMILY_CLASSES",
+    "check_local_path",
     "family_config_fields",
+    "move_saved_files",
     "raise_if_damaged_weights",
+    "raise_if_other_family",
     "remote_code_auto_map",
     "remote_code_files",
     "safetensors_problem",

@@ -22,25 +22,66 @@ from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers import BertConfig, PreTrainedConfig
+from transformers.utils import logging
 
-from .checkpoint_utils import warn_unknown_config_fields
+from .checkpoint_utils import (
+    FAMILY_CLASSES,
+    check_local_path,
+    family_config_fields,
+    raise_if_other_family,
+    warn_unknown_config_fields,
+)
 from .exit_utils import EXIT_CRITERIA, ExitRule, check_patience, encoder_layer_flops
 from .token_exit_utils import TokenExitRule, cached_token_exit_rule
 
 
-class _StartsFromPlainBertMixin:
-    """Lets a family config be read from a plain `bert` checkpoint, which is how every family starts.
+logger = logging.get_logger(__name__)
 
-    The checkpoint's `model_type` is `bert`; rewriting it here keeps transformers from warning that the checkpoint is of
-    another type, and keeps the instance's `model_type` equal to the family's.
+
+class _CheckpointKindMixin:
+    """What a family config accepts to read from a checkpoint.
+
+    - A local path that does not exist is named (transformers would take it for a Hub id).
+    - A checkpoint of another family, or of another model type, is refused with a message naming what it holds.
+    - A plain `bert` checkpoint: the families with `starts_from_plain_bert` (bypass, token) start from one; its
+      `model_type` is rewritten to the family's, which keeps transformers from warning that the checkpoint is of another
+      type. A cascade does not (cut a BERT checkpoint with `from_backbone` instead).
+    - A `bert` checkpoint that holds an early-exit family's settings (its `config.json` edited, or written by another
+      tool): loaded by that family's class with a warning, since transformers' Auto classes would load it as a plain
+      BERT with new random heads; refused by another family's class.
     """
+
+    starts_from_plain_bert = False
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        check_local_path(pretrained_model_name_or_path)
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        if config_dict.get("model_type") == "bert":
-            config_dict = {**config_dict, "model_type": cls.model_type}
-        return config_dict, kwargs
+        if config_dict.get("model_type") != "bert":
+            raise_if_other_family(cls, config_dict, pretrained_model_name_or_path)
+            return config_dict, kwargs
+        source = str(pretrained_model_name_or_path)
+        found = _family_of_settings(config_dict)
+        if found is None and cls.starts_from_plain_bert:
+            return {**config_dict, "model_type": cls.model_type}, kwargs
+        if found is None:
+            raise ValueError(
+                f"{source!r} is a plain BERT checkpoint (model_type 'bert'), not a cascade: cut it into one with "
+                "`BertForCascadeClassification.from_backbone(path, member_layers=[...])`, or assemble fine-tuned "
+                "classifiers with `from_members`."
+            )
+        if found is not cls:
+            raise ValueError(
+                f"{source!r} says model_type 'bert' but holds the settings of a {FAMILY_CLASSES[found.model_type]} "
+                f"checkpoint ({', '.join(sorted(_own_settings(found) & set(config_dict)))}); load it with "
+                f"{FAMILY_CLASSES[found.model_type]}.from_pretrained."
+            )
+        logger.warning(
+            f"{source!r} says model_type 'bert' but holds {FAMILY_CLASSES[cls.model_type]} settings: loading it as a "
+            f"{FAMILY_CLASSES[cls.model_type]}. Save it again to write its model_type ({cls.model_type!r}); "
+            "transformers' Auto classes would load it as a plain BERT, with new random heads instead of its exits."
+        )
+        return {**config_dict, "model_type": cls.model_type}, kwargs
 
 
 class _LoadedConfigChecksMixin:
@@ -98,7 +139,7 @@ class _ExitLayersMixin:
 
 
 @strict
-class BypassBertConfig(_LoadedConfigChecksMixin, _ExitLayersMixin, _StartsFromPlainBertMixin, BertConfig):
+class BypassBertConfig(_LoadedConfigChecksMixin, _ExitLayersMixin, _CheckpointKindMixin, BertConfig):
     r"""
     Configuration of [`BertWithBypassExits`]: a BERT encoder with an exit head after chosen layers, block-wise bypass
     modules (BADGE), and the classic exit criteria. Every [`~transformers.BertConfig`] field keeps its meaning.
@@ -151,6 +192,7 @@ class BypassBertConfig(_LoadedConfigChecksMixin, _ExitLayersMixin, _StartsFromPl
     ```"""
 
     model_type = "bypass-bert"
+    starts_from_plain_bert = True
 
     exit_layers: list[int] | None = None
     exit_criterion: Literal["max_prob", "entropy", "normalized_entropy", "patience", "divergence"] = "max_prob"
@@ -187,6 +229,12 @@ class BypassBertConfig(_LoadedConfigChecksMixin, _ExitLayersMixin, _StartsFromPl
     def validate_exit_rule(self):
         check_patience(self.patience)
         self.exit_rule()
+
+    def validate_num_labels(self):
+        if self.num_labels < 1:
+            raise ValueError(
+                f"num_labels must be >= 1 (the size of every exit head; 1 for regression), got {self.num_labels}."
+            )
 
     def validate_bypass(self):
         if self.bypass_block_size < 1:
@@ -239,7 +287,7 @@ def _member_dict(index: int, member, num_labels: int) -> dict:
 
 
 @strict
-class CascadeBertConfig(_LoadedConfigChecksMixin, PreTrainedConfig):
+class CascadeBertConfig(_LoadedConfigChecksMixin, _CheckpointKindMixin, PreTrainedConfig):
     r"""
     Configuration of [`BertForCascadeClassification`]: a cascade of complete BERT classifiers of increasing size
     (CascadeBERT, Li et al., Findings of EMNLP 2021, https://huggingface.co/papers/2012.14682). An example is answered
@@ -248,14 +296,16 @@ class CascadeBertConfig(_LoadedConfigChecksMixin, PreTrainedConfig):
     The cascade's own `num_labels`, `id2label`, `label2id` and `problem_type` apply to every member.
 
     Args:
-        members (`list[dict | BertConfig]`):
+        members (`list[dict | BertConfig]`, *optional*):
             The members' BERT configurations, from the smallest to the largest; each is a complete BERT with its own
             depth and width (hidden sizes may differ). Stored as one dict per member holding every BERT field, so the
             config saves as one `config.json` and reloads exactly. Members must share a tokenizer: `vocab_size` and
             every `*_token_id` must agree. They must come in order of size, measured by the encoder FLOPs of a one-token
             input (`num_hidden_layers x (8 d^2 + 4 d f + 4 d)`, the cost per token before attention grows); equal
             sizes are allowed, a smaller member after a larger one is an error (it would only add cost to the examples
-            that reach it). Label fields of a member are dropped (they must agree with the cascade's).
+            that reach it). Label fields of a member are dropped (they must agree with the cascade's). Defaults to
+            CascadeBERT's own setting: BERT-base cut to its first 2 layers, then BERT-base (12 layers), as
+            `BertConfig()` describes BERT-base.
         exit_criterion (`str`, *optional*, defaults to `"max_prob"`):
             How a member decides to answer: `"max_prob"` (`max_c p(c) > threshold`, CascadeBERT's rule), `"entropy"`
             (`H(p) < threshold`, nats) or `"normalized_entropy"` (`H(p) / log C <= threshold`). `"patience"` and
@@ -292,13 +342,33 @@ class CascadeBertConfig(_LoadedConfigChecksMixin, PreTrainedConfig):
     exit_pooling: Literal["cls", "pooler", "mean"] | list[Literal["cls", "pooler", "mean"]] = "mean"
 
     def __post_init__(self, **kwargs):
+        vocab_size = kwargs.pop("vocab_size", None)
         super().__post_init__(**kwargs)
-        if self.members is not None:
-            self.members = [_member_dict(i, member, self.num_labels) for i, member in enumerate(self.members)]
+        if self.members is None:  # CascadeBERT's 2-layer / 12-layer BERT-base
+            self.members = [BertConfig(num_hidden_layers=2), BertConfig()]
+        self.members = [_member_dict(i, member, self.num_labels) for i, member in enumerate(self.members)]
+        if vocab_size is not None:
+            self.vocab_size = vocab_size
 
     @property
     def num_members(self) -> int:
         return len(self.members or [])
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The vocabulary size of the members' shared tokenizer (setting it sets every member's)."""
+        if not self.members:
+            return None
+        first = self.members[0]
+        return first.get("vocab_size") if isinstance(first, dict) else first.vocab_size
+
+    @vocab_size.setter
+    def vocab_size(self, value: int) -> None:
+        for member in self.members or []:
+            if isinstance(member, dict):
+                member["vocab_size"] = value
+            else:
+                member.vocab_size = value
 
     @property
     def num_exit_thresholds(self) -> int:
@@ -400,7 +470,7 @@ class CascadeBertConfig(_LoadedConfigChecksMixin, PreTrainedConfig):
 
 
 @strict
-class TokenExitBertConfig(_LoadedConfigChecksMixin, _ExitLayersMixin, _StartsFromPlainBertMixin, BertConfig):
+class TokenExitBertConfig(_LoadedConfigChecksMixin, _ExitLayersMixin, _CheckpointKindMixin, BertConfig):
     r"""
     Configuration of [`BertForTokenEarlyExit`]: a BERT token classifier with a head per exit layer and
     sequence-labelling early exit, SENTEE or TOKEE (Li et al., ACL 2021, https://aclanthology.org/2021.acl-long.16).
@@ -448,6 +518,7 @@ class TokenExitBertConfig(_LoadedConfigChecksMixin, _ExitLayersMixin, _StartsFro
     ```"""
 
     model_type = "token-exit-bert"
+    starts_from_plain_bert = True
 
     exit_layers: list[int] | None = None
     exit_mode: Literal["token", "sentence"] = "token"
@@ -492,6 +563,28 @@ class TokenExitBertConfig(_LoadedConfigChecksMixin, _ExitLayersMixin, _StartsFro
 
     def validate_exit_rule(self):
         self.exit_rule()
+
+    def validate_num_labels(self):
+        if self.num_labels < 2:
+            raise ValueError(
+                f"num_labels must be >= 2 (the tags; a word's uncertainty is H(p) / log C), got {self.num_labels}."
+            )
+
+
+def _own_settings(config_class: type) -> set[str]:
+    """The fields only `config_class`, of the three families, declares (those that tell its checkpoints apart)."""
+    others = [
+        other for other in (BypassBertConfig, CascadeBertConfig, TokenExitBertConfig) if other is not config_class
+    ]
+    return set(family_config_fields(config_class)) - {name for other in others for name in family_config_fields(other)}
+
+
+def _family_of_settings(config_dict: dict) -> type | None:
+    """The family whose own settings a saved config holds, if any."""
+    for config_class in (BypassBertConfig, CascadeBertConfig, TokenExitBertConfig):
+        if _own_settings(config_class) & set(config_dict):
+            return config_class
+    return None
 
 
 __all__ = ["BypassBertConfig", "CascadeBertConfig", "TokenExitBertConfig"]

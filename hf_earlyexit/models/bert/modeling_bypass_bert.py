@@ -13,6 +13,7 @@
 # limitations under the License.
 """Multi-exit BERT with block-wise bypasses (BADGE) and per-example early exit in batches."""
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -27,8 +28,15 @@ from .modeling_exit_heads import (
     BypassModule,
     ClassificationHead,
     EarlyExitModelMixin,
+    LayerOutputs,
     ZeroInitLinear,
+    check_flag,
+    check_labels,
+    check_mask,
+    check_token_inputs,
     embed_and_mask,
+    finish_output,
+    forward_settings,
     full_depth_exit_logits,
     layer_mask,
     problem_type_of,
@@ -58,6 +66,14 @@ class EarlyExitSequenceClassifierOutput(ModelOutput):
             Largest class probability of the answering exit (for regression: `None`).
         all_logits (`torch.FloatTensor` of shape `(num_exits, batch_size, num_labels)`, *optional*):
             Every exit's logits, returned when every exit is computed (`output_all_exits`, on by default in training).
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            `num_hidden_layers + 1` tensors of shape `(batch_size, sequence_length, hidden_size)`: the embeddings
+            output, then each layer's output. An example that left at layer `e` has zeros in the tensors of the layers
+            after `e` (they did not run for it).
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            `num_hidden_layers` tensors of shape `(batch_size, num_attention_heads, sequence_length,
+            sequence_length)`: each layer's attention probabilities, zeros for the examples that had left. Only the
+            eager attention implementation computes them; with another one the tuple is empty (and a warning says so).
     """
 
     loss: torch.FloatTensor | None = None
@@ -66,6 +82,8 @@ class EarlyExitSequenceClassifierOutput(ModelOutput):
     flops: torch.LongTensor | None = None
     confidence: torch.FloatTensor | None = None
     all_logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
@@ -130,7 +148,12 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
         self._exit_bypass = tuple(
             (layer - 1) // config.bypass_block_size if config.use_bypass else None for layer in self._exit_layers
         )
-        self._sizes = (config.num_hidden_layers, config.hidden_size, config.intermediate_size)
+        self._sizes = (
+            config.num_hidden_layers,
+            config.hidden_size,
+            config.intermediate_size,
+            config.max_position_embeddings,
+        )
         self.post_init()
         self._head_flops = self.exit_heads[0].flops(config.bypass_dim if config.use_bypass else 0)
 
@@ -195,8 +218,11 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
         regression_tolerance: float | None = None,
         output_all_exits: bool | None = None,
         gradient_equilibrium: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> EarlyExitSequenceClassifierOutput:
+    ) -> EarlyExitSequenceClassifierOutput | tuple:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             As for `BertForSequenceClassification`.
@@ -212,7 +238,18 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
         gradient_equilibrium (`bool`, *optional*):
             With every exit computed, average rather than sum the exits' gradients in the backbone (Li et al., 2019;
             see `full_depth_exit_logits`); the outputs are unchanged. Set by the trainer's `gradient_equilibrium`.
+        output_attentions, output_hidden_states, return_dict (`bool`, *optional*):
+            As for transformers models (defaults from the config); see [`EarlyExitSequenceClassifierOutput`] for what
+            the layers an example did not run give. `return_dict=False` returns the output's non-`None` fields as a
+            tuple.
+
+        Any other keyword argument is an error (transformers' `num_items_in_batch` is accepted and unused: the loss is
+        a per-batch mean).
         """
+        output_attentions, output_hidden_states, return_dict = forward_settings(
+            self, kwargs, early_exit, output_all_exits, output_attentions, output_hidden_states, return_dict
+        )
+        check_flag("gradient_equilibrium", gradient_equilibrium)
         rule = self.config.exit_rule(
             exit_criterion=exit_criterion,
             exit_threshold=exit_threshold,
@@ -220,19 +257,34 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
             divergence=divergence,
             regression_tolerance=regression_tolerance,
         )
-        all_exits = self.training if output_all_exits is None else bool(output_all_exits)
+        all_exits = self.training if output_all_exits is None else output_all_exits
         early_exit = (not self.training) if early_exit is None else early_exit
 
+        check_token_inputs(
+            self,
+            input_ids,
+            inputs_embeds,
+            attention_mask,
+            self._sizes[3],
+            token_type_ids,
+            position_ids,
+            hidden_size=self._sizes[1],
+        )
         hidden_states, attention_mask = embed_and_mask(
             self.bert, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
         )
         lengths = attention_mask.sum(dim=-1)
-        attention_mask, hidden_states = drop_padding_columns(attention_mask, hidden_states)
+        check_mask(attention_mask, lengths)
+        layer_outputs = LayerOutputs.if_asked(lengths.shape[0], output_hidden_states, output_attentions)
+        if layer_outputs is None:  # positions that are padding in every row: dropped (recorded outputs keep them all)
+            attention_mask, hidden_states = drop_padding_columns(attention_mask, hidden_states)
         layer_flops = self._layer_flops(lengths)
 
         num_exits = len(self._exit_layers)
         if all_exits or not early_exit:
-            stacked = self._forward_full_depth(hidden_states, attention_mask, all_exits, bool(gradient_equilibrium))
+            stacked = self._forward_full_depth(
+                hidden_states, attention_mask, all_exits, layer_outputs, bool(gradient_equilibrium)
+            )
             if all_exits and early_exit:
                 exit_index = rule.simulate(stacked)
             else:
@@ -241,7 +293,7 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
             all_logits = stacked if all_exits else None
             flops = self.full_depth_layers * layer_flops + (num_exits if all_exits else 1) * self.head_flops()
         else:
-            logits, exit_index = self._forward_early_exit(hidden_states, attention_mask, rule)
+            logits, exit_index = self._forward_early_exit(hidden_states, attention_mask, rule, layer_outputs)
             flops = None
             all_logits = None
 
@@ -252,12 +304,17 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
         loss = None
         if labels is not None:
             problem_type = problem_type_of(self.config, labels)
+            check_labels(labels, self.num_labels, problem_type, tuple(lengths.shape))
             if all_logits is not None:
                 loss = weighted_exit_loss(all_logits, labels, problem_type, self.exit_layers)
             else:
                 loss = sequence_classification_loss(logits, labels, problem_type)
 
-        return EarlyExitSequenceClassifierOutput(
+        return finish_output(
+            EarlyExitSequenceClassifierOutput,
+            return_dict,
+            layer_outputs,
+            self.config,
             loss=loss,
             logits=logits,
             exit_layer=exit_layer,
@@ -271,6 +328,7 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor,
         all_exits: bool,
+        layer_outputs: LayerOutputs | None = None,
         gradient_equilibrium: bool = False,
     ) -> torch.Tensor:
         """Every layer on every example; returns `(num_exits, batch, num_labels)` logits, or `(1, batch, num_labels)`
@@ -284,47 +342,63 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
             self.exit_layers,
             lambda k, states: self._exit_logits(k, states, head_mask),
             all_exits,
+            outputs=layer_outputs,
             gradient_equilibrium=gradient_equilibrium,
         )
 
-    def _forward_early_exit(self, hidden_states, attention_mask, rule) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_early_exit(
+        self, hidden_states, attention_mask, rule, layer_outputs: LayerOutputs | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The inference path: examples leave the batch as soon as their criterion fires."""
         batch_size = hidden_states.shape[0]
         num_exits = len(self._exit_layers)
         active = torch.arange(batch_size, device=hidden_states.device)
+        rows = None  # what `layer_outputs` needs: None while every example runs, else `active`
         out_logits = hidden_states.new_empty(batch_size, self.num_labels)
         exit_index = torch.full((batch_size,), num_exits - 1, dtype=torch.long, device=hidden_states.device)
         mask = layer_mask(self.config, hidden_states, attention_mask)
         prev_logits, counter = None, None
-        for i, layer_module in enumerate(self.bert.encoder.layer):
-            hidden_states = layer_module(hidden_states, mask)
-            k = self._exit_position.get(i + 1)
-            if k is None:
-                continue
-            # no layer mask means no padding: the heads can pool without one
-            logits = self._exit_logits(k, hidden_states, None if mask is None else attention_mask)
-            if k == num_exits - 1:
-                out_logits[active] = logits
-                break
-            fires, counter = rule.step(k, logits, prev_logits, counter)
-            if bool(fires.any()):
-                leaving = active[fires]
-                out_logits[leaving] = logits[fires]
-                exit_index[leaving] = k
-                stay = ~fires
-                if not bool(stay.any()):
+        layers_run = 0
+        if layer_outputs is not None:
+            layer_outputs.add_hidden_states(hidden_states)
+        with layer_outputs.capture(self.bert.encoder.layer) if layer_outputs is not None else nullcontext():
+            for i, layer_module in enumerate(self.bert.encoder.layer):
+                hidden_states = layer_module(hidden_states, mask)
+                layers_run = i + 1
+                if layer_outputs is not None:
+                    layer_outputs.add_hidden_states(hidden_states, rows)
+                    layer_outputs.add_attentions(layer_outputs.take_captured(), rows)
+                k = self._exit_position.get(i + 1)
+                if k is None:
+                    continue
+                # no layer mask means no padding: the heads can pool without one
+                logits = self._exit_logits(k, hidden_states, None if mask is None else attention_mask)
+                if k == num_exits - 1:
+                    out_logits[active] = logits
                     break
-                active, hidden_states, attention_mask, logits = (
-                    active[stay],
-                    hidden_states[stay],
-                    attention_mask[stay],
-                    logits[stay],
-                )
-                if counter is not None:
-                    counter = counter[stay]
-                attention_mask, hidden_states = drop_padding_columns(attention_mask, hidden_states)
-                mask = layer_mask(self.config, hidden_states, attention_mask)
-            prev_logits = logits
+                fires, counter = rule.step(k, logits, prev_logits, counter)
+                if bool(fires.any()):
+                    leaving = active[fires]
+                    out_logits[leaving] = logits[fires]
+                    exit_index[leaving] = k
+                    stay = ~fires
+                    if not bool(stay.any()):
+                        break
+                    active, hidden_states, attention_mask, logits = (
+                        active[stay],
+                        hidden_states[stay],
+                        attention_mask[stay],
+                        logits[stay],
+                    )
+                    rows = active
+                    if counter is not None:
+                        counter = counter[stay]
+                    if layer_outputs is None:
+                        attention_mask, hidden_states = drop_padding_columns(attention_mask, hidden_states)
+                    mask = layer_mask(self.config, hidden_states, attention_mask)
+                prev_logits = logits
+        if layer_outputs is not None:
+            layer_outputs.add_skipped_layers(self.full_depth_layers - layers_run)
         return out_logits, exit_index
 
 

@@ -31,12 +31,20 @@ from transformers import (
 )
 from transformers.utils import ModelOutput
 
+from .checkpoint_utils import check_local_path
 from .configuration_early_exit_bert import CascadeBertConfig
-from .exit_utils import ExitRule, drop_padding_columns, encoder_layer_flops, max_prob
+from .exit_utils import ExitRule, encoder_layer_flops, max_prob
 from .modeling_exit_heads import (
     ClassificationHead,
     EarlyExitModelMixin,
+    LayerOutputs,
+    check_labels,
+    check_mask,
+    check_token_inputs,
+    finish_output,
+    forward_settings,
     problem_type_of,
+    raise_for_bad_ids,
     sequence_classification_loss,
     weighted_exit_loss,
 )
@@ -66,6 +74,16 @@ class CascadeSequenceClassifierOutput(ModelOutput):
             Largest class probability of the answering member.
         all_logits (`torch.FloatTensor` of shape `(num_members, batch_size, num_labels)`, *optional*):
             Every member's logits, returned in training and with `output_all_exits=True`.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            The members' hidden states one after the other, the smallest member's first: for each member, its
+            embeddings output then each of its layers' outputs, `num_hidden_layers + 1` tensors of shape
+            `(batch_size, sequence_length, hidden_size)` with that member's depth and width (`sum_k (L_k + 1)` tensors
+            in all). A member's tensors are zero for the examples it did not run on (answered by an earlier member).
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            The members' attention probabilities in the same order, one tensor per layer of shape `(batch_size,
+            num_attention_heads, sequence_length, sequence_length)` with that member's number of heads, zero for the
+            examples a member did not run on. Only the eager attention implementation computes them; with another one
+            the tuple is empty (and a warning says so).
     """
 
     loss: torch.FloatTensor | None = None
@@ -75,6 +93,8 @@ class CascadeSequenceClassifierOutput(ModelOutput):
     flops: torch.LongTensor | None = None
     confidence: torch.FloatTensor | None = None
     all_logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class CascadeMember(BertPreTrainedModel):
@@ -96,15 +116,40 @@ class CascadeMember(BertPreTrainedModel):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        layer_outputs: LayerOutputs | None = None,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`(batch, num_labels)` logits of this member."""
-        hidden_states = self.bert(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-        ).last_hidden_state
-        return self.head(hidden_states, attention_mask)
+        """`(batch, num_labels)` logits of this member. With `layer_outputs`, also records this member's hidden states
+        and attention maps there, for the examples `rows` of the caller's batch (`None`: all of them)."""
+        recording = layer_outputs is not None and layer_outputs.active
+        try:
+            encoded = self.bert(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                position_ids=position_ids,
+                output_hidden_states=recording and layer_outputs.hidden_states is not None,
+                output_attentions=recording and layer_outputs.attentions is not None,
+            )
+        except (IndexError, RuntimeError) as error:
+            raise_for_bad_ids(self.config, input_ids, token_type_ids, position_ids, error)
+            raise
+        if recording:
+            for states in encoded.hidden_states or ():
+                layer_outputs.add_hidden_states(states, rows)
+            for weights in encoded.attentions or ():
+                layer_outputs.add_attentions(weights, rows)
+        return self.head(encoded.last_hidden_state, attention_mask)
+
+    def record_skipped(self, layer_outputs: LayerOutputs, batch_size: int, seq_len: int, like: torch.Tensor) -> None:
+        """Zeros in `layer_outputs` for a member that ran on no example."""
+        config = self.config
+        if layer_outputs.hidden_states is not None:
+            shape = (batch_size, seq_len, config.hidden_size)
+            layer_outputs.hidden_states.extend(like.new_zeros(shape) for _ in range(config.num_hidden_layers + 1))
+        if layer_outputs.attentions is not None and config._attn_implementation == "eager":
+            shape = (batch_size, config.num_attention_heads, seq_len, seq_len)
+            layer_outputs.attentions.extend(like.new_zeros(shape) for _ in range(config.num_hidden_layers))
 
     def flops(self, lengths: torch.Tensor) -> torch.Tensor:
         """FLOPs of this member, encoder and head, on examples of the given real lengths. Shape of `lengths`."""
@@ -112,7 +157,6 @@ class CascadeMember(BertPreTrainedModel):
         return self.config.num_hidden_layers * layer + self.head.flops()
 
 
-_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 _DEFAULT_LABEL = re.compile(r"LABEL_\d+")
 
 
@@ -309,6 +353,7 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         ```
         """
         if isinstance(backbone, (str, os.PathLike)):
+            check_local_path(backbone)
             backbone_type = AutoConfig.from_pretrained(backbone, **(load_kwargs or {})).model_type
             if backbone_type != "bert":
                 raise ValueError(
@@ -377,8 +422,11 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         exit_criterion: str | None = None,
         exit_threshold: float | list[float] | None = None,
         output_all_exits: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> CascadeSequenceClassifierOutput:
+    ) -> CascadeSequenceClassifierOutput | tuple:
         r"""
         input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
             Token ids from the members' shared tokenizer. `inputs_embeds` is not supported: every member embeds the
@@ -394,7 +442,16 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         output_all_exits (`bool`, *optional*):
             Run every member on every example and return their logits in `all_logits`; the answering member is still
             chosen by the routing rule, from the same logits. Always on in training.
+        output_attentions, output_hidden_states, return_dict (`bool`, *optional*):
+            As for transformers models (defaults from the config); see [`CascadeSequenceClassifierOutput`] for how the
+            members' layers are listed. `return_dict=False` returns the output's non-`None` fields as a tuple.
+
+        Any other keyword argument is an error (transformers' `num_items_in_batch` is accepted and unused: the loss is
+        a per-batch mean).
         """
+        output_attentions, output_hidden_states, return_dict = forward_settings(
+            self, kwargs, early_exit, output_all_exits, output_attentions, output_hidden_states, return_dict
+        )
         if inputs_embeds is not None or input_ids is None:
             raise ValueError(
                 "BertForCascadeClassification needs `input_ids` (and does not take `inputs_embeds`): every member "
@@ -405,22 +462,32 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         early_exit = (not self.training) if early_exit is None else early_exit
         inputs = self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids)
         lengths = inputs["attention_mask"].sum(dim=-1)
+        check_mask(inputs["attention_mask"], lengths)
         last = len(self.members) - 1
         arange = torch.arange(lengths.shape[0], device=lengths.device)
+        # while recording, every sequence position is kept, so that the recorded states need no mapping
+        layer_outputs = LayerOutputs.if_asked(lengths.shape[0], output_hidden_states, output_attentions)
 
         all_logits = None
         if all_exits:
-            inputs = _drop_padding(inputs)
-            all_logits = torch.stack([member(**inputs) for member in self.members])
+            inputs = inputs if layer_outputs else _drop_padding(inputs)
+            all_logits = torch.stack([member(**inputs, layer_outputs=layer_outputs) for member in self.members])
             exit_stage = rule.simulate(all_logits) if early_exit else torch.full_like(lengths, last)
             logits = all_logits[exit_stage, arange]
             flops = self.flops_per_exit(lengths)[-1]
         elif not early_exit:
-            logits = self.members[-1](**_drop_padding(inputs))
+            if layer_outputs is not None:
+                for member in self.members[:-1]:
+                    member.record_skipped(
+                        layer_outputs, *input_ids.shape, like=self.members[-1].head.classifier.weight
+                    )
+                logits = self.members[-1](**inputs, layer_outputs=layer_outputs)
+            else:
+                logits = self.members[-1](**_drop_padding(inputs))
             exit_stage = torch.full_like(lengths, last)
             flops = self.reference_flops(lengths)
         else:
-            logits, exit_stage = self._route(inputs, rule)
+            logits, exit_stage = self._route(inputs, rule, layer_outputs)
             flops = self.flops_per_exit(lengths)[exit_stage, arange]
 
         if early_exit:
@@ -431,13 +498,18 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         loss = None
         if labels is not None:
             problem_type = problem_type_of(self.config, labels)
+            check_labels(labels, self.num_labels, problem_type, tuple(lengths.shape))
             if all_logits is not None:
                 # CascadeBERT's sum over members: the mean that weighted_exit_loss gives, times the number of members
                 loss = len(self.members) * weighted_exit_loss(all_logits, labels, problem_type, [1.0] * (last + 1))
             else:
                 loss = sequence_classification_loss(logits, labels, problem_type)
 
-        return CascadeSequenceClassifierOutput(
+        return finish_output(
+            CascadeSequenceClassifierOutput,
+            return_dict,
+            layer_outputs,
+            self.config,
             loss=loss,
             logits=logits,
             exit_stage=exit_stage,
@@ -449,15 +521,16 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
 
     def _check_inputs(self, input_ids, attention_mask, token_type_ids, position_ids) -> dict:
         """The member inputs as a dict of `(batch, seq)` tensors (`attention_mask` filled in), with clear errors."""
+        check_token_inputs(self, input_ids, None, attention_mask, None, token_type_ids, position_ids)
         batch_size, seq_len = input_ids.shape
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
         limit = min(member.config.max_position_embeddings for member in self.members)
         if seq_len > limit:
             raise ValueError(
                 f"The inputs have {seq_len} positions but the cascade's smallest `max_position_embeddings` is "
                 f"{limit}; truncate them to {limit} tokens."
             )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
         if position_ids is not None:
             position_ids = position_ids.reshape(-1, seq_len).expand(batch_size, -1)
         inputs = dict(
@@ -471,16 +544,23 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
                 raise ValueError(f"`{name}` has shape {tuple(tensor.shape)} but `input_ids` {tuple(input_ids.shape)}.")
         return inputs
 
-    def _route(self, inputs: dict, rule: ExitRule) -> tuple[torch.Tensor, torch.Tensor]:
+    def _route(
+        self, inputs: dict, rule: ExitRule, layer_outputs: LayerOutputs | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The inference path: each member runs on the examples that the members before it passed on."""
-        batch_size = inputs["input_ids"].shape[0]
+        batch_size, seq_len = inputs["input_ids"].shape
         device = inputs["input_ids"].device
         active = torch.arange(batch_size, device=device)
+        rows = None  # for `layer_outputs`: None while every example is still routed, else `active`
         exit_stage = torch.full((batch_size,), len(self.members) - 1, dtype=torch.long, device=device)
         out_logits = None
         for k, member in enumerate(self.members):
-            inputs = _drop_padding(inputs)
-            logits = member(**inputs)
+            if active.numel() == 0:  # every example answered: the remaining members ran on nothing
+                member.record_skipped(layer_outputs, batch_size, seq_len, like=out_logits)
+                continue
+            if layer_outputs is None:
+                inputs = _drop_padding(inputs)
+            logits = member(**inputs, layer_outputs=layer_outputs, rows=rows)
             if out_logits is None:
                 out_logits = logits.new_empty(batch_size, logits.shape[-1])
             if k == len(self.members) - 1:
@@ -490,18 +570,56 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
             out_logits[active[fires]] = logits[fires]
             exit_stage[active[fires]] = k
             stay = ~fires
-            if not bool(stay.any()):
-                break
             active = active[stay]
+            rows = active
+            if active.numel() == 0 and layer_outputs is None:
+                break
             inputs = {name: None if tensor is None else tensor[stay] for name, tensor in inputs.items()}
         return out_logits, exit_stage
 
+    # ----------------------------------------------------------------------------------------------------------------
+    # Embeddings
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The word embeddings of the first member, which every input goes through first. Each member has its own
+        (their widths may differ); they share the vocabulary, so [`resize_token_embeddings`] resizes them all."""
+        return self.members[0].get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        """Sets the first member's word embeddings (see [`get_input_embeddings`]); the other members keep theirs."""
+        self.members[0].set_input_embeddings(value)
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """Resizes the word embeddings of every member (they share one tokenizer) and records the new vocabulary size
+        in each member's config; as transformers' `resize_token_embeddings` otherwise. Returns the first member's
+        embeddings."""
+        for k, member in enumerate(self.members):
+            member.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+            self.config.members[k]["vocab_size"] = member.config.vocab_size
+        if new_num_tokens is not None or pad_to_multiple_of is not None:
+            self.vocab_size = self.config.vocab_size  # as transformers' own `resize_token_embeddings` records it
+        return self.get_input_embeddings()
+
 
 def _drop_padding(inputs: dict) -> dict:
-    """`inputs` without the sequence positions that are padding in every row."""
-    names = [name for name in _MODEL_INPUTS if name != "attention_mask" and inputs[name] is not None]
-    attention_mask, *tensors = drop_padding_columns(inputs["attention_mask"], *(inputs[name] for name in names))
-    return {**inputs, "attention_mask": attention_mask, **dict(zip(names, tensors))}
+    """`inputs` without the sequence positions that are padding in every row.
+
+    Every token keeps the position id it has in the caller's batch (BERT's: its column), as in the other families,
+    which drop such columns after the embeddings: with left padding, dropping the columns first would shift the
+    positions of every token, and a row's answer would depend on its batch-mates.
+    """
+    keep = inputs["attention_mask"].bool().any(dim=0)
+    if bool(keep.all()):
+        return inputs
+    if inputs["position_ids"] is None:
+        batch_size, seq_len = inputs["input_ids"].shape
+        positions = torch.arange(seq_len, device=keep.device).expand(batch_size, seq_len)
+        inputs = {**inputs, "position_ids": positions}
+    columns = keep.nonzero().squeeze(-1)
+    return {name: None if tensor is None else tensor[:, columns] for name, tensor in inputs.items()}
 
 
 def _resolve_labels(trained: list[tuple[int, dict]], num_labels: int | None, id2label: dict | None) -> dict:
@@ -524,10 +642,16 @@ def _resolve_labels(trained: list[tuple[int, dict]], num_labels: int | None, id2
         if len({tuple(sorted(names.items())) for names in named.values()}) > 1:
             raise ValueError(f"Cascade members label the classes differently: {named}.")
         id2label = next(iter(named.values()), None)
+    if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2):
+        raise ValueError(
+            f"num_labels must be an integer >= 2 (a cascade routes on class probabilities), got {num_labels!r}."
+        )
+    if num_labels is None:
+        num_labels = trained_labels
     if id2label is None:
-        return {"num_labels": num_labels or trained_labels or 2}
-    if len(id2label) != (num_labels or trained_labels or len(id2label)):
-        raise ValueError(f"`id2label` has {len(id2label)} entries but num_labels={num_labels or trained_labels}.")
+        return {"num_labels": 2 if num_labels is None else num_labels}
+    if num_labels is not None and len(id2label) != num_labels:
+        raise ValueError(f"`id2label` has {len(id2label)} entries but num_labels={num_labels}.")
     return {"id2label": id2label}
 
 
@@ -535,6 +659,7 @@ def _member_source(index: int, member, load_kwargs: dict) -> dict:
     """What a cascade member is made of: its BERT config, encoder weights, pooler and classifier weights if any, and the
     pooling its classifier was trained on."""
     if isinstance(member, (str, os.PathLike)):
+        check_local_path(member)
         member_config = AutoConfig.from_pretrained(member, **load_kwargs)
         if member_config.model_type != "bert":
             raise ValueError(

@@ -19,6 +19,7 @@ projection and feed-forward block only, with keys and values from all positions 
 included), and scatters the results back; frozen positions keep their hidden state bit for bit.
 """
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +35,12 @@ from .configuration_early_exit_bert import TokenExitBertConfig
 from .exit_utils import classifier_head_flops, drop_padding_columns, encoder_layer_flops
 from .modeling_exit_heads import (
     EarlyExitModelMixin,
+    LayerOutputs,
+    check_mask,
+    check_token_inputs,
     embed_and_mask,
+    finish_output,
+    forward_settings,
     full_depth_exit_logits,
     layer_mask,
     sequence_classification_loss,
@@ -72,6 +78,16 @@ class EarlyExitTokenClassifierOutput(ModelOutput):
         all_logits (`torch.FloatTensor` of shape `(num_exits, batch_size, sequence_length, num_labels)`, *optional*):
             Every exit's logits at every position from full-depth states, returned in training and with
             `output_all_exits=True`. Zero at padding.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            `num_hidden_layers + 1` tensors of shape `(batch_size, sequence_length, hidden_size)`: the embeddings
+            output, then each layer's output, as the next layer saw them: a position frozen with its word (TOKEE) keeps
+            the state it had when the word exited (it is copied forward, and serves as keys and values); a sentence that
+            left the batch has zeros in the layers after it left.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            `num_hidden_layers` tensors of shape `(batch_size, num_attention_heads, sequence_length,
+            sequence_length)`: each layer's attention probabilities of the positions that were queries in it; zero
+            rows for frozen positions and for sentences that had left. Only the eager attention implementation
+            computes them; with another one the tuple is empty (and a warning says so).
     """
 
     loss: torch.FloatTensor | None = None
@@ -79,6 +95,8 @@ class EarlyExitTokenClassifierOutput(ModelOutput):
     exit_layer: torch.LongTensor | None = None
     flops: torch.LongTensor | None = None
     all_logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -133,6 +151,8 @@ def active_query_layer(
     active: torch.Tensor,
     config,
     queries: PackedQueries | None = None,
+    layer_outputs: LayerOutputs | None = None,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One `BertLayer` in which only the `active` positions are queries; the others are copied forward unchanged.
 
@@ -149,6 +169,8 @@ def active_query_layer(
         active: `(batch, seq)` bool, the positions to update (a subset of the real ones).
         config: The model config (attention implementation, `eager` or `sdpa`).
         queries: The [`PackedQueries`] of `active`, when the caller already has them.
+        layer_outputs: Where to record this layer's attention probabilities (at the rows and columns of the queries),
+            for the examples `rows` of the caller's batch (`None`: all of them), if asked for.
 
     Returns:
         `(batch, seq, d)`: new states at active positions, the input states (the same values) elsewhere.
@@ -170,7 +192,7 @@ def active_query_layer(
     query = query.view(batch_size, num_queries, -1, head_dim).transpose(1, 2)
 
     attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)
-    context, _ = attention_interface(
+    context, weights = attention_interface(
         self_attention,
         query,
         key,
@@ -180,6 +202,13 @@ def active_query_layer(
         scaling=self_attention.scaling,
     )
     context = context.reshape(batch_size * num_queries, -1).index_select(0, queries.packed)
+    if layer_outputs is not None and layer_outputs.attentions is not None and weights is not None:
+        # (batch, heads, queries, keys) -> the rows of the queries' positions in (batch, heads, seq, seq)
+        heads = weights.shape[1]
+        per_query = weights.transpose(1, 2).reshape(batch_size * num_queries, heads, seq_len)
+        placed = per_query.new_zeros(batch_size * seq_len, heads, seq_len)
+        placed = placed.index_copy(0, queries.positions, per_query.index_select(0, queries.packed))
+        layer_outputs.add_attentions(placed.view(batch_size, seq_len, heads, seq_len).transpose(1, 2), rows)
 
     attention_output = layer.attention.output(context, queries_in)
     updated = apply_chunking_to_forward(layer.feed_forward_chunk, layer.chunk_size_feed_forward, 0, attention_output)
@@ -294,8 +323,11 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         sentence_pooling: str | None = None,
         output_all_exits: bool | None = None,
         active_depth: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> EarlyExitTokenClassifierOutput:
+    ) -> EarlyExitTokenClassifierOutput | tuple:
         r"""
         word_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Word id of each position, -1 for special tokens and padding (see [`encode_words`]). A word is a run of
@@ -319,7 +351,17 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
             states; `exit_layer` is `active_depth` (0 at padding) and `logits` come from each position's last exit
             at or below it. Values must lie in `[1, num_hidden_layers]` at real positions. Only with full depth
             (training, or `early_exit=False` / `output_all_exits=True`).
+        output_attentions, output_hidden_states, return_dict (`bool`, *optional*):
+            As for transformers models (defaults from the config); see [`EarlyExitTokenClassifierOutput`] for what
+            frozen words and sentences that left give. `return_dict=False` returns the output's non-`None` fields as
+            a tuple.
+
+        Any other keyword argument is an error (transformers' `num_items_in_batch` is accepted and unused: the loss is
+        a mean over labelled positions).
         """
+        output_attentions, output_hidden_states, return_dict = forward_settings(
+            self, kwargs, early_exit, output_all_exits, output_attentions, output_hidden_states, return_dict
+        )
         rule = self.config.exit_rule(
             exit_mode=exit_mode,
             exit_threshold=exit_threshold,
@@ -330,6 +372,16 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         all_exits = self.training or bool(output_all_exits)
         early_exit = (not self.training) if early_exit is None else early_exit
 
+        check_token_inputs(
+            self,
+            input_ids,
+            inputs_embeds,
+            attention_mask,
+            None,
+            token_type_ids,
+            position_ids,
+            hidden_size=self.config.hidden_size,
+        )
         seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         if seq_len > self.config.max_position_embeddings:
             raise ValueError(
@@ -345,12 +397,14 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         word_index, word_start = word_layout(attention_mask, word_ids)
         real = attention_mask.bool()
         lengths = attention_mask.sum(dim=-1)
+        check_mask(attention_mask, lengths)
+        layer_outputs = LayerOutputs.if_asked(lengths.shape[0], output_hidden_states, output_attentions)
 
         if active_depth is not None:
             active_depth = self._check_active_depth(active_depth, real)
             all_exits = True
         if all_exits or not early_exit:
-            stacked = self._forward_full_depth(hidden_states, attention_mask, all_exits, active_depth)
+            stacked = self._forward_full_depth(hidden_states, attention_mask, all_exits, active_depth, layer_outputs)
             stacked = stacked.masked_fill(~real[..., None], 0.0)
             num_exits = len(self.exit_layers)
             if active_depth is not None:
@@ -374,7 +428,7 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
             all_logits = stacked if all_exits else None
         else:
             logits, exit_layer, flops = self._forward_early_exit(
-                hidden_states, attention_mask, word_index, word_start, rule
+                hidden_states, attention_mask, word_index, word_start, rule, layer_outputs
             )
             all_logits = None
 
@@ -386,11 +440,21 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
             else:
                 loss = sequence_classification_loss(logits, labels, problem_type)
 
-        return EarlyExitTokenClassifierOutput(
-            loss=loss, logits=logits, exit_layer=exit_layer, flops=flops, all_logits=all_logits
+        return finish_output(
+            EarlyExitTokenClassifierOutput,
+            return_dict,
+            layer_outputs,
+            self.config,
+            loss=loss,
+            logits=logits,
+            exit_layer=exit_layer,
+            flops=flops,
+            all_logits=all_logits,
         )
 
     def _check_labels(self, labels: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"`labels` must be a torch.Tensor, got {type(labels).__name__}.")
         if labels.shape != attention_mask.shape:
             raise ValueError(
                 f"`labels` has shape {tuple(labels.shape)} but the inputs have shape {tuple(attention_mask.shape)}: "
@@ -428,6 +492,7 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         attention_mask: torch.Tensor,
         all_exits: bool,
         active_depth: torch.Tensor | None = None,
+        layer_outputs: LayerOutputs | None = None,
     ) -> torch.Tensor:
         """Every layer at every position; `(num_exits, batch, seq, num_labels)` logits, or only the last exit's."""
         return full_depth_exit_logits(
@@ -439,6 +504,7 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
             self._head,
             all_exits,
             active_depth,
+            outputs=layer_outputs,
         )
 
     def _forward_early_exit(
@@ -448,11 +514,13 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         word_index: torch.Tensor,
         word_start: torch.Tensor,
         rule: TokenExitRule,
+        layer_outputs: LayerOutputs | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The inference path: words (TOKEE) or sentences (SENTEE) stop being computed once they exit.
 
         The batch is compacted as sentences leave (rows) and as positions become padding for every remaining sentence
-        (columns); `rows` and `cols` map the compacted batch back to the caller's positions.
+        (columns, except while recording `layer_outputs`); `rows` and `cols` map the compacted batch back to the
+        caller's positions.
         """
         config = self.config
         if config._attn_implementation not in PACKED_ATTENTION:
@@ -471,70 +539,100 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         rows = torch.arange(batch_size, device=device)
         cols = torch.arange(seq_len, device=device)
         lengths = attention_mask.sum(dim=-1)
-        (attention_mask, hidden_states, word_index, word_start, cols_2d) = drop_padding_columns(
-            attention_mask, hidden_states, word_index, word_start, cols.expand(batch_size, -1)
-        )
-        cols = cols_2d[0]
+        recording = layer_outputs is not None
+        if not recording:  # recorded outputs keep every position (see `LayerOutputs`)
+            (attention_mask, hidden_states, word_index, word_start, cols_2d) = drop_padding_columns(
+                attention_mask, hidden_states, word_index, word_start, cols.expand(batch_size, -1)
+            )
+            cols = cols_2d[0]
+        recorded_rows = None  # what `layer_outputs` needs: None while every sentence runs, else `rows`
+        layers_run = 0
         active = attention_mask.bool()
         flat_logits, flat_exit_layer = out_logits.view(-1, self.num_labels), exit_layer.view(-1)
         changed = True  # the active set (or the batch) changed since the last layer
+        if recording:
+            layer_outputs.add_hidden_states(hidden_states)
 
-        for i, layer_module in enumerate(self.bert.encoder.layer):
-            layer_number = i + 1
-            if changed:
-                words = ActiveWords.build(active, word_index, word_start)
-                current_len = active.shape[1]
-                # where each active position's outputs go in the caller's (batch, seq) layout
-                out_positions = rows.index_select(0, words.rows) * seq_len + cols.index_select(
-                    0, words.positions - words.rows * current_len
-                )
-                # the plain layer only when it wastes nothing: no frozen position and no padding; otherwise the packed
-                # step, which also skips the padding of shorter sentences for everything but keys and values
-                all_active = words.positions.numel() == active.numel()
+        with layer_outputs.capture(self.bert.encoder.layer) if recording else nullcontext():
+            for i, layer_module in enumerate(self.bert.encoder.layer):
+                layer_number = i + 1
+                if changed:
+                    words = ActiveWords.build(active, word_index, word_start)
+                    current_len = active.shape[1]
+                    # where each active position's outputs go in the caller's (batch, seq) layout
+                    out_positions = rows.index_select(0, words.rows) * seq_len + cols.index_select(
+                        0, words.positions - words.rows * current_len
+                    )
+                    # the plain layer only when it wastes nothing: no frozen position and no padding; otherwise the
+                    # packed step, which also skips the padding of shorter sentences for everything but keys and values
+                    all_active = words.positions.numel() == active.numel()
+                    if all_active:
+                        mask = layer_mask(config, hidden_states, attention_mask)
+                    else:
+                        queries = PackedQueries.build(active, attention_mask, hidden_states, config, words.positions)
+                    changed = False
                 if all_active:
-                    mask = layer_mask(config, hidden_states, attention_mask)
+                    hidden_states = layer_module(hidden_states, mask)
+                    if recording:
+                        layer_outputs.add_attentions(layer_outputs.take_captured(), recorded_rows)
                 else:
-                    queries = PackedQueries.build(active, attention_mask, hidden_states, config, words.positions)
-                changed = False
-            if all_active:
-                hidden_states = layer_module(hidden_states, mask)
-            else:
-                hidden_states = active_query_layer(
-                    layer_module, hidden_states, attention_mask, active, config, queries=queries
-                )
-            k = exit_position.get(layer_number)
-            if k is None:
-                continue
+                    hidden_states = active_query_layer(
+                        layer_module,
+                        hidden_states,
+                        attention_mask,
+                        active,
+                        config,
+                        queries=queries,
+                        layer_outputs=layer_outputs,
+                        rows=recorded_rows,
+                    )
+                layers_run = layer_number
+                if recording:
+                    layer_outputs.add_hidden_states(hidden_states, recorded_rows)
+                k = exit_position.get(layer_number)
+                if k is None:
+                    continue
 
-            flat_states = hidden_states.reshape(-1, hidden_states.shape[-1])
-            logits = self._head(k, flat_states if all_active else flat_states.index_select(0, words.positions))
-            flat_logits.index_copy_(0, out_positions, logits)
-            flat_exit_layer.index_fill_(0, out_positions, layer_number)
-            if k == num_exits - 1:
-                break
-            if rule.thresholds[k] <= 0:  # `u < 0` never holds: no word leaves, only rows without words
-                freeze, remaining = None, words.active_words.any(dim=-1)
-            else:
-                freeze, remaining = words.decide(rule, k, logits)
-            if freeze is not None and bool(freeze.any()):
-                active = active.reshape(-1).index_put((words.positions,), ~freeze).view_as(active)
-                changed = True
-            if not bool(remaining.all()):
-                if not bool(remaining.any()):
+                flat_states = hidden_states.reshape(-1, hidden_states.shape[-1])
+                logits = self._head(k, flat_states if all_active else flat_states.index_select(0, words.positions))
+                flat_logits.index_copy_(0, out_positions, logits)
+                flat_exit_layer.index_fill_(0, out_positions, layer_number)
+                if k == num_exits - 1:
                     break
-                rows = rows[remaining]
-                attention_mask, hidden_states, active, word_index, word_start = (
-                    attention_mask[remaining],
-                    hidden_states[remaining],
-                    active[remaining],
-                    word_index[remaining],
-                    word_start[remaining],
-                )
-                (attention_mask, hidden_states, active, word_index, word_start, cols_2d) = drop_padding_columns(
-                    attention_mask, hidden_states, active, word_index, word_start, cols.expand(len(rows), -1)
-                )
-                cols = cols_2d[0]
-                changed = True
+                if rule.thresholds[k] <= 0:  # `u < 0` never holds: no word leaves, only rows without words
+                    freeze, remaining = None, words.active_words.any(dim=-1)
+                else:
+                    freeze, remaining = words.decide(rule, k, logits)
+                if freeze is not None and bool(freeze.any()):
+                    active = active.reshape(-1).index_put((words.positions,), ~freeze).view_as(active)
+                    changed = True
+                if not bool(remaining.all()):
+                    if not bool(remaining.any()):
+                        break
+                    rows = rows[remaining]
+                    recorded_rows = rows
+                    attention_mask, hidden_states, active, word_index, word_start = (
+                        attention_mask[remaining],
+                        hidden_states[remaining],
+                        active[remaining],
+                        word_index[remaining],
+                        word_start[remaining],
+                    )
+                    if not recording:
+                        (attention_mask, hidden_states, active, word_index, word_start, cols_2d) = (
+                            drop_padding_columns(
+                                attention_mask,
+                                hidden_states,
+                                active,
+                                word_index,
+                                word_start,
+                                cols.expand(len(rows), -1),
+                            )
+                        )
+                        cols = cols_2d[0]
+                    changed = True
+        if recording:
+            layer_outputs.add_skipped_layers(config.num_hidden_layers - layers_run)
 
         flops = token_exit_flops(
             exit_layer, lengths, self.exit_layers, config.hidden_size, config.intermediate_size, self.num_labels

@@ -125,6 +125,8 @@ def word_layout(
         in_word = real & (positions > first) & (positions < last)
         word_start = in_word
     else:
+        if not isinstance(word_ids, torch.Tensor):
+            raise TypeError(f"`word_ids` must be a torch.Tensor, got {type(word_ids).__name__}.")
         if word_ids.shape != real.shape:
             raise ValueError(
                 f"`word_ids` has shape {tuple(word_ids.shape)} but the inputs have shape {tuple(real.shape)}."
