@@ -96,3 +96,26 @@ class EarlyExitFamilyTesterMixin:
                 exits, logits = exits[:length], logits[:length]
             assert torch.equal(getattr(single, self.exit_key)[0], exits)
             torch.testing.assert_close(single.logits[0], logits, rtol=0, atol=1e-5)
+
+    # the range of per-example thresholds spread over a batch (the config's criterion), from never to always exiting
+    example_thresholds: tuple[float, float] = (0.0, 1.0)
+
+    def test_per_example_thresholds_decide_as_single_calls(self):
+        # a serving batch: every example carries its own threshold and decides as it would in a call of its own
+        model = self.build_model()
+        inputs = self.make_inputs(batch_size=8)
+        thresholds = torch.linspace(*self.example_thresholds, 8)
+        batched = self.run(model, inputs, exit_threshold=thresholds)
+        exits = []
+        for i in range(8):
+            length = int(inputs["attention_mask"][i].sum())
+            single = self.run(
+                model, {k: v[i : i + 1, :length] for k, v in inputs.items()}, exit_threshold=float(thresholds[i])
+            )
+            exit_position, logits = getattr(batched, self.exit_key)[i], batched.logits[i]
+            if exit_position.dim() == 1:
+                exit_position, logits = exit_position[:length], logits[:length]
+            assert torch.equal(getattr(single, self.exit_key)[0], exit_position)
+            torch.testing.assert_close(single.logits[0], logits, rtol=0, atol=1e-5)
+            exits.append(exit_position.float().mean())
+        assert len(set(exits)) > 1  # the thresholds made a difference

@@ -212,7 +212,7 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
         labels: torch.Tensor | None = None,
         early_exit: bool | None = None,
         exit_criterion: str | None = None,
-        exit_threshold: float | list[float] | None = None,
+        exit_threshold: float | list[float] | torch.Tensor | None = None,
         patience: int | None = None,
         divergence: str | None = None,
         regression_tolerance: float | None = None,
@@ -229,7 +229,9 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
         early_exit (`bool`, *optional*):
             Defaults to `True` in evaluation mode. `False` runs every layer and answers with the last exit only.
         exit_criterion, exit_threshold, patience, divergence, regression_tolerance (*optional*):
-            Override the config's exit settings for this call only (see [`BypassBertConfig`]).
+            Override the config's exit settings for this call only (see [`BypassBertConfig`]). `exit_threshold` may
+            also be a tensor of one threshold per example, shape `(batch_size,)` or `(batch_size, num_exits)`: requests
+            with different thresholds then share one forward pass, each example deciding as it would alone.
         output_all_exits (`bool`, *optional*):
             Compute every exit for every example and return them in `all_logits`; the answering exit is still chosen
             by the criterion, from the same logits. Defaults to `True` in training mode and `False` in evaluation
@@ -250,9 +252,10 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
             self, kwargs, early_exit, output_all_exits, output_attentions, output_hidden_states, return_dict
         )
         check_flag("gradient_equilibrium", gradient_equilibrium)
+        per_example = exit_threshold if isinstance(exit_threshold, torch.Tensor) else None
         rule = self.config.exit_rule(
             exit_criterion=exit_criterion,
-            exit_threshold=exit_threshold,
+            exit_threshold=None if per_example is not None else exit_threshold,
             patience=patience,
             divergence=divergence,
             regression_tolerance=regression_tolerance,
@@ -273,6 +276,8 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
         hidden_states, attention_mask = embed_and_mask(
             self.bert, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
         )
+        if per_example is not None:
+            rule = rule.for_examples(per_example, hidden_states.shape[0])
         lengths = attention_mask.sum(dim=-1)
         check_mask(attention_mask, lengths)
         layer_outputs = LayerOutputs.if_asked(lengths.shape[0], output_hidden_states, output_attentions)
@@ -376,7 +381,9 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
                 if k == num_exits - 1:
                     out_logits[active] = logits
                     break
-                fires, counter = rule.step(k, logits, prev_logits, counter)
+                # per-example thresholds: those of the examples still here
+                example_rows = active if rule.example_thresholds is not None else None
+                fires, counter = rule.step(k, logits, prev_logits, counter, example_rows)
                 if bool(fires.any()):
                     leaving = active[fires]
                     out_logits[leaving] = logits[fires]

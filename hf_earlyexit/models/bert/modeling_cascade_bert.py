@@ -420,7 +420,7 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         labels: torch.Tensor | None = None,
         early_exit: bool | None = None,
         exit_criterion: str | None = None,
-        exit_threshold: float | list[float] | None = None,
+        exit_threshold: float | list[float] | torch.Tensor | None = None,
         output_all_exits: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -438,7 +438,8 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
             every member is computed anyway).
         exit_criterion, exit_threshold (*optional*):
             Override the config's routing for this call only (see [`CascadeBertConfig`]); `exit_threshold` is one
-            number or one per non-final member.
+            number or one per non-final member, or a tensor of one threshold per example (`(batch_size,)` or
+            `(batch_size, num_members - 1)`): requests with different thresholds then share one forward pass.
         output_all_exits (`bool`, *optional*):
             Run every member on every example and return their logits in `all_logits`; the answering member is still
             chosen by the routing rule, from the same logits. Always on in training.
@@ -457,10 +458,15 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
                 "BertForCascadeClassification needs `input_ids` (and does not take `inputs_embeds`): every member "
                 "embeds the tokens with its own embeddings."
             )
-        rule = self.config.exit_rule(exit_criterion=exit_criterion, exit_threshold=exit_threshold)
+        per_example = exit_threshold if isinstance(exit_threshold, torch.Tensor) else None
+        rule = self.config.exit_rule(
+            exit_criterion=exit_criterion, exit_threshold=None if per_example is not None else exit_threshold
+        )
         all_exits = self.training or bool(output_all_exits)
         early_exit = (not self.training) if early_exit is None else early_exit
         inputs = self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids)
+        if per_example is not None:
+            rule = rule.for_examples(self._stage_thresholds(per_example), inputs["input_ids"].shape[0])
         lengths = inputs["attention_mask"].sum(dim=-1)
         check_mask(inputs["attention_mask"], lengths)
         last = len(self.members) - 1
@@ -566,7 +572,7 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
             if k == len(self.members) - 1:
                 out_logits[active] = logits
                 break
-            fires, _ = rule.step(k, logits, None, None)
+            fires, _ = rule.step(k, logits, None, None, active if rule.example_thresholds is not None else None)
             out_logits[active[fires]] = logits[fires]
             exit_stage[active[fires]] = k
             stay = ~fires
@@ -576,6 +582,19 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
                 break
             inputs = {name: None if tensor is None else tensor[stay] for name, tensor in inputs.items()}
         return out_logits, exit_stage
+
+    def _stage_thresholds(self, thresholds: torch.Tensor) -> torch.Tensor:
+        """Per-example thresholds `(batch,)` or `(batch, stages)` (one per non-final member) in the rule's layout, one
+        per member (the last member's is never read)."""
+        stages = self.config.num_exit_thresholds
+        if thresholds.dim() == 2 and thresholds.shape[1] == stages:
+            return torch.cat([thresholds, thresholds[:, -1:]], dim=1)
+        if thresholds.dim() == 2:
+            raise ValueError(
+                f"`exit_threshold` per example must have shape (batch,) or (batch, {stages}) (one per non-final "
+                f"member), got {tuple(thresholds.shape)}."
+            )
+        return thresholds
 
     # ----------------------------------------------------------------------------------------------------------------
     # Embeddings

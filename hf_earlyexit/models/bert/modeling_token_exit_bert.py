@@ -317,7 +317,7 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         labels: torch.Tensor | None = None,
         early_exit: bool | None = None,
         exit_mode: str | None = None,
-        exit_threshold: float | list[float] | None = None,
+        exit_threshold: float | list[float] | torch.Tensor | None = None,
         threshold_schedule: str | None = None,
         window_size: int | None = None,
         sentence_pooling: str | None = None,
@@ -339,7 +339,9 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
             Defaults to `True` in evaluation mode. `False` runs every layer at every position and answers with the last
             head only.
         exit_mode, exit_threshold, threshold_schedule, window_size, sentence_pooling (*optional*):
-            Override the config's exit settings for this call only (see [`TokenExitBertConfig`]).
+            Override the config's exit settings for this call only (see [`TokenExitBertConfig`]). `exit_threshold` may
+            also be a tensor of one threshold per sentence, `(batch_size,)` (or `(batch_size, num_exits)` with the
+            constant schedule): requests with different thresholds then share one forward pass.
         output_all_exits (`bool`, *optional*):
             Compute every head at every position from full-depth states and return them in `all_logits`; `logits`
             and `exit_layer` are then the rule's choice replayed on those logits ([`TokenExitRule.simulate`]), which
@@ -362,9 +364,10 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         output_attentions, output_hidden_states, return_dict = forward_settings(
             self, kwargs, early_exit, output_all_exits, output_attentions, output_hidden_states, return_dict
         )
+        per_example = exit_threshold if isinstance(exit_threshold, torch.Tensor) else None
         rule = self.config.exit_rule(
             exit_mode=exit_mode,
-            exit_threshold=exit_threshold,
+            exit_threshold=None if per_example is not None else exit_threshold,
             threshold_schedule=threshold_schedule,
             window_size=window_size,
             sentence_pooling=sentence_pooling,
@@ -392,6 +395,15 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         hidden_states, attention_mask = embed_and_mask(
             self.bert, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
         )
+        if per_example is not None:  # one threshold per sentence, spread over the exits by the schedule
+            rule = rule.for_examples(
+                per_example,
+                hidden_states.shape[0],
+                self.exit_layers,
+                self.config.num_hidden_layers,
+                self.config.threshold_schedule if threshold_schedule is None else threshold_schedule,
+                self.config.threshold_cap,
+            )
         if labels is not None:
             self._check_labels(labels, attention_mask)
         word_index, word_start = word_layout(attention_mask, word_ids)
@@ -599,10 +611,13 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
                 flat_exit_layer.index_fill_(0, out_positions, layer_number)
                 if k == num_exits - 1:
                     break
-                if rule.thresholds[k] <= 0:  # `u < 0` never holds: no word leaves, only rows without words
+                if rule.example_thresholds is None and rule.thresholds[k] <= 0:
+                    # `u < 0` never holds: no word leaves, only rows without words
                     freeze, remaining = None, words.active_words.any(dim=-1)
                 else:
-                    freeze, remaining = words.decide(rule, k, logits)
+                    freeze, remaining = words.decide(
+                        rule, k, logits, rows if rule.example_thresholds is not None else None
+                    )
                 if freeze is not None and bool(freeze.any()):
                     active = active.reshape(-1).index_put((words.positions,), ~freeze).view_as(active)
                     changed = True
