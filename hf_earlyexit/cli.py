@@ -5,6 +5,7 @@
     hf-earlyexit calibrate --model runs/cascade --data held_out.tsv --target_speedup 2
     hf-earlyexit evaluate --model runs/cascade --data data/sst2/dev.tsv --output_dir runs/cascade/eval
     hf-earlyexit predict --model runs/cascade "a gripping film"
+    hf-earlyexit serve --model runs/cascade --port 8000   # HTTP, dynamic batching (pip install "hf-earlyexit[serve]")
     hf-earlyexit benchmark --report_only           # benchmarks/RESULTS.md and plots from the committed results
 
 `hf-earlyexit <command> --help` lists each command's options. Each command is also a function,
@@ -28,6 +29,7 @@ COMMANDS = {
     ),
     "calibrate": ("calibrate", "Choose exit thresholds for a FLOPs speed-up or an accuracy drop; write them in."),
     "predict": ("predict", "Classify texts (arguments, --file or stdin): JSON lines with label, score, exit layer."),
+    "serve": ("serve", "Serve a model over HTTP on Ray Serve, batching concurrent requests (the serve extra)."),
     "benchmark": ("report", "Run the benchmark scripts and regenerate benchmarks/RESULTS.md and its plots."),
     "quickstart": ("quickstart", "Cascade and BADGE on the shipped SST-2 copy, calibrated to 2x: table and plot."),
 }
