@@ -47,6 +47,9 @@ def parse_args(argv):
     parser.add_argument("--model", required=True, help="An early-exit text-classification checkpoint (calibrated).")
     parser.add_argument("--data", default=str(REPO_ROOT / "data/sst2/dev.tsv"), help="Sentences to send (TSV).")
     parser.add_argument("--requests", type=int, default=256, help="Requests per model and concurrency level.")
+    parser.add_argument(
+        "--inputs_per_request", type=int, default=1, help="Sentences per request (more: less HTTP cost per sentence)."
+    )
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--rounds", type=int, default=2, help="Alternations of the two models per level.")
     parser.add_argument("--time_limit", type=float, default=300.0, help="Seconds per level and model at most.")
@@ -56,7 +59,7 @@ def parse_args(argv):
     parser.add_argument("--exit_threshold", type=float, default=None, help="Override the served threshold.")
     parser.add_argument("--output_dir", default="runs/benchmark_serving")
     args = parser.parse_args(argv)
-    for name in ("requests", "rounds", "max_batch_size", "threads"):
+    for name in ("requests", "rounds", "max_batch_size", "threads", "inputs_per_request"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
     if any(c < 1 for c in args.concurrency):
@@ -70,8 +73,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-async def load(url: str, sentences: list[str], concurrency: int, count: int, time_limit: float) -> dict:
-    """`count` requests at `concurrency` clients (or until `time_limit`): latencies and throughput."""
+async def load(
+    url: str, sentences: list[str], concurrency: int, count: int, time_limit: float, per_request: int = 1
+) -> dict:
+    """`count` requests of `per_request` sentences at `concurrency` clients (or until `time_limit`): latencies and
+    throughput (requests per second)."""
     import aiohttp
 
     latencies, failures = [], 0
@@ -83,7 +89,12 @@ async def load(url: str, sentences: list[str], concurrency: int, count: int, tim
         for i in queue:
             if time.perf_counter() > deadline:
                 return
-            body = json.dumps({"inputs": sentences[i % len(sentences)]})
+            if per_request == 1:
+                body = json.dumps({"inputs": sentences[i % len(sentences)]})
+            else:
+                body = json.dumps(
+                    {"inputs": [sentences[(i * per_request + j) % len(sentences)] for j in range(per_request)]}
+                )
             start = time.perf_counter()
             async with session.post(url, data=body) as reply:
                 await reply.read()
@@ -127,6 +138,36 @@ def flops_speedup(model_path: str, sentences: list[str], settings: dict) -> floa
     return float(model.reference_flops(lengths).sum()) / float(spent.sum())
 
 
+def in_process_costs(model_path: str, sentences: list[str], threads: int, rounds: int = 5) -> dict:
+    """The server's own work without HTTP: `EarlyExitPredictor.predict` on 32 one-sentence requests against the bare
+    early-exit forward pass on the same 32 sentences (ms per sentence, medians), at the replicas' thread count."""
+    from hf_earlyexit.serving import EarlyExitPredictor
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        predictor = EarlyExitPredictor(model_path)
+        texts = sentences[:32]
+        requests = [predictor.parse({"inputs": text}) for text in texts]
+        batch = predictor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        predictor.predict(requests)
+        serve_times, forward_times = [], []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            predictor.predict(requests)
+            serve_times.append(time.perf_counter() - start)
+            with torch.inference_mode():
+                start = time.perf_counter()
+                predictor.model(**batch)
+                forward_times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return {
+        "predict_ms_per_sentence": 1000 * statistics.median(serve_times) / len(texts),
+        "forward_ms_per_sentence": 1000 * statistics.median(forward_times) / len(texts),
+    }
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import ray
@@ -148,6 +189,7 @@ def main(argv=None) -> dict:
         "exit_threshold": settings.get("exit_threshold", model.config.exit_threshold),
     }
     speedup = flops_speedup(args.model, sentences, settings)
+    costs = in_process_costs(args.model, sentences, args.threads)
     del model
 
     port = free_port()
@@ -165,8 +207,11 @@ def main(argv=None) -> dict:
             for _ in range(args.rounds):
                 for name in ("early_exit", "plain"):
                     url = f"http://127.0.0.1:{port}/{name}/predict"
-                    asyncio.run(load(url, sentences, concurrency, 16, 60))  # warm-up
-                    runs[name].append(asyncio.run(load(url, sentences, concurrency, args.requests, args.time_limit)))
+                    per_request = args.inputs_per_request
+                    asyncio.run(load(url, sentences, concurrency, 16, 60, per_request))  # warm-up
+                    runs[name].append(
+                        asyncio.run(load(url, sentences, concurrency, args.requests, args.time_limit, per_request))
+                    )
                     print(f"{name} x{concurrency}: {runs[name][-1]['throughput']:.1f} req/s", file=sys.stderr)
             for name, measured in runs.items():
                 results[name][str(concurrency)] = {
@@ -193,6 +238,7 @@ def main(argv=None) -> dict:
         "model": Path(args.model).name,
         "served_settings": served_settings,
         "flops_speedup": speedup,
+        "in_process": costs,
         "settings": {k: v for k, v in vars(args).items() if k not in ("model", "data", "output_dir")},
         "sentences": len(sentences),
         "results": results,
@@ -211,7 +257,8 @@ def render(output: dict) -> str:
     lines = [
         f"Serving benchmark: `{output['model']}` ({output['served_settings']}, FLOPs speed-up "
         f"{output['flops_speedup']:.2f}x on the {output['sentences']} sentences) against the plain transformers model "
-        "of its full size, both on the same Ray Serve application and machine, levels alternated.",
+        f"of its full size, both on the same Ray Serve application and machine, levels alternated; "
+        f"{output['settings']['inputs_per_request']} sentence(s) per request.",
         "",
         "| clients | model | requests/s | p50 (ms) | p90 (ms) | p99 (ms) |",
         "| ---: | --- | ---: | ---: | ---: | ---: |",
@@ -232,6 +279,13 @@ def render(output: dict) -> str:
         lines.append(
             f"| {concurrency} | {s['throughput_speedup']:.2f}x | {s['of_flops_speedup']:.2f} | {s['p99_ratio']:.2f} |"
         )
+    costs = output["in_process"]
+    lines += [
+        "",
+        f"In process, without HTTP, at the replicas' thread count: the server's `predict` on 32 one-sentence requests "
+        f"takes {costs['predict_ms_per_sentence']:.2f} ms per sentence, the bare early-exit forward pass on the same "
+        f"batch {costs['forward_ms_per_sentence']:.2f} ms.",
+    ]
     m = output["machine"]
     lines += [
         "",

@@ -523,6 +523,18 @@ def converged_sections(results_dir: Path, plots_dir: Path, output: Path) -> list
     return lines
 
 
+def serving_sections(results_dir: Path) -> list[str]:
+    """The serving load benchmark (`examples/benchmark_serving.py`): each run's own table, with its command."""
+    runs = sorted((results_dir / "serving").glob("**/results.json"), key=lambda path: (len(path.parts), path))
+    if not runs:
+        return []
+    lines = ["## Serving", ""]
+    for path in runs:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        lines += [path.with_suffix(".md").read_text(encoding="utf-8").strip(), "", f"Command: `{data['command']}`.", ""]
+    return lines
+
+
 def make_report(results_dir: Path, output: Path, plots_dir: Path, command: str) -> dict:
     benchmarks, missing = load_benchmarks(results_dir)
     plots = {}
@@ -532,7 +544,7 @@ def make_report(results_dir: Path, output: Path, plots_dir: Path, command: str) 
         plots[dataset] = Path(os.path.relpath(Path(path).resolve(), output.parent.resolve())).as_posix()
     output.parent.mkdir(parents=True, exist_ok=True)
     quickstart = load_quickstart(results_dir)
-    converged = converged_sections(results_dir, plots_dir, output)
+    converged = converged_sections(results_dir, plots_dir, output) + serving_sections(results_dir)
     output.write_text(render(benchmarks, missing, plots, command, quickstart, converged), encoding="utf-8")
     return {
         "report": str(output),
