@@ -423,6 +423,7 @@ class Benchmark(CellBenchmark):
                 self.tokenizer, data.train_text, self.args.eval_batch_size, self.args.max_length
             )
             logits = collect(model, train_batches, fields=("logits",), early_exit=False)["logits"]
+            self.store.results_dir.mkdir(parents=True, exist_ok=True)
             save_file({"logits": logits.contiguous()}, self.store.results_dir / f"{cell.name}.teacher.safetensors")
         reference = BertForCascadeClassification.from_backbone(
             self.backbone, member_layers=[self.depth], num_labels=2

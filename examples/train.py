@@ -8,9 +8,7 @@
 import sys
 
 from hf_earlyexit.commands.train import (  # noqa: F401  (re-exported: tests and scripts import them from here)
-    FAMILIES,
     DataArguments,
-    Family,
     ModelArguments,
     check_launch,
     load_data,

@@ -22,13 +22,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .evaluation import map_batches
+from .families import family_of
 from .models.bert.exit_utils import ExitRule, first_exit
 
 
 logger = logging.getLogger(__name__)
 
 THRESHOLD_CRITERIA = ("max_prob", "entropy", "normalized_entropy", "divergence")
-TOKEN_MODEL_TYPE = "token-exit-bert"
 
 
 @dataclass
@@ -244,7 +244,7 @@ def calibrate(
         A [`CalibrationResult`]. A target that cannot be reached is reported (`reached=False`, a warning) with the
         nearest reachable setting, never silently.
     """
-    if getattr(model.config, "model_type", None) == TOKEN_MODEL_TYPE:
+    if family_of(model).is_token:
         if per_exit:
             raise ValueError(
                 "`per_exit` is not supported for sequence-labelling early exit: SENTEE / TOKEE calibrate one "

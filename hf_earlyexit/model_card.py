@@ -35,6 +35,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import PreTrainedConfig, TrainerCallback
 
 from .citations import CITATIONS
+from .families import FamilyCard
 from .models.bert.checkpoint_utils import family_config_fields
 
 
@@ -43,107 +44,31 @@ LIBRARY_TAG = "hf-earlyexit"
 DEFAULT_BACKBONE_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 # --------------------------------------------------------------------------------------------------------------------
-# What a card says about each family
+# What a card says about each family: `Family.card` in the family registry (hf_earlyexit.families)
 # --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FamilyCard:
-    """What a model card says about one early-exit family.
-
-    Args:
-        title: The method's name as written in the card.
-        description: One paragraph: what the model computes at inference.
-        citations: Keys of [`CITATIONS`], the method's papers first.
-        citation_intro: The sentence above the BibTeX blocks.
-        pipeline_tag: The Hub's task of the model (`text-classification`, `token-classification`).
-        pipeline_task: The task to pass to `pipeline(...)` in the usage snippet.
-        task_auto_class: The task Auto class of the usage snippet.
-        metric: The metric of the speed/accuracy table (`accuracy` or `f1`).
-        tags: Hub tags (besides `hf-earlyexit` and `early-exit`).
-        threshold_argument: The per-call argument that sets the exit threshold.
-        exit_output: The output field that says where each example (or token) left.
-        exit_unit: What leaves: `example` or `token`.
-        example_input: The input of the usage snippet.
-    """
-
-    title: str
-    description: str
-    citations: tuple[str, ...]
-    citation_intro: str
-    pipeline_tag: str = "text-classification"
-    pipeline_task: str = "text-classification"
-    task_auto_class: str = "AutoModelForSequenceClassification"
-    metric: str = "accuracy"
-    tags: tuple[str, ...] = ()
-    threshold_argument: str = "exit_threshold"
-    exit_output: str = "exit_layer"
-    exit_unit: str = "example"
-    example_input: str = "a gem of a film, funny and moving"
-
-
-# Keyed by model class name: the same name is used by the installed classes and by their remote-code copies.
-FAMILY_CARDS: dict[str, FamilyCard] = {
-    "BertWithBypassExits": FamilyCard(
-        title="Multi-exit BERT with block-wise bypasses (BADGE) and PABEE / DeeBERT / DGE exit criteria",
-        description=(
-            "A BERT encoder with an exit head after each chosen layer. At inference every example leaves at the first "
-            "exit whose criterion fires (largest class probability, entropy, PABEE's patience or BADGE's "
-            "divergence-based exit); the following layers then run only on the examples still in the batch, so the "
-            "saving is real, per example, inside batches. The last layer answers every example that did not leave. "
-            "BADGE's block-wise bypasses (small bottleneck modules that feed the exit heads of a block of layers) are "
-            "implemented as hf_earlyexit's interpretation, since the paper's code is not public."
-        ),
-        citations=("badge", "pabee", "deebert"),
-        citation_intro=(
-            "The bypasses and the divergence-based exit come from BADGE; the patience criterion from PABEE; the "
-            "entropy criterion from DeeBERT:"
-        ),
-        tags=("badge", "pabee", "deebert", "multi-exit"),
-    ),
-    "BertForCascadeClassification": FamilyCard(
-        title="CascadeBERT: a cascade of complete BERT models with difficulty-aware calibration",
-        description=(
-            "A cascade of complete BERT models of increasing size. An example is answered by the first model whose "
-            "largest class probability passes its threshold; the next, larger model runs only on the examples left, "
-            "inside the same batch. Training adds the difficulty-aware regularisation (DAR) that keeps small models' "
-            "confidence calibrated to how hard each example is."
-        ),
-        citations=("cascadebert",),
-        citation_intro="CascadeBERT (Li et al., Findings of EMNLP 2021):",
-        tags=("cascadebert", "model-cascade"),
-    ),
-    "BertForTokenEarlyExit": FamilyCard(
-        title="SENTEE / TOKEE: sentence- and token-level early exit for sequence labelling",
-        description=(
-            "A BERT encoder with a token-classification head after each layer. SENTEE lets a whole sentence leave "
-            "once every word is certain enough; TOKEE lets each word leave on its own, once the uncertainty of the "
-            "words in a window around it is below the threshold. A word that left is frozen: later layers compute "
-            "queries and feed-forward blocks only for the words still active."
-        ),
-        citations=("sentee_tokee",),
-        citation_intro="SENTEE and TOKEE (Li et al., ACL 2021):",
-        pipeline_tag="token-classification",
-        pipeline_task="token-classification",
-        task_auto_class="AutoModelForTokenClassification",
-        metric="f1",
-        tags=("sentee", "tokee", "sequence-labeling"),
-        exit_unit="token",
-        example_input="George Washington went to Washington",
-    ),
-}
 
 METRIC_LABELS = {"accuracy": "accuracy", "f1": "F1", "macro_f1": "macro F1", "matthews_correlation": "MCC"}
 
 
 def family_card(architecture: str) -> FamilyCard:
-    """The [`FamilyCard`] of a model class name."""
+    """The [`FamilyCard`] of a model class name (an installed class or its remote-code copy: they share the name)."""
+    from .families import family_of_class
+
     try:
-        return FAMILY_CARDS[architecture]
-    except KeyError:
+        card = family_of_class(architecture).card
+    except ValueError:
+        card = None
+    if card is None:
         raise ValueError(
-            f"No model card information for {architecture!r}; known early-exit families: {sorted(FAMILY_CARDS)}."
-        ) from None
+            f"No model card information for {architecture!r}; known early-exit families: {_with_cards()}."
+        )
+    return card
+
+
+def _with_cards() -> list[str]:
+    from .families import families
+
+    return sorted(f.model_class.__name__ for f in families() if f.card is not None)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -491,14 +416,9 @@ def _default_base_model(config: dict) -> str | None:
 
 
 def _config_class(architecture: str):
-    from .registration import FAMILIES
+    from .families import family_of_class
 
-    for config_class, model_class, _ in FAMILIES:
-        if model_class.__name__ == architecture:
-            return config_class
-    raise ValueError(
-        f"{architecture!r} is not a registered early-exit model; known: {[m.__name__ for _, m, _ in FAMILIES]}."
-    )
+    return family_of_class(architecture).config_class
 
 
 def render_model_card(
@@ -753,7 +673,6 @@ __all__ = [
     "CITATIONS",
     "benchmark_machine_fields",
     "card_results",
-    "FAMILY_CARDS",
     "EarlyExitModelCardData",
     "EvaluationRow",
     "FamilyCard",

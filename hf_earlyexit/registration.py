@@ -1,11 +1,30 @@
-"""The only place that touches transformers' Auto and pipeline registries, and the registry of pipelines shipped with
-remote-code checkpoints. Idempotent: registering twice is a no-op."""
+# Copyright 2026 The hf_earlyexit Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The built-in families and the only place that touches transformers' Auto and pipeline registries (through
+[`~hf_earlyexit.families.register_family`]), and the registry of pipelines shipped with remote-code checkpoints.
+Idempotent: registering twice is a no-op.
+
+One `Family(...)` per family below states its classes, command-line name, task, recipes, card and how the command line
+builds it; nothing else in the package names a family.
+"""
 
 from dataclasses import dataclass
 
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
+from transformers import AutoConfig, BertConfig, PreTrainedModel
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .families import Family, FamilyCard, register_family
 from .models.bert import (
     BertForCascadeClassification,
     BertForTokenEarlyExit,
@@ -15,14 +34,151 @@ from .models.bert import (
     TokenExitBertConfig,
 )
 from .pipelines import EarlyExitTextClassificationPipeline, EarlyExitTokenClassificationPipeline
+from .utils import TINY_BERT
 
 
-# (config class, model class, Auto model classes that must resolve the config to the model)
-FAMILIES = [
-    (BypassBertConfig, BertWithBypassExits, (AutoModel, AutoModelForSequenceClassification)),
-    (CascadeBertConfig, BertForCascadeClassification, (AutoModel, AutoModelForSequenceClassification)),
-    (TokenExitBertConfig, BertForTokenEarlyExit, (AutoModel, AutoModelForTokenClassification)),
-]
+# --------------------------------------------------------------------------------------------------------------------
+# How the command line builds each family from a checkpoint (`hf-earlyexit train --family ...`)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _is_checkpoint_of(source: str, config_class: type) -> bool:
+    return AutoConfig.from_pretrained(source).model_type == config_class.model_type
+
+
+def build_bypass(options: dict, source: str | None, num_labels: int) -> PreTrainedModel:
+    overrides = {} if options.get("exit_layers") is None else {"exit_layers": options.get("exit_layers")}
+    if not options.get("use_bypass", True):
+        overrides["use_bypass"] = False
+    if options.get("exit_pooling") is not None:
+        overrides["exit_pooling"] = options.get("exit_pooling")
+    if source is None:
+        return BertWithBypassExits(BypassBertConfig(**TINY_BERT, num_labels=num_labels, **overrides))
+    if overrides and _is_checkpoint_of(source, BypassBertConfig):
+        raise ValueError(
+            "`--exit_layers` builds new exits (as do `--use_bypass false` and `--exit_pooling`): give them with a "
+            "plain BERT checkpoint, not a trained model."
+        )
+    return BertWithBypassExits.from_pretrained(source, num_labels=num_labels, **overrides)
+
+
+def build_cascade(options: dict, source: str | None, num_labels: int) -> PreTrainedModel:
+    if source is None:
+        layers = options.get("member_layers") or [1, TINY_BERT["num_hidden_layers"]]
+        members = [BertConfig(**{**TINY_BERT, "num_hidden_layers": k}) for k in layers]
+        return BertForCascadeClassification(CascadeBertConfig(members=members, num_labels=num_labels))
+    if _is_checkpoint_of(source, CascadeBertConfig):
+        if options.get("member_layers") is not None:
+            raise ValueError("`--member_layers` cuts a plain BERT checkpoint, not a trained cascade.")
+        return BertForCascadeClassification.from_pretrained(source, num_labels=num_labels)
+    layers = options.get("member_layers") or [1, AutoConfig.from_pretrained(source).num_hidden_layers]
+    return BertForCascadeClassification.from_backbone(source, member_layers=layers, num_labels=num_labels)
+
+
+def build_token(options: dict, source: str | None, num_labels: int) -> PreTrainedModel:
+    overrides = {} if options.get("exit_layers") is None else {"exit_layers": options.get("exit_layers")}
+    if source is None:
+        return BertForTokenEarlyExit(TokenExitBertConfig(**TINY_BERT, num_labels=num_labels, **overrides))
+    if overrides and _is_checkpoint_of(source, TokenExitBertConfig):
+        raise ValueError(
+            "`--exit_layers` builds new exits: give it with a plain BERT checkpoint, not a trained model."
+        )
+    return BertForTokenEarlyExit.from_pretrained(source, num_labels=num_labels, **overrides)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The built-in families
+# --------------------------------------------------------------------------------------------------------------------
+
+BYPASS = Family(
+    name="bypass",
+    config_class=BypassBertConfig,
+    model_class=BertWithBypassExits,
+    task="sequence",
+    recipes={
+        "joint": "hf_earlyexit.losses:JointExitLoss.from_args",
+        "two_stage": "hf_earlyexit.losses:TwoStageExitLoss.from_args",
+        "alternating": "hf_earlyexit.losses:AlternatingExitLoss.from_args",
+        "distillation": "hf_earlyexit.losses:DistillationExitLoss.from_args",
+    },
+    staged_recipes=("two_stage", "distillation"),
+    card=FamilyCard(
+        title="Multi-exit BERT with block-wise bypasses (BADGE) and PABEE / DeeBERT / DGE exit criteria",
+        description=(
+            "A BERT encoder with an exit head after each chosen layer. At inference every example leaves at the first "
+            "exit whose criterion fires (largest class probability, entropy, PABEE's patience or BADGE's "
+            "divergence-based exit); the following layers then run only on the examples still in the batch, so the "
+            "saving is real, per example, inside batches. The last layer answers every example that did not leave. "
+            "BADGE's block-wise bypasses (small bottleneck modules that feed the exit heads of a block of layers) are "
+            "implemented as hf_earlyexit's interpretation, since the paper's code is not public."
+        ),
+        citations=("badge", "pabee", "deebert"),
+        citation_intro=(
+            "The bypasses and the divergence-based exit come from BADGE; the patience criterion from PABEE; the "
+            "entropy criterion from DeeBERT:"
+        ),
+        tags=("badge", "pabee", "deebert", "multi-exit"),
+    ),
+    build=build_bypass,
+)
+
+CASCADE = Family(
+    name="cascade",
+    config_class=CascadeBertConfig,
+    model_class=BertForCascadeClassification,
+    task="sequence",
+    recipes={
+        "joint": "hf_earlyexit.losses:JointCascadeLoss.from_args",
+        "difficulty_aware": "hf_earlyexit.losses:DifficultyAwareCascadeLoss.from_args",
+        "teacher_distillation": "hf_earlyexit.losses:TeacherDistillationLoss.from_args",
+    },
+    card=FamilyCard(
+        title="CascadeBERT: a cascade of complete BERT models with difficulty-aware calibration",
+        description=(
+            "A cascade of complete BERT models of increasing size. An example is answered by the first model whose "
+            "largest class probability passes its threshold; the next, larger model runs only on the examples left, "
+            "inside the same batch. Training adds the difficulty-aware regularisation (DAR) that keeps small models' "
+            "confidence calibrated to how hard each example is."
+        ),
+        citations=("cascadebert",),
+        citation_intro="CascadeBERT (Li et al., Findings of EMNLP 2021):",
+        tags=("cascadebert", "model-cascade"),
+    ),
+    build=build_cascade,
+)
+
+TOKEN = Family(
+    name="token",
+    config_class=TokenExitBertConfig,
+    model_class=BertForTokenEarlyExit,
+    task="token",
+    recipes={
+        "joint": "hf_earlyexit.losses:JointTokenExitLoss.from_args",
+        "self_sampling": "hf_earlyexit.losses:SelfSamplingTokenLoss.from_args",
+        "teacher_distillation": "hf_earlyexit.losses:TokenTeacherDistillationLoss.from_args",
+    },
+    card=FamilyCard(
+        title="SENTEE / TOKEE: sentence- and token-level early exit for sequence labelling",
+        description=(
+            "A BERT encoder with a token-classification head after each layer. SENTEE lets a whole sentence leave "
+            "once every word is certain enough; TOKEE lets each word leave on its own, once the uncertainty of the "
+            "words in a window around it is below the threshold. A word that left is frozen: later layers compute "
+            "queries and feed-forward blocks only for the words still active."
+        ),
+        citations=("sentee_tokee",),
+        citation_intro="SENTEE and TOKEE (Li et al., ACL 2021):",
+        pipeline_tag="token-classification",
+        pipeline_task="token-classification",
+        task_auto_class="AutoModelForTokenClassification",
+        metric="f1",
+        tags=("sentee", "tokee", "sequence-labeling"),
+        exit_unit="token",
+        example_input="George Washington went to Washington",
+    ),
+    build=build_token,
+)
+
+BUILTIN_FAMILIES = (BYPASS, CASCADE, TOKEN)
 
 # task -> the exit-aware pipeline class that `pipeline(task, ...)` builds instead of the stock one. Each behaves like
 # the stock class for models without early exit.
@@ -82,11 +238,9 @@ def unregister_remote_code_pipeline(task: str) -> None:
 
 
 def register() -> None:
-    """Register every family's config and model with the Auto classes, and the exit-aware pipelines."""
-    for config_class, model_class, auto_classes in FAMILIES:
-        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-        for auto_class in auto_classes:
-            auto_class.register(config_class, model_class, exist_ok=True)
+    """Register the built-in families (Auto classes, recipes, cards, command line) and the exit-aware pipelines."""
+    for builtin in BUILTIN_FAMILIES:
+        register_family(builtin)
     for task, pipeline_class in PIPELINES.items():
         register_pipeline(task, pipeline_class)
     for task, (pipeline_class, auto_classes) in REMOTE_CODE_PIPELINES.items():

@@ -47,16 +47,7 @@ from typing import Any
 SERVE_EXTRA_MESSAGE = (
     'Serving needs Ray Serve, which hf_earlyexit installs as an extra: pip install "hf-earlyexit[serve]"'
 )
-# per family: the exit settings a request may give (those its model's forward takes), and the postprocessing ones
-CLASSIFICATION_SETTINGS = (
-    "exit_threshold",
-    "exit_criterion",
-    "patience",
-    "divergence",
-    "regression_tolerance",
-    "early_exit",
-)
-TOKEN_SETTINGS = ("exit_threshold", "exit_mode", "window_size", "threshold_schedule", "sentence_pooling", "early_exit")
+# what a request may set besides the exit settings (those are the model's own: its pipeline's `model_exit_arguments`)
 TOKEN_POSTPROCESS = ("aggregation_strategy",)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -117,9 +108,7 @@ class EarlyExitPredictor:
         task = "token-classification" if self.is_token else "text-classification"
         self.pipeline = pipeline(task, model=model, tokenizer=tokenizer)
         self.tokenizer = self.pipeline.tokenizer
-        accepted = set(_forward_parameters(model))
-        allowed = TOKEN_SETTINGS if self.is_token else CLASSIFICATION_SETTINGS
-        self.setting_names = tuple(name for name in allowed if name in accepted)
+        self.setting_names = self.pipeline.model_exit_arguments()
         self.postprocess_names = TOKEN_POSTPROCESS if self.is_token else ()
         self.max_inputs = max_inputs
         self.max_characters = max_characters
@@ -352,11 +341,13 @@ def _load_task_model(name_or_path: str):
     """A sequence or token classifier, early-exit or not, by what its config says it is."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
+    from .families import family_of
+
     config = AutoConfig.from_pretrained(name_or_path)
-    token = config.model_type == "token-exit-bert" or any(
-        name.endswith("ForTokenClassification") or name.endswith("TokenEarlyExit")
-        for name in config.architectures or []
-    )
+    try:
+        token = family_of(config).is_token
+    except ValueError:  # not an early-exit family: a stock classifier
+        token = any(name.endswith("ForTokenClassification") for name in config.architectures or [])
     auto_class = AutoModelForTokenClassification if token else AutoModelForSequenceClassification
     return auto_class.from_pretrained(name_or_path)
 

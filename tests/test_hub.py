@@ -28,7 +28,7 @@ from hf_earlyexit.model_card import EarlyExitModelCardData, model_card_for
 from hf_earlyexit.models.bert import checkpoint_utils, modeling_exit_heads
 from hf_earlyexit.models.bert.checkpoint_utils import DamagedCheckpointError, safetensors_problem
 from hf_earlyexit.models.bert.token_exit_utils import encode_words
-from hf_earlyexit.registration import FAMILIES
+from hf_earlyexit.families import families
 from tests.hub_testing import (
     HUB_FAMILIES,
     FakeHfApi,
@@ -151,7 +151,7 @@ def test_repo_not_in_cache_offline_raises_the_hub_error(hub_cache):
         lambda: AutoConfig.from_pretrained("org/not-cached"),
         lambda: AutoModel.from_pretrained("org/not-cached"),
         # goes through EarlyExitModelMixin.from_pretrained's own config lookup first
-        lambda: FAMILIES[0][1].from_pretrained("org/not-cached", num_labels=2),
+        lambda: families()[0].model_class.from_pretrained("org/not-cached", num_labels=2),
         lambda: pipeline("text-classification", model="org/not-cached"),
     ):
         with pytest.raises(OSError) as error:
@@ -519,7 +519,7 @@ def test_transformers_itself_is_silent_about_unknown_config_fields(tmp_path, cap
 
 
 def test_plain_bert_start_does_not_warn_about_its_legacy_fields(tmp_path, caplog):
-    config_class, model_class, _ = FAMILIES[0]
+    config_class, model_class = families()[0].config_class, families()[0].model_class
     plain = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
     transformers.BertModel(plain).save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
@@ -572,6 +572,6 @@ def test_damaged_weights_in_the_hub_cache_name_the_cached_file(family, tmp_path,
 
 def test_every_registered_family_is_covered_by_the_hub_tests():
     tested = {type(param.values[0].build()).__name__ for param in HUB_FAMILIES}
-    assert tested == {model_class.__name__ for _, model_class, _ in FAMILIES}
-    for _, model_class, auto_classes in FAMILIES:
-        assert set(model_class.hub_auto_classes) == {auto.__name__ for auto in auto_classes}
+    assert tested == {family.model_class.__name__ for family in families()}
+    for family in families():
+        assert set(family.model_class.hub_auto_classes) == set(family.auto_classes)

@@ -13,7 +13,6 @@ from hf_earlyexit.calibration import calibrate
 from hf_earlyexit.evaluation import SweepPoint
 from hf_earlyexit.model_card import (
     CITATIONS,
-    FAMILY_CARDS,
     MEMBER_SUMMARY_KEYS,
     EarlyExitModelCardData,
     EvaluationRow,
@@ -27,7 +26,7 @@ from hf_earlyexit.model_card import (
 )
 from hf_earlyexit.model_card import main as model_card_main
 from hf_earlyexit.models.bert.checkpoint_utils import family_config_fields
-from hf_earlyexit.registration import FAMILIES
+from hf_earlyexit.families import families
 from tests.hub_testing import HUB_FAMILIES
 
 
@@ -176,14 +175,15 @@ def test_remote_code_snippet_loads_without_the_package(family):
 
 
 def test_every_family_has_a_card_and_its_citations():
-    for _, model_class, _ in FAMILIES:
-        assert model_class.__name__ in FAMILY_CARDS
+    # the cards live in the family registry (one `Family` per family)
+    cards = {family.model_class.__name__: family.card for family in families()}
+    assert all(card is not None for card in cards.values())
     expected = {
         "BertWithBypassExits": ("badge", "pabee", "deebert"),
         "BertForCascadeClassification": ("cascadebert",),
         "BertForTokenEarlyExit": ("sentee_tokee",),
     }
-    assert {name: card.citations for name, card in FAMILY_CARDS.items()} == expected
+    assert {name: card.citations for name, card in cards.items()} == expected
     for key, bibtex in CITATIONS.items():
         assert re.match(r"@\w+\{[\w-]+,\n", bibtex), key
         assert bibtex.count("{") == bibtex.count("}"), key

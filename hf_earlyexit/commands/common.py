@@ -133,24 +133,22 @@ def load_checkpoint(path: str, token_models: bool = False):
 
     import hf_earlyexit  # noqa: F401  (registers the families with the Auto classes)
 
+    from ..families import families, family_of
+
     if not Path(path).exists() and os.sep in path:
         raise UsageError(f"`--model` {path}: no such checkpoint folder.")
     try:
         config = AutoConfig.from_pretrained(path)
     except OSError as error:
         raise UsageError(f"`--model` {path}: not a checkpoint folder or a reachable Hub id ({error}).") from None
-    accepted = ("bypass-bert", "cascade-bert", "token-exit-bert") if token_models else ("bypass-bert", "cascade-bert")
+    accepted = [f.model_type for f in families() if token_models or not f.is_token]
     if config.model_type not in accepted:
         kind = "early-exit classifier" if token_models else "early-exit text classifier"
         raise UsageError(
             f"`--model` {path} holds a {config.model_type!r} model; this command takes an {kind} "
             f"({', '.join(repr(t) for t in accepted)}, e.g. the output of `hf-earlyexit train`)."
         )
-    auto = (
-        AutoModelForTokenClassification
-        if config.model_type == "token-exit-bert"
-        else AutoModelForSequenceClassification
-    )
+    auto = AutoModelForTokenClassification if family_of(config).is_token else AutoModelForSequenceClassification
     model = auto.from_pretrained(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
@@ -233,15 +231,14 @@ class SweepInputs:
         }
 
 
-TOKEN_MODEL_TYPE = "token-exit-bert"
-
-
 def load_for_sweep(args) -> SweepInputs:
     """The checkpoint `--model` (any family) and its tokenizer, the exit criterion (`--criterion`, checked against the
     family, or the config's; a token model's exit mode), the labelled examples of `--data` and their batches (with
     labels)."""
+    from ..families import family_of
+
     model, tokenizer = load_checkpoint(args.model, token_models=True)
-    if model.config.model_type == TOKEN_MODEL_TYPE:
+    if family_of(model).is_token:
         return _load_token_sweep(args, model, tokenizer)
     if getattr(args, "window_sizes", None):
         raise UsageError("`--window_sizes` is for token models (TOKEE's window); this checkpoint classifies texts.")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..families import family_of
 from .common import (
     DEFAULT_MAX_SEQ_LENGTH,
     UsageError,
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
         args = parser.parse_args(argv)
     texts = read_texts(args)
     model, tokenizer = load_checkpoint(args.model, token_models=True)
-    tagging = model.config.model_type == "token-exit-bert"
+    tagging = family_of(model).is_token
     settings = {}
     if args.exit_criterion is not None and tagging:
         raise UsageError("`--exit_criterion` is for text classifiers; a token model exits on its uncertainty.")

@@ -531,7 +531,12 @@ def serving_sections(results_dir: Path) -> list[str]:
     lines = ["## Serving", ""]
     for path in runs:
         data = json.loads(path.read_text(encoding="utf-8"))
-        lines += [path.with_suffix(".md").read_text(encoding="utf-8").strip(), "", f"Command: `{data['command']}`.", ""]
+        lines += [
+            path.with_suffix(".md").read_text(encoding="utf-8").strip(),
+            "",
+            f"Command: `{data['command']}`.",
+            "",
+        ]
     return lines
 
 

@@ -60,26 +60,21 @@ metrics).
 import json
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import AutoConfig, AutoTokenizer, BertConfig, HfArgumentParser, PreTrainedModel, set_seed
+from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
 
 from hf_earlyexit import (
-    BertForCascadeClassification,
-    BertForTokenEarlyExit,
-    BertWithBypassExits,
-    BypassBertConfig,
-    CascadeBertConfig,
     EarlyExitTrainer,
     EarlyExitTrainingArguments,
-    TokenExitBertConfig,
     encode_words,
 )
 from hf_earlyexit.data import DataCollatorForTokenEarlyExit, label_names_of, load_text_classification, read_conll
+from hf_earlyexit.families import families
+from hf_earlyexit.families import family as family_named
 from hf_earlyexit.losses import registered_recipes
 from hf_earlyexit.utils import TINY_BERT, default_backbone
 
@@ -98,7 +93,10 @@ def default_data_dir() -> Path:
 class ModelArguments:
     family: str = field(
         default="bypass",
-        metadata={"help": "Model family: 'bypass' (multi-exit, BADGE), 'cascade' (CascadeBERT) or 'token' (TOKEE)."},
+        metadata={
+            "help": "Model family: 'bypass' (multi-exit, BADGE), 'cascade' (CascadeBERT), 'token' (TOKEE), or another "
+            "registered with hf_earlyexit.families.register_family."
+        },
     )
     model_name_or_path: str | None = field(
         default=None,
@@ -166,66 +164,14 @@ class DataArguments:
     max_seq_length: int = field(default=128, metadata={"help": "Word-pieces per example at most."})
 
 
-@dataclass(frozen=True)
-class Family:
-    """How the script builds a family's model: `build(model_args, source, num_labels)` with `source` the checkpoint
-    (`None` for a tiny random model). Families registered in `FAMILIES` are selectable with `--family`; `task` is
-    `"sequence"` (text classification) or `"token"` (sequence labelling)."""
-
-    build: Callable[[ModelArguments, str | None, int], PreTrainedModel]
-    model_type: str
-    task: str = "sequence"
-
-
-def _is_checkpoint_of(source: str, model_type: str) -> bool:
-    return AutoConfig.from_pretrained(source).model_type == model_type
-
-
-def build_bypass(model_args: ModelArguments, source: str | None, num_labels: int) -> PreTrainedModel:
-    overrides = {} if model_args.exit_layers is None else {"exit_layers": model_args.exit_layers}
-    if not model_args.use_bypass:
-        overrides["use_bypass"] = False
-    if model_args.exit_pooling is not None:
-        overrides["exit_pooling"] = model_args.exit_pooling
-    if source is None:
-        return BertWithBypassExits(BypassBertConfig(**TINY_BERT, num_labels=num_labels, **overrides))
-    if overrides and _is_checkpoint_of(source, "bypass-bert"):
-        raise ValueError(
-            "`--exit_layers` builds new exits (as do `--use_bypass false` and `--exit_pooling`): give them with a "
-            "plain BERT checkpoint, not a trained model."
-        )
-    return BertWithBypassExits.from_pretrained(source, num_labels=num_labels, **overrides)
-
-
-def build_cascade(model_args: ModelArguments, source: str | None, num_labels: int) -> PreTrainedModel:
-    if source is None:
-        layers = model_args.member_layers or [1, TINY_BERT["num_hidden_layers"]]
-        members = [BertConfig(**{**TINY_BERT, "num_hidden_layers": k}) for k in layers]
-        return BertForCascadeClassification(CascadeBertConfig(members=members, num_labels=num_labels))
-    if _is_checkpoint_of(source, "cascade-bert"):
-        if model_args.member_layers is not None:
-            raise ValueError("`--member_layers` cuts a plain BERT checkpoint, not a trained cascade.")
-        return BertForCascadeClassification.from_pretrained(source, num_labels=num_labels)
-    layers = model_args.member_layers or [1, AutoConfig.from_pretrained(source).num_hidden_layers]
-    return BertForCascadeClassification.from_backbone(source, member_layers=layers, num_labels=num_labels)
-
-
-def build_token(model_args: ModelArguments, source: str | None, num_labels: int) -> PreTrainedModel:
-    overrides = {} if model_args.exit_layers is None else {"exit_layers": model_args.exit_layers}
-    if source is None:
-        return BertForTokenEarlyExit(TokenExitBertConfig(**TINY_BERT, num_labels=num_labels, **overrides))
-    if overrides and _is_checkpoint_of(source, "token-exit-bert"):
-        raise ValueError(
-            "`--exit_layers` builds new exits: give it with a plain BERT checkpoint, not a trained model."
-        )
-    return BertForTokenEarlyExit.from_pretrained(source, num_labels=num_labels, **overrides)
-
-
-FAMILIES: dict[str, Family] = {
-    "bypass": Family(build_bypass, "bypass-bert"),
-    "cascade": Family(build_cascade, "cascade-bert"),
-    "token": Family(build_token, "token-exit-bert", task="token"),
-}
+def model_options(model_args: ModelArguments) -> dict:
+    """The command line's model options, as a family's `build` takes them."""
+    return {
+        "exit_layers": model_args.exit_layers,
+        "member_layers": model_args.member_layers,
+        "use_bypass": model_args.use_bypass,
+        "exit_pooling": model_args.exit_pooling,
+    }
 
 
 def synthetic_classification(num_examples: int, seed: int, num_labels: int = 2, max_length: int = 10) -> Dataset:
@@ -410,9 +356,10 @@ def make_parser(prog: str | None = None) -> HfArgumentParser:
 def parse_args(argv: list[str] | None, prog: str | None = None):
     parser = make_parser(prog)
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    if model_args.family not in FAMILIES:
-        raise ValueError(f"Unknown `--family` {model_args.family!r}; expected one of {sorted(FAMILIES)}.")
-    recipes = registered_recipes(FAMILIES[model_args.family].model_type)
+    names = [registered.name for registered in families()]
+    if model_args.family not in names:
+        raise ValueError(f"Unknown `--family` {model_args.family!r}; expected one of {sorted(names)}.")
+    recipes = registered_recipes(family_named(model_args.family).model_type)
     if training_args.exit_recipe not in recipes:
         raise ValueError(
             f"`--exit_recipe {training_args.exit_recipe}` does not train `--family {model_args.family}`; its recipes: "
@@ -434,7 +381,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     check_launch(training_args)
     do_train = training_args.do_train or not training_args.do_eval
     do_eval = training_args.do_eval or not training_args.do_train
-    family = FAMILIES[model_args.family]
+    chosen = family_named(model_args.family)
 
     # the same initial weights in every process (DDP also broadcasts rank 0's when it wraps the model)
     set_seed(training_args.seed)
@@ -443,19 +390,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         source = default_backbone()
     if source is not None:
         source_type = AutoConfig.from_pretrained(source).model_type
-        if source_type not in ("bert", family.model_type):
+        if source_type not in ("bert", chosen.model_type):
             raise ValueError(
                 f"`--model_name_or_path` {source} holds a {source_type!r} model; `--family {model_args.family}` "
-                f"starts from a BERT checkpoint or continues a {family.model_type!r} one."
+                f"starts from a BERT checkpoint or continues a {chosen.model_type!r} one."
             )
     tokenizer = AutoTokenizer.from_pretrained(source) if source is not None and not data_args.synthetic_data else None
-    train_dataset, eval_dataset, label_names = load_data(data_args, tokenizer, family.task)
-    model = family.build(model_args, source, len(label_names))
+    train_dataset, eval_dataset, label_names = load_data(data_args, tokenizer, chosen.task)
+    model = chosen.build(model_options(model_args), source, len(label_names))
     model.config.id2label = dict(enumerate(label_names))
     model.config.label2id = {name: i for i, name in enumerate(label_names)}
 
     extra = {}
-    if family.task == "token" and tokenizer is not None:  # synthetic rows come padded already
+    if chosen.task == "token" and tokenizer is not None:  # synthetic rows come padded already
         extra["data_collator"] = DataCollatorForTokenEarlyExit(tokenizer)
     from hf_earlyexit.model_card import ModelCardCallback, model_card_data_of, model_card_for
 
