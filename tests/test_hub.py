@@ -23,12 +23,12 @@ from transformers.utils.hub import PushToHubMixin
 
 import hf_earlyexit
 import hf_earlyexit.hub as hub
+from hf_earlyexit.families import families
 from hf_earlyexit.hub import MissingTokenizerError, register_remote_code_pipeline, save_for_hub
 from hf_earlyexit.model_card import EarlyExitModelCardData, model_card_for
 from hf_earlyexit.models.bert import checkpoint_utils, modeling_exit_heads
 from hf_earlyexit.models.bert.checkpoint_utils import DamagedCheckpointError, safetensors_problem
 from hf_earlyexit.models.bert.token_exit_utils import encode_words
-from hf_earlyexit.families import families
 from tests.hub_testing import (
     HUB_FAMILIES,
     FakeHfApi,

@@ -11,6 +11,7 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from hf_earlyexit.calibration import calibrate
 from hf_earlyexit.evaluation import SweepPoint
+from hf_earlyexit.families import families
 from hf_earlyexit.model_card import (
     CITATIONS,
     MEMBER_SUMMARY_KEYS,
@@ -26,7 +27,6 @@ from hf_earlyexit.model_card import (
 )
 from hf_earlyexit.model_card import main as model_card_main
 from hf_earlyexit.models.bert.checkpoint_utils import family_config_fields
-from hf_earlyexit.families import families
 from tests.hub_testing import HUB_FAMILIES
 
 
