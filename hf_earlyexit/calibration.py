@@ -568,7 +568,7 @@ def record_token(model, batches: Iterable[dict], split_across_processes: bool = 
 
 
 def _token_metric(model, metric):
-    from .evaluation import entity_scores, entity_types, word_tags
+    from .metrics import entity_scores, entity_types, word_tags
 
     if callable(metric):
         return "custom", metric

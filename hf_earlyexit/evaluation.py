@@ -1,6 +1,21 @@
+# Copyright 2026 The hf_earlyexit Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """Measuring early exit: accuracy, layer and FLOPs speed-up, and wall-clock latency measured side by side.
 
-Speed accounting follows METHODS.md section 4 and always names its convention:
+This module runs models over batches and measures operating points; what a run is scored by (accuracy, speed-ups,
+seqeval's entity scores) is in [`~hf_earlyexit.metrics`], how wall-clock time is taken in [`~hf_earlyexit.timing`].
+Speed accounting follows `docs/methods.md` section 4 and always names its convention:
 
 - layer speed-up: `L * N / sum(exit_layer)`, with `L` the depth of the full model (for a cascade, cumulative layers);
 - FLOPs speed-up: `sum(FLOPs of the full model) / sum(FLOPs actually spent)`, per example from its real length;
@@ -8,39 +23,32 @@ Speed accounting follows METHODS.md section 4 and always names its convention:
   by the time of the early-exit model, measured in the same process with the same thread count, interleaved.
 """
 
-import math
-import os
-import platform
-import statistics
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
+# the metrics were defined here before `hf_earlyexit.metrics`; importing them from here still works
+from .metrics import (
+    accuracy,
+    entity_counts,
+    entity_scores,
+    entity_types,
+    speed_summary,
+    token_metric_name,
+    word_tags,
+)
 
-def machine_info() -> dict:
-    """Where a measurement ran: processor, cores, torch threads and library versions."""
-    import transformers
-
-    processor = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        if names:
-            processor = names[0]
-    except OSError:
-        pass
-    return {
-        "processor": processor,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": "cpu",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-    }
+# the timing primitives were defined here before `hf_earlyexit.timing`; importing them from here still works
+from .timing import (
+    forward_all,
+    forward_one,
+    interleaved_batch_latency,
+    interleaved_latency,
+    machine_info,
+    wallclock,
+)
 
 
 def make_batches(tokenizer, dataset, batch_size: int, max_length: int | None = None) -> list[dict]:
@@ -126,111 +134,6 @@ def collect(
     return {name: torch.cat([out[name] for out in outputs]) for name in fields}
 
 
-def interleaved_latency(
-    runs: dict[str, Callable[[], None]], rounds: int = 5, warmup: int = 1
-) -> dict[str, dict[str, float]]:
-    """Time several workloads side by side: each round runs every workload once, in turn.
-
-    Interleaving spreads drifts of the machine (frequency, other processes) over all workloads alike, so ratios of the
-    medians are fair even when absolute times wander.
-
-    Args:
-        runs: Name to a callable that runs the whole workload once.
-        rounds: Timed rounds; the median is reported.
-        warmup: Untimed rounds first.
-
-    Returns:
-        Name to `{"median_s": ..., "min_s": ..., "rounds": [...]}`.
-    """
-    for _ in range(warmup):
-        for run in runs.values():
-            run()
-    times = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {
-        name: {"median_s": statistics.median(values), "min_s": min(values), "rounds": values}
-        for name, values in times.items()
-    }
-
-
-def interleaved_batch_latency(
-    models: dict[str, Callable[[dict], Any]], batches: Sequence[dict], rounds: int = 3, warmup: int = 1
-) -> dict[str, dict]:
-    """Time several models batch by batch: for every batch, each model runs it in turn (the order alternating from
-    batch to batch), so every model meets the same state of the machine within milliseconds.
-
-    Args:
-        models: Name to a callable that runs one batch.
-        batches: The batches, each timed on its own.
-        rounds: Timed passes over the batches; per batch, the median over rounds counts.
-        warmup: Untimed passes first.
-
-    Returns:
-        Name to `{"median_s": median over rounds of the total time, "rounds": totals per round, "batch_s": per batch
-        the median over rounds, "p90_ms_per_example": 90th percentile over batches of the batch's median time per
-        example, in ms}`.
-    """
-    names = list(models)
-    for _ in range(warmup):
-        for batch in batches:
-            for name in names:
-                models[name](batch)
-    # times[name][round][batch]
-    times = {name: [[0.0] * len(batches) for _ in range(rounds)] for name in names}
-    for r in range(rounds):
-        for b, batch in enumerate(batches):
-            order = names if (r + b) % 2 == 0 else names[::-1]
-            for name in order:
-                start = time.perf_counter()
-                models[name](batch)
-                times[name][r][b] = time.perf_counter() - start
-    results = {}
-    for name in names:
-        totals = [sum(per_batch) for per_batch in times[name]]
-        batch_s = [statistics.median(times[name][r][b] for r in range(rounds)) for b in range(len(batches))]
-        per_example = sorted(1000 * t / batch["input_ids"].shape[0] for t, batch in zip(batch_s, batches))
-        results[name] = {
-            "median_s": statistics.median(totals),
-            "rounds": totals,
-            "batch_s": batch_s,
-            "p90_ms_per_example": _quantile(per_example, 0.9),
-        }
-    return results
-
-
-def _quantile(sorted_values: Sequence[float], q: float) -> float:
-    """The `q` quantile of sorted values, linearly interpolated (numpy's default)."""
-    position = q * (len(sorted_values) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
-
-
-def forward_one(model, **settings) -> Callable[[dict], None]:
-    """A callable that runs `model` on one batch under `torch.inference_mode` (for `interleaved_batch_latency`)."""
-
-    def run(batch):
-        with torch.inference_mode():
-            model(**batch, **settings)
-
-    return run
-
-
-def forward_all(model, batches: Sequence[dict], **settings) -> Callable[[], None]:
-    """A callable that runs `model` over every batch under `torch.inference_mode` (for `interleaved_latency`)."""
-
-    def run():
-        with torch.inference_mode():
-            for batch in batches:
-                model(**batch, **settings)
-
-    return run
-
-
 @dataclass
 class SweepPoint:
     """One operating point of an early-exit model on one dataset."""
@@ -254,19 +157,6 @@ class SweepPoint:
     def from_dict(cls, data: dict) -> "SweepPoint":
         """The point of a `to_dict()` result that may carry more keys (e.g. [`measure_token_points`]'s)."""
         return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
-
-
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((logits.argmax(-1) == labels).float().mean())
-
-
-def speed_summary(exit_layer: torch.Tensor, flops: torch.Tensor, full_layers: int, full_flops: torch.Tensor) -> dict:
-    """Layer and FLOPs speed-up of a run against the full model (METHODS.md section 4)."""
-    return {
-        "mean_exit_layer": float(exit_layer.float().mean()),
-        "layer_speedup": full_layers * exit_layer.numel() / float(exit_layer.sum()),
-        "flops_speedup": float(full_flops.sum()) / float(flops.sum()),
-    }
 
 
 def oracle_exits(all_logits: torch.Tensor) -> torch.Tensor:
@@ -365,23 +255,19 @@ def measure_points(
         if progress is not None:
             progress(f"{method} {settings}")
         out = collect(model, eval_batches, **settings)
+        speedups, latency, p90 = wallclock(
+            forward_one(model, **settings), forward_one(reference), timing_batches, rounds
+        )
         point = SweepPoint(
             method=method,
             settings=dict(settings),
             metric_name=metric_name,
             metric=metric(out["logits"], labels),
             **speed_summary(out["exit_layer"], out["flops"], model.full_depth_layers, full_flops),
+            wallclock_speedup=speedups,
+            latency_ms=latency,
+            latency_p90_ms=p90,
         )
-        for batch_size, batches in (timing_batches or {}).items():
-            timed = interleaved_batch_latency(
-                {"reference": forward_one(reference), "model": forward_one(model, **settings)}, batches, rounds=rounds
-            )
-            num_examples = sum(batch["input_ids"].shape[0] for batch in batches)
-            point.wallclock_speedup[str(batch_size)] = timed["reference"]["median_s"] / timed["model"]["median_s"]
-            point.latency_ms[str(batch_size)] = 1000 * timed["model"]["median_s"] / num_examples
-            point.latency_ms[f"{batch_size}_reference"] = 1000 * timed["reference"]["median_s"] / num_examples
-            point.latency_p90_ms[str(batch_size)] = timed["model"]["p90_ms_per_example"]
-            point.latency_p90_ms[f"{batch_size}_reference"] = timed["reference"]["p90_ms_per_example"]
         results.append(point)
     return results
 
@@ -408,11 +294,6 @@ def plain_token_baseline(model):
 
 def _without(batch: dict, *names: str) -> dict:
     return {key: value for key, value in batch.items() if key not in names}
-
-
-def token_metric_name(config) -> str:
-    """`"entity F1"` for IOB-style tags (NER, chunking), `"token accuracy"` otherwise (e.g. POS tags)."""
-    return "entity F1" if entity_types(config.id2label.values()) else "token accuracy"
 
 
 @torch.inference_mode()
@@ -536,24 +417,16 @@ def token_wallclock(
     """Wall-clock speed-up of `model` with `settings` over `reference` (e.g. [`plain_token_baseline`]), latency per
     sentence in milliseconds and its 90th percentile over the timed batches, per timed batch size: the same batches,
     interleaved batch by batch ([`interleaved_batch_latency`]), medians over rounds."""
-    speedups, latency, p90 = {}, {}, {}
-    for batch_size, batches in timing_batches.items():
-        model_batches = [_without(batch, "labels") for batch in batches]
-        plain = {id(batch): _without(batch, "labels", "word_ids") for batch in model_batches}
-        run_model = forward_one(model, **settings)
+    model_batches = {
+        size: [_without(batch, "labels") for batch in batches] for size, batches in timing_batches.items()
+    }
+    plain = {id(batch): _without(batch, "word_ids") for batches in model_batches.values() for batch in batches}
 
-        def run_reference(batch, plain=plain):
-            with torch.inference_mode():
-                reference(**plain[id(batch)])
+    def run_reference(batch):
+        with torch.inference_mode():
+            reference(**plain[id(batch)])
 
-        times = interleaved_batch_latency({"reference": run_reference, "model": run_model}, model_batches, rounds)
-        sentences = sum(batch["input_ids"].shape[0] for batch in batches)
-        speedups[str(batch_size)] = times["reference"]["median_s"] / times["model"]["median_s"]
-        latency[str(batch_size)] = 1000 * times["model"]["median_s"] / sentences
-        latency[f"{batch_size}_reference"] = 1000 * times["reference"]["median_s"] / sentences
-        p90[str(batch_size)] = times["model"]["p90_ms_per_example"]
-        p90[f"{batch_size}_reference"] = times["reference"]["p90_ms_per_example"]
-    return speedups, latency, p90
+    return wallclock(forward_one(model, **settings), run_reference, model_batches, rounds)
 
 
 def measure_token_points(
@@ -635,88 +508,32 @@ def _fmt(value) -> str:
     return str(value)
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Sequence labelling: entity scores (seqeval's conlleval-style entities) and word-level predictions
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _get_entities():
-    try:
-        from seqeval.metrics.sequence_labeling import get_entities
-    except ImportError as error:
-        raise ImportError(
-            "Entity precision, recall and F1 for token classification use seqeval, which is not installed: "
-            "`pip install 'hf_earlyexit[ner]'` (or `pip install seqeval`)."
-        ) from error
-    return get_entities
-
-
-def entity_types(label_names: Sequence[str]) -> list[str]:
-    """The entity types of IOB-style tag names (`B-PER`, `I-PER`, ... -> `PER`), sorted; `O` and others skipped."""
-    return sorted({name.split("-", 1)[1] for name in label_names if name[:2] in ("B-", "I-", "E-", "S-")})
-
-
-def entity_counts(predictions: Sequence[Sequence[str]], references: Sequence[Sequence[str]], types: Sequence[str]):
-    """Per sentence and entity type: true positives, predicted and gold entities, as seqeval counts them.
-
-    An entity is a `(type, first word, last word)` span found by seqeval's `get_entities` (the conlleval rules, its
-    default mode); a true positive is a predicted span equal to a gold one. Sums of these counts over a set give
-    exactly seqeval's micro-averaged scores, so they can be gathered batch by batch.
-
-    Returns:
-        `{"tp": (N, T), "pred": (N, T), "gold": (N, T)}` long tensors, columns in the order of `types`.
-    """
-    get_entities = _get_entities()
-    column = {name: i for i, name in enumerate(types)}
-    counts = {key: torch.zeros(len(predictions), len(types), dtype=torch.long) for key in ("tp", "pred", "gold")}
-    for row, (predicted, gold) in enumerate(zip(predictions, references, strict=True)):
-        if len(predicted) != len(gold):
-            raise ValueError(f"Sentence {row}: {len(predicted)} predicted tags but {len(gold)} gold tags.")
-        predicted_spans, gold_spans = set(get_entities(list(predicted))), set(get_entities(list(gold)))
-        for key, spans in (("pred", predicted_spans), ("gold", gold_spans), ("tp", predicted_spans & gold_spans)):
-            for entity_type, _, _ in spans:
-                if entity_type in column:
-                    counts[key][row, column[entity_type]] += 1
-    return counts
-
-
-def entity_scores(predictions: Sequence[Sequence[str]], references: Sequence[Sequence[str]]) -> dict:
-    """Micro precision, recall and F1 over entities, and per type, as fractions in `[0, 1]` (seqeval's numbers).
-
-    A ratio with nothing to count (no predicted entity for precision, no gold one for recall) is 0, as in seqeval.
-    """
-    types = sorted({t for tags in (*predictions, *references) for t in entity_types(tags)})
-    counts = entity_counts(predictions, references, types)
-    totals = {key: value.sum(dim=0) for key, value in counts.items()}
-
-    def scores(tp, pred, gold):
-        return {
-            "precision": tp / pred if pred else 0.0,
-            "recall": tp / gold if gold else 0.0,
-            "f1": 2 * tp / (pred + gold) if pred + gold else 0.0,
-            "support": gold,
-        }
-
-    result = scores(*(int(totals[key].sum()) for key in ("tp", "pred", "gold")))
-    result["per_type"] = {
-        name: scores(*(int(totals[key][i]) for key in ("tp", "pred", "gold"))) for i, name in enumerate(types)
-    }
-    return result
-
-
-def word_tags(logits: torch.Tensor, labels: torch.Tensor, id2label: dict) -> tuple[list[list[str]], list[list[str]]]:
-    """Predicted and gold tag names of every labelled position (a word's first word-piece), one list per sentence.
-
-    Args:
-        logits: `(batch, seq, num_labels)`.
-        labels: `(batch, seq)` tag ids, -100 where there is no word start.
-        id2label: The model config's `id2label`.
-    """
-    predicted = logits.argmax(-1)
-    names = {int(k): v for k, v in id2label.items()}
-    predictions, references = [], []
-    for row in range(labels.shape[0]):
-        keep = labels[row] != -100
-        predictions.append([names[int(i)] for i in predicted[row][keep]])
-        references.append([names[int(i)] for i in labels[row][keep]])
-    return predictions, references
+__all__ = [
+    "SweepPoint",
+    "accuracy",
+    "collect",
+    "entity_counts",
+    "entity_scores",
+    "entity_types",
+    "forward_all",
+    "forward_one",
+    "interleaved_batch_latency",
+    "interleaved_latency",
+    "machine_info",
+    "make_batches",
+    "map_batches",
+    "markdown_table",
+    "measure_points",
+    "measure_token_points",
+    "oracle_exits",
+    "oracle_point",
+    "plain_baseline",
+    "plain_token_baseline",
+    "speed_summary",
+    "token_metric_name",
+    "token_oracle_points",
+    "token_scores",
+    "token_wallclock",
+    "wallclock",
+    "word_tags",
+]

@@ -45,13 +45,15 @@ class EarlyExitTrainer(Trainer):
       For sequence labelling ([`BertForTokenEarlyExit`]) evaluation runs the model's own early exit (the real packed
       skipping) and reports seqeval's entity `precision`, `recall`, `f1` (micro, and `f1_<type>` etc. per entity
       type of `config.id2label`; needs `seqeval`, extra `ner`), `token_accuracy`, and the exit statistics over words
-      (see [`token_classification_metrics`]).
+      (see [`~hf_earlyexit.metrics.token_classification_metrics`]).
     - `head_learning_rate` gives exit heads and bypass modules (everything outside `model.base_model`) their own
       learning rate; for a cascade, every member's head and every member but the last (see
       [`CascadeExitLoss.head_parameter_names`]).
-    - The exit loss may prepare more than batches: [`ExitLoss.setup`] runs at the end of `__init__` (CascadeBERT's
-      difficulty-aware recipe adds an example index to the training set and a callback that labels it after its
-      warm-up).
+    - The exit loss may prepare more than batches: [`ExitLoss.setup`] runs at the end of `__init__`. The passes over
+      the training set that two recipes need are in [`~hf_earlyexit.callbacks`]: CascadeBERT's difficulty-aware
+      recipe adds an example index to the training set and a [`~hf_earlyexit.callbacks.DifficultyAwareSchedule`]
+      that labels it after the warm-up; self-sampling records the stage-1 logits of every training sentence there and
+      then ([`~hf_earlyexit.callbacks.record_exit_logits`]).
 
     Args:
         model ([`~transformers.PreTrainedModel`]):

@@ -38,7 +38,7 @@ class EarlyExitTrainingArguments(TrainingArguments):
 
     Parameters:
         exit_recipe (`str`, *optional*, defaults to `"joint"`):
-            The objective for the exits (METHODS.md section 1):
+            The objective for the exits (`docs/methods.md` section 1):
 
             - `"joint"`: `sum_i w_i CE_i / sum_i w_i` over every exit in every step (PABEE, PCEE-BERT).
             - `"two_stage"` (DeeBERT): stage 1 trains the backbone and the final exit on the final loss; stage 2 freezes
@@ -49,7 +49,7 @@ class EarlyExitTrainingArguments(TrainingArguments):
               exit and trains the other exits on `sum_{i<L} KL(p_L || p_i)`, which needs no labels. Needs
               `exit_stage`.
 
-            For cascades ([`BertForCascadeClassification`], METHODS.md section 2):
+            For cascades ([`BertForCascadeClassification`], `docs/methods.md` section 2):
 
             - `"joint"`: `sum_k CE_k` over the members (no weights: `exit_loss_weights` must not be a list).
             - `"difficulty_aware"` (CascadeBERT): `sum_k CE_k + dar_lambda * sum_{k<K-1} L_DAR(k)`, see the `dar_*`
@@ -58,7 +58,7 @@ class EarlyExitTrainingArguments(TrainingArguments):
               labels (Hinton et al.); with a one-member cascade, the classic distilled smaller model. See the
               `distillation_*` arguments and [`TeacherDistillationLoss`].
 
-            For sequence labelling ([`BertForTokenEarlyExit`], METHODS.md section 3):
+            For sequence labelling ([`BertForTokenEarlyExit`], `docs/methods.md` section 3):
 
             - `"joint"`: stage 1, `sum_i w_i CE_i / sum_i w_i` over every exit's token loss.
             - `"self_sampling"`: stage 2, self-sampling fine-tuning of a stage-1 model (sampled TOKEE settings replayed
@@ -77,7 +77,7 @@ class EarlyExitTrainingArguments(TrainingArguments):
             Learning rate of the exit heads and bypass modules (every parameter outside the model's backbone,
             `model.base_model`). Defaults to `learning_rate`. Shallow exit heads usually want a higher rate than the
             backbone: on all-MiniLM-L6-v2 a first-layer head reached 77-79 % SST-2 accuracy at 2e-4 against 51-74 % at
-            5e-5 (METHODS.md section 5). For a cascade it covers every member's head and every member but the last,
+            5e-5 (`docs/methods.md`). For a cascade it covers every member's head and every member but the last,
             encoder included (the same measurement: a 1-layer model trains better at 2e-4); only the last member's
             encoder trains at `learning_rate`.
         dar_lambda (`float`, *optional*):

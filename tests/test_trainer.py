@@ -18,7 +18,7 @@ from hf_earlyexit import (
     TwoStageExitLoss,
     register_exit_loss,
 )
-from hf_earlyexit import losses as losses_module
+from hf_earlyexit.losses import base as losses_module
 from tests.utils import tiny_config_kwargs
 
 
