@@ -87,17 +87,7 @@ from .token import (
 )
 
 
-# The built-in recipes, in one place (the family registry will own them).
-register_exit_loss("bypass-bert", "joint", JointExitLoss.from_args)
-register_exit_loss("bypass-bert", "two_stage", TwoStageExitLoss.from_args, staged=True)
-register_exit_loss("bypass-bert", "alternating", AlternatingExitLoss.from_args)
-register_exit_loss("bypass-bert", "distillation", DistillationExitLoss.from_args, staged=True)
-register_exit_loss("cascade-bert", "joint", JointCascadeLoss.from_args)
-register_exit_loss("cascade-bert", DAR_RECIPE, DifficultyAwareCascadeLoss.from_args)
-register_exit_loss("cascade-bert", TEACHER_DISTILLATION_RECIPE, TeacherDistillationLoss.from_args)
-register_exit_loss("token-exit-bert", "joint", JointTokenExitLoss.from_args)
-register_exit_loss("token-exit-bert", SELF_SAMPLING_RECIPE, SelfSamplingTokenLoss.from_args)
-register_exit_loss("token-exit-bert", TEACHER_DISTILLATION_RECIPE, TokenTeacherDistillationLoss.from_args)
+# The built-in recipes are the families' own (`Family.recipes` in hf_earlyexit.registration).
 
 
 __all__ = [

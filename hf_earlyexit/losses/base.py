@@ -184,9 +184,10 @@ def check_training_options(loss: ExitLoss, args) -> None:
 def register_exit_loss(
     model_type: str, recipe: str, factory: Callable[[nn.Module, Any], ExitLoss], staged: bool = False
 ) -> None:
-    """Make `factory(model, args)` the loss of `exit_recipe=recipe` for models of `model_type`.
+    """Make `factory(model, args)` the loss of `exit_recipe=recipe` for models of `model_type`: a recipe added to a
+    family (a family's own recipes are its `Family.recipes`, see [`~hf_earlyexit.families.register_family`]).
 
-    Registering again replaces the previous factory. A new recipe name becomes a valid `exit_recipe` of
+    Registering again replaces the previous factory; it takes precedence over the family's recipe of that name. A new recipe name becomes a valid `exit_recipe` of
     [`EarlyExitTrainingArguments`] created afterwards.
 
     Args:
@@ -206,24 +207,47 @@ def register_exit_loss(
         _STAGED_RECIPES.add(recipe)
 
 
+def _family_recipes():
+    """`(model_type, recipe, family)` of every recipe a registered family declares (`Family.recipes`)."""
+    from ..families import families
+
+    for family in families():
+        for recipe in family.recipes:
+            yield family.model_type, recipe, family
+
+
 def registered_recipes(model_type: str | None = None) -> tuple[str, ...]:
-    """Every recipe some model family registered (or the family of `model_type`), sorted."""
-    return tuple(sorted({recipe for family, recipe in _EXIT_LOSSES if model_type in (None, family)}))
+    """Every recipe of the registered families and of `register_exit_loss` (or those of `model_type`), sorted."""
+    pairs = [*_EXIT_LOSSES, *((family_type, recipe) for family_type, recipe, _ in _family_recipes())]
+    return tuple(sorted({recipe for family_type, recipe in pairs if model_type in (None, family_type)}))
 
 
 def staged_recipes() -> tuple[str, ...]:
     """The registered recipes that run in stages (need `exit_stage`), sorted."""
-    return tuple(sorted(_STAGED_RECIPES))
+    from ..families import families
+
+    return tuple(sorted(_STAGED_RECIPES | {recipe for family in families() for recipe in family.staged_recipes}))
 
 
 def exit_loss_from_args(model: nn.Module, args) -> ExitLoss:
-    """The [`ExitLoss`] registered for the model's `model_type` and `args.exit_recipe`.
+    """The [`ExitLoss`] of the model's family for `args.exit_recipe`: one given with [`register_exit_loss`], else the
+    family's own (`Family.recipes`).
 
     Raises:
         ValueError: no loss is registered for that pair.
     """
     model_type = model.config.model_type
     factory = _EXIT_LOSSES.get((model_type, args.exit_recipe))
+    if factory is None:
+        family = next(
+            (
+                f
+                for family_type, recipe, f in _family_recipes()
+                if (family_type, recipe) == (model_type, args.exit_recipe)
+            ),
+            None,
+        )
+        factory = family.recipe(args.exit_recipe) if family is not None else None
     if factory is None:
         available = list(registered_recipes(model_type))
         raise ValueError(
