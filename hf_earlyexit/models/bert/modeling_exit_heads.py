@@ -18,7 +18,6 @@ Shipped with `trust_remote_code` checkpoints: imports only torch, transformers a
 """
 
 import difflib
-import importlib
 import inspect
 import os
 import shutil
@@ -27,6 +26,7 @@ import threading
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -148,18 +148,6 @@ class ClassificationHead(nn.Module):
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
-def _optional_hub_module():
-    """`hf_earlyexit.hub` when the package is installed, else `None` (remote-code checkpoints run without it).
-
-    Imported by name at call time, never at module level: transformers scans remote-code files for import statements
-    and would otherwise demand hf_earlyexit from users who load the checkpoint with `trust_remote_code=True`.
-    """
-    try:
-        return importlib.import_module("hf_earlyexit.hub")
-    except ImportError:
-        return None
-
-
 class EarlyExitModelMixin:
     """Loading, saving and publishing behaviour shared by the early-exit families.
 
@@ -168,15 +156,24 @@ class EarlyExitModelMixin:
       than the checkpoint's own is an error here. Starting from a plain BERT checkpoint (no heads yet) takes any
       `num_labels`. A damaged safetensors file raises a [`~checkpoint_utils.DamagedCheckpointError`] naming the file.
     - Saving: `save_pretrained(..., remote_code=True)` also writes the Python files of this folder and an `auto_map`
-      listing `AutoConfig` and every Auto class in `hub_auto_classes`, so that users without hf_earlyexit can load the
-      checkpoint with `trust_remote_code=True`. Nothing global changes (no `register_for_auto_class`): a later plain
-      save is a plain checkpoint again.
-    - Publishing: `push_to_hub` is `hf_earlyexit.hub.push_to_hub` (model, tokenizer, remote code and our model card in
-      one commit) when hf_earlyexit is installed, and transformers' own `push_to_hub` otherwise (a remote-code user).
+      listing `AutoConfig` and every Auto class in `hub_auto_classes`, so that the checkpoint loads with
+      `trust_remote_code=True` and nothing else installed. Nothing global changes (no `register_for_auto_class`): a
+      later plain save is a plain checkpoint again.
+    - Publishing: `push_to_hub` is the `publisher`'s when one is set, else transformers' own `push_to_hub` followed by
+      the tokenizer's.
     """
 
     # Auto classes written into `auto_map` by `save_pretrained(remote_code=True)`; every family overrides it.
     hub_auto_classes: tuple[str, ...] = ("AutoModel",)
+
+    # What publishing adds around transformers' saving and pushing; `None` (the default, and what a checkpoint loaded
+    # with `trust_remote_code=True` has) is transformers' behaviour. The library that registers these models sets it
+    # when it is imported; this code never imports that library. An object with two methods:
+    # - `remote_code_pipelines(model) -> (files, custom_pipelines)`: the pipeline files that
+    #   `save_pretrained(remote_code=True)` ships next to the modeling files, and the `custom_pipelines` entry of
+    #   `config.json` that declares them;
+    # - `push_to_hub(model, repo_id, *args, **kwargs)`: replaces `push_to_hub` entirely.
+    publisher: ClassVar[object | None] = None
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -217,8 +214,8 @@ class EarlyExitModelMixin:
 
         Args:
             remote_code (`bool`, *optional*):
-                `True`: also write this folder's Python files and an `auto_map`, so the checkpoint loads with
-                `trust_remote_code=True` without hf_earlyexit. `False`: a plain checkpoint. `None` (default): keep what
+                `True`: also write this folder's Python files and an `auto_map` (and the `publisher`'s pipelines), so
+                the checkpoint loads with `trust_remote_code=True`. `False`: a plain checkpoint. `None` (default): keep what
                 the model came with (remote code when its config has an `auto_map`).
         """
         is_main_process = kwargs.get("is_main_process", args[0] if args else True)
@@ -256,20 +253,19 @@ class EarlyExitModelMixin:
             write_sharing_fields(save_directory, None, None)
             return
         extra_files, custom_pipelines = [], {}
-        hub = _optional_hub_module()
-        if hub is not None:
-            extra_files, custom_pipelines = hub.remote_code_pipelines(self)
+        if self.publisher is not None:
+            extra_files, custom_pipelines = self.publisher.remote_code_pipelines(self)
         for file in [*files, *map(Path, extra_files)]:
             shutil.copyfile(file, Path(save_directory, file.name))
         write_sharing_fields(save_directory, remote_code_auto_map(self), custom_pipelines)
 
     def push_to_hub(self, repo_id: str, *args, **kwargs):
-        """Publishes the model. With hf_earlyexit installed: [`hf_earlyexit.hub.push_to_hub`] (see there for the
-        arguments). Without it: transformers' `push_to_hub`, then `tokenizer.push_to_hub` when a `tokenizer` is given.
+        """Publishes the model: the `publisher`'s `push_to_hub` when one is set (see there for the arguments), else
+        transformers' `push_to_hub`, then `tokenizer.push_to_hub` when a `tokenizer` is given (the publisher's other
+        arguments, `remote_code`, `card_data` and `model_card`, are dropped).
         """
-        hub = _optional_hub_module()
-        if hub is not None:
-            return hub.push_to_hub(self, repo_id, *args, **kwargs)
+        if self.publisher is not None:
+            return self.publisher.push_to_hub(self, repo_id, *args, **kwargs)
         tokenizer = kwargs.pop("tokenizer", None)
         for key in ("remote_code", "card_data", "model_card"):
             kwargs.pop(key, None)
