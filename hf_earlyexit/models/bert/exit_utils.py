@@ -431,7 +431,7 @@ def _build_rule(
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# FLOPs accounting (METHODS.md section 4): multiply-adds count as 2 FLOPs; embeddings, norms and activations are free.
+# FLOPs accounting: multiply-adds count as 2 FLOPs; embeddings, norms and activations are free.
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -471,7 +471,7 @@ def classifier_head_flops(hidden_size: int, num_labels: int, pooler: bool = Fals
 
 
 def speedup(reference_flops: torch.Tensor | float, actual_flops: torch.Tensor | float) -> float:
-    """`sum(reference) / sum(actual)`, the FLOPs speed-up convention of METHODS.md section 4."""
+    """`sum(reference) / sum(actual)`: the FLOPs speed-up, a ratio of sums over examples (not a mean of ratios)."""
     reference = float(reference_flops.sum()) if torch.is_tensor(reference_flops) else float(reference_flops)
     actual = float(actual_flops.sum()) if torch.is_tensor(actual_flops) else float(actual_flops)
     return reference / actual

@@ -56,8 +56,9 @@ class EarlyExitSequenceClassifierOutput(ModelOutput):
         exit_layer (`torch.LongTensor` of shape `(batch_size,)`):
             1-based number of encoder layers computed for each example (the layer of the exit that answered).
         flops (`torch.LongTensor` of shape `(batch_size,)`):
-            FLOPs this call spent on each example, counted from its real length (METHODS.md section 4): encoder
-            layers run, plus every exit head evaluated (fired or not), bypasses and poolers included.
+            FLOPs this call spent on each example, counted from its real length (a multiply-add is 2 FLOPs;
+            embeddings, norms and activations are free): encoder layers run, plus every exit head evaluated (fired or
+            not), bypasses and poolers included.
         confidence (`torch.FloatTensor` of shape `(batch_size,)`):
             Largest class probability of the answering exit (for regression: `None`).
         all_logits (`torch.FloatTensor` of shape `(num_exits, batch_size, num_labels)`, *optional*):
@@ -104,7 +105,6 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
 
     ```python
     >>> from transformers import AutoTokenizer
-    >>> from hf_earlyexit import BertWithBypassExits
 
     >>> model = BertWithBypassExits.from_pretrained("path/to/bert", num_labels=2, exit_criterion="entropy")
     >>> tokenizer = AutoTokenizer.from_pretrained("path/to/bert")

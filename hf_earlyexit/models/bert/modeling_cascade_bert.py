@@ -49,9 +49,10 @@ class CascadeSequenceClassifierOutput(ModelOutput):
             Encoder layers the routing costs each example, cumulated over the members it went through (a hard example
             of a 2-layer/12-layer cascade pays 14); with `early_exit=False`, the last member's depth.
         flops (`torch.LongTensor` of shape `(batch_size,)`):
-            FLOPs this call spent on each example, counted from its real length (METHODS.md section 4), summed over
-            every member that ran on it, heads and poolers included. With `output_all_exits=True` or in training every
-            member ran on every example, and this counts them all.
+            FLOPs this call spent on each example, counted from its real length (a multiply-add is 2 FLOPs;
+            embeddings, norms and activations are free), summed over every member that ran on it, heads and poolers
+            included. With `output_all_exits=True` or in training every member ran on every example, and this counts
+            them all.
         confidence (`torch.FloatTensor` of shape `(batch_size,)`):
             Largest class probability of the answering member.
         all_logits (`torch.FloatTensor` of shape `(num_members, batch_size, num_labels)`, *optional*):
@@ -103,7 +104,6 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
 
     ```python
     >>> from transformers import AutoTokenizer
-    >>> from hf_earlyexit import BertForCascadeClassification
 
     >>> model = BertForCascadeClassification.from_backbone("path/to/bert", member_layers=[2, 12], num_labels=2)
     >>> tokenizer = AutoTokenizer.from_pretrained("path/to/bert")
@@ -266,9 +266,9 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         Example:
 
         ```python
-        >>> from hf_earlyexit.utils import default_backbone
-
-        >>> model = BertForCascadeClassification.from_backbone(default_backbone(), member_layers=[1, 2, 6])
+        >>> model = BertForCascadeClassification.from_backbone(
+        ...     "sentence-transformers/all-MiniLM-L6-v2", member_layers=[1, 2, 6]
+        ... )
         ```
         """
         if isinstance(backbone, (str, os.PathLike)):

@@ -136,7 +136,8 @@ class ClassificationHead(nn.Module):
         return self.classifier(pooled)
 
     def flops(self, bypass_dim: int = 0) -> int:
-        """FLOPs of this head for one example (METHODS.md section 4)."""
+        """FLOPs of this head for one example: the classifier `2 d C`, plus `2 d^2` with a pooler and `4 d r` with a
+        bypass of width `r`."""
         hidden_size = self.classifier.in_features
         return classifier_head_flops(hidden_size, self.classifier.out_features, self.pooler is not None, bypass_dim)
 
@@ -211,8 +212,8 @@ class EarlyExitModelMixin:
         Args:
             remote_code (`bool`, *optional*):
                 `True`: also write this folder's Python files and an `auto_map` (and the `publisher`'s pipelines), so
-                the checkpoint loads with `trust_remote_code=True`. `False`: a plain checkpoint. `None` (default): keep what
-                the model came with (remote code when its config has an `auto_map`).
+                the checkpoint loads with `trust_remote_code=True`. `False`: a plain checkpoint. `None` (default): keep
+                what the model came with (remote code when its config has an `auto_map`).
         """
         is_main_process = kwargs.get("is_main_process", args[0] if args else True)
         if not is_main_process or os.path.isfile(save_directory):

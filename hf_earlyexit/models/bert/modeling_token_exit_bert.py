@@ -62,9 +62,10 @@ class EarlyExitTokenClassifierOutput(ModelOutput):
             for special tokens ([CLS], [SEP], which never exit on their own), the depth their sentence ran to (the
             layer at which its last word exited, or the last layer); 0 at padding.
         flops (`torch.LongTensor` of shape `(batch_size,)`):
-            FLOPs this call spent on each sentence, counted from its real length `n` (METHODS.md section 4): every
-            encoder layer it ran with `q` = its positions active in that layer, plus `2 d C` per position at which a
-            head was evaluated (with early exit, every head on the positions active in its layer, fired or not).
+            FLOPs this call spent on each sentence, counted from its real length `n` (a multiply-add is 2 FLOPs;
+            embeddings, norms and activations are free): every encoder layer it ran with `q` = its positions active in
+            that layer, plus `2 d C` per position at which a head was evaluated (with early exit, every head on the
+            positions active in its layer, fired or not).
         all_logits (`torch.FloatTensor` of shape `(num_exits, batch_size, sequence_length, num_labels)`, *optional*):
             Every exit's logits at every position from full-depth states, returned in training and with
             `output_all_exits=True`. Zero at padding.
@@ -244,7 +245,6 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
 
     ```python
     >>> from transformers import AutoTokenizer
-    >>> from hf_earlyexit import BertForTokenEarlyExit, encode_words
 
     >>> model = BertForTokenEarlyExit.from_pretrained("path/to/bert", num_labels=9, exit_mode="token", window_size=5)
     >>> tokenizer = AutoTokenizer.from_pretrained("path/to/bert")
@@ -359,7 +359,7 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
             and `exit_layer` are then the rule's choice replayed on those logits ([`TokenExitRule.simulate`]), which
             for TOKEE is the offline replay of stage-2 training, not the live computation. Always on in training.
         active_depth (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
-            Stage-2 self-sampling's training forward (METHODS.md section 3): every layer runs at every position, but
+            Stage-2 self-sampling's training forward (Li et al., 2021): every layer runs at every position, but
             a position's state is only updated by its first `active_depth` layers and copied forward unchanged after
             (`h_i = m_i * Layer_i(h_{i-1}) + (1 - m_i) * h_{i-1}`). Every exit is evaluated (`all_logits`) on those
             states; `exit_layer` is `active_depth` (0 at padding) and `logits` come from each position's last exit
