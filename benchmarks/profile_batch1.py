@@ -77,6 +77,7 @@ def instrumented(family: str, timers: Timers):
     from transformers.models.bert import modeling_bert
 
     from hf_earlyexit.models.bert import (
+        active_batch,
         exit_utils,
         modeling_bypass_bert,
         modeling_cascade_bert,
@@ -91,7 +92,8 @@ def instrumented(family: str, timers: Timers):
         (token_exit_utils.ActiveWords, "decide", "exit criterion"),
         (torch.Tensor, "__bool__", "host synchronisation"),
         (modeling_bypass_bert, "drop_padding_columns", "compaction"),
-        (modeling_token_exit_bert, "drop_padding_columns", "compaction"),
+        (active_batch.ActiveBatch, "drop_padding_columns", "compaction"),
+        (active_batch.ActiveBatch, "drop_rows", "compaction"),
         (token_exit_utils.ActiveWords, "build", "compaction"),
         (modeling_token_exit_bert.PackedQueries, "build", "compaction"),
         (modeling_token_exit_bert, "active_query_layer", "encoder layers"),

@@ -191,28 +191,10 @@ def oracle_point(model, all_logits: torch.Tensor, lengths: torch.Tensor, labels:
 
 
 def plain_baseline(model):
-    """The stock transformers model that the wall-clock speed-ups are measured against: the full model of `model`
-    (what `early_exit=False` runs), same size and same encoder weights, as a `BertForSequenceClassification`.
-
-    The classifier is the last exit's (or the last member's). A stock classifier reads [CLS] through a pooler, so with
-    another exit pooling (mean, plain [CLS]) or a bypass its predictions differ from the early-exit model's; its cost
-    is the same (give or take a pooler's `2 d^2` per example), which is what it is for.
-    """
-    from transformers import BertConfig, BertForSequenceClassification
-
-    if hasattr(model, "members"):  # a cascade: the full model is the last member
-        encoder, head = model.members[-1].bert, model.members[-1].head
-    else:
-        encoder, head = model.bert, model.exit_heads[-1]
-    config = BertConfig(**{**encoder.config.to_dict(), "num_labels": model.config.num_labels})
-    config.model_type = "bert"
-    baseline = BertForSequenceClassification(config)
-    baseline.bert.load_state_dict(encoder.state_dict(), strict=False)
-    baseline.classifier.load_state_dict(head.classifier.state_dict())
-    if head.pooler is not None:
-        baseline.bert.pooler.dense.load_state_dict(head.pooler.state_dict())
-    baseline.set_attn_implementation(model.config._attn_implementation or "sdpa")
-    return baseline.eval()
+    """The stock transformers model that the wall-clock speed-ups are measured against: `model.plain_baseline()`, the
+    full model of `model` (what `early_exit=False` runs), same size and same encoder weights, as a
+    `BertForSequenceClassification` with the last exit's (or the last member's) classifier."""
+    return model.plain_baseline()
 
 
 def measure_points(
@@ -278,18 +260,10 @@ def measure_points(
 
 
 def plain_token_baseline(model):
-    """The stock transformers model the wall-clock speed-ups of a [`BertForTokenEarlyExit`] are measured against: a
-    `BertForTokenClassification` with its encoder and its last exit head, which computes what `early_exit=False`
-    computes."""
-    from transformers import BertConfig, BertForTokenClassification
-
-    config = BertConfig(**{**model.bert.config.to_dict(), "num_labels": model.config.num_labels})
-    config.model_type = "bert"
-    baseline = BertForTokenClassification(config)
-    baseline.bert.load_state_dict(model.bert.state_dict())
-    baseline.classifier.load_state_dict(model.exit_heads[-1].state_dict())
-    baseline.set_attn_implementation(model.config._attn_implementation or "sdpa")
-    return baseline.eval()
+    """The stock transformers model the wall-clock speed-ups of a [`BertForTokenEarlyExit`] are measured against:
+    `model.plain_baseline()`, a `BertForTokenClassification` with its encoder and its last exit head, which computes
+    what `early_exit=False` computes."""
+    return model.plain_baseline()
 
 
 def _without(batch: dict, *names: str) -> dict:

@@ -13,8 +13,10 @@
 # limitations under the License.
 """Publishing early-exit models on the Hugging Face Hub.
 
-`model.push_to_hub(...)` on every family calls [`push_to_hub`] here (the method lives on `EarlyExitModelMixin`, which
-imports this module lazily so that remote-code checkpoints stay free of hf_earlyexit). One push is one commit holding
+`model.push_to_hub(...)` on every family calls [`push_to_hub`] here, and `model.save_pretrained(..., remote_code=True)`
+asks [`remote_code_pipelines`] which pipelines to ship: importing hf_earlyexit sets the models' `publisher` hook
+(`registration.install_hub_publisher`), which imports this module on first use. The model code never imports the
+package, so remote-code checkpoints carry none of this and publish as transformers does. One push is one commit holding
 the weights (safetensors), the config, the tokenizer files, optionally the modeling code, and our model card.
 transformers' own `PreTrainedModel.push_to_hub` would replace the card with a generic one fetched from the Hub; here
 the card is rendered locally and is exactly what is sent.
@@ -59,7 +61,7 @@ class MissingTokenizerError(ValueError):
 def remote_code_pipelines(model) -> tuple[list[Path], dict[str, dict]]:
     """The pipeline files to copy and the `custom_pipelines` entry of a remote-code checkpoint of `model`.
 
-    Called by `EarlyExitModelMixin.save_pretrained(remote_code=True)`.
+    Called by `EarlyExitModelMixin.save_pretrained(remote_code=True)` through the models' `publisher` hook.
 
     Raises:
         ValueError: a registered pipeline's module imports hf_earlyexit (it could not run without the package).

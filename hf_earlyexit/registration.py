@@ -33,6 +33,7 @@ from .models.bert import (
     CascadeBertConfig,
     TokenExitBertConfig,
 )
+from .models.bert.modeling_exit_heads import EarlyExitModelMixin
 from .pipelines import EarlyExitTextClassificationPipeline, EarlyExitTokenClassificationPipeline
 from .utils import TINY_BERT
 
@@ -245,6 +246,7 @@ def register() -> None:
         register_pipeline(task, pipeline_class)
     for task, (pipeline_class, auto_classes) in REMOTE_CODE_PIPELINES.items():
         register_remote_code_pipeline(task, pipeline_class, auto_classes)
+    install_hub_publisher()
 
 
 def register_pipeline(task: str, pipeline_class: type) -> None:
@@ -259,3 +261,24 @@ def register_pipeline(task: str, pipeline_class: type) -> None:
     entry = PIPELINE_REGISTRY.supported_tasks[task]
     if entry["impl"] is not pipeline_class:
         PIPELINE_REGISTRY.supported_tasks[task] = {**entry, "impl": pipeline_class}
+
+
+class HubPublisher:
+    """The `publisher` of every early-exit model (see `EarlyExitModelMixin.publisher`): publishing through
+    `hf_earlyexit.hub`, which is imported on first use (the model code itself never imports the package)."""
+
+    def remote_code_pipelines(self, model):
+        from .hub import remote_code_pipelines
+
+        return remote_code_pipelines(model)
+
+    def push_to_hub(self, model, repo_id, *args, **kwargs):
+        from .hub import push_to_hub
+
+        return push_to_hub(model, repo_id, *args, **kwargs)
+
+
+def install_hub_publisher() -> None:
+    """Makes `model.push_to_hub(...)` and `model.save_pretrained(..., remote_code=True)` of every family publish through
+    `hf_earlyexit.hub` (our model card, the tokenizer and the exit-aware pipelines). Idempotent."""
+    EarlyExitModelMixin.publisher = HubPublisher()

@@ -53,9 +53,12 @@ HUB_FAMILIES = [
             pipeline_kwargs={"exit_threshold": 0.4},
             remote_code_modules=frozenset(
                 {
+                    "active_batch",
                     "checkpoint_utils",
                     "configuration_early_exit_bert",
+                    "exit_forward",
                     "exit_utils",
+                    "forward_checks",
                     "modeling_bypass_bert",
                     "modeling_exit_heads",
                     "pipelines",
@@ -75,9 +78,13 @@ HUB_FAMILIES = [
             pipeline_kwargs={"exit_threshold": 0.4},
             remote_code_modules=frozenset(
                 {
+                    "active_batch",
+                    "cascade_members",
                     "checkpoint_utils",
                     "configuration_early_exit_bert",
+                    "exit_forward",
                     "exit_utils",
+                    "forward_checks",
                     "modeling_cascade_bert",
                     "modeling_exit_heads",
                     "pipelines",
@@ -98,9 +105,12 @@ HUB_FAMILIES = [
             pipeline_kwargs={"exit_threshold": 0.45, "window_size": 3, "ignore_labels": []},
             remote_code_modules=frozenset(
                 {
+                    "active_batch",
                     "checkpoint_utils",
                     "configuration_early_exit_bert",
+                    "exit_forward",
                     "exit_utils",
+                    "forward_checks",
                     "modeling_exit_heads",
                     "modeling_token_exit_bert",
                     "pipelines",

@@ -466,7 +466,7 @@ def test_push_to_hub_without_hf_earlyexit_falls_back_to_transformers(tmp_path, m
         def push_to_hub(self, repo_id, **kwargs):
             calls.append(("tokenizer", repo_id, kwargs))
 
-    monkeypatch.setattr(modeling_exit_heads, "_optional_hub_module", lambda: None)
+    monkeypatch.setattr(modeling_exit_heads.EarlyExitModelMixin, "publisher", None)  # as a remote-code class has
     monkeypatch.setattr(PushToHubMixin, "push_to_hub", transformers_push)
     model = HUB_FAMILIES[0].values[0].build()
     result = model.push_to_hub(REPO_ID, tokenizer=Tokenizer(), remote_code=True, commit_message="m", private=True)

@@ -175,7 +175,7 @@ def warn_unknown_config_fields(config_class: type, config_dict: dict) -> list[st
         logger.warning(
             f"The checkpoint's config has fields that this version of {config_class.__name__} does not know: "
             f"{unknown}. They are kept on the config (and saved again) but have no effect; the checkpoint was probably "
-            "saved by a newer version of hf_earlyexit. Upgrade hf_earlyexit to use them."
+            f"saved by a newer version of the code that defines {config_class.__name__}; upgrade it to use them."
         )
     return unknown
 

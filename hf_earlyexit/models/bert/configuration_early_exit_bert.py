@@ -165,7 +165,7 @@ class BypassBertConfig(_LoadedConfigChecksMixin, _ExitLayersMixin, _CheckpointKi
         exit_pooling (`str`, *optional*, defaults to `"mean"`):
             What an exit head reads: `"cls"` (the [CLS] state), `"pooler"` ([CLS] through a per-exit dense + tanh,
             like BERT's pooler) or `"mean"` (mean over real tokens). Mean is the default because shallow [CLS] states
-            of sentence-embedding backbones such as all-MiniLM-L6-v2 are weak (METHODS.md section 5).
+            of sentence-embedding backbones such as all-MiniLM-L6-v2 are weak.
         use_bypass (`bool`, *optional*, defaults to `True`):
             Adds BADGE's block-wise bypasses (our interpretation, see below).
         bypass_block_size (`int`, *optional*, defaults to 2):
@@ -184,8 +184,6 @@ class BypassBertConfig(_LoadedConfigChecksMixin, _ExitLayersMixin, _CheckpointKi
     Example:
 
     ```python
-    >>> from hf_earlyexit import BypassBertConfig
-
     >>> config = BypassBertConfig(num_hidden_layers=6, exit_criterion="entropy", exit_threshold=0.2)
     >>> config.resolved_exit_layers
     [1, 2, 3, 4, 5, 6]
@@ -318,14 +316,12 @@ class CascadeBertConfig(_LoadedConfigChecksMixin, _CheckpointKindMixin, PreTrain
             What each member's head reads, one value for all or one per member: `"cls"` (the [CLS] state), `"pooler"`
             ([CLS] through dense + tanh, BERT's pooler: what a fine-tuned `BertForSequenceClassification` uses) or
             `"mean"` (mean over real tokens; the default, because shallow [CLS] states of sentence-embedding backbones
-            such as all-MiniLM-L6-v2 are weak and its pooler puts a 1-layer member at chance level, METHODS.md section
-            5).
+            such as all-MiniLM-L6-v2 are weak and its pooler puts a 1-layer member at chance level).
 
     Example:
 
     ```python
     >>> from transformers import BertConfig
-    >>> from hf_earlyexit import CascadeBertConfig
 
     >>> small = BertConfig(hidden_size=384, num_hidden_layers=2, num_attention_heads=12, intermediate_size=1536)
     >>> large = BertConfig(hidden_size=768, num_hidden_layers=12)
@@ -510,8 +506,6 @@ class TokenExitBertConfig(_LoadedConfigChecksMixin, _ExitLayersMixin, _Checkpoin
     Example:
 
     ```python
-    >>> from hf_earlyexit import TokenExitBertConfig
-
     >>> config = TokenExitBertConfig(num_hidden_layers=6, exit_threshold=0.15, threshold_schedule="paper")
     >>> config.exit_rule().thresholds
     (0.15, 0.15, 0.15, 0.3, 0.3, 0.3)

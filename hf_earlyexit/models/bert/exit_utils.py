@@ -431,7 +431,7 @@ def _build_rule(
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# FLOPs accounting (METHODS.md section 4): multiply-adds count as 2 FLOPs; embeddings, norms and activations are free.
+# FLOPs accounting: multiply-adds count as 2 FLOPs; embeddings, norms and activations are free.
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -471,26 +471,34 @@ def classifier_head_flops(hidden_size: int, num_labels: int, pooler: bool = Fals
 
 
 def speedup(reference_flops: torch.Tensor | float, actual_flops: torch.Tensor | float) -> float:
-    """`sum(reference) / sum(actual)`, the FLOPs speed-up convention of METHODS.md section 4."""
+    """`sum(reference) / sum(actual)`: the FLOPs speed-up, a ratio of sums over examples (not a mean of ratios)."""
     reference = float(reference_flops.sum()) if torch.is_tensor(reference_flops) else float(reference_flops)
     actual = float(actual_flops.sum()) if torch.is_tensor(actual_flops) else float(actual_flops)
     return reference / actual
 
 
-def drop_padding_columns(attention_mask: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def kept_columns(attention_mask: torch.Tensor) -> torch.Tensor | None:
+    """The sequence positions that are a real token in at least one row of `attention_mask` `(batch, seq)`, as an index
+    tensor; `None` when that is every position (nothing to drop). One synchronisation."""
+    keep = attention_mask.bool().any(dim=0)
+    if bool(keep.all()):
+        return None
+    return keep.nonzero().squeeze(-1)
+
+
+def drop_padding_columns(attention_mask: torch.Tensor, *tensors: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
     """Remove the sequence positions that are padding in every row (any padding side).
 
     Attention masks those positions out, so removing them changes no real position's output, only the work done.
 
     Args:
         attention_mask: `(batch, seq)` with 1 for real tokens.
-        tensors: Tensors whose dimension 1 is the sequence dimension.
+        tensors: Tensors whose dimension 1 is the sequence dimension (`None` passes through).
 
     Returns:
         The trimmed mask followed by the trimmed tensors.
     """
-    keep = attention_mask.bool().any(dim=0)
-    if bool(keep.all()):
+    columns = kept_columns(attention_mask)
+    if columns is None:
         return (attention_mask, *tensors)
-    columns = keep.nonzero().squeeze(-1)
-    return (attention_mask[:, columns], *(t[:, columns] for t in tensors))
+    return (attention_mask[:, columns], *(None if t is None else t[:, columns] for t in tensors))

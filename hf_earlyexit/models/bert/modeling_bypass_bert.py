@@ -13,36 +13,32 @@
 # limitations under the License.
 """Multi-exit BERT with block-wise bypasses (BADGE) and per-example early exit in batches."""
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import BertModel, BertPreTrainedModel
+from transformers import BertForSequenceClassification, BertModel, BertPreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from .active_batch import ActiveBatch, LayerOutputs
 from .configuration_early_exit_bert import BypassBertConfig
+from .exit_forward import (
+    ExitCall,
+    embed_and_mask,
+    exit_loss,
+    full_depth_exit_logits,
+    layer_mask,
+    scale_gradient,
+)
 from .exit_utils import drop_padding_columns, encoder_layer_flops, max_prob
+from .forward_checks import check_flag, check_forward_kwargs, check_mask, check_sequence_labels, check_token_inputs
 from .modeling_exit_heads import (
     BypassModule,
     ClassificationHead,
     EarlyExitModelMixin,
-    LayerOutputs,
     ZeroInitLinear,
-    check_flag,
-    check_labels,
-    check_mask,
-    check_token_inputs,
-    embed_and_mask,
-    finish_output,
-    forward_settings,
-    full_depth_exit_logits,
-    layer_mask,
-    problem_type_of,
-    scale_gradient,
-    sequence_classification_loss,
-    weighted_exit_loss,
+    plain_bert_model,
 )
 
 
@@ -60,8 +56,9 @@ class EarlyExitSequenceClassifierOutput(ModelOutput):
         exit_layer (`torch.LongTensor` of shape `(batch_size,)`):
             1-based number of encoder layers computed for each example (the layer of the exit that answered).
         flops (`torch.LongTensor` of shape `(batch_size,)`):
-            FLOPs this call spent on each example, counted from its real length (METHODS.md section 4): encoder
-            layers run, plus every exit head evaluated (fired or not), bypasses and poolers included.
+            FLOPs this call spent on each example, counted from its real length (a multiply-add is 2 FLOPs;
+            embeddings, norms and activations are free): encoder layers run, plus every exit head evaluated (fired or
+            not), bypasses and poolers included.
         confidence (`torch.FloatTensor` of shape `(batch_size,)`):
             Largest class probability of the answering exit (for regression: `None`).
         all_logits (`torch.FloatTensor` of shape `(num_exits, batch_size, num_labels)`, *optional*):
@@ -108,7 +105,6 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
 
     ```python
     >>> from transformers import AutoTokenizer
-    >>> from hf_earlyexit import BertWithBypassExits
 
     >>> model = BertWithBypassExits.from_pretrained("path/to/bert", num_labels=2, exit_criterion="entropy")
     >>> tokenizer = AutoTokenizer.from_pretrained("path/to/bert")
@@ -202,6 +198,21 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
         heads = torch.arange(1, len(self._exit_layers) + 1, device=lengths.device).unsqueeze(-1)
         return layers * self._layer_flops(lengths) + heads * self.head_flops()
 
+    def plain_baseline(self) -> BertForSequenceClassification:
+        """The stock `BertForSequenceClassification` of the full model: this encoder and the last exit's classifier
+        (and pooler, when the exit has one). A stock classifier reads [CLS] through a pooler, so with another exit
+        pooling (mean, plain [CLS]) or a bypass its predictions differ from this model's; its cost is the same (give or
+        take a pooler's `2 d^2` per example), which is what it is for."""
+        head = self.exit_heads[-1]
+        return plain_bert_model(
+            BertForSequenceClassification,
+            self.bert,
+            head.classifier,
+            self.config.num_labels,
+            self.config._attn_implementation,
+            head.pooler,
+        )
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -248,20 +259,25 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
         Any other keyword argument is an error (transformers' `num_items_in_batch` is accepted and unused: the loss is
         a per-batch mean).
         """
-        output_attentions, output_hidden_states, return_dict = forward_settings(
-            self, kwargs, early_exit, output_all_exits, output_attentions, output_hidden_states, return_dict
+        check_forward_kwargs(self, kwargs)
+        call = ExitCall.start(
+            self,
+            early_exit,
+            output_all_exits,
+            exit_threshold,
+            output_attentions,
+            output_hidden_states,
+            return_dict,
+            all_exits_in_training=False,  # `output_all_exits=False` trains the last exit alone
         )
         check_flag("gradient_equilibrium", gradient_equilibrium)
-        per_example = exit_threshold if isinstance(exit_threshold, torch.Tensor) else None
         rule = self.config.exit_rule(
             exit_criterion=exit_criterion,
-            exit_threshold=None if per_example is not None else exit_threshold,
+            exit_threshold=call.exit_threshold,
             patience=patience,
             divergence=divergence,
             regression_tolerance=regression_tolerance,
         )
-        all_exits = self.training if output_all_exits is None else output_all_exits
-        early_exit = (not self.training) if early_exit is None else early_exit
 
         check_token_inputs(
             self,
@@ -276,27 +292,22 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
         hidden_states, attention_mask = embed_and_mask(
             self.bert, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
         )
-        if per_example is not None:
-            rule = rule.for_examples(per_example, hidden_states.shape[0])
+        if call.example_thresholds is not None:
+            rule = rule.for_examples(call.example_thresholds, hidden_states.shape[0])
         lengths = attention_mask.sum(dim=-1)
         check_mask(attention_mask, lengths)
-        layer_outputs = LayerOutputs.if_asked(lengths.shape[0], output_hidden_states, output_attentions)
+        layer_outputs = call.record_layers(lengths.shape[0])
         if layer_outputs is None:  # positions that are padding in every row: dropped (recorded outputs keep them all)
             attention_mask, hidden_states = drop_padding_columns(attention_mask, hidden_states)
         layer_flops = self._layer_flops(lengths)
 
         num_exits = len(self._exit_layers)
-        if all_exits or not early_exit:
+        if call.full_depth:
             stacked = self._forward_full_depth(
-                hidden_states, attention_mask, all_exits, layer_outputs, bool(gradient_equilibrium)
+                hidden_states, attention_mask, call.all_exits, layer_outputs, bool(gradient_equilibrium)
             )
-            if all_exits and early_exit:
-                exit_index = rule.simulate(stacked)
-            else:
-                exit_index = torch.full_like(lengths, num_exits - 1)
-            logits = stacked[-1] if not all_exits else stacked[exit_index, torch.arange(len(exit_index))]
-            all_logits = stacked if all_exits else None
-            flops = self.full_depth_layers * layer_flops + (num_exits if all_exits else 1) * self.head_flops()
+            logits, exit_index, all_logits = call.pick_exits(stacked, rule, lengths, num_exits)
+            flops = self.full_depth_layers * layer_flops + (num_exits if call.all_exits else 1) * self.head_flops()
         else:
             logits, exit_index = self._forward_early_exit(hidden_states, attention_mask, rule, layer_outputs)
             flops = None
@@ -308,17 +319,11 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
 
         loss = None
         if labels is not None:
-            problem_type = problem_type_of(self.config, labels)
-            check_labels(labels, self.num_labels, problem_type, tuple(lengths.shape))
-            if all_logits is not None:
-                loss = weighted_exit_loss(all_logits, labels, problem_type, self.exit_layers)
-            else:
-                loss = sequence_classification_loss(logits, labels, problem_type)
+            problem_type = check_sequence_labels(self.config, labels, lengths.shape[0])
+            loss = exit_loss(labels, logits, all_logits, problem_type, self.exit_layers)
 
-        return finish_output(
+        return call.finish(
             EarlyExitSequenceClassifierOutput,
-            return_dict,
-            layer_outputs,
             self.config,
             loss=loss,
             logits=logits,
@@ -355,57 +360,38 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
         self, hidden_states, attention_mask, rule, layer_outputs: LayerOutputs | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The inference path: examples leave the batch as soon as their criterion fires."""
-        batch_size = hidden_states.shape[0]
+        batch_size, seq_len = attention_mask.shape
         num_exits = len(self._exit_layers)
-        active = torch.arange(batch_size, device=hidden_states.device)
-        rows = None  # what `layer_outputs` needs: None while every example runs, else `active`
+        batch = ActiveBatch(
+            batch_size, seq_len, hidden_states.device, layer_outputs, rule.example_thresholds is not None
+        )
         out_logits = hidden_states.new_empty(batch_size, self.num_labels)
         exit_index = torch.full((batch_size,), num_exits - 1, dtype=torch.long, device=hidden_states.device)
         mask = layer_mask(self.config, hidden_states, attention_mask)
         prev_logits, counter = None, None
-        layers_run = 0
-        if layer_outputs is not None:
-            layer_outputs.add_hidden_states(hidden_states)
-        with layer_outputs.capture(self.bert.encoder.layer) if layer_outputs is not None else nullcontext():
-            for i, layer_module in enumerate(self.bert.encoder.layer):
+        layers = self.bert.encoder.layer
+        with batch.recording(layers, hidden_states):
+            for i, layer_module in enumerate(layers):
                 hidden_states = layer_module(hidden_states, mask)
-                layers_run = i + 1
-                if layer_outputs is not None:
-                    layer_outputs.add_hidden_states(hidden_states, rows)
-                    layer_outputs.add_attentions(layer_outputs.take_captured(), rows)
+                batch.record_layer(hidden_states)
                 k = self._exit_position.get(i + 1)
                 if k is None:
                     continue
                 # no layer mask means no padding: the heads can pool without one
                 logits = self._exit_logits(k, hidden_states, None if mask is None else attention_mask)
                 if k == num_exits - 1:
-                    out_logits[active] = logits
+                    batch.scatter(None, (out_logits, logits))
                     break
-                # per-example thresholds: those of the examples still here
-                example_rows = active if rule.example_thresholds is not None else None
-                fires, counter = rule.step(k, logits, prev_logits, counter, example_rows)
+                fires, counter = rule.step(k, logits, prev_logits, counter, batch.threshold_rows)
                 if bool(fires.any()):
-                    leaving = active[fires]
-                    out_logits[leaving] = logits[fires]
-                    exit_index[leaving] = k
-                    stay = ~fires
-                    if not bool(stay.any()):
+                    batch.scatter(fires, (out_logits, logits), (exit_index, k))
+                    kept = batch.drop_rows(~fires, hidden_states, attention_mask, logits, counter)
+                    if kept is None:
                         break
-                    active, hidden_states, attention_mask, logits = (
-                        active[stay],
-                        hidden_states[stay],
-                        attention_mask[stay],
-                        logits[stay],
-                    )
-                    rows = active
-                    if counter is not None:
-                        counter = counter[stay]
-                    if layer_outputs is None:
-                        attention_mask, hidden_states = drop_padding_columns(attention_mask, hidden_states)
+                    hidden_states, attention_mask, logits, counter = kept
+                    attention_mask, hidden_states = batch.drop_padding_columns(attention_mask, hidden_states)
                     mask = layer_mask(self.config, hidden_states, attention_mask)
                 prev_logits = logits
-        if layer_outputs is not None:
-            layer_outputs.add_skipped_layers(self.full_depth_layers - layers_run)
         return out_logits, exit_index
 
 

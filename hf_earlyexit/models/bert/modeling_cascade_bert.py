@@ -14,40 +14,22 @@
 """CascadeBERT: a cascade of complete BERT classifiers of increasing size, where each member runs only on the examples
 that the smaller members before it did not answer."""
 
-import copy
 import os
-import re
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import (
-    AutoConfig,
-    BertConfig,
-    BertForSequenceClassification,
-    BertModel,
-    BertPreTrainedModel,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, BertForSequenceClassification, BertModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from .active_batch import ActiveBatch, LayerOutputs
+from .cascade_members import CascadeMember, member_source, resolve_labels, truncated
 from .checkpoint_utils import check_local_path
 from .configuration_early_exit_bert import CascadeBertConfig
-from .exit_utils import ExitRule, encoder_layer_flops, max_prob
-from .modeling_exit_heads import (
-    ClassificationHead,
-    EarlyExitModelMixin,
-    LayerOutputs,
-    check_labels,
-    check_mask,
-    check_token_inputs,
-    finish_output,
-    forward_settings,
-    problem_type_of,
-    raise_for_bad_ids,
-    sequence_classification_loss,
-    weighted_exit_loss,
-)
+from .exit_forward import ExitCall, exit_loss
+from .exit_utils import ExitRule, max_prob
+from .forward_checks import check_forward_kwargs, check_mask, check_sequence_labels, check_token_inputs
+from .modeling_exit_heads import EarlyExitModelMixin, plain_bert_model
 
 
 @dataclass
@@ -67,9 +49,10 @@ class CascadeSequenceClassifierOutput(ModelOutput):
             Encoder layers the routing costs each example, cumulated over the members it went through (a hard example
             of a 2-layer/12-layer cascade pays 14); with `early_exit=False`, the last member's depth.
         flops (`torch.LongTensor` of shape `(batch_size,)`):
-            FLOPs this call spent on each example, counted from its real length (METHODS.md section 4), summed over
-            every member that ran on it, heads and poolers included. With `output_all_exits=True` or in training every
-            member ran on every example, and this counts them all.
+            FLOPs this call spent on each example, counted from its real length (a multiply-add is 2 FLOPs;
+            embeddings, norms and activations are free), summed over every member that ran on it, heads and poolers
+            included. With `output_all_exits=True` or in training every member ran on every example, and this counts
+            them all.
         confidence (`torch.FloatTensor` of shape `(batch_size,)`):
             Largest class probability of the answering member.
         all_logits (`torch.FloatTensor` of shape `(num_members, batch_size, num_labels)`, *optional*):
@@ -97,69 +80,6 @@ class CascadeSequenceClassifierOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-class CascadeMember(BertPreTrainedModel):
-    """One member of a cascade: a complete BERT encoder with its own classification head.
-
-    It is a `PreTrainedModel` of its own so that its weights are initialised with its own config and attention
-    implementation changes reach it.
-    """
-
-    def __init__(self, config: BertConfig, pooling: str):
-        super().__init__(config)
-        self.bert = BertModel(config, add_pooling_layer=False)
-        self.head = ClassificationHead(config, pooling)
-        self.post_init()
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        layer_outputs: LayerOutputs | None = None,
-        rows: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """`(batch, num_labels)` logits of this member. With `layer_outputs`, also records this member's hidden states
-        and attention maps there, for the examples `rows` of the caller's batch (`None`: all of them)."""
-        recording = layer_outputs is not None and layer_outputs.active
-        try:
-            encoded = self.bert(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                token_type_ids=token_type_ids,
-                position_ids=position_ids,
-                output_hidden_states=recording and layer_outputs.hidden_states is not None,
-                output_attentions=recording and layer_outputs.attentions is not None,
-            )
-        except (IndexError, RuntimeError) as error:
-            raise_for_bad_ids(self.config, input_ids, token_type_ids, position_ids, error)
-            raise
-        if recording:
-            for states in encoded.hidden_states or ():
-                layer_outputs.add_hidden_states(states, rows)
-            for weights in encoded.attentions or ():
-                layer_outputs.add_attentions(weights, rows)
-        return self.head(encoded.last_hidden_state, attention_mask)
-
-    def record_skipped(self, layer_outputs: LayerOutputs, batch_size: int, seq_len: int, like: torch.Tensor) -> None:
-        """Zeros in `layer_outputs` for a member that ran on no example."""
-        config = self.config
-        if layer_outputs.hidden_states is not None:
-            shape = (batch_size, seq_len, config.hidden_size)
-            layer_outputs.hidden_states.extend(like.new_zeros(shape) for _ in range(config.num_hidden_layers + 1))
-        if layer_outputs.attentions is not None and config._attn_implementation == "eager":
-            shape = (batch_size, config.num_attention_heads, seq_len, seq_len)
-            layer_outputs.attentions.extend(like.new_zeros(shape) for _ in range(config.num_hidden_layers))
-
-    def flops(self, lengths: torch.Tensor) -> torch.Tensor:
-        """FLOPs of this member, encoder and head, on examples of the given real lengths. Shape of `lengths`."""
-        layer = encoder_layer_flops(lengths.long(), self.config.hidden_size, self.config.intermediate_size)
-        return self.config.num_hidden_layers * layer + self.head.flops()
-
-
-_DEFAULT_LABEL = re.compile(r"LABEL_\d+")
-
-
 class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
     r"""
     CascadeBERT (Li et al., Findings of EMNLP 2021, https://huggingface.co/papers/2012.14682): a cascade of complete
@@ -184,7 +104,6 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
 
     ```python
     >>> from transformers import AutoTokenizer
-    >>> from hf_earlyexit import BertForCascadeClassification
 
     >>> model = BertForCascadeClassification.from_backbone("path/to/bert", member_layers=[2, 12], num_labels=2)
     >>> tokenizer = AutoTokenizer.from_pretrained("path/to/bert")
@@ -276,10 +195,10 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
             raise ValueError(
                 "`members` must be a non-empty list of checkpoints or models, from the smallest to the largest."
             )
-        sources = [_member_source(i, member, load_kwargs or {}) for i, member in enumerate(members)]
+        sources = [member_source(i, member, load_kwargs or {}) for i, member in enumerate(members)]
         trained = [(i, source) for i, source in enumerate(sources) if source["classifier"] is not None]
 
-        labels = _resolve_labels(trained, num_labels, id2label)
+        labels = resolve_labels(trained, num_labels, id2label)
 
         if exit_pooling is None:
             default = CascadeBertConfig.__dataclass_fields__["exit_pooling"].default
@@ -347,9 +266,9 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         Example:
 
         ```python
-        >>> from hf_earlyexit.utils import default_backbone
-
-        >>> model = BertForCascadeClassification.from_backbone(default_backbone(), member_layers=[1, 2, 6])
+        >>> model = BertForCascadeClassification.from_backbone(
+        ...     "sentence-transformers/all-MiniLM-L6-v2", member_layers=[1, 2, 6]
+        ... )
         ```
         """
         if isinstance(backbone, (str, os.PathLike)):
@@ -376,7 +295,7 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
             )
         if list(member_layers) != sorted(set(member_layers)):
             raise ValueError(f"`member_layers` must be strictly increasing, got {list(member_layers)}.")
-        return cls.from_members([_truncated(backbone, k) for k in member_layers], num_labels=num_labels, **kwargs)
+        return cls.from_members([truncated(backbone, k) for k in member_layers], num_labels=num_labels, **kwargs)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Cost accounting
@@ -405,6 +324,20 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         """FLOPs an example of each real length spends when member `k` answers it, with routing (every earlier member
         ran on it too). Shape `(num_members, batch)`; used by the calibration to price hypothetical exits."""
         return torch.stack([member.flops(lengths) for member in self.members]).cumsum(dim=0)
+
+    def plain_baseline(self) -> BertForSequenceClassification:
+        """The stock `BertForSequenceClassification` of the full model, the last member: its encoder and classifier
+        (and pooler, when its head has one). A stock classifier reads [CLS] through a pooler, so with another pooling
+        its predictions differ from the member's; its cost is the same (give or take a pooler's `2 d^2`)."""
+        member = self.members[-1]
+        return plain_bert_model(
+            BertForSequenceClassification,
+            member.bert,
+            member.head.classifier,
+            self.config.num_labels,
+            self.config._attn_implementation,
+            member.head.pooler,
+        )
 
     # ----------------------------------------------------------------------------------------------------------------
     # Forward
@@ -450,71 +383,60 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         Any other keyword argument is an error (transformers' `num_items_in_batch` is accepted and unused: the loss is
         a per-batch mean).
         """
-        output_attentions, output_hidden_states, return_dict = forward_settings(
-            self, kwargs, early_exit, output_all_exits, output_attentions, output_hidden_states, return_dict
+        check_forward_kwargs(self, kwargs)
+        call = ExitCall.start(
+            self, early_exit, output_all_exits, exit_threshold, output_attentions, output_hidden_states, return_dict
         )
         if inputs_embeds is not None or input_ids is None:
             raise ValueError(
                 "BertForCascadeClassification needs `input_ids` (and does not take `inputs_embeds`): every member "
                 "embeds the tokens with its own embeddings."
             )
-        per_example = exit_threshold if isinstance(exit_threshold, torch.Tensor) else None
-        rule = self.config.exit_rule(
-            exit_criterion=exit_criterion, exit_threshold=None if per_example is not None else exit_threshold
-        )
-        all_exits = self.training or bool(output_all_exits)
-        early_exit = (not self.training) if early_exit is None else early_exit
+        rule = self.config.exit_rule(exit_criterion=exit_criterion, exit_threshold=call.exit_threshold)
         inputs = self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids)
-        if per_example is not None:
-            rule = rule.for_examples(self._stage_thresholds(per_example), inputs["input_ids"].shape[0])
+        if call.example_thresholds is not None:
+            rule = rule.for_examples(self._stage_thresholds(call.example_thresholds), inputs["input_ids"].shape[0])
         lengths = inputs["attention_mask"].sum(dim=-1)
         check_mask(inputs["attention_mask"], lengths)
         last = len(self.members) - 1
-        arange = torch.arange(lengths.shape[0], device=lengths.device)
         # while recording, every sequence position is kept, so that the recorded states need no mapping
-        layer_outputs = LayerOutputs.if_asked(lengths.shape[0], output_hidden_states, output_attentions)
+        layer_outputs = call.record_layers(lengths.shape[0])
 
         all_logits = None
-        if all_exits:
-            inputs = inputs if layer_outputs else _drop_padding(inputs)
-            all_logits = torch.stack([member(**inputs, layer_outputs=layer_outputs) for member in self.members])
-            exit_stage = rule.simulate(all_logits) if early_exit else torch.full_like(lengths, last)
-            logits = all_logits[exit_stage, arange]
+        if call.all_exits:
+            inputs = _drop_padding(ActiveBatch(*input_ids.shape, input_ids.device, layer_outputs), inputs)
+            stacked = torch.stack([member(**inputs, layer_outputs=layer_outputs) for member in self.members])
+            logits, exit_stage, all_logits = call.pick_exits(stacked, rule, lengths, len(self.members))
             flops = self.flops_per_exit(lengths)[-1]
-        elif not early_exit:
+        elif not call.early_exit:
             if layer_outputs is not None:
                 for member in self.members[:-1]:
                     member.record_skipped(
                         layer_outputs, *input_ids.shape, like=self.members[-1].head.classifier.weight
                     )
-                logits = self.members[-1](**inputs, layer_outputs=layer_outputs)
-            else:
-                logits = self.members[-1](**_drop_padding(inputs))
+            inputs = _drop_padding(ActiveBatch(*input_ids.shape, input_ids.device, layer_outputs), inputs)
+            logits = self.members[-1](**inputs, layer_outputs=layer_outputs)
             exit_stage = torch.full_like(lengths, last)
             flops = self.reference_flops(lengths)
         else:
             logits, exit_stage = self._route(inputs, rule, layer_outputs)
-            flops = self.flops_per_exit(lengths)[exit_stage, arange]
+            examples = torch.arange(lengths.shape[0], device=lengths.device)
+            flops = self.flops_per_exit(lengths)[exit_stage, examples]
 
-        if early_exit:
+        if call.early_exit:
             exit_layer = torch.tensor(self.exit_layers, device=lengths.device)[exit_stage]
         else:
             exit_layer = torch.full_like(lengths, self.full_depth_layers)
 
         loss = None
         if labels is not None:
-            problem_type = problem_type_of(self.config, labels)
-            check_labels(labels, self.num_labels, problem_type, tuple(lengths.shape))
-            if all_logits is not None:
-                # CascadeBERT's sum over members: the mean that weighted_exit_loss gives, times the number of members
-                loss = len(self.members) * weighted_exit_loss(all_logits, labels, problem_type, [1.0] * (last + 1))
-            else:
-                loss = sequence_classification_loss(logits, labels, problem_type)
+            problem_type = check_sequence_labels(self.config, labels, lengths.shape[0])
+            loss = exit_loss(labels, logits, all_logits, problem_type, [1.0] * len(self.members))
+            if all_logits is not None:  # CascadeBERT's sum over members: the mean over members times their number
+                loss = len(self.members) * loss
 
-        return finish_output(
+        return call.finish(
             CascadeSequenceClassifierOutput,
-            return_dict,
-            layer_outputs,
             self.config,
             loss=loss,
             logits=logits,
@@ -556,31 +478,29 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         """The inference path: each member runs on the examples that the members before it passed on."""
         batch_size, seq_len = inputs["input_ids"].shape
         device = inputs["input_ids"].device
-        active = torch.arange(batch_size, device=device)
-        rows = None  # for `layer_outputs`: None while every example is still routed, else `active`
+        batch = ActiveBatch(batch_size, seq_len, device, layer_outputs, rule.example_thresholds is not None)
         exit_stage = torch.full((batch_size,), len(self.members) - 1, dtype=torch.long, device=device)
         out_logits = None
         for k, member in enumerate(self.members):
-            if active.numel() == 0:  # every example answered: the remaining members ran on nothing
+            if batch.rows.numel() == 0:  # every example answered (while recording): the rest ran on nothing
                 member.record_skipped(layer_outputs, batch_size, seq_len, like=out_logits)
                 continue
-            if layer_outputs is None:
-                inputs = _drop_padding(inputs)
-            logits = member(**inputs, layer_outputs=layer_outputs, rows=rows)
+            inputs = _drop_padding(batch, inputs)
+            logits = member(**inputs, layer_outputs=layer_outputs, rows=batch.recorded_rows)
             if out_logits is None:
                 out_logits = logits.new_empty(batch_size, logits.shape[-1])
             if k == len(self.members) - 1:
-                out_logits[active] = logits
+                batch.scatter(None, (out_logits, logits))
                 break
-            fires, _ = rule.step(k, logits, None, None, active if rule.example_thresholds is not None else None)
-            out_logits[active[fires]] = logits[fires]
-            exit_stage[active[fires]] = k
-            stay = ~fires
-            active = active[stay]
-            rows = active
-            if active.numel() == 0 and layer_outputs is None:
-                break
-            inputs = {name: None if tensor is None else tensor[stay] for name, tensor in inputs.items()}
+            fires, _ = rule.step(k, logits, None, None, batch.threshold_rows)
+            if bool(fires.any()):
+                batch.scatter(fires, (out_logits, logits), (exit_stage, k))
+                kept = batch.drop_rows(~fires, *inputs.values())
+                if kept is None:  # every example answered
+                    if layer_outputs is None:
+                        break
+                    continue
+                inputs = dict(zip(inputs, kept))
         return out_logits, exit_stage
 
     def _stage_thresholds(self, thresholds: torch.Tensor) -> torch.Tensor:
@@ -623,107 +543,24 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         return self.get_input_embeddings()
 
 
-def _drop_padding(inputs: dict) -> dict:
-    """`inputs` without the sequence positions that are padding in every row.
+def _drop_padding(batch: ActiveBatch, inputs: dict) -> dict:
+    """The members' `inputs` (tensors of the current rows of `batch`) without the sequence positions that are padding
+    in every row, unless `batch` records layer outputs.
 
-    Every token keeps the position id it has in the caller's batch (BERT's: its column), as in the other families,
-    which drop such columns after the embeddings: with left padding, dropping the columns first would shift the
-    positions of every token, and a row's answer would depend on its batch-mates.
+    Every token keeps the position id it has in the caller's batch (BERT's: its column; see
+    [`ActiveBatch.position_ids`]), as in the other families, which drop such columns after the embeddings: with left
+    padding, dropping the columns first would shift the positions of every token, and a row's answer would depend on
+    its batch-mates.
     """
-    keep = inputs["attention_mask"].bool().any(dim=0)
-    if bool(keep.all()):
-        return inputs
-    if inputs["position_ids"] is None:
-        batch_size, seq_len = inputs["input_ids"].shape
-        positions = torch.arange(seq_len, device=keep.device).expand(batch_size, seq_len)
-        inputs = {**inputs, "position_ids": positions}
-    columns = keep.nonzero().squeeze(-1)
-    return {name: None if tensor is None else tensor[:, columns] for name, tensor in inputs.items()}
-
-
-def _resolve_labels(trained: list[tuple[int, dict]], num_labels: int | None, id2label: dict | None) -> dict:
-    """The cascade's label setting, from the arguments and the members' trained classifiers (which must agree)."""
-    head_labels = {i: source["config"].num_labels for i, source in trained}
-    if len(set(head_labels.values())) > 1:
-        found = ", ".join(f"member {i}: {n}" for i, n in head_labels.items())
-        raise ValueError(f"Cascade members must agree on `num_labels`, but their classifiers have {found}.")
-    trained_labels = next(iter(head_labels.values()), None)
-    if num_labels is not None and trained_labels is not None and num_labels != trained_labels:
-        raise ValueError(
-            f"num_labels={num_labels} does not match the members' trained classifiers ({trained_labels} labels)."
-        )
-    if id2label is None:
-        named = {
-            i: source["config"].id2label
-            for i, source in trained
-            if not all(_DEFAULT_LABEL.fullmatch(str(name)) for name in source["config"].id2label.values())
-        }
-        if len({tuple(sorted(names.items())) for names in named.values()}) > 1:
-            raise ValueError(f"Cascade members label the classes differently: {named}.")
-        id2label = next(iter(named.values()), None)
-    if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2):
-        raise ValueError(
-            f"num_labels must be an integer >= 2 (a cascade routes on class probabilities), got {num_labels!r}."
-        )
-    if num_labels is None:
-        num_labels = trained_labels
-    if id2label is None:
-        return {"num_labels": 2 if num_labels is None else num_labels}
-    if num_labels is not None and len(id2label) != num_labels:
-        raise ValueError(f"`id2label` has {len(id2label)} entries but num_labels={num_labels}.")
-    return {"id2label": id2label}
-
-
-def _member_source(index: int, member, load_kwargs: dict) -> dict:
-    """What a cascade member is made of: its BERT config, encoder weights, pooler and classifier weights if any, and the
-    pooling its classifier was trained on."""
-    if isinstance(member, (str, os.PathLike)):
-        check_local_path(member)
-        member_config = AutoConfig.from_pretrained(member, **load_kwargs)
-        if member_config.model_type != "bert":
-            raise ValueError(
-                f"`members[{index}]` ({str(member)!r}) has model_type {member_config.model_type!r}; cascade members "
-                "are BERT checkpoints."
-            )
-        if "BertForSequenceClassification" in (member_config.architectures or []):
-            member = BertForSequenceClassification.from_pretrained(member, **load_kwargs)
-        else:
-            member = BertModel.from_pretrained(member, **load_kwargs)
-    if isinstance(member, CascadeMember):
-        head = member.head
-        return {
-            "config": member.bert.config,
-            "encoder": member.bert.state_dict(),
-            "pooler": head.pooler.state_dict() if head.pooler is not None else None,
-            "classifier": head.classifier.state_dict(),
-            "pooling": head.pooling,
-        }
-    if isinstance(member, BertForSequenceClassification):
-        encoder, classifier = member.bert, member.classifier.state_dict()
-    elif isinstance(member, BertModel):
-        encoder, classifier = member, None
-    else:
-        raise TypeError(
-            f"`members[{index}]` must be a checkpoint path or Hub id, a BertForSequenceClassification, a BertModel or "
-            f"a CascadeMember, got {type(member).__name__}."
-        )
-    state = encoder.state_dict()
-    return {
-        "config": encoder.config,
-        "encoder": {name: t for name, t in state.items() if not name.startswith("pooler.")},
-        "pooler": encoder.pooler.dense.state_dict() if encoder.pooler is not None else None,
-        "classifier": classifier,
-        # the pooling the classifier was trained on (None: no classifier, the head is new)
-        "pooling": "pooler" if classifier is not None else None,
-    }
-
-
-def _truncated(backbone: BertModel, num_layers: int) -> BertModel:
-    """A copy of `backbone` keeping its first `num_layers` encoder layers."""
-    member = copy.deepcopy(backbone)
-    member.encoder.layer = member.encoder.layer[:num_layers]
-    member.config.num_hidden_layers = num_layers
-    return member
+    attention_mask, input_ids, token_type_ids, position_ids = batch.drop_padding_columns(
+        inputs["attention_mask"], inputs["input_ids"], inputs["token_type_ids"], inputs["position_ids"]
+    )
+    return dict(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        token_type_ids=token_type_ids,
+        position_ids=batch.position_ids(position_ids),
+    )
 
 
 __all__ = ["BertForCascadeClassification", "CascadeMember", "CascadeSequenceClassifierOutput"]

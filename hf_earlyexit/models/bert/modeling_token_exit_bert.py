@@ -19,33 +19,23 @@ projection and feed-forward block only, with keys and values from all positions 
 included), and scatters the results back; frozen positions keep their hidden state bit for bit.
 """
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import BertModel, BertPreTrainedModel
+from transformers import BertForTokenClassification, BertModel, BertPreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.bert.modeling_bert import BertLayer, eager_attention_forward
 from transformers.pytorch_utils import apply_chunking_to_forward
 from transformers.utils import ModelOutput
 
+from .active_batch import ActiveBatch, LayerOutputs
 from .configuration_early_exit_bert import TokenExitBertConfig
-from .exit_utils import classifier_head_flops, drop_padding_columns, encoder_layer_flops
-from .modeling_exit_heads import (
-    EarlyExitModelMixin,
-    LayerOutputs,
-    check_mask,
-    check_token_inputs,
-    embed_and_mask,
-    finish_output,
-    forward_settings,
-    full_depth_exit_logits,
-    layer_mask,
-    sequence_classification_loss,
-    weighted_exit_loss,
-)
+from .exit_forward import ExitCall, embed_and_mask, exit_loss, full_depth_exit_logits, layer_mask
+from .exit_utils import classifier_head_flops, encoder_layer_flops
+from .forward_checks import check_forward_kwargs, check_mask, check_token_inputs
+from .modeling_exit_heads import EarlyExitModelMixin, plain_bert_model
 from .token_exit_utils import IGNORE_INDEX, ActiveWords, TokenExitRule, token_exit_flops, word_layout
 
 
@@ -72,9 +62,10 @@ class EarlyExitTokenClassifierOutput(ModelOutput):
             for special tokens ([CLS], [SEP], which never exit on their own), the depth their sentence ran to (the
             layer at which its last word exited, or the last layer); 0 at padding.
         flops (`torch.LongTensor` of shape `(batch_size,)`):
-            FLOPs this call spent on each sentence, counted from its real length `n` (METHODS.md section 4): every
-            encoder layer it ran with `q` = its positions active in that layer, plus `2 d C` per position at which a
-            head was evaluated (with early exit, every head on the positions active in its layer, fired or not).
+            FLOPs this call spent on each sentence, counted from its real length `n` (a multiply-add is 2 FLOPs;
+            embeddings, norms and activations are free): every encoder layer it ran with `q` = its positions active in
+            that layer, plus `2 d C` per position at which a head was evaluated (with early exit, every head on the
+            positions active in its layer, fired or not).
         all_logits (`torch.FloatTensor` of shape `(num_exits, batch_size, sequence_length, num_labels)`, *optional*):
             Every exit's logits at every position from full-depth states, returned in training and with
             `output_all_exits=True`. Zero at padding.
@@ -254,7 +245,6 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
 
     ```python
     >>> from transformers import AutoTokenizer
-    >>> from hf_earlyexit import BertForTokenEarlyExit, encode_words
 
     >>> model = BertForTokenEarlyExit.from_pretrained("path/to/bert", num_labels=9, exit_mode="token", window_size=5)
     >>> tokenizer = AutoTokenizer.from_pretrained("path/to/bert")
@@ -296,12 +286,34 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         """Depth of the full model: the `L` of the layer speed-up `L * words / sum(exit layers)`."""
         return self.config.num_hidden_layers
 
+    def _layer_flops(self, lengths: torch.Tensor) -> torch.Tensor:
+        return encoder_layer_flops(lengths.long(), self.config.hidden_size, self.config.intermediate_size)
+
     def reference_flops(self, lengths: torch.Tensor) -> torch.Tensor:
         """FLOPs of the full model (what `early_exit=False` spends: every layer, the last exit's head at every
         position) per sentence of each real length; the numerator of the FLOPs speed-up. Shape `(batch,)`."""
+        return self.full_depth_layers * self._layer_flops(lengths) + lengths.long() * self.head_flops()
+
+    def flops_per_exit(self, lengths: torch.Tensor) -> torch.Tensor:
+        """FLOPs a sentence of each real length spends when it leaves entirely at each exit with early exit: every
+        position a query in every layer up to the exit, and every head up to it evaluated at every position (the
+        convention of `token_exit_flops`, which gives exactly this for a sentence whose positions all stop at the same
+        exit; a TOKEE sentence whose words leave at different exits costs in between). Shape `(num_exits, batch)`."""
         lengths = lengths.long()
-        layer_flops = encoder_layer_flops(lengths, self.config.hidden_size, self.config.intermediate_size)
-        return self.full_depth_layers * layer_flops + lengths * self.head_flops()
+        layers = torch.tensor(self.exit_layers, device=lengths.device).unsqueeze(-1)
+        heads = torch.arange(1, len(self.exit_layers) + 1, device=lengths.device).unsqueeze(-1)
+        return layers * self._layer_flops(lengths) + heads * lengths * self.head_flops()
+
+    def plain_baseline(self) -> BertForTokenClassification:
+        """The stock `BertForTokenClassification` of the full model: this encoder and the last exit's head, which
+        computes what `early_exit=False` computes."""
+        return plain_bert_model(
+            BertForTokenClassification,
+            self.bert,
+            self.exit_heads[-1],
+            self.config.num_labels,
+            self.config._attn_implementation,
+        )
 
     def _head(self, exit_index: int, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.exit_heads[exit_index](self.dropout(hidden_states))
@@ -347,7 +359,7 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
             and `exit_layer` are then the rule's choice replayed on those logits ([`TokenExitRule.simulate`]), which
             for TOKEE is the offline replay of stage-2 training, not the live computation. Always on in training.
         active_depth (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
-            Stage-2 self-sampling's training forward (METHODS.md section 3): every layer runs at every position, but
+            Stage-2 self-sampling's training forward (Li et al., 2021): every layer runs at every position, but
             a position's state is only updated by its first `active_depth` layers and copied forward unchanged after
             (`h_i = m_i * Layer_i(h_{i-1}) + (1 - m_i) * h_{i-1}`). Every exit is evaluated (`all_logits`) on those
             states; `exit_layer` is `active_depth` (0 at padding) and `logits` come from each position's last exit
@@ -361,19 +373,17 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         Any other keyword argument is an error (transformers' `num_items_in_batch` is accepted and unused: the loss is
         a mean over labelled positions).
         """
-        output_attentions, output_hidden_states, return_dict = forward_settings(
-            self, kwargs, early_exit, output_all_exits, output_attentions, output_hidden_states, return_dict
+        check_forward_kwargs(self, kwargs)
+        call = ExitCall.start(
+            self, early_exit, output_all_exits, exit_threshold, output_attentions, output_hidden_states, return_dict
         )
-        per_example = exit_threshold if isinstance(exit_threshold, torch.Tensor) else None
         rule = self.config.exit_rule(
             exit_mode=exit_mode,
-            exit_threshold=None if per_example is not None else exit_threshold,
+            exit_threshold=call.exit_threshold,
             threshold_schedule=threshold_schedule,
             window_size=window_size,
             sentence_pooling=sentence_pooling,
         )
-        all_exits = self.training or bool(output_all_exits)
-        early_exit = (not self.training) if early_exit is None else early_exit
 
         check_token_inputs(
             self,
@@ -395,9 +405,9 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         hidden_states, attention_mask = embed_and_mask(
             self.bert, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
         )
-        if per_example is not None:  # one threshold per sentence, spread over the exits by the schedule
+        if call.example_thresholds is not None:  # one threshold per sentence, spread over the exits by the schedule
             rule = rule.for_examples(
-                per_example,
+                call.example_thresholds,
                 hidden_states.shape[0],
                 self.exit_layers,
                 self.config.num_hidden_layers,
@@ -410,13 +420,15 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         real = attention_mask.bool()
         lengths = attention_mask.sum(dim=-1)
         check_mask(attention_mask, lengths)
-        layer_outputs = LayerOutputs.if_asked(lengths.shape[0], output_hidden_states, output_attentions)
+        layer_outputs = call.record_layers(lengths.shape[0])
 
         if active_depth is not None:
             active_depth = self._check_active_depth(active_depth, real)
-            all_exits = True
-        if all_exits or not early_exit:
-            stacked = self._forward_full_depth(hidden_states, attention_mask, all_exits, active_depth, layer_outputs)
+            call.all_exits = True
+        if call.full_depth:
+            stacked = self._forward_full_depth(
+                hidden_states, attention_mask, call.all_exits, active_depth, layer_outputs
+            )
             stacked = stacked.masked_fill(~real[..., None], 0.0)
             num_exits = len(self.exit_layers)
             if active_depth is not None:
@@ -425,7 +437,7 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
                 exit_index = torch.where(real, torch.searchsorted(layers, active_depth, right=True) - 1, -1)
                 exit_index = torch.where(real & (exit_index < 0), 0, exit_index)
                 logits = stacked.gather(0, exit_index.clamp_min(0)[None, ..., None].expand_as(stacked[:1]))[0]
-            elif all_exits and early_exit:
+            elif call.all_exits and call.early_exit:
                 exit_index = rule.simulate(stacked, attention_mask, word_ids)
                 logits = stacked.gather(0, exit_index.clamp_min(0)[None, ..., None].expand_as(stacked[:1]))[0]
             else:
@@ -436,8 +448,10 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
             if active_depth is not None:
                 exit_layer = torch.where(real, active_depth, 0)
             # every layer at every position, and each computed exit's head at every position
-            flops = self.reference_flops(lengths) + (num_exits - 1 if all_exits else 0) * lengths * self.head_flops()
-            all_logits = stacked if all_exits else None
+            flops = (
+                self.reference_flops(lengths) + (num_exits - 1 if call.all_exits else 0) * lengths * self.head_flops()
+            )
+            all_logits = stacked if call.all_exits else None
         else:
             logits, exit_layer, flops = self._forward_early_exit(
                 hidden_states, attention_mask, word_index, word_start, rule, layer_outputs
@@ -445,17 +459,11 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
             all_logits = None
 
         loss = None
-        if labels is not None:
-            problem_type = "single_label_classification"  # cross-entropy over positions, -100 ignored
-            if all_logits is not None:
-                loss = weighted_exit_loss(all_logits, labels, problem_type, self.exit_layers)
-            else:
-                loss = sequence_classification_loss(logits, labels, problem_type)
+        if labels is not None:  # cross-entropy over positions, -100 ignored
+            loss = exit_loss(labels, logits, all_logits, "single_label_classification", self.exit_layers)
 
-        return finish_output(
+        return call.finish(
             EarlyExitTokenClassifierOutput,
-            return_dict,
-            layer_outputs,
             self.config,
             loss=loss,
             logits=logits,
@@ -531,7 +539,7 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         """The inference path: words (TOKEE) or sentences (SENTEE) stop being computed once they exit.
 
         The batch is compacted as sentences leave (rows) and as positions become padding for every remaining sentence
-        (columns, except while recording `layer_outputs`); `rows` and `cols` map the compacted batch back to the
+        (columns, except while recording `layer_outputs`); an [`ActiveBatch`] maps the compacted batch back to the
         caller's positions.
         """
         config = self.config
@@ -548,33 +556,23 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         num_exits = len(self.exit_layers)
         exit_position = {layer: k for k, layer in enumerate(self.exit_layers)}
 
-        rows = torch.arange(batch_size, device=device)
-        cols = torch.arange(seq_len, device=device)
+        batch = ActiveBatch(batch_size, seq_len, device, layer_outputs, rule.example_thresholds is not None)
         lengths = attention_mask.sum(dim=-1)
-        recording = layer_outputs is not None
-        if not recording:  # recorded outputs keep every position (see `LayerOutputs`)
-            (attention_mask, hidden_states, word_index, word_start, cols_2d) = drop_padding_columns(
-                attention_mask, hidden_states, word_index, word_start, cols.expand(batch_size, -1)
-            )
-            cols = cols_2d[0]
-        recorded_rows = None  # what `layer_outputs` needs: None while every sentence runs, else `rows`
-        layers_run = 0
+        attention_mask, hidden_states, word_index, word_start = batch.drop_padding_columns(
+            attention_mask, hidden_states, word_index, word_start
+        )
         active = attention_mask.bool()
         flat_logits, flat_exit_layer = out_logits.view(-1, self.num_labels), exit_layer.view(-1)
         changed = True  # the active set (or the batch) changed since the last layer
-        if recording:
-            layer_outputs.add_hidden_states(hidden_states)
 
-        with layer_outputs.capture(self.bert.encoder.layer) if recording else nullcontext():
-            for i, layer_module in enumerate(self.bert.encoder.layer):
+        layers = self.bert.encoder.layer
+        with batch.recording(layers, hidden_states):
+            for i, layer_module in enumerate(layers):
                 layer_number = i + 1
                 if changed:
                     words = ActiveWords.build(active, word_index, word_start)
-                    current_len = active.shape[1]
                     # where each active position's outputs go in the caller's (batch, seq) layout
-                    out_positions = rows.index_select(0, words.rows) * seq_len + cols.index_select(
-                        0, words.positions - words.rows * current_len
-                    )
+                    out_positions = batch.caller_positions(words.positions, words.rows, active.shape[1])
                     # the plain layer only when it wastes nothing: no frozen position and no padding; otherwise the
                     # packed step, which also skips the padding of shorter sentences for everything but keys and values
                     all_active = words.positions.numel() == active.numel()
@@ -585,8 +583,6 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
                     changed = False
                 if all_active:
                     hidden_states = layer_module(hidden_states, mask)
-                    if recording:
-                        layer_outputs.add_attentions(layer_outputs.take_captured(), recorded_rows)
                 else:
                     hidden_states = active_query_layer(
                         layer_module,
@@ -596,11 +592,10 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
                         config,
                         queries=queries,
                         layer_outputs=layer_outputs,
-                        rows=recorded_rows,
+                        rows=batch.recorded_rows,
                     )
-                layers_run = layer_number
-                if recording:
-                    layer_outputs.add_hidden_states(hidden_states, recorded_rows)
+                # the plain layer's attention probabilities were captured; the packed step recorded its own
+                batch.record_layer(hidden_states, captured_attentions=all_active)
                 k = exit_position.get(layer_number)
                 if k is None:
                     continue
@@ -615,39 +610,16 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
                     # `u < 0` never holds: no word leaves, only rows without words
                     freeze, remaining = None, words.active_words.any(dim=-1)
                 else:
-                    freeze, remaining = words.decide(
-                        rule, k, logits, rows if rule.example_thresholds is not None else None
-                    )
+                    freeze, remaining = words.decide(rule, k, logits, batch.threshold_rows)
                 if freeze is not None and bool(freeze.any()):
                     active = active.reshape(-1).index_put((words.positions,), ~freeze).view_as(active)
                     changed = True
                 if not bool(remaining.all()):
-                    if not bool(remaining.any()):
+                    kept = batch.drop_rows(remaining, attention_mask, hidden_states, active, word_index, word_start)
+                    if kept is None:
                         break
-                    rows = rows[remaining]
-                    recorded_rows = rows
-                    attention_mask, hidden_states, active, word_index, word_start = (
-                        attention_mask[remaining],
-                        hidden_states[remaining],
-                        active[remaining],
-                        word_index[remaining],
-                        word_start[remaining],
-                    )
-                    if not recording:
-                        (attention_mask, hidden_states, active, word_index, word_start, cols_2d) = (
-                            drop_padding_columns(
-                                attention_mask,
-                                hidden_states,
-                                active,
-                                word_index,
-                                word_start,
-                                cols.expand(len(rows), -1),
-                            )
-                        )
-                        cols = cols_2d[0]
+                    attention_mask, hidden_states, active, word_index, word_start = batch.drop_padding_columns(*kept)
                     changed = True
-        if recording:
-            layer_outputs.add_skipped_layers(config.num_hidden_layers - layers_run)
 
         flops = token_exit_flops(
             exit_layer, lengths, self.exit_layers, config.hidden_size, config.intermediate_size, self.num_labels

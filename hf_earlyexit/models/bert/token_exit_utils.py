@@ -404,7 +404,7 @@ def token_exit_flops(
     """FLOPs of each sentence of an early-exit run, from the layer at which each of its positions stopped.
 
     A position is a query in layers `1..exit_layer` and a head is evaluated on it at every exit layer up to its own,
-    so with `q_l` the active positions in layer `l` (METHODS.md section 4, `n` the sentence's real length):
+    so with `q_l` the active positions in layer `l` (`n` the sentence's real length):
     `sum_l encoder_layer_flops(n, q_l) = depth * 4nd^2 + (sum_p exit_layer_p) * (4d^2 + 4nd + 4df)`, plus `2dC` per
     head evaluation. The depth is the sentence's largest exit layer (its special tokens run until it leaves).
 

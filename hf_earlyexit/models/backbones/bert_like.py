@@ -1,0 +1,108 @@
+# Copyright 2026 The hf_earlyexit Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""BERT-like backbones: BERT, RoBERTa, XLM-RoBERTa and ELECTRA share BERT's layer; DistilBERT has it under other
+module names.
+
+Shipped with `trust_remote_code` checkpoints: imports only torch, transformers and single-dot siblings.
+"""
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import apply_chunking_to_forward
+
+from .base import FULL_ATTENTION, EncoderBackbone, split_heads
+
+
+class BertBackbone(EncoderBackbone):
+    """BERT and its copies with the same layer: RoBERTa and XLM-RoBERTa (position ids from the padding, which makes
+    left padding harmless), ELECTRA (plus a projection when `embedding_size != hidden_size`)."""
+
+    _detects_packing = True
+
+    def __init__(self, model_type: str, model_class_name: str, base_model_kwargs: dict[str, Any]):
+        self.model_types = (model_type,)
+        self.model_class_name = model_class_name
+        self.base_model_kwargs = base_model_kwargs
+
+    def _embeddings(self, base_model, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
+        hidden_states = base_model.embeddings(
+            input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds
+        )
+        projection = getattr(base_model, "embeddings_project", None)  # ELECTRA with embedding_size != hidden_size
+        return hidden_states if projection is None else projection(hidden_states)
+
+    def run_layer(self, base_model, index, hidden_states, context):
+        return self.layers(base_model)[index](hidden_states, context.masks[FULL_ATTENTION])
+
+    def _projections(self, layer) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
+        """`(attention module, query, key, value)` of a layer."""
+        attention = layer.attention.self
+        return attention, attention.query, attention.key, attention.value
+
+    def _after_attention(self, layer, attention_context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """Attention output (projection, residual, norm) and feed-forward block on `(N, ...)` gathered positions."""
+        attention_output = layer.attention.output(attention_context, residual)
+        return apply_chunking_to_forward(layer.feed_forward_chunk, layer.chunk_size_feed_forward, 0, attention_output)
+
+    def _active_layer(self, layer, index, hidden_states, flat_states, context, queries):
+        attention, query_proj, key_proj, value_proj = self._projections(layer)
+        head_dim = attention.attention_head_size
+        key = split_heads(key_proj(hidden_states), head_dim)
+        value = split_heads(value_proj(hidden_states), head_dim)
+        queries_in = flat_states.index_select(0, queries.positions)
+        query = split_heads(queries.pack(query_proj(queries_in)), head_dim)
+        attention_context = self._packed_attention(
+            attention,
+            query,
+            key,
+            value,
+            queries.masks[FULL_ATTENTION],
+            scaling=attention.scaling,
+            dropout=attention.dropout.p,
+        )
+        return self._after_attention(layer, queries.unpack(attention_context), queries_in)
+
+
+class DistilBertBackbone(BertBackbone):
+    """DistilBERT: BERT's layer with other module names (`transformer.layer`, `q_lin`, `sa_layer_norm`, `ffn`), no
+    token types, no pooler, `dim` / `hidden_dim` for the sizes."""
+
+    layers_attribute = "transformer.layer"
+    _detects_packing = False  # DistilBertModel never passes position ids to its mask
+
+    def __init__(self):
+        super().__init__("distilbert", "DistilBertModel", {})
+
+    def dims(self, config):
+        return config.dim, config.hidden_dim
+
+    def _embeddings(self, base_model, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
+        if token_type_ids is not None:
+            raise ValueError("DistilBERT has no token type embeddings: pass `token_type_ids=None`.")
+        return base_model.embeddings(input_ids, inputs_embeds, position_ids)
+
+    def _projections(self, layer):
+        attention = layer.attention
+        return attention, attention.q_lin, attention.k_lin, attention.v_lin
+
+    def _after_attention(self, layer, attention_context, residual):
+        attention_output = layer.sa_layer_norm(layer.attention.out_lin(attention_context) + residual)
+        ffn = layer.ffn
+        ffn_output = apply_chunking_to_forward(ffn.ff_chunk, ffn.chunk_size_feed_forward, 0, attention_output)
+        return layer.output_layer_norm(ffn_output + attention_output)
+
+
+__all__ = ["BertBackbone", "DistilBertBackbone"]
