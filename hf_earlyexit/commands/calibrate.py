@@ -28,12 +28,12 @@ import tempfile
 from pathlib import Path
 
 from .common import (
-    CARD_DATA_FILE,
     UsageError,
     add_data_arguments,
     dump_json,
     load_card_data,
     load_for_sweep,
+    save_card,
     write_atomically,
 )
 
@@ -105,7 +105,6 @@ def check_target(target_speedup, max_accuracy_drop) -> None:
 def write_calibration(checkpoint: str | Path, model, result, dataset_name: str | None = None) -> None:
     """Writes the calibrated exit settings into `checkpoint/config.json` (nothing else in it changes), the model card
     and `calibration.json`, each through a temporary file."""
-    from ..model_card import model_card_for
     from ..models.bert.checkpoint_utils import family_config_fields
 
     checkpoint = Path(checkpoint)
@@ -116,8 +115,7 @@ def write_calibration(checkpoint: str | Path, model, result, dataset_name: str |
     config.update({name: getattr(model.config, name) for name in EXIT_SETTINGS if name in declared})
     card_data = load_card_data(checkpoint)  # keeps what training recorded
     card_data.set_calibration(result, dataset_name=dataset_name)
-    write_atomically(checkpoint / "README.md", str(model_card_for(model, card_data)))
-    write_atomically(checkpoint / CARD_DATA_FILE, dump_json(card_data.to_dict()))
+    save_card(checkpoint, model, card_data)
     write_atomically(checkpoint / "calibration.json", dump_json(result.to_dict()))
     # the config last: a failure before it leaves the model exiting as before
     write_atomically(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -329,6 +329,16 @@ def load_card_data(checkpoint: str | Path):
     return EarlyExitModelCardData(framework_versions=framework_versions())
 
 
+def save_card(checkpoint: str | Path, model, card_data) -> None:
+    """Writes the model card (`README.md`) rendered from `card_data`, and `card_data` itself (what the card says beyond
+    the config, which [`load_card_data`] reads back to render it again), each through a temporary file."""
+    from ..model_card import model_card_for
+
+    checkpoint = Path(checkpoint)
+    write_atomically(checkpoint / "README.md", str(model_card_for(model, card_data)))
+    write_atomically(checkpoint / CARD_DATA_FILE, dump_json(card_data.to_dict()))
+
+
 def write_atomically(path: str | Path, text: str) -> None:
     """Writes `text` to a temporary file next to `path`, then replaces `path` with it: a crash never leaves a
     half-written file."""
