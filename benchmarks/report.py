@@ -31,7 +31,7 @@ first, as the table the quick start prints, with its run time and machine.
 
 Each result becomes rows `(dataset, method, target FLOPs speed-up) -> metric, measured FLOPs speed-up, wall-clock
 speed-up per batch size`; RESULTS.md has one accuracy table and one wall-clock table per dataset, the machines, and
-the numbers the original papers published (quoted in METHODS.md, labelled as theirs, with their backbone), and one
+the numbers the original papers and their released code published (labelled as theirs, with their backbone), and one
 plot per dataset (`benchmarks/plots/<dataset>.png`: a row per benchmark, a curve per method).
 
 Run from the repository root (the scripts and result files are the repository's, not the installed package's):
@@ -91,7 +91,7 @@ QUICKSTART_RESULT = "quickstart/results.json"
 # these folders, rendered by `benchmarks.converged`
 CONVERGED = {"sst2": "SST-2, converged models", "conll": "CoNLL-2003, converged models"}
 
-# What the original papers published, as quoted in METHODS.md (their setups, not ours: other backbones, other data)
+# What the original papers and their released code published (their setups, not ours: other backbones, other data)
 PUBLISHED = [
     {
         "method": "CascadeBERT (Li et al., 2021), released code",
@@ -103,15 +103,16 @@ PUBLISHED = [
             ("tau=0.7", "3.21x (layers, cumulative)", "acc 81.62 / F1 87.73"),
             ("tau=0.6", "4.12x (layers, cumulative)", "acc 80.88 / F1 87.30"),
         ],
-        "source": "METHODS.md section 2",
+        "source": "the MRPC dev results published with the released code (the method as implemented here: "
+        "`docs/methods.md` section 2)",
     },
     {
         "method": "SENTEE / TOKEE (Li et al., 2021), released code",
         "backbone": "12-layer BERT, joint training, no exit",
         "dataset": "CoNLL-2003",
         "rows": [("full depth", "1x", "F1 91.67")],
-        "source": "METHODS.md section 3 (the paper's abstract: 66%-75% of the inference cost saved with minimal "
-        "degradation)",
+        "source": "the released code's results table; the paper's abstract: 66%-75% of the inference cost saved with "
+        "minimal degradation (the method as implemented here: `docs/methods.md` section 3)",
     },
 ]
 
@@ -423,9 +424,10 @@ def render(
         *([""] if benchmarks else []),
         "## Published numbers of the original papers (theirs, for context)",
         "",
-        "Quoted from METHODS.md; their backbones, data and speed conventions differ from ours (ours: all-MiniLM-L6-v2, "
-        "6 layers, small training budgets), so they are not comparable cell by cell. BADGE (Zhu et al., 2023): "
-        "METHODS.md quotes no numbers, so none are shown.",
+        "Quoted from the papers and their released code (references in `docs/methods.md`); their backbones, data and "
+        "speed conventions differ from ours (ours: all-MiniLM-L6-v2, 6 layers, small training budgets), so they are "
+        "not comparable cell by cell. BADGE (Zhu et al., 2023): its text and code are not public (`docs/methods.md` "
+        "section 1), so no numbers are quoted.",
         "",
         "| method (theirs) | backbone | data | setting | speed-up | result |",
         "| --- | --- | --- | --- | --- | --- |",

@@ -14,10 +14,10 @@
 """`hf-earlyexit evaluate`: a threshold sweep of an early-exit checkpoint on a labelled dataset.
 
 Every point is a real early-exit run over the data: accuracy, mean exit layer, layer and FLOPs speed-up against the
-full model (METHODS.md section 4) and, at each `--timing_batch_sizes`, the measured latency and wall-clock speed-up
-against a plain `BertForSequenceClassification` of the same size and weights (same process, same threads,
-interleaved). Without `--thresholds`, the thresholds are read off the accuracy/FLOPs frontier of one recorded pass
-over the same data (`hf_earlyexit.calibration`), evenly spread from the full model to the fastest setting.
+full model (`docs/methods.md` section 4) and, at each `--timing_batch_sizes`, the measured latency and wall-clock
+speed-up against a plain `BertForSequenceClassification` of the same size and weights (same process, same threads,
+interleaved). Without `--thresholds`, the thresholds are read off the accuracy/FLOPs frontier of one recorded pass over
+the same data (`hf_earlyexit.calibration`), evenly spread from the full model to the fastest setting.
 
 A token model (SENTEE / TOKEE) is swept the same way on a CoNLL column file: `--criterion` is its exit mode (`token`
 or `sentence`), `--window_sizes` the TOKEE windows to try, the metric entity F1 (seqeval; word accuracy for tags that
