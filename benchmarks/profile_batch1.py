@@ -156,6 +156,12 @@ def load(args):
     return model, reference.eval(), tokenizer
 
 
+def default_data(family: str) -> str:
+    """SST-2 dev (in the repository) or CoNLL-2003 validation (in the shared data beside it)."""
+    root = Path(__file__).resolve().parent.parent
+    return str(root.parent / "shared/data/conll2003/valid.txt" if family == "token" else root / "data/sst2/dev.tsv")
+
+
 def sentences(args) -> list:
     """Real sentences: SST-2 dev (classification) or CoNLL-2003 validation words (tagging)."""
     if args.family == "token":
@@ -249,6 +255,16 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def report(result: dict, table: str, output: str | None) -> None:
+    """Prints the Markdown table; with `output`, writes the result there as JSON and the table beside it (`.md`)."""
+    print(table)
+    if output:
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(result, indent=1) + "\n")
+        output.with_suffix(".md").write_text(table + "\n")
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_batch1", description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", choices=FAMILIES, required=True)
@@ -262,18 +278,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", default=None, help="JSON file to write (a .md beside it)")
     args = parser.parse_args(argv)
     if args.data is None:
-        root = Path(__file__).resolve().parent.parent
-        args.data = str(
-            root.parent / "shared/data/conll2003/valid.txt" if args.family == "token" else root / "data/sst2/dev.tsv"
-        )
+        args.data = default_data(args.family)
     result = profile(args)
-    text = markdown(result)
-    print(text)
-    if args.output:
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(result, indent=1) + "\n")
-        output.with_suffix(".md").write_text(text + "\n")
+    report(result, markdown(result), args.output)
     return result
 
 

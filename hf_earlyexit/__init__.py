@@ -71,10 +71,12 @@ _LAZY = {
     "TwoStageExitLoss": "losses",
     "calibrate": "calibration",
     "calibrate_token": "calibration",
+    "compile_layers": "acceleration",
     "register_exit_loss": "losses",
 }
 
 if TYPE_CHECKING:
+    from .acceleration import compile_layers
     from .calibration import CalibrationResult, TokenCalibrationResult, calibrate, calibrate_token
     from .hub import MissingTokenizerError
     from .losses import (
@@ -116,7 +118,6 @@ __all__ = [
     "CascadeSequenceClassifierOutput",
     "DamagedCheckpointError",
     "DifficultyAwareCascadeLoss",
-    "DifficultyAwareCascadeLoss",
     "DistillationExitLoss",
     "EarlyExitModelCardData",
     "EarlyExitPipelineMixin",
@@ -130,7 +131,6 @@ __all__ = [
     "ExitLoss",
     "ExitRule",
     "JointCascadeLoss",
-    "JointCascadeLoss",
     "JointExitLoss",
     "JointTokenExitLoss",
     "MissingTokenizerError",
@@ -143,6 +143,7 @@ __all__ = [
     "__version__",
     "calibrate",
     "calibrate_token",
+    "compile_layers",
     "difficulty_aware_ranking_loss",
     "encode_words",
     "register",

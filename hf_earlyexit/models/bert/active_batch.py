@@ -222,15 +222,14 @@ class ActiveBatch:
         Args:
             where: `(current_rows,)` bool, the rows to write (those that answer now); `None`: every current row.
             outputs: Pairs of a full-batch output (dimension 0 is the caller's batch) and the value to write: a tensor
-                with one entry per current row, or a number written at every selected row.
+                with one entry per current row, or a number written at every selected row. A value of another dtype
+                (bf16 logits of a head under autocast) is cast to the output's.
         """
-        if where is None:
-            for out, value in outputs:
-                out[self.rows] = value
-            return
-        rows = self.rows[where]
+        rows = self.rows if where is None else self.rows[where]
         for out, value in outputs:
-            out[rows] = value[where] if isinstance(value, torch.Tensor) else value
+            if isinstance(value, torch.Tensor):
+                value = value.to(out.dtype) if where is None else value[where].to(out.dtype)
+            out[rows] = value
 
     def drop_rows(self, stay: torch.Tensor, *tensors: torch.Tensor | None) -> tuple | None:
         """Keeps the rows where `stay` (`(current_rows,)` bool) is true: updates `rows` and returns `tensors` (dimension

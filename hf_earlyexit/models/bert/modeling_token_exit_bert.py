@@ -602,7 +602,7 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
 
                 flat_states = hidden_states.reshape(-1, hidden_states.shape[-1])
                 logits = self._head(k, flat_states if all_active else flat_states.index_select(0, words.positions))
-                flat_logits.index_copy_(0, out_positions, logits)
+                flat_logits.index_copy_(0, out_positions, logits.to(flat_logits.dtype))  # bf16 under autocast
                 flat_exit_layer.index_fill_(0, out_positions, layer_number)
                 if k == num_exits - 1:
                     break

@@ -1,0 +1,75 @@
+# Copyright 2026 The hf-earlyexit Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Early exit on top of the CPU inference tools users already apply to a transformers model.
+
+Two of them need nothing from this package, since the exit loop runs whatever linear layers and dtype the model has:
+
+- int8 dynamic quantization of the linear layers (weights int8, activations quantized per batch; CPU only):
+  `model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)` (torch 2.13 warns
+  that `torch.ao`'s quantized tensors are deprecated in favour of `torchao`; they still work);
+- bf16: `AutoModel...from_pretrained(path, dtype=torch.bfloat16)` (bf16 weights), or running the model under
+  `torch.autocast("cpu", dtype=torch.bfloat16)` (fp32 weights, bf16 matrix products; the outputs stay fp32).
+
+`torch.compile` of the whole model does not pay: the exit decision is a data-dependent branch after every layer, so
+dynamo breaks the graph there and recompiles for new batch compositions (a batch of one, a batch where nothing leaves).
+[`compile_layers`] compiles the encoder layers instead, the work between two decisions, with dynamic shapes: one graph
+serves every batch size and length after warm-up, and the exit loop stays Python.
+"""
+
+from torch import nn
+
+
+LAYER_LIST_NAMES = ("layer", "layers")
+
+
+def encoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The encoder layers of `model`, in order: every entry of a `nn.ModuleList` named `layer` or `layers` (BERT's
+    `encoder.layer`, DistilBERT's `transformer.layer`, ModernBERT's `layers`; a cascade's members each have theirs)."""
+    return [
+        layer
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and name.rpartition(".")[2] in LAYER_LIST_NAMES
+        for layer in module
+    ]
+
+
+def compile_layers(model: nn.Module, *, dynamic: bool = True, **compile_kwargs) -> nn.Module:
+    """Compiles every encoder layer of an early-exit model (or of any transformers encoder) in place with
+    `torch.compile`, and returns the model.
+
+    The weights, `state_dict` and `save_pretrained` are unchanged. Compilation happens on the first call of each layer;
+    with `dynamic=True` later batches of other sizes and lengths reuse the graphs (batch size 1 gets one graph of its
+    own, as `torch.compile` specialises on sizes 0 and 1). TOKEE's packed steps, which run the query, attention output
+    and feed-forward of the active positions only, call the layers' parts directly and stay eager.
+
+    Args:
+        model: A model with encoder layers (see [`encoder_layers`]).
+        dynamic: Passed to `torch.compile`.
+        compile_kwargs: Other `torch.compile` arguments (`backend`, `mode`, `options`).
+
+    Raises:
+        ValueError: `model` has no encoder layers.
+    """
+    layers = encoder_layers(model)
+    if not layers:
+        raise ValueError(
+            f"compile_layers: {type(model).__name__} has no encoder layers (no `nn.ModuleList` named "
+            f"{' or '.join(repr(name) for name in LAYER_LIST_NAMES)}); compile the model itself with torch.compile"
+        )
+    for layer in layers:
+        layer.compile(dynamic=dynamic, **compile_kwargs)
+    return model
+
+
+__all__ = ["compile_layers", "encoder_layers"]

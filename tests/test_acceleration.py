@@ -1,0 +1,136 @@
+"""Early exit composed with int8 dynamic quantization, bf16 (weights or autocast) and compiled layers, per family."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from hf_earlyexit import BertForCascadeClassification, BertForTokenEarlyExit, BertWithBypassExits, compile_layers
+from hf_earlyexit.acceleration import encoder_layers
+from tests import test_modeling_bypass_bert as bypass_tests
+from tests import test_modeling_cascade_bert as cascade_tests
+from tests import test_modeling_token_exit_bert as token_tests
+
+
+def bypass_case():
+    model = bypass_tests.tiny_model()
+    inputs = bypass_tests.padded_inputs(batch_size=12, max_len=12)
+    settings = {"exit_criterion": "max_prob", "exit_threshold": bypass_tests.spread_thresholds(model, inputs)}
+    return model, inputs, settings
+
+
+def cascade_case():
+    model = cascade_tests.tiny_cascade()
+    inputs = bypass_tests.padded_inputs(batch_size=12, max_len=12)
+    with torch.no_grad():
+        confidences = model(**inputs, output_all_exits=True).all_logits[0].softmax(-1).max(-1).values
+    return model, inputs, {"exit_threshold": float(confidences.median())}
+
+
+def token_case():
+    model = token_tests.tiny_model()
+    return model, token_tests.token_inputs(batch_size=12, max_len=14), {"exit_threshold": 0.5}
+
+
+CASES = {"bypass": bypass_case, "cascade": cascade_case, "token": token_case}
+
+
+def run(model, inputs, settings):
+    with torch.no_grad():
+        return model(**inputs, early_exit=True, **settings)
+
+
+def agreement(output, reference) -> float:
+    """Fraction of examples (tokens for the token model) with the reference's exit layer and prediction."""
+    same = (output.exit_layer == reference.exit_layer) & (output.logits.argmax(-1) == reference.logits.argmax(-1))
+    return same.float().mean().item()
+
+
+@pytest.fixture(params=sorted(CASES))
+def case(request):
+    torch.manual_seed(0)
+    model, inputs, settings = CASES[request.param]()
+    return model, inputs, settings, run(model, inputs, settings)
+
+
+def test_int8_dynamic_quantization_keeps_the_exit_decisions(case):
+    model, inputs, settings, reference = case
+    with warnings.catch_warnings():  # torch 2.13 announces the deprecation of torch.ao's quantized tensors
+        warnings.simplefilter("ignore")
+        quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        output = run(quantized, inputs, settings)
+    assert not any(isinstance(m, nn.Linear) and type(m) is nn.Linear for m in quantized.modules())
+    assert output.logits.dtype == torch.float32
+    assert agreement(output, reference) >= 0.75
+
+
+def test_autocast_bf16_keeps_the_exit_decisions(case):
+    # the exit loops wrote the heads' bf16 logits into fp32 outputs: index_put / index_copy_ refused the mix
+    model, inputs, settings, reference = case
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = run(model, inputs, settings)
+    assert output.exit_layer.shape == reference.exit_layer.shape
+    assert agreement(output, reference) >= 0.75
+
+
+def test_bf16_weights_from_pretrained(case, tmp_path):
+    model, inputs, settings, reference = case
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    output = run(loaded, inputs, settings)
+    assert output.logits.dtype == torch.bfloat16
+    assert agreement(output, reference) >= 0.75
+    # the checkpoint on disk is untouched: it still loads in fp32 with the same outputs
+    again = type(model).from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(run(again, inputs, settings).logits, reference.logits)
+
+
+def test_encoder_layers_of_every_family():
+    bypass, cascade, token = bypass_case()[0], cascade_case()[0], token_case()[0]
+    assert encoder_layers(bypass) == list(bypass.bert.encoder.layer)
+    assert encoder_layers(token) == list(token.bert.encoder.layer)
+    assert encoder_layers(cascade) == [layer for member in cascade.members for layer in member.bert.encoder.layer]
+
+
+def test_compile_layers_without_layers_is_a_clear_error():
+    with pytest.raises(ValueError, match="compile_layers: Linear has no encoder layers"):
+        compile_layers(nn.Linear(2, 2))
+
+
+def test_compile_layers_matches_eager_without_recompiling_per_batch(tmp_path):
+    torch._dynamo.reset()
+    model, inputs, settings = bypass_case()
+    eager = copy.deepcopy(model)
+    assert compile_layers(model) is model
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def compare(batch):
+        torch.testing.assert_close(run(model, batch, settings).logits, run(eager, batch, settings).logits)
+
+    compare(inputs)  # warm-up: batch > 1 (the dynamic graph) and a single example (its own graph)
+    compare(bypass_tests.padded_inputs(batch_size=1, max_len=7, seed=1))
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for batch_size, max_len in [(3, 9), (5, 12), (1, 11), (7, 10)]:
+        compare(bypass_tests.padded_inputs(batch_size=batch_size, max_len=max_len, seed=batch_size))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    # compiling changes neither the weights nor what is saved
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    model.save_pretrained(tmp_path)
+    reloaded = BertWithBypassExits.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(run(reloaded, inputs, settings).logits, run(eager, inputs, settings).logits)
+
+
+@pytest.mark.parametrize("family", ["cascade", "token"])
+def test_compile_layers_on_the_other_families(family):
+    # the "eager" backend checks what dynamo captures without inductor's code generation (the bypass test pays that)
+    torch._dynamo.reset()
+    model, inputs, settings = CASES[family]()
+    reference = run(model, inputs, settings)
+    compile_layers(model, backend="eager")
+    output = run(model, inputs, settings)
+    torch.testing.assert_close(output.logits, reference.logits)
+    assert torch.equal(output.exit_layer, reference.exit_layer)
+    assert isinstance(model, (BertForCascadeClassification, BertForTokenEarlyExit))
