@@ -538,12 +538,13 @@ def converged_sections(results_dir: Path, plots_dir: Path, output: Path) -> list
     return lines
 
 
-def serving_sections(results_dir: Path) -> list[str]:
-    """The serving load benchmark (`examples/benchmark_serving.py`): each run's own table, with its command."""
-    runs = sorted((results_dir / "serving").glob("**/results.json"), key=lambda path: (len(path.parts), path))
+def table_sections(results_dir: Path, folder: str, title: str, pattern: str = "*.json", intro: str = "") -> list[str]:
+    """The runs of a benchmark that writes its own Markdown table beside its JSON result (serving, composition with
+    int8/bf16/compile, the divergence analysis): each run's table with its command, under `title`."""
+    runs = sorted((results_dir / folder).glob(pattern), key=lambda path: (len(path.parts), path))
     if not runs:
         return []
-    lines = ["## Serving", ""]
+    lines = [f"## {title}", ""] + ([intro, ""] if intro else [])
     for path in runs:
         data = json.loads(path.read_text(encoding="utf-8"))
         lines += [
@@ -555,6 +556,25 @@ def serving_sections(results_dir: Path) -> list[str]:
     return lines
 
 
+MEASURED_SECTIONS = (
+    # folder, title, file pattern, introduction
+    ("serving", "Serving", "**/results.json", ""),
+    (
+        "compose",
+        "Early exit under int8, bf16 and torch.compile",
+        "*.json",
+        "Each treatment applied alike to the early-exit model and to the plain model of the full size, timed side by "
+        "side (`benchmarks/compose.py`); in parentheses the early-exit speed-up relative to its fp32 value.",
+    ),
+    (
+        "divergence",
+        "Why the divergence criterion trails max-prob",
+        "*.json",
+        "`benchmarks/divergence.py`: at each exit, the examples each criterion would let leave first.",
+    ),
+)
+
+
 def make_report(results_dir: Path, output: Path, plots_dir: Path, command: str) -> dict:
     benchmarks, missing = load_benchmarks(results_dir)
     plots = {}
@@ -564,7 +584,9 @@ def make_report(results_dir: Path, output: Path, plots_dir: Path, command: str) 
         plots[dataset] = Path(os.path.relpath(Path(path).resolve(), output.parent.resolve())).as_posix()
     output.parent.mkdir(parents=True, exist_ok=True)
     quickstart = load_quickstart(results_dir)
-    converged = converged_sections(results_dir, plots_dir, output) + serving_sections(results_dir)
+    converged = converged_sections(results_dir, plots_dir, output)
+    for folder, title, pattern, intro in MEASURED_SECTIONS:
+        converged += table_sections(results_dir, folder, title, pattern, intro)
     output.write_text(render(benchmarks, missing, plots, command, quickstart, converged), encoding="utf-8")
     return {
         "report": str(output),
