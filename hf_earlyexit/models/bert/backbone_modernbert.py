@@ -25,7 +25,7 @@ from transformers.masking_utils import create_bidirectional_mask, create_bidirec
 from transformers.models.modernbert.modeling_modernbert import eager_attention_forward as modernbert_eager_attention
 from transformers.models.modernbert.modeling_modernbert import rotate_half
 
-from .base import (
+from .backbone_base import (
     FULL_ATTENTION,
     PACKED_ATTENTION,
     SLIDING_ATTENTION,

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import apply_chunking_to_forward
 
-from .base import FULL_ATTENTION, EncoderBackbone, split_heads
+from .backbone_base import FULL_ATTENTION, EncoderBackbone, split_heads
 
 
 class BertBackbone(EncoderBackbone):

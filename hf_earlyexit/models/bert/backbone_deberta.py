@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers.models.deberta_v2.modeling_deberta_v2 import make_log_bucket_position, scaled_size_sqrt
 
-from .base import FULL_ATTENTION, ActiveQueries, EncoderBackbone, is_contiguous, split_heads
+from .backbone_base import FULL_ATTENTION, ActiveQueries, EncoderBackbone, is_contiguous, split_heads
 
 
 class DebertaV2Backbone(EncoderBackbone):
