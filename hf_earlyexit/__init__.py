@@ -1,4 +1,5 @@
-"""hf_earlyexit: early-exit inference for BERT-style models in Hugging Face Transformers.
+"""hf_earlyexit: early-exit inference for the encoders fine-tuned in Hugging Face Transformers (BERT, RoBERTa,
+XLM-RoBERTa, ELECTRA, DistilBERT, DeBERTa-v2/-v3, ModernBERT).
 
 Importing the package registers every config and model with the Auto classes and the exit-aware pipelines, and does
 nothing else: the training, calibration, evaluation and Hub modules are imported on first use.
@@ -11,15 +12,22 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0.dev0"
 
 from .models.bert import (
+    SUPPORTED_MODEL_TYPES,
     BertForCascadeClassification,
     BertForTokenEarlyExit,
     BertWithBypassExits,
     BypassBertConfig,
+    BypassExitConfig,
     CascadeBertConfig,
+    CascadeConfig,
+    CascadeForSequenceClassification,
     CascadeSequenceClassifierOutput,
     EarlyExitSequenceClassifierOutput,
     EarlyExitTokenClassifierOutput,
+    EncoderForTokenEarlyExit,
+    EncoderWithBypassExits,
     TokenExitBertConfig,
+    TokenExitConfig,
     TokenExitRule,
     encode_words,
 )
@@ -97,12 +105,14 @@ __all__ = [
     "BertForTokenEarlyExit",
     "BertWithBypassExits",
     "BypassBertConfig",
+    "BypassExitConfig",
     "CalibrationResult",
     "CascadeBertConfig",
+    "CascadeConfig",
     "CascadeExitLoss",
+    "CascadeForSequenceClassification",
     "CascadeSequenceClassifierOutput",
     "DamagedCheckpointError",
-    "DifficultyAwareCascadeLoss",
     "DifficultyAwareCascadeLoss",
     "DistillationExitLoss",
     "EarlyExitModelCardData",
@@ -113,18 +123,21 @@ __all__ = [
     "EarlyExitTokenClassifierOutput",
     "EarlyExitTrainer",
     "EarlyExitTrainingArguments",
+    "EncoderForTokenEarlyExit",
+    "EncoderWithBypassExits",
     "EvaluationRow",
     "ExitLoss",
     "ExitRule",
-    "JointCascadeLoss",
     "JointCascadeLoss",
     "JointExitLoss",
     "JointTokenExitLoss",
     "MissingTokenizerError",
     "ModelCardCallback",
+    "SUPPORTED_MODEL_TYPES",
     "SelfSamplingTokenLoss",
     "TokenCalibrationResult",
     "TokenExitBertConfig",
+    "TokenExitConfig",
     "TokenExitRule",
     "TwoStageExitLoss",
     "__version__",

@@ -76,6 +76,7 @@ from hf_earlyexit.data import DataCollatorForTokenEarlyExit, label_names_of, loa
 from hf_earlyexit.families import families
 from hf_earlyexit.families import family as family_named
 from hf_earlyexit.losses import registered_recipes
+from hf_earlyexit.models.backbones import SUPPORTED_MODEL_TYPES
 from hf_earlyexit.utils import TINY_BERT, default_backbone
 
 
@@ -390,10 +391,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         source = default_backbone()
     if source is not None:
         source_type = AutoConfig.from_pretrained(source).model_type
-        if source_type not in ("bert", chosen.model_type):
+        if source_type not in (*SUPPORTED_MODEL_TYPES, chosen.model_type):
             raise ValueError(
                 f"`--model_name_or_path` {source} holds a {source_type!r} model; `--family {model_args.family}` "
-                f"starts from a BERT checkpoint or continues a {chosen.model_type!r} one."
+                f"starts from a checkpoint of a supported encoder ({', '.join(SUPPORTED_MODEL_TYPES)}) or continues "
+                f"a {chosen.model_type!r} one."
             )
     tokenizer = AutoTokenizer.from_pretrained(source) if source is not None and not data_args.synthetic_data else None
     train_dataset, eval_dataset, label_names = load_data(data_args, tokenizer, chosen.task)

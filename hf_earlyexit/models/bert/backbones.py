@@ -42,12 +42,13 @@ RoBERTa, XLM-R, ELECTRA, DistilBERT) are added once at embedding time and travel
 Modules: `backbone_base` (the interface and the per-batch state), `backbone_bert_like` (BERT, RoBERTa, XLM-R,
 ELECTRA, DistilBERT), `backbone_deberta` (DeBERTa-v2 and -v3), `backbone_modernbert`; this one maps model types to
 backbones ([`backbone_for`]). They live flat beside the families' modules because remote code is one flat folder
-(transformers resolves only single-dot imports of siblings); `hf_earlyexit.models.backbones` re-exports this module.
+(transformers resolves only single-dot imports of siblings); the package re-exports this module as `models.backbones`.
 
 Shipped with `trust_remote_code` checkpoints: every module imports only torch, transformers and single-dot siblings.
 """
 
 from transformers import PreTrainedConfig, PreTrainedModel
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .backbone_base import (
     FULL_ATTENTION,
@@ -55,6 +56,7 @@ from .backbone_base import (
     SLIDING_ATTENTION,
     ActiveQueries,
     EncoderBackbone,
+    HeadStyle,
     LayerContext,
 )
 from .backbone_bert_like import BertBackbone, DistilBertBackbone
@@ -62,11 +64,21 @@ from .backbone_deberta import DebertaV2Backbone
 from .backbone_modernbert import ModernBertBackbone
 
 
+# RoBERTa, XLM-R and ELECTRA classify with a `classifier` module of their own (`dense`, then `out_proj`)
+_CLASSIFICATION_HEAD = {"pooler": "classifier.dense", "classifier": "classifier.out_proj"}
 _BACKBONES: tuple[EncoderBackbone, ...] = (
     BertBackbone("bert", "BertModel", {"add_pooling_layer": False}),
-    BertBackbone("roberta", "RobertaModel", {"add_pooling_layer": False}),
-    BertBackbone("xlm-roberta", "XLMRobertaModel", {"add_pooling_layer": False}),
-    BertBackbone("electra", "ElectraModel", {}),
+    *(
+        BertBackbone(
+            model_type,
+            model_class_name,
+            {"add_pooling_layer": False},
+            stock_sequence_head=_CLASSIFICATION_HEAD,
+            positions_after_padding=True,
+        )
+        for model_type, model_class_name in (("roberta", "RobertaModel"), ("xlm-roberta", "XLMRobertaModel"))
+    ),
+    BertBackbone("electra", "ElectraModel", {}, head_activation="gelu", stock_sequence_head=_CLASSIFICATION_HEAD),
     DistilBertBackbone(),
     DebertaV2Backbone(),
     ModernBertBackbone(),
@@ -98,8 +110,11 @@ def backbone_for(config_or_model: PreTrainedConfig | PreTrainedModel | str) -> E
     ```
     """
     config = getattr(config_or_model, "config", config_or_model)
+    encoder = getattr(config, "encoder_config", None)  # a family config on another encoder than BERT
     if isinstance(config, str):
         candidates = [config]
+    elif isinstance(encoder, dict):
+        candidates = [encoder.get("model_type")]
     else:
         candidates = [getattr(config, "model_type", None)]
         candidates += [getattr(cls, "model_type", None) for cls in type(config).__mro__]
@@ -112,6 +127,60 @@ def backbone_for(config_or_model: PreTrainedConfig | PreTrainedModel | str) -> E
     )
 
 
+# keys of a saved config that describe a checkpoint or a task head, not the encoder (the family's own apply)
+_NOT_ENCODER_KEYS = frozenset(
+    {
+        "transformers_version",
+        "architectures",
+        "_name_or_path",
+        "name_or_path",
+        "dtype",
+        "torch_dtype",
+        "auto_map",
+        "custom_pipelines",
+        "id2label",
+        "label2id",
+        "num_labels",
+        "problem_type",
+        "_commit_hash",
+        "_attn_implementation_autoset",
+        "attn_implementation",
+    }
+)
+
+
+def encoder_config_dict(config: PreTrainedConfig | dict, what: str = "the encoder config") -> dict:
+    """The JSON-ready dict of an encoder's config as the family configs store it (`encoder_config`): its `model_type`
+    and the fields that differ from that architecture's defaults, without checkpoint and label fields.
+
+    Raises:
+        ValueError: for an architecture without a backbone (listing the supported ones), or a config its own class
+            refuses.
+        TypeError: for anything but a config or a dict.
+    """
+    if isinstance(config, PreTrainedConfig):
+        values = config.to_diff_dict()
+    elif isinstance(config, dict):
+        values = dict(config)
+    else:
+        raise TypeError(f"{what} must be a transformers config or a dict, got {type(config).__name__}.")
+    model_type = values.get("model_type")
+    backbone_for(str(model_type))
+    fields = {key: value for key, value in values.items() if key not in _NOT_ENCODER_KEYS and key != "model_type"}
+    try:
+        built = CONFIG_MAPPING[model_type](**fields)
+    except Exception as error:  # the architecture's own (strict) validation, with what it was validating
+        raise ValueError(f"{what} is not a valid {model_type!r} configuration: {error}") from error
+    return {key: value for key, value in built.to_diff_dict().items() if key not in _NOT_ENCODER_KEYS}
+
+
+def build_encoder_config(encoder_config: dict, **kwargs) -> PreTrainedConfig:
+    """The config object of an `encoder_config` dict (see [`encoder_config_dict`]), with `kwargs` on top (e.g.
+    `attn_implementation`)."""
+    fields = dict(encoder_config)
+    return CONFIG_MAPPING[fields.pop("model_type")](**fields, **kwargs)
+
+
 __all__ = [
     "FULL_ATTENTION",
     "PACKED_ATTENTION",
@@ -122,8 +191,11 @@ __all__ = [
     "DebertaV2Backbone",
     "DistilBertBackbone",
     "EncoderBackbone",
+    "HeadStyle",
     "LayerContext",
     "ModernBertBackbone",
     "SUPPORTED_MODEL_TYPES",
     "backbone_for",
+    "build_encoder_config",
+    "encoder_config_dict",
 ]
