@@ -24,11 +24,11 @@ quickstart: install
 
 # runs the benchmark scripts (hours on a CPU), then regenerates benchmarks/RESULTS.md and its plots
 benchmark: install
-	$(VENV)/bin/hf-earlyexit benchmark
+	$(PY) -m benchmarks.report
 
 # benchmarks/RESULTS.md and benchmarks/plots/ from the committed result files only (seconds, byte-identical)
 report: install
-	$(VENV)/bin/hf-earlyexit benchmark --report_only
+	$(PY) -m benchmarks.report --report_only
 
 # transformers' common model tests come from the sdist of the installed transformers (fetched once into the venv)
 test: install

@@ -1,4 +1,4 @@
-# Copyright 2026 The hf_earlyexit Authors.
+# Copyright 2026 The hf-earlyexit Authors.
 #
 # Licensed under the Apache License, Version 2.0 (the "License");
 # you may not use this file except in compliance with the License.
@@ -120,14 +120,19 @@ class CellStore:
             log(f"{cell.name}: running (settings {cell.key})")
             run_dir = self.run_dir(cell)
             run_dir.mkdir(parents=True, exist_ok=True)
-            started = time.perf_counter()
-            result = cell.run(cell, run_dir)
-            self.write(cell, result, time.perf_counter() - started, machine() if machine else None)
+            with _TimeSpent(run_dir) as spent:
+                result = cell.run(cell, run_dir)
+            self.write(cell, result, spent.seconds, machine() if machine else None, cpu_seconds=spent.cpu_seconds)
             status[cell.name] = "ran"
         return status
 
-    def write(self, cell: Cell, result: dict, seconds: float, machine: dict | None) -> Path:
-        """Write a cell's result file atomically: a cut-off write never leaves a half file that looks finished."""
+    def write(
+        self, cell: Cell, result: dict, seconds: float, machine: dict | None, cpu_seconds: float | None = None
+    ) -> Path:
+        """Write a cell's result file atomically: a cut-off write never leaves a half file that looks finished.
+
+        `seconds` and `cpu_seconds` are the wall-clock and CPU time the cell took, runs cut off and resumed included.
+        """
         payload = {
             "cell": cell.name,
             "kind": cell.kind,
@@ -135,6 +140,7 @@ class CellStore:
             "command": self.command,
             "machine": machine,
             "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
             "result": result,
         }
         path = self.result_path(cell.name)
@@ -143,6 +149,27 @@ class CellStore:
         temporary.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
         os.replace(temporary, path)
         return path
+
+
+class _TimeSpent:
+    """Wall-clock and CPU (this process, every thread) seconds spent on a cell, summed over its runs: each run adds
+    its time to `<run_dir>/time_spent.json`, also when it is cut off by an exception, so a resumed cell reports
+    the whole cost. (A run killed outright loses its own share.)"""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "time_spent.json"
+
+    def __enter__(self) -> "_TimeSpent":
+        earlier = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.seconds = earlier.get("seconds", 0.0)
+        self.cpu_seconds = earlier.get("cpu_seconds", 0.0)
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.seconds += time.perf_counter() - self._wall
+        self.cpu_seconds += time.process_time() - self._cpu
+        self.path.write_text(json.dumps({"seconds": self.seconds, "cpu_seconds": self.cpu_seconds}))
 
 
 def _jsonable(value: Any) -> Any:

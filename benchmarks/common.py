@@ -1,4 +1,4 @@
-# Copyright 2026 The hf_earlyexit Authors.
+# Copyright 2026 The hf-earlyexit Authors.
 #
 # Licensed under the Apache License, Version 2.0 (the "License");
 # you may not use this file except in compliance with the License.
@@ -187,9 +187,9 @@ def train_model(
     threads: int | None = None,
     **extra,
 ) -> dict:
-    """Fine-tune `model` in place with [`EarlyExitTrainer`], saving a checkpoint after every epoch under
-    `run_dir/trainer` and resuming from the last one when there is one (a cell cut off mid-training loses at most an
-    epoch). With `eval_set`, the trainer evaluates after every epoch. Returns the training record: time, steps, the
+    """Fine-tune `model` in place with [`EarlyExitTrainer`], saving a checkpoint every quarter of an epoch under
+    `run_dir/trainer` and resuming from the last one when there is one (a cell cut off mid-training loses at most a
+    quarter of an epoch). With `eval_set`, the trainer evaluates after every epoch. Returns the training record: time, steps, the
     loss logs and the per-epoch evaluations (the trainer's `eval_*` metrics, and those of `EpochEvaluation` callbacks
     under `dev`)."""
     training_args = EarlyExitTrainingArguments(
@@ -205,7 +205,8 @@ def train_model(
         seed=seed,
         data_seed=seed,
         eval_strategy="epoch" if eval_set is not None else "no",
-        save_strategy="epoch",
+        save_strategy="steps",
+        save_steps=max(1, math.ceil(len(train_set) / batch_size) // 4),
         save_total_limit=1,
         report_to="none",
         use_cpu=True,

@@ -1,4 +1,4 @@
-# Copyright 2026 The hf_earlyexit Authors.
+# Copyright 2026 The hf-earlyexit Authors.
 #
 # Licensed under the Apache License, Version 2.0 (the "License");
 # you may not use this file except in compliance with the License.
@@ -220,6 +220,8 @@ def render_benchmark(title: str, folder: Path, plan_names: list[str] | None = No
     metric = _metric_name(cells)
     first = cells[0]["settings"]
     seconds = sum(cell["seconds"] for cell in cells)
+    # CPU time as the cells recorded it; a cell written before CPU time was recorded counts its wall-clock time
+    cpu_seconds = sum(cell.get("cpu_seconds") or cell["seconds"] for cell in cells)
     sizes = next((cell["result"]["data"] for cell in cells if "data" in cell["result"]), {})
     machines = sorted(
         {f"{c['machine']['processor']}, {c['machine']['cpu_count']} cores" for c in cells if c["machine"]}
@@ -231,7 +233,8 @@ def render_benchmark(title: str, folder: Path, plan_names: list[str] | None = No
         f"Backbone {first['backbone']}; {sizes.get('train', '?')} training sentences (all but the calibration slice), "
         f"{sizes.get('calibration', '?')} held-out calibration sentences, {sizes.get('dev', '?')} dev sentences; batch "
         f"{first['training']['batch_size']}; every model trained for the same budget ({', '.join(budgets)}). "
-        f"{len(cells)} cells, {seconds / 3600:.1f} h of CPU time in all (training, calibration and measuring), on "
+        f"{len(cells)} cells, {cpu_seconds / 3600:.1f} h of CPU time ({seconds / 3600:.1f} h wall-clock) in all "
+        "(training, calibration and measuring), on "
         + "; ".join(machines)
         + f", {first['measuring']['threads']} torch thread(s) while measuring. Timing: "
         f"{first['measuring']['timing_sentences']} dev sentences per batch size, interleaved batch by batch with the "

@@ -1,4 +1,4 @@
-# Copyright 2026 The hf_earlyexit Authors.
+# Copyright 2026 The hf-earlyexit Authors.
 #
 # Licensed under the Apache License, Version 2.0 (the "License");
 # you may not use this file except in compliance with the License.

@@ -1,4 +1,4 @@
-# Copyright 2026 The hf_earlyexit Authors.
+# Copyright 2026 The hf-earlyexit Authors.
 #
 # Licensed under the Apache License, Version 2.0 (the "License");
 # you may not use this file except in compliance with the License.
@@ -17,17 +17,17 @@ What it trains on the backbone (`--model`, default all-MiniLM-L6-v2; `L` = its d
 
 - `cascade`: cascades cut from the backbone (`BertForCascadeClassification.from_backbone`), by default 1L->L, 2L->L
   and 1L->2L->L, each trained jointly without DAR (`joint`: `sum_k CE_k`) and with CascadeBERT's difficulty-aware
-  regularisation (`dar`: labels from the small members' errors after a warm-up of half the training, METHODS.md
-  section 2);
+  regularisation (`dar`: labels from the small members' errors after a warm-up of half the training,
+  `docs/methods.md` section 2);
 - `static`: the first 1, 2 and 3 layers fine-tuned on their own (a truncated model, what a user would deploy instead),
   and the full L-layer model, each with the same mean-pooling head as a cascade member;
 - `assembled`: cascades assembled from those separately trained models (`from_members`), at no extra training cost;
 - `multi_exit`: a `BertWithBypassExits` (an exit after every layer, BADGE bypasses, joint recipe), routed by
   `max_prob`, `entropy`, `patience` and `divergence`.
 
-Learning rates follow METHODS.md section 5: the full model's encoder trains at `--learning_rate` (5e-5), heads and
-smaller members (a cascade's non-final members, the shallow static models) at `--head_learning_rate` (2e-4); AdamW,
-10 % warm-up then linear decay.
+Learning rates follow `docs/methods.md` section 2: the full model's encoder trains at `--learning_rate` (5e-5), heads
+and smaller members (a cascade's non-final members, the shallow static models) at `--head_learning_rate` (2e-4);
+AdamW, 10 % warm-up then linear decay.
 
 How it measures: thresholds for each target FLOPs speed-up are chosen with `hf_earlyexit.calibration.calibrate` on a
 held-out slice of the training file (`--calibration_size` sentences never trained on; never the dev set), then every
@@ -667,7 +667,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine_info(),
         "conventions": {
             "flops_speedup": "sum of the full model's FLOPs / sum of the FLOPs spent (cumulative for cascades), per "
-            "example from its real length (METHODS.md section 4)",
+            "example from its real length (docs/methods.md section 4)",
             "layer_speedup": "L * N / sum of (cumulative) exit layers",
             "wallclock_speedup": "time of the plain transformers full model / time of the early-exit model, same "
             "batches, interleaved, per timing batch size",

@@ -1,9 +1,9 @@
 """Benchmark of `BertForTokenEarlyExit` (SENTEE / TOKEE, Li et al., ACL 2021) on CoNLL-2003 NER.
 
 Fine-tunes the token early-exit model from a plain BERT checkpoint (default: the embedded all-MiniLM-L6-v2) in two
-stages (METHODS.md section 3): stage 1, the joint loss over every exit; stage 2, self-sampling fine-tuning of the
-stage-1 model. For each stage and each mode (SENTEE, TOKEE) it chooses the threshold (and, for TOKEE, the window among
-`--windows`) that reaches FLOPs speed-ups of 1.5x, 2x, 3x and 4x on a held-out slice of the training data
+stages (`docs/methods.md` section 3): stage 1, the joint loss over every exit; stage 2, self-sampling fine-tuning of
+the stage-1 model. For each stage and each mode (SENTEE, TOKEE) it chooses the threshold (and, for TOKEE, the window
+among `--windows`) that reaches FLOPs speed-ups of 1.5x, 2x, 3x and 4x on a held-out slice of the training data
 (`calibrate_token`), then measures every point on the validation set with real early-exit runs: entity F1 (seqeval),
 word accuracy, mean exit layer over words, layer and FLOPs speed-up, and wall-clock speed-up against a plain
 `BertForTokenClassification` of the same weights (the last exit's head) at batch size 1 and 32, timed interleaved in
@@ -334,7 +334,7 @@ def main(argv=None) -> dict:
             "entity F1": "seqeval micro F1 over entities (conlleval rules) on the validation sentences",
             "layer_speedup": "L * words / sum(exit layers of words)",
             "flops_speedup": "sum(FLOPs of the full model) / sum(FLOPs spent), per sentence from its real length, "
-            "METHODS.md section 4",
+            "docs/methods.md section 4",
             "wallclock_speedup": "plain BertForTokenClassification time / model time, same batches, interleaved "
             "rounds, median",
             "truncated": "the stage-1 model's first k layers answered by its exit at layer k (no separate training)",

@@ -14,8 +14,6 @@ from hf_earlyexit.commands.train import (  # noqa: F401  (re-exported: tests and
     load_data,
     main,
     parse_args,
-    synthetic_classification,
-    synthetic_tagging,
 )
 
 

@@ -1,3 +1,16 @@
+# Copyright 2026 The hf-earlyexit Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """The `hf-earlyexit` command line.
 
     hf-earlyexit quickstart                       # fine-tune, calibrate and measure two models on SST-2 (~6 min on 2 cores)
@@ -6,7 +19,6 @@
     hf-earlyexit evaluate --model runs/cascade --data data/sst2/dev.tsv --output_dir runs/cascade/eval
     hf-earlyexit predict --model runs/cascade "a gripping film"
     hf-earlyexit serve --model runs/cascade --port 8000   # HTTP, dynamic batching (pip install "hf-earlyexit[serve]")
-    hf-earlyexit benchmark --report_only           # benchmarks/RESULTS.md and plots from the committed results
 
 `hf-earlyexit <command> --help` lists each command's options. Each command is also a function,
 `hf_earlyexit.commands.<command>.main(argv) -> dict`. Usage errors (a missing file, an unknown family or column, a
@@ -18,6 +30,7 @@ with status 1.
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 
 
 # name -> (module in hf_earlyexit.commands, one-line help)
@@ -30,7 +43,6 @@ COMMANDS = {
     "calibrate": ("calibrate", "Choose exit thresholds for a FLOPs speed-up or an accuracy drop; write them in."),
     "predict": ("predict", "Classify texts (arguments, --file or stdin): JSON lines with label, score, exit layer."),
     "serve": ("serve", "Serve a model over HTTP on Ray Serve, batching concurrent requests (the serve extra)."),
-    "benchmark": ("report", "Run the benchmark scripts and regenerate benchmarks/RESULTS.md and its plots."),
     "quickstart": ("quickstart", "Cascade and BADGE on the shipped SST-2 copy, calibrated to 2x: table and plot."),
 }
 
@@ -96,14 +108,19 @@ def _usage(message: str):
 def main(argv: list[str] | None = None) -> int:
     """The console script: runs a command; returns 0, 2 after printing a usage error, or 1 after printing why the
     command failed."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    return report_errors(f"hf-earlyexit {command or ''}: error:".replace("  ", " "), run, argv)
+
+
+def report_errors(prefix: str, command: Callable[[list[str]], object], argv: list[str]) -> int:
+    """Runs `command(argv)`; returns 0, 2 after printing a usage error, or 1 after printing why the command failed,
+    each as one line `<prefix> <why>` on stderr."""
     from .commands.calibrate import TargetNotReached
     from .commands.common import UsageError
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv and not argv[0].startswith("-") else None
-    prefix = f"hf-earlyexit {command or ''}: error:".replace("  ", " ")
     try:
-        run(argv)
+        command(argv)
     except (UsageError, FileNotFoundError) as error:
         print(f"{prefix} {error}", file=sys.stderr)
         return 2

@@ -3,8 +3,9 @@
 
 One launch runs every case of the plan in turn, so the process start-up (seconds) is paid once:
 
-- `runs`: `[name, argv]` pairs for `examples/train.py`'s `main`, in order (a stage 2 reads the stage 1 written before
-  it). Every process records what `main` returned and which directories it saved a model to.
+- `runs`: `[name, argv]` pairs for the train command's `main` (through `tests.synthetic_data.train_main`, which takes
+  `--synthetic_data`), in order (a stage 2 reads the stage 1 written before it). Every process records what `main`
+  returned and which directories it saved a model to.
 - `split`: checkpoints on which `record` and `collect` run with `split_across_processes=True`, and, in the same
   process, on all batches without splitting; every process records how many batches its model ran and whether the
   split results equal its own unsplit ones bit for bit. The main process also saves the split results.
@@ -16,7 +17,6 @@ One launch runs every case of the plan in turn, so the process start-up (seconds
 Each process writes `rank<i>.json` into the plan's `output_dir`; the main process writes `split_<name>.pt`.
 """
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -27,17 +27,10 @@ from transformers import AutoModelForSequenceClassification, AutoModelForTokenCl
 import hf_earlyexit  # noqa: F401  (registers the Auto classes)
 from hf_earlyexit.calibration import calibrate_token, record, record_token
 from hf_earlyexit.evaluation import collect
+from tests.synthetic_data import synthetic_classification, synthetic_tagging, train_main
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 COLLECT_FIELDS = ("logits", "exit_layer", "flops")
-
-
-def load_train_module():
-    spec = importlib.util.spec_from_file_location("train_example", REPO_ROOT / "examples" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def batches_of(dataset, size: int, labels: bool = True) -> list[dict]:
@@ -106,7 +99,6 @@ def run_token_split(checkpoint: str, dataset) -> dict:
 def main(plan_path: str) -> None:
     plan = json.loads(Path(plan_path).read_text())
     output_dir = Path(plan["output_dir"])
-    train = load_train_module()
 
     saved_to = []
     save_pretrained = PreTrainedModel.save_pretrained
@@ -121,7 +113,7 @@ def main(plan_path: str) -> None:
     report = {"runs": {}, "split": {}}
     for name, argv in plan["runs"]:
         saved_to.clear()
-        results = train.main(argv)
+        results = train_main(argv)
         report["runs"][name] = {**results, "saved_to": list(saved_to)}
     PreTrainedModel.save_pretrained = save_pretrained
 
@@ -129,12 +121,12 @@ def main(plan_path: str) -> None:
 
     state = PartialState()
     report["process_index"], report["num_processes"] = state.process_index, state.num_processes
-    dataset = train.synthetic_classification(plan["split_examples"], seed=1)
+    dataset = synthetic_classification(plan["split_examples"], seed=1)
     for name, checkpoint in plan["split"]:
         report["split"][name], tensors = run_split(checkpoint, dataset)
         if state.is_main_process:
             torch.save(tensors, output_dir / f"split_{name}.pt")
-    tagging = train.synthetic_tagging(plan["split_examples"], seed=1)
+    tagging = synthetic_tagging(plan["split_examples"], seed=1)
     report["split_token"] = {name: run_token_split(checkpoint, tagging) for name, checkpoint in plan["split_token"]}
     (output_dir / f"rank{state.process_index}.json").write_text(json.dumps(report, indent=2))
     state.wait_for_everyone()

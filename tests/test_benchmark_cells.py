@@ -56,6 +56,28 @@ def test_a_failing_cell_leaves_no_result_file(tmp_path):
     assert not (tmp_path / "results" / "x.json").exists()
 
 
+def test_a_resumed_cell_reports_the_time_of_every_run(tmp_path):
+    store = CellStore(tmp_path / "results", tmp_path / "runs", command="test")
+    runs = []
+
+    def cut_off_once(cell, run_dir):
+        runs.append(run_dir)
+        sum(i * i for i in range(200_000))  # some CPU time
+        if len(runs) == 1:
+            raise RuntimeError("cut off")
+        return {}
+
+    cell = Cell("x", "static", {"x": 1}, cut_off_once)
+    with pytest.raises(RuntimeError):
+        store.run([cell], log=lambda _: None)
+    first = json.loads((runs[0] / "time_spent.json").read_text())
+    assert first["seconds"] > 0 and first["cpu_seconds"] > 0
+    store.run([cell], log=lambda _: None)
+    stored = json.loads((tmp_path / "results" / "x.json").read_text())
+    # the result counts both runs, and CPU time is recorded next to wall-clock time
+    assert stored["seconds"] > first["seconds"] and stored["cpu_seconds"] > first["cpu_seconds"]
+
+
 @pytest.fixture(scope="module")
 def tiny_sst2(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_sst2")

@@ -66,7 +66,7 @@ def test_help_lists_every_command(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert exit_info.value.code == 0
-    for command in ("train", "evaluate", "calibrate", "predict", "benchmark", "quickstart"):
+    for command in ("train", "evaluate", "calibrate", "predict", "serve", "quickstart"):
         assert command in out
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--help"])

@@ -41,9 +41,12 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForSequenceClassification
 
-from examples.train import check_launch, main, parse_args, synthetic_classification
+from examples.train import check_launch
 from hf_earlyexit.calibration import calibrate, record
 from hf_earlyexit.evaluation import collect
+from tests.synthetic_data import parse_train_args as parse_args
+from tests.synthetic_data import synthetic_classification
+from tests.synthetic_data import train_main as main
 from tests.utils import REPO_ROOT
 
 

@@ -90,9 +90,9 @@ def test_a_fourth_family_works_through_the_registry_alone(two_exit_family, tmp_p
 
 
 def test_the_command_line_builds_and_trains_a_registered_family(two_exit_family, tmp_path):
-    from hf_earlyexit.commands.train import main
+    from tests.synthetic_data import train_main
 
-    result = main(
+    result = train_main(
         ["--family", "two-exit", "--tiny_model", "--synthetic_data", "--max_steps", "2", "--output_dir", str(tmp_path)]
         + ["--report_to", "none", "--use_cpu", "--per_device_train_batch_size", "8", "--max_train_samples", "16"]
         + ["--max_eval_samples", "8", "--disable_tqdm", "true"]

@@ -292,11 +292,11 @@ def test_pipeline_exit_argument_of_another_family(workspace, family, argument):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def run_cli(argv, capsys, stdin=None, monkeypatch=None):
+def run_cli(argv, capsys, stdin=None, monkeypatch=None, command_line=main):
     if stdin is not None:
         monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(stdin)))
     try:
-        status = main([str(a) for a in argv])
+        status = command_line([str(a) for a in argv])
     except SystemExit as exit_info:  # argparse's own usage errors
         status = exit_info.code
     captured = capsys.readouterr()
@@ -339,13 +339,15 @@ def damaged_checkpoints(workspace, root: Path) -> dict[str, Path]:
     return paths
 
 
-def assert_clear_failure(status, stdout, err, command):
-    """Status 1 or 2 and the command line's one error line (progress bars may print after it); returns that line."""
+def assert_clear_failure(status, stdout, err, command, prog=None):
+    """Status 1 or 2 and the command line's one error line (progress bars may print after it); returns that line.
+    `prog` names the program when it is not `hf-earlyexit <command>`."""
+    prog = prog or f"hf-earlyexit {command}"
     assert status in (1, 2), (status, err)
     assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if f"hf-earlyexit {command}: error:" in line]
+    lines = [line for line in err.splitlines() if f"{prog}: error:" in line]
     assert len(lines) == 1, err[-2000:]
-    return lines[0][lines[0].index("hf-earlyexit") :]
+    return lines[0][lines[0].index(prog) :]
 
 
 DATA_COMMANDS = {
@@ -578,13 +580,16 @@ def test_cli_quickstart(tmp_path, capsys, extra, message):
     assert message in assert_clear_failure(status, stdout, err, "quickstart")
 
 
-def test_cli_benchmark(workspace, tmp_path, capsys):
+def test_benchmark_report_command(workspace, tmp_path, capsys):
+    """`python -m benchmarks.report`, the repository's report command, answers as the subcommands do."""
+    from benchmarks.report import PROG, cli
+
     report = tmp_path / "RESULTS.md"
-    argv = ["benchmark", "--report_only", "--output", report, "--plots_dir", tmp_path / "plots", "--results_dir"]
-    status, stdout, err = run_cli([*argv, workspace / "dev.tsv"], capsys)
-    assert "`--results_dir` " in assert_clear_failure(status, stdout, err, "benchmark") and not report.exists()
+    argv = ["--report_only", "--output", report, "--plots_dir", tmp_path / "plots", "--results_dir"]
+    status, stdout, err = run_cli([*argv, workspace / "dev.tsv"], capsys, command_line=cli)
+    assert "`--results_dir` " in assert_clear_failure(status, stdout, err, None, prog=PROG) and not report.exists()
     # a folder that does not exist yet is handled: a report that says no benchmark ran (documented)
-    status, stdout, err = run_cli([*argv, tmp_path / "missing"], capsys)
+    status, stdout, err = run_cli([*argv, tmp_path / "missing"], capsys, command_line=cli)
     assert status == 0 and "does not exist: the report will say no benchmark ran yet" in err and report.is_file()
 
 

@@ -1,5 +1,5 @@
 """The README quotes benchmarks/RESULTS.md, not numbers of its own (RESULTS.md comes from the committed result files
-through `hf-earlyexit benchmark --report_only`, which tests/test_benchmark_report.py checks)."""
+through `python -m benchmarks.report --report_only`, which tests/test_benchmark_report.py checks)."""
 
 import re
 

@@ -1,5 +1,6 @@
 """examples/train.py in one process: real text through a tokenizer, checkpoints that reload, and its errors. The
-multi-process runs of every recipe are in test_distributed.py."""
+multi-process runs of every recipe are in test_distributed.py. `main` takes `--synthetic_data` here (see
+tests/synthetic_data.py)."""
 
 import json
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel
 
-from examples.train import main
+from tests.synthetic_data import train_main as main
 from tests.utils import TINY_BERT
 
 

@@ -1,3 +1,16 @@
+# Copyright 2026 The hf-earlyexit Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """`hf-earlyexit calibrate`: choose exit thresholds on held-out labelled data and write them into the checkpoint.
 
 One recorded pass over `--data` scores every candidate setting (`hf_earlyexit.calibration.calibrate`); the most
@@ -28,12 +41,12 @@ import tempfile
 from pathlib import Path
 
 from .common import (
-    CARD_DATA_FILE,
     UsageError,
     add_data_arguments,
     dump_json,
     load_card_data,
     load_for_sweep,
+    save_card,
     write_atomically,
 )
 
@@ -105,7 +118,6 @@ def check_target(target_speedup, max_accuracy_drop) -> None:
 def write_calibration(checkpoint: str | Path, model, result, dataset_name: str | None = None) -> None:
     """Writes the calibrated exit settings into `checkpoint/config.json` (nothing else in it changes), the model card
     and `calibration.json`, each through a temporary file."""
-    from ..model_card import model_card_for
     from ..models.bert.checkpoint_utils import family_config_fields
 
     checkpoint = Path(checkpoint)
@@ -116,8 +128,7 @@ def write_calibration(checkpoint: str | Path, model, result, dataset_name: str |
     config.update({name: getattr(model.config, name) for name in EXIT_SETTINGS if name in declared})
     card_data = load_card_data(checkpoint)  # keeps what training recorded
     card_data.set_calibration(result, dataset_name=dataset_name)
-    write_atomically(checkpoint / "README.md", str(model_card_for(model, card_data)))
-    write_atomically(checkpoint / CARD_DATA_FILE, dump_json(card_data.to_dict()))
+    save_card(checkpoint, model, card_data)
     write_atomically(checkpoint / "calibration.json", dump_json(result.to_dict()))
     # the config last: a failure before it leaves the model exiting as before
     write_atomically(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -1,3 +1,16 @@
+# Copyright 2026 The hf-earlyexit Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """What the inference subcommands share: loading a checkpoint and its data, reporting usage errors."""
 
 import argparse
@@ -327,6 +340,16 @@ def load_card_data(checkpoint: str | Path):
     if path.is_file():
         return EarlyExitModelCardData.from_dict(json.loads(path.read_text(encoding="utf-8")))
     return EarlyExitModelCardData(framework_versions=framework_versions())
+
+
+def save_card(checkpoint: str | Path, model, card_data) -> None:
+    """Writes the model card (`README.md`) rendered from `card_data`, and `card_data` itself (what the card says beyond
+    the config, which [`load_card_data`] reads back to render it again), each through a temporary file."""
+    from ..model_card import model_card_for
+
+    checkpoint = Path(checkpoint)
+    write_atomically(checkpoint / "README.md", str(model_card_for(model, card_data)))
+    write_atomically(checkpoint / CARD_DATA_FILE, dump_json(card_data.to_dict()))
 
 
 def write_atomically(path: str | Path, text: str) -> None:

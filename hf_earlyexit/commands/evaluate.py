@@ -1,10 +1,23 @@
+# Copyright 2026 The hf-earlyexit Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """`hf-earlyexit evaluate`: a threshold sweep of an early-exit checkpoint on a labelled dataset.
 
 Every point is a real early-exit run over the data: accuracy, mean exit layer, layer and FLOPs speed-up against the
-full model (METHODS.md section 4) and, at each `--timing_batch_sizes`, the measured latency and wall-clock speed-up
-against a plain `BertForSequenceClassification` of the same size and weights (same process, same threads,
-interleaved). Without `--thresholds`, the thresholds are read off the accuracy/FLOPs frontier of one recorded pass
-over the same data (`hf_earlyexit.calibration`), evenly spread from the full model to the fastest setting.
+full model (`docs/methods.md` section 4) and, at each `--timing_batch_sizes`, the measured latency and wall-clock
+speed-up against a plain `BertForSequenceClassification` of the same size and weights (same process, same threads,
+interleaved). Without `--thresholds`, the thresholds are read off the accuracy/FLOPs frontier of one recorded pass over
+the same data (`hf_earlyexit.calibration`), evenly spread from the full model to the fastest setting.
 
 A token model (SENTEE / TOKEE) is swept the same way on a CoNLL column file: `--criterion` is its exit mode (`token`
 or `sentence`), `--window_sizes` the TOKEE windows to try, the metric entity F1 (seqeval; word accuracy for tags that

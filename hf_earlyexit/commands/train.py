@@ -1,4 +1,4 @@
-# Copyright 2026 The hf_earlyexit Authors.
+# Copyright 2026 The hf-earlyexit Authors.
 #
 # Licensed under the Apache License, Version 2.0 (the "License");
 # you may not use this file except in compliance with the License.
@@ -49,8 +49,8 @@ Data: `--train_file` / `--validation_file` take GLUE-style TSV, CSV or JSON line
 reads a `datasets` dataset, from the Hub or a local folder (`--dataset_config_name`, `--train_split`,
 `--validation_split`; e.g. `--dataset_name nyu-mll/glue --dataset_config_name sst2`), keeping its class names.
 
-`--tiny_model --synthetic_data` trains a tiny random BERT (hidden 32, 4 layers, no dropout) on synthetic token
-sequences whose label is written in their first tokens: seconds per run, for tests and smoke runs.
+`--tiny_model` starts from a tiny random BERT (hidden 32, 4 layers, no dropout) without a tokenizer: the tests train it
+in seconds on tokenized rows they give `main` (its `datasets` argument).
 
 Outputs in `--output_dir`, written by the main process only: the model (with its tokenizer when it has one), its
 model card (`README.md`) and `results.json` (the dict `main` returns: loss curve, final training metrics, evaluation
@@ -60,10 +60,10 @@ metrics).
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from datasets import Dataset
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
 
@@ -77,7 +77,7 @@ from hf_earlyexit.families import families
 from hf_earlyexit.families import family as family_named
 from hf_earlyexit.losses import registered_recipes
 from hf_earlyexit.models.backbones import SUPPORTED_MODEL_TYPES
-from hf_earlyexit.utils import TINY_BERT, default_backbone
+from hf_earlyexit.utils import default_backbone
 
 
 RESULTS_FILE = "results.json"
@@ -109,7 +109,10 @@ class ModelArguments:
     )
     tiny_model: bool = field(
         default=False,
-        metadata={"help": "Start from a tiny random BERT (hidden 32, 4 layers, vocab 99, no dropout) for tests."},
+        metadata={
+            "help": "Start from a tiny random BERT (hidden 32, 4 layers, vocab 99, no dropout) for tests; it has no "
+            "tokenizer, so its data comes tokenized (`main(datasets=...)`)."
+        },
     )
     exit_layers: list[int] | None = field(
         default=None, metadata={"help": "bypass, token: layers that get an exit (default: every layer)."}
@@ -154,12 +157,6 @@ class DataArguments:
         },
     )
     tag_column: int = field(default=-1, metadata={"help": "--family token: CoNLL column of the tags (default: last)."})
-    synthetic_data: bool = field(
-        default=False,
-        metadata={
-            "help": "Synthetic token sequences instead of the files (for --tiny_model, which has no tokenizer)."
-        },
-    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep this many training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep this many evaluation examples."})
     max_seq_length: int = field(default=128, metadata={"help": "Word-pieces per example at most."})
@@ -173,49 +170,6 @@ def model_options(model_args: ModelArguments) -> dict:
         "use_bypass": model_args.use_bypass,
         "exit_pooling": model_args.exit_pooling,
     }
-
-
-def synthetic_classification(num_examples: int, seed: int, num_labels: int = 2, max_length: int = 10) -> Dataset:
-    """Token sequences of mixed length over the tiny vocabulary whose label `c` is written as token `10 + c` in
-    positions 1-3, so that every exit can learn it."""
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, num_labels, (num_examples,), generator=generator)
-    input_ids = torch.randint(20, TINY_BERT["vocab_size"], (num_examples, max_length), generator=generator)
-    input_ids[:, 0] = 2
-    input_ids[:, 1:4] = (10 + labels).unsqueeze(-1)
-    lengths = torch.randint(5, max_length + 1, (num_examples,), generator=generator)
-    attention_mask = (torch.arange(max_length) < lengths.unsqueeze(-1)).long()
-    return Dataset.from_dict(
-        {
-            "input_ids": (input_ids * attention_mask).tolist(),
-            "attention_mask": attention_mask.tolist(),
-            "labels": labels.tolist(),
-        }
-    )
-
-
-SYNTHETIC_TAGS = ("O", "B-X", "I-X")
-
-
-def synthetic_tagging(num_examples: int, seed: int, max_length: int = 12) -> Dataset:
-    """Sentences of mixed length over the tiny vocabulary, padded to `max_length`, one word per position between
-    [CLS] and [SEP]; a word's tag is its token id modulo 3, so that every exit can learn it."""
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(20, TINY_BERT["vocab_size"], (num_examples, max_length), generator=generator)
-    lengths = torch.randint(4, max_length + 1, (num_examples,), generator=generator)
-    positions = torch.arange(max_length)
-    attention_mask = (positions < lengths.unsqueeze(-1)).long()
-    words = attention_mask.bool() & (positions > 0) & (positions < lengths.unsqueeze(-1) - 1)
-    input_ids[:, 0] = 2
-    input_ids[positions == lengths.unsqueeze(-1) - 1] = 3
-    return Dataset.from_dict(
-        {
-            "input_ids": (input_ids * attention_mask).tolist(),
-            "attention_mask": attention_mask.tolist(),
-            "labels": torch.where(words, input_ids % len(SYNTHETIC_TAGS), -100).tolist(),
-            "word_ids": torch.where(words, positions - 1, -1).tolist(),
-        }
-    )
 
 
 def _data_sources(data_args: DataArguments) -> tuple[str, str | None, str, str | None]:
@@ -236,16 +190,10 @@ def _data_sources(data_args: DataArguments) -> tuple[str, str | None, str, str |
 
 def load_data(data_args: DataArguments, tokenizer, task: str = "sequence") -> tuple[Dataset, Dataset, list[str]]:
     """Tokenized training and evaluation sets and the class names."""
-    if data_args.synthetic_data and task == "token":
-        train = synthetic_tagging(data_args.max_train_samples or 64, seed=0)
-        dev = synthetic_tagging(data_args.max_eval_samples or 16, seed=1)
-        return train, dev, list(SYNTHETIC_TAGS)
-    if data_args.synthetic_data:
-        train = synthetic_classification(data_args.max_train_samples or 64, seed=0)
-        dev = synthetic_classification(data_args.max_eval_samples or 16, seed=1)
-        return train, dev, ["0", "1"]
     if tokenizer is None:
-        raise ValueError("Text files need a tokenizer: start from a checkpoint that has one, or use --synthetic_data.")
+        raise ValueError(
+            "Text files need a tokenizer: start from a checkpoint that has one (`--tiny_model` has none)."
+        )
     max_length = min(data_args.max_seq_length, tokenizer.model_max_length)
     if task == "token":
         return _load_conll(data_args, tokenizer, max_length)
@@ -369,8 +317,19 @@ def parse_args(argv: list[str] | None, prog: str | None = None):
     return model_args, data_args, training_args
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
+Datasets = Callable[[DataArguments, str], tuple[Dataset, Dataset, list[str]]]
+
+
+def main(argv: list[str] | None = None, prog: str | None = None, datasets: Datasets | None = None) -> dict:
     """Train and/or evaluate (`--do_train`, `--do_eval`; both when neither is given) and return the results.
+
+    Args:
+        argv: The command line's arguments (default: `sys.argv[1:]`).
+        prog: The program's name in usage messages.
+        datasets (*optional*): Builds the training and evaluation sets instead of the data options: called with the
+            parsed [`DataArguments`] and the family's task (`"sequence"` or `"token"`), it returns both sets
+            tokenized (and padded: no tokenizer is loaded or saved then) and the class names. The tests train the
+            tokenizer-less `--tiny_model` this way.
 
     Returns:
         `dict` with `family`, `exit_recipe`, `exit_stage`, `world_size`, `process_index`,
@@ -397,16 +356,20 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
                 f"starts from a checkpoint of a supported encoder ({', '.join(SUPPORTED_MODEL_TYPES)}) or continues "
                 f"a {chosen.model_type!r} one."
             )
-    tokenizer = AutoTokenizer.from_pretrained(source) if source is not None and not data_args.synthetic_data else None
-    train_dataset, eval_dataset, label_names = load_data(data_args, tokenizer, chosen.task)
+    tokenizer = AutoTokenizer.from_pretrained(source) if source is not None and datasets is None else None
+    if datasets is None:
+        train_dataset, eval_dataset, label_names = load_data(data_args, tokenizer, chosen.task)
+    else:
+        train_dataset, eval_dataset, label_names = datasets(data_args, chosen.task)
     model = chosen.build(model_options(model_args), source, len(label_names))
     model.config.id2label = dict(enumerate(label_names))
     model.config.label2id = {name: i for i, name in enumerate(label_names)}
 
     extra = {}
-    if chosen.task == "token" and tokenizer is not None:  # synthetic rows come padded already
+    if chosen.task == "token" and tokenizer is not None:  # rows from `datasets` come padded already
         extra["data_collator"] = DataCollatorForTokenEarlyExit(tokenizer)
-    from hf_earlyexit.model_card import ModelCardCallback, model_card_data_of, model_card_for
+    from hf_earlyexit.commands.common import save_card
+    from hf_earlyexit.model_card import ModelCardCallback, model_card_data_of
 
     trainer = EarlyExitTrainer(
         model,
@@ -440,12 +403,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
             card_data = model_card_data_of(model)
             if data_args.dataset_name:
                 card_data.datasets = [data_args.dataset_name]
-            output_dir = Path(training_args.output_dir)
-            (output_dir / "README.md").write_text(str(model_card_for(model)), encoding="utf-8")
-            # what the card says beyond the config, for `hf-earlyexit calibrate` to render it again
-            (output_dir / "model_card_data.json").write_text(
-                json.dumps(card_data.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
-            )
+            save_card(training_args.output_dir, model, card_data)
         # the checkpoint is complete on disk when `main` returns, in every process (stage 2 may read it next)
         trainer.accelerator.wait_for_everyone()
     if do_eval:

@@ -1,4 +1,17 @@
-"""`hf-earlyexit benchmark`: run the benchmark scripts, then regenerate `benchmarks/RESULTS.md` and its plots.
+# Copyright 2026 The hf-earlyexit Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""`python -m benchmarks.report`: run the benchmark scripts, then regenerate `benchmarks/RESULTS.md` and its plots.
 
 The report is made from the committed result files only, so `--report_only` reproduces it byte for byte:
 
@@ -13,19 +26,22 @@ The report is made from the committed result files only, so `--report_only` repr
   "reached"}]`), plus optional `dataset`, `metric_name`, `machine` and `command`.
 
 The quick start's own result, `benchmarks/results/quickstart/results.json` (what `hf-earlyexit quickstart` writes to
-its output folder; `hf-earlyexit benchmark` runs it and copies the file there, without its checkpoints), is shown
+its output folder; `python -m benchmarks.report` runs it and copies the file there, without its checkpoints), is shown
 first, as the table the quick start prints, with its run time and machine.
 
 Each result becomes rows `(dataset, method, target FLOPs speed-up) -> metric, measured FLOPs speed-up, wall-clock
 speed-up per batch size`; RESULTS.md has one accuracy table and one wall-clock table per dataset, the machines, and
-the numbers the original papers published (quoted in METHODS.md, labelled as theirs, with their backbone), and one
+the numbers the original papers and their released code published (labelled as theirs, with their backbone), and one
 plot per dataset (`benchmarks/plots/<dataset>.png`: a row per benchmark, a curve per method).
 
-    hf-earlyexit benchmark --report_only
-    python benchmarks/make_report.py
+Run from the repository root (the scripts and result files are the repository's, not the installed package's):
+
+    python -m benchmarks.report --report_only    # the report from the committed result files (`make report`)
+    python -m benchmarks.report                  # every benchmark first (hours on a CPU; `make benchmark`)
 """
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -33,10 +49,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import UsageError
+from benchmarks.converged import load_cells, plot_benchmark, render_benchmark
+from hf_earlyexit.cli import HelpFormatter, report_errors
+from hf_earlyexit.commands.common import UsageError
 
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+PROG = "python -m benchmarks.report"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGETS = (1.5, 2.0, 3.0, 4.0)
 BATCH_SIZES = ("1", "32")
 
@@ -51,7 +70,7 @@ class Source:
     arguments: tuple[str, ...] = ()
 
     def command(self, output_dir: str | Path) -> list[str]:
-        """The command line `hf-earlyexit benchmark` runs, as the script records it in its result file."""
+        """The command line `python -m benchmarks.report` runs, as the script records it in its result file."""
         return ["python", f"examples/{self.script}", *self.arguments, "--output_dir", Path(output_dir).as_posix()]
 
 
@@ -68,11 +87,11 @@ SOURCES = {
 
 QUICKSTART_RESULT = "quickstart/results.json"
 
-# The converged benchmarks (`python -m benchmarks.sst2`): one result file per cell under these folders, rendered by the
-# repository's `benchmarks.converged` (a source checkout's, like the scripts above)
+# The converged benchmarks (`python -m benchmarks.sst2`, `python -m benchmarks.conll`): one result file per cell under
+# these folders, rendered by `benchmarks.converged`
 CONVERGED = {"sst2": "SST-2, converged models", "conll": "CoNLL-2003, converged models"}
 
-# What the original papers published, as quoted in METHODS.md (their setups, not ours: other backbones, other data)
+# What the original papers and their released code published (their setups, not ours: other backbones, other data)
 PUBLISHED = [
     {
         "method": "CascadeBERT (Li et al., 2021), released code",
@@ -84,15 +103,16 @@ PUBLISHED = [
             ("tau=0.7", "3.21x (layers, cumulative)", "acc 81.62 / F1 87.73"),
             ("tau=0.6", "4.12x (layers, cumulative)", "acc 80.88 / F1 87.30"),
         ],
-        "source": "METHODS.md section 2",
+        "source": "the MRPC dev results published with the released code (the method as implemented here: "
+        "`docs/methods.md` section 2)",
     },
     {
         "method": "SENTEE / TOKEE (Li et al., 2021), released code",
         "backbone": "12-layer BERT, joint training, no exit",
         "dataset": "CoNLL-2003",
         "rows": [("full depth", "1x", "F1 91.67")],
-        "source": "METHODS.md section 3 (the paper's abstract: 66%-75% of the inference cost saved with minimal "
-        "degradation)",
+        "source": "the released code's results table; the paper's abstract: 66%-75% of the inference cost saved with "
+        "minimal degradation (the method as implemented here: `docs/methods.md` section 3)",
     },
 ]
 
@@ -270,7 +290,7 @@ def load_quickstart(results_dir: Path) -> dict | None:
 
 
 def quickstart_table(data: dict) -> str:
-    from .quickstart import render_table
+    from hf_earlyexit.commands.quickstart import render_table
 
     rows = [
         {"model": model["name"], **model[setting]}
@@ -286,7 +306,7 @@ def render_quickstart(data: dict | None) -> list[str]:
             "## Quick start",
             "",
             f"Not run yet (no `{QUICKSTART_RESULT}`: run `hf-earlyexit quickstart` and copy its `results.json` "
-            "there, or `hf-earlyexit benchmark`).",
+            "there, or `python -m benchmarks.report --only quickstart`).",
             "",
         ]
     m, sizes = data["machine"], data["data"]
@@ -404,9 +424,10 @@ def render(
         *([""] if benchmarks else []),
         "## Published numbers of the original papers (theirs, for context)",
         "",
-        "Quoted from METHODS.md; their backbones, data and speed conventions differ from ours (ours: all-MiniLM-L6-v2, "
-        "6 layers, small training budgets), so they are not comparable cell by cell. BADGE (Zhu et al., 2023): "
-        "METHODS.md quotes no numbers, so none are shown.",
+        "Quoted from the papers and their released code (references in `docs/methods.md`); their backbones, data and "
+        "speed conventions differ from ours (ours: all-MiniLM-L6-v2, 6 layers, small training budgets), so they are "
+        "not comparable cell by cell. BADGE (Zhu et al., 2023): its text and code are not public (`docs/methods.md` "
+        "section 1), so no numbers are quoted.",
         "",
         "| method (theirs) | backbone | data | setting | speed-up | result |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -464,7 +485,7 @@ def _ratio_summary(cells: list[Cell], size: str) -> str:
 def plot_dataset(group: list[Benchmark], path: Path, dataset: str) -> Path:
     """A row per benchmark of the dataset (each against its own full model): the metric against the FLOPs speed-up and
     against the wall-clock speed-up at each timed batch size."""
-    from ..plots import plot_rows
+    from hf_earlyexit.plots import plot_rows
 
     rows = []
     for bench in group:
@@ -493,12 +514,6 @@ def converged_sections(results_dir: Path, plots_dir: Path, output: Path) -> list
     folders = {name: results_dir / name for name in CONVERGED if (results_dir / name).is_dir()}
     if not folders:
         return []
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    import importlib
-
-    from benchmarks.converged import load_cells, plot_benchmark, render_benchmark
-
     lines = [
         "## Converged benchmarks",
         "",
@@ -559,7 +574,8 @@ def make_report(results_dir: Path, output: Path, plots_dir: Path, command: str) 
     }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--report_only", action="store_true", help="Only regenerate the report from the results.")
     parser.add_argument(
         "--only",
@@ -571,6 +587,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results_dir", default="benchmarks/results", help="Folder of the result files.")
     parser.add_argument("--output", default="benchmarks/RESULTS.md", help="The report to write.")
     parser.add_argument("--plots_dir", default="benchmarks/plots", help="Folder of the plots (one PNG per dataset).")
+    return parser.parse_args(argv)
 
 
 def run_quickstart(results_dir: Path) -> Path:
@@ -578,7 +595,7 @@ def run_quickstart(results_dir: Path) -> Path:
     its checkpoints) to `results_dir/quickstart/`."""
     import shutil
 
-    from . import quickstart
+    from hf_earlyexit.commands import quickstart
 
     print(f"running hf-earlyexit quickstart -> {results_dir / QUICKSTART_RESULT}", file=sys.stderr)
     results = quickstart.main([])
@@ -588,11 +605,18 @@ def run_quickstart(results_dir: Path) -> Path:
     return target
 
 
-def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> dict:
-    if args is None:
-        parser = argparse.ArgumentParser(prog="hf-earlyexit benchmark", description=__doc__.split("\n\n")[0])
-        add_arguments(parser)
-        args = parser.parse_args(argv)
+def main(argv: list[str] | None = None) -> dict:
+    """Runs the benchmarks asked for (none with `--report_only`), then writes the report and its plots.
+
+    Returns:
+        `dict` with `report` (its path), `plots` (their paths), `sources` (the benchmarks in it) and `missing` (a
+        note for each benchmark without a result file).
+
+    Raises:
+        [`~hf_earlyexit.commands.common.UsageError`]: a bad `--results_dir` or a benchmark script not found.
+        `ValueError`: a result file that is not the structure its script writes.
+    """
+    args = parse_args(argv)
     results_dir = Path(args.results_dir)
     if not args.report_only:
         for name in args.only:
@@ -614,8 +638,16 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
             f"warning: `--results_dir` {results_dir} does not exist: the report will say no benchmark ran yet",
             file=sys.stderr,
         )
-    result = make_report(
-        results_dir, Path(args.output), Path(args.plots_dir), command="hf-earlyexit benchmark --report_only"
-    )
+    result = make_report(results_dir, Path(args.output), Path(args.plots_dir), command=f"{PROG} --report_only")
     print(f"wrote {result['report']} and {', '.join(result['plots']) or 'no plot'}")
     return result
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """The command line: runs [`main`]; returns 0, or 2 after printing a usage error (a bad argument, a malformed
+    result file), or 1 after printing why a file could not be written, as `hf-earlyexit` does."""
+    return report_errors(f"{PROG}: error:", main, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
