@@ -4,11 +4,6 @@ a forward reports are the FLOPs it executes, checkpoints round-trip through the 
 without the package, and plain checkpoints of each architecture load into every family."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -116,8 +111,9 @@ ARCHS = list(ENCODERS)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_full_depth_equals_the_architectures_own_classifier(family, arch, tmp_path):
     """The architecture's `...ForSequenceClassification` / `...ForTokenClassification` with random weights, saved as a
-    plain checkpoint: the family loads its encoder from it, takes its head as the last exit, and at full depth gives
-    its logits."""
+    plain checkpoint: the family loads its encoder from it (a cascade member also its head); with the head's weights
+    copied into the last exit (same shape: `exit_pooling="pooler"` builds the architecture's own head), it gives the
+    classifier's logits at full depth, and so does `plain_baseline()`."""
     task = "token" if family == "token" else "sequence"
     config = encoder_config(arch, num_labels=NUM_LABELS[family])
     torch.manual_seed(2)
@@ -286,7 +282,7 @@ def test_an_encoder_config_of_bert_keeps_the_bert_format():
 
 
 def test_remote_code_checkpoints_of_every_encoder_load_without_the_package(tmp_path):
-    from tests.test_hub import _python_path_without_package
+    from tests.test_hub import run_without_package
 
     sources, expected = [], {}
     inputs = {"input_ids": None, "attention_mask": None}
@@ -312,29 +308,7 @@ def test_remote_code_checkpoints_of_every_encoder_load_without_the_package(tmp_p
         "output": str(tmp_path / "outputs.pt"),
         "pipeline": None,
     }
-    (tmp_path / "job.json").write_text(json.dumps(job))
-    workdir = tmp_path / "elsewhere"
-    workdir.mkdir()
-    shutil.copy(Path(__file__).parent / "remote_code_runner.py", workdir)
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "HF_", "TRANSFORMERS_"))}
-    env.update(
-        PYTHONPATH=_python_path_without_package(),
-        HF_HUB_OFFLINE="1",
-        HF_HOME=str(tmp_path / "hf-home"),
-        HF_MODULES_CACHE=str(tmp_path / "modules"),
-    )
-    result = subprocess.run(
-        [sys.executable, "-S", "remote_code_runner.py", str(tmp_path / "job.json")],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    (report_line,) = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
-    report = json.loads(report_line.removeprefix("REPORT "))
-    assert report["hf_earlyexit_importable"] is False and report["loaded_hf_earlyexit_modules"] == []
+    report = run_without_package(tmp_path, job, timeout=600)
     assert all(entry["module"].startswith("transformers_modules.") for entry in report["models"])
     outputs = torch.load(tmp_path / "outputs.pt")
     for source in sources:

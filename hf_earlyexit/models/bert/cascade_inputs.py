@@ -76,11 +76,12 @@ def pop_member_inputs(kwargs: dict, num_members: int, separate: bool) -> list[di
     return [given[index] for index in range(1, num_members)]
 
 
-def check_member_inputs(model, index: int, inputs: dict, batch_size: int | None, max_positions: int) -> dict:
+def check_member_inputs(model, index: int | None, inputs: dict, batch_size: int | None = None) -> dict:
     """Member `index`'s inputs as a dict of `(batch, seq)` tensors: `attention_mask` filled in, padding given the
-    member's pad id (architectures that number positions from the padding, RoBERTa's, read it), token types dropped
-    for a member that has none, with errors that name the member's arguments."""
-    suffix = "" if index == 0 else f"_{index}"
+    member's pad id (architectures that number positions from the padding, RoBERTa's, read it), with errors that name
+    the member's arguments. `index=None`: the inputs every member of a cascade without `separate_tokenizers` reads,
+    at most as long as its smallest member takes."""
+    suffix = "" if not index else f"_{index}"
     input_ids, attention_mask = inputs.get("input_ids"), inputs.get("attention_mask")
     token_type_ids, position_ids = inputs.get("token_type_ids"), inputs.get("position_ids")
     try:
@@ -92,22 +93,32 @@ def check_member_inputs(model, index: int, inputs: dict, batch_size: int | None,
     rows, seq_len = input_ids.shape
     if batch_size is not None and rows != batch_size:
         raise ValueError(f"`input_ids{suffix}` has {rows} rows but `input_ids` has {batch_size}: one per example.")
-    if seq_len > max_positions:
-        raise ValueError(
-            f"The inputs of member {index} have {seq_len} positions but it has {max_positions}; truncate them to "
-            f"{max_positions} tokens."
+    if index is None:
+        limit = min(member.max_positions for member in model.members)
+        too_long = (
+            f"The inputs have {seq_len} positions but the cascade's smallest `max_position_embeddings` is {limit}"
         )
+    else:
+        limit = model.members[index].max_positions
+        too_long = f"The inputs of member {index} have {seq_len} positions but it has {limit}"
+    if seq_len > limit:
+        raise ValueError(f"{too_long}; truncate them to {limit} tokens.")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    member = model.members[index]
-    pad = member.config.pad_token_id
-    if pad is not None and index > 0:  # batching pads the other members' ids with zeros
+    pad = model.members[index].config.pad_token_id if index else None
+    if pad is not None:  # batching pads the other members' ids with zeros
         input_ids = input_ids.masked_fill(attention_mask == 0, pad)
     if position_ids is not None:
         position_ids = position_ids.reshape(-1, seq_len).expand(rows, -1)
-    return dict(
+    checked = dict(
         input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, position_ids=position_ids
     )
+    for name, tensor in checked.items():
+        if tensor is not None and tensor.shape != input_ids.shape:
+            raise ValueError(
+                f"`{name}{suffix}` has shape {tuple(tensor.shape)} but `input_ids{suffix}` {tuple(input_ids.shape)}."
+            )
+    return checked
 
 
 def max_input_length(tokenizer, max_positions: int | None) -> int | None:

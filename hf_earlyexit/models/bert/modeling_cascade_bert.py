@@ -37,7 +37,7 @@ from .checkpoint_utils import check_local_path
 from .configuration_early_exit_bert import CascadeBertConfig
 from .exit_forward import ExitCall, exit_loss
 from .exit_utils import ExitRule, kept_columns, max_prob
-from .forward_checks import check_forward_kwargs, check_mask, check_sequence_labels, check_token_inputs
+from .forward_checks import check_forward_kwargs, check_mask, check_sequence_labels
 from .modeling_exit_heads import EarlyExitModelMixin, plain_bert_model, plain_task_model
 
 
@@ -514,44 +514,16 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
     def _member_inputs(self, input_ids, attention_mask, token_type_ids, position_ids, others: list[dict]) -> list:
         """Each member's inputs, a dict of `(batch, seq)` tensors (one shared dict when the members share a tokenizer),
         with clear errors."""
-        if not self.config.separate_tokenizers:
-            return [self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids)] * len(self.members)
         first = dict(
             input_ids=input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
             position_ids=position_ids,
         )
+        if not self.config.separate_tokenizers:
+            return [check_member_inputs(self, None, first)] * len(self.members)
         batch_size = input_ids.shape[0] if isinstance(input_ids, torch.Tensor) else None
-        return [
-            check_member_inputs(self, k, inputs, batch_size, member.max_positions)
-            for k, (member, inputs) in enumerate(zip(self.members, [first, *others]))
-        ]
-
-    def _check_inputs(self, input_ids, attention_mask, token_type_ids, position_ids) -> dict:
-        """The member inputs as a dict of `(batch, seq)` tensors (`attention_mask` filled in), with clear errors."""
-        check_token_inputs(self, input_ids, None, attention_mask, None, token_type_ids, position_ids)
-        batch_size, seq_len = input_ids.shape
-        limit = min(member.max_positions for member in self.members)
-        if seq_len > limit:
-            raise ValueError(
-                f"The inputs have {seq_len} positions but the cascade's smallest `max_position_embeddings` is "
-                f"{limit}; truncate them to {limit} tokens."
-            )
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if position_ids is not None:
-            position_ids = position_ids.reshape(-1, seq_len).expand(batch_size, -1)
-        inputs = dict(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-        )
-        for name, tensor in inputs.items():
-            if tensor is not None and tensor.shape != input_ids.shape:
-                raise ValueError(f"`{name}` has shape {tuple(tensor.shape)} but `input_ids` {tuple(input_ids.shape)}.")
-        return inputs
+        return [check_member_inputs(self, k, inputs, batch_size) for k, inputs in enumerate([first, *others])]
 
     def _route(
         self, member_inputs: list[dict], rule: ExitRule, layer_outputs: LayerOutputs | None = None
