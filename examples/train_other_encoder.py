@@ -75,7 +75,9 @@ def build(args, num_labels: int):
     if args.family == "bypass":
         return EncoderWithBypassExits.from_pretrained(args.model, num_labels=num_labels, id2label=id2label)
     depth = AutoConfig.from_pretrained(args.model).num_hidden_layers
-    cascade = CascadeForSequenceClassification.from_backbone(args.model, member_layers=[1, depth], num_labels=num_labels)
+    cascade = CascadeForSequenceClassification.from_backbone(
+        args.model, member_layers=[1, depth], num_labels=num_labels
+    )
     cascade.config.id2label, cascade.config.label2id = id2label, {name: i for i, name in id2label.items()}
     return cascade
 
@@ -103,6 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
         dev = dev.select(range(min(args.dev_size, len(dev))))
 
     model = build(args, num_labels=len(SST2_LABEL_NAMES))
+    # a cascade: DAR's difficulty labels come from the small member's errors after a warm-up of half the training
+    recipe = {"dar_warmup_epochs": args.epochs / 2} if args.family == "cascade" else {}
     training_args = EarlyExitTrainingArguments(
         output_dir=str(output_dir / "trainer"),
         exit_recipe="joint" if args.family == "bypass" else "difficulty_aware",
@@ -116,6 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         use_cpu=True,
         seed=args.seed,
         disable_tqdm=True,
+        **recipe,
     )
     train_set = train.map(
         lambda rows: tokenizer(rows["text"], truncation=True, max_length=args.max_length),
@@ -149,7 +154,9 @@ def main(argv: list[str] | None = None) -> dict:
     answers = pipeline("text-classification", model=str(output_dir))(sentences, batch_size=8)
     results = {
         "model": args.model,
-        "encoder": model.config.encoder_model_type if args.family == "bypass" else model.config.members[0]["model_type"],
+        "encoder": model.config.encoder_model_type
+        if args.family == "bypass"
+        else model.config.members[0]["model_type"],
         "family": args.family,
         "model_class": type(model).__name__,
         "train": {"steps": trained.global_step, "loss": round(trained.training_loss, 4)},

@@ -54,7 +54,8 @@ def tiny_roberta(tmp_path):
     return path
 
 
-def test_the_example_trains_a_roberta_multi_exit_model_end_to_end(tmp_path, tiny_roberta):
+@pytest.mark.parametrize("family", ["bypass", "cascade"])
+def test_the_example_trains_a_family_on_roberta_end_to_end(family, tmp_path, tiny_roberta):
     train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", limit=200))
     dev = write_tsv(tmp_path / "dev.tsv", sst2_rows("dev", limit=32))
     out = tmp_path / "out"
@@ -62,10 +63,11 @@ def test_the_example_trains_a_roberta_multi_exit_model_end_to_end(tmp_path, tiny
     results = load_example("train_other_encoder").main(
         ["--model", str(tiny_roberta), "--train_file", str(train), "--dev_file", str(dev), "--output_dir", str(out)]
         + ["--train_size", "64", "--calibration_size", "48", "--batch_size", "16", "--max_length", "64"]
-        + ["--learning_rate", "1e-3", "--head_learning_rate", "1e-3", "--target_speedup", "1.5"]
+        + ["--learning_rate", "1e-3", "--head_learning_rate", "1e-3", "--target_speedup", "1.5", "--family", family]
     )
 
-    assert (results["encoder"], results["model_class"]) == ("roberta", "BertWithBypassExits")
+    model_class = {"bypass": "BertWithBypassExits", "cascade": "BertForCascadeClassification"}[family]
+    assert (results["encoder"], results["model_class"]) == ("roberta", model_class)
     assert results["train"]["steps"] == 4 and math.isfinite(results["train"]["loss"])
     assert json.loads((out / "train_other_encoder.json").read_text()) == json.loads(json.dumps(results, default=str))
     full, calibrated = results["dev"]["full model"], results["dev"]["calibrated"]
@@ -75,10 +77,17 @@ def test_the_example_trains_a_roberta_multi_exit_model_end_to_end(tmp_path, tiny
     assert results["pipeline_matches_model"] is True
 
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
-    assert type(model).__name__ == "BertWithBypassExits" and type(model.base_model) is RobertaModel
-    assert model.config.encoder_model_type == "roberta" and model.config.id2label == {0: "negative", 1: "positive"}
+    assert type(model).__name__ == model_class and model.config.id2label == {0: "negative", 1: "positive"}
+    if family == "bypass":
+        assert model.config.encoder_model_type == "roberta"
+        encoder = model.base_model
+    else:  # the first layer of the checkpoint and all of it
+        assert [member["model_type"] for member in model.config.members] == ["roberta", "roberta"]
+        assert model.exit_layers == [1, 5]
+        encoder = model.members[-1].base_model
+    assert type(encoder) is RobertaModel
     # trained from the checkpoint's weights: the encoder moved away from them, but not from a fresh initialisation
-    start, trained = plain.state_dict(), model.base_model.state_dict()
+    start, trained = plain.state_dict(), encoder.state_dict()
     assert set(trained) == set(start)
     moved = [name for name in start if not torch.equal(start[name], trained[name])]
     assert moved and "embeddings.word_embeddings.weight" in moved

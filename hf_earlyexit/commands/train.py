@@ -102,7 +102,8 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "A BERT checkpoint (local path or Hub id) to start from, or a checkpoint of the family to continue "
+            "help": "A plain checkpoint (local path or Hub id) of a supported encoder (BERT, RoBERTa, XLM-R, ELECTRA, "
+            "DistilBERT, DeBERTa-v2/-v3, ModernBERT) to start from, or a checkpoint of the family to continue "
             "(e.g. stage 1's output for stage 2). Defaults to the embedded all-MiniLM-L6-v2 (or a tiny random BERT "
             "with --tiny_model)."
         },
