@@ -210,3 +210,13 @@ def test_members_of_different_vocabularies_without_their_tokenizers_are_refused(
         BertForCascadeClassification.from_members([members[0], model])
     with pytest.raises(ValueError, match="one tokenizer per member \\(2\\)"):
         BertForCascadeClassification.from_members([members[0], model], tokenizers=[None])
+
+
+def test_the_model_card_lists_every_members_architecture(members):
+    from hf_earlyexit.model_card import EarlyExitModelCardData, model_card_for
+
+    card = str(model_card_for(BertForCascadeClassification.from_members(list(members)), EarlyExitModelCardData()))
+    assert (
+        "a cascade of 2 models (bert, roberta), 2 layers of hidden size 32 and 4 layers of hidden size 48, each with "
+        "its own tokenizer"
+    ) in card

@@ -353,3 +353,67 @@ def test_every_family_on_the_encoders_listed_in_with_token_types_takes_them():
         inputs = inputs_for(arch, model)
         assert "token_type_ids" in inputs
         assert run(model, inputs).logits.shape == (6, 3)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model cards and the token pipeline on another encoder
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["bypass", "token"])
+def test_the_model_card_names_the_encoder(family):
+    from hf_earlyexit.model_card import EarlyExitModelCardData, model_card_for
+
+    card = str(model_card_for(build(family, "deberta-v3"), EarlyExitModelCardData()))
+    assert "deberta-v2, 3 layers, hidden size 32" in card
+    assert "deberta-v2, " not in str(model_card_for(build(family, "bert"), EarlyExitModelCardData()))
+
+
+TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+def tagger(arch: str):
+    model = build("token", arch)
+    model.config.id2label, model.config.label2id = dict(enumerate(TAGS)), {tag: i for i, tag in enumerate(TAGS)}
+    return model
+
+
+@pytest.mark.parametrize("arch", ["roberta", "deberta-v3", "modernbert"])
+def test_token_calibration_on_another_encoder_expects_what_it_measures(arch):
+    from hf_earlyexit.calibration import calibrate
+    from tests.test_token_calibration import calibration_batches, measure
+
+    model = tagger(arch)
+    batches = calibration_batches(model)
+    result = calibrate(model, batches, target_speedup=1.3)
+    assert result.verified == "live" and result.reached and result.expected_flops_speedup >= 1.3
+    measured = measure(model, batches)  # the chosen settings are in the config now
+    assert measured["f1"] == result.expected_metric
+    assert measured["flops_speedup"] == pytest.approx(result.expected_flops_speedup, rel=1e-12)
+
+
+def test_the_token_pipeline_on_distilbert_answers_as_the_model(tmp_path):
+    from transformers import pipeline
+
+    from hf_earlyexit import EarlyExitTokenClassificationPipeline, encode_words
+    from tests.test_token_pipeline import sentences
+    from tests.utils import tiny_tokenizer
+
+    model = tagger("distilbert")
+    model.save_pretrained(tmp_path)
+    tokenizer = tiny_tokenizer(tmp_path)
+    tokenizer.model_input_names = ["input_ids", "attention_mask"]  # as DistilBERT's tokenizers: no token types
+    texts = sentences()
+    encoded = encode_words(tokenizer, [text.split() for text in texts])
+    settings = mixed_settings("token", model, encoded)  # about half the words leave at the first exit
+    ner = pipeline("token-classification", model=str(tmp_path), tokenizer=tokenizer, **settings)
+    assert isinstance(ner, EarlyExitTokenClassificationPipeline)
+    seen = set()
+    for text in texts:
+        batch = encode_words(tokenizer, [text.split()])
+        out = run(model, batch, **settings)
+        results = ner(text, ignore_labels=[])
+        assert [r["entity"] for r in results] == [TAGS[i] for i in out.logits[0, 1:-1].argmax(-1).tolist()]
+        assert [r["exit_layer"] for r in results] == out.exit_layer[0, 1:-1].tolist()
+        seen |= {r["exit_layer"] for r in results}
+    assert len(seen) >= 2, seen
