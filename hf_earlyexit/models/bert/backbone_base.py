@@ -241,6 +241,11 @@ class EncoderBackbone:
         given_mask = attention_mask is not None
         if not given_mask:
             attention_mask = torch.ones(shape, dtype=torch.long, device=device)
+        if token_type_ids is not None and not self.takes_token_type_ids:
+            raise ValueError(
+                f"{self.model_class_name.removesuffix('Model')} has no token type embeddings: pass "
+                "`token_type_ids=None`."
+            )
         # embedding first: ids outside the embeddings fail there, before what the ids mean is looked at
         hidden_states = self._embeddings(
             base_model, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds

@@ -132,8 +132,6 @@ class DistilBertBackbone(BertBackbone):
         return layer.attention
 
     def _embeddings(self, base_model, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
-        if token_type_ids is not None:
-            raise ValueError("DistilBERT has no token type embeddings: pass `token_type_ids=None`.")
         return base_model.embeddings(input_ids, inputs_embeds, position_ids)
 
     def _projections(self, layer):

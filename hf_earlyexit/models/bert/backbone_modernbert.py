@@ -77,8 +77,6 @@ class ModernBertBackbone(EncoderBackbone):
         return layer.attn
 
     def _embeddings(self, base_model, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
-        if token_type_ids is not None:
-            raise ValueError("ModernBERT has no token type embeddings: pass `token_type_ids=None`.")
         return base_model.embeddings(input_ids=input_ids, inputs_embeds=inputs_embeds)
 
     def _positional(self, base_model, hidden_states, position_ids):

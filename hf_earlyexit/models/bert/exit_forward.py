@@ -34,6 +34,7 @@ Shipped with `trust_remote_code` checkpoints: imports only torch, transformers a
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -43,6 +44,7 @@ from transformers.masking_utils import create_bidirectional_mask
 
 from .active_batch import LayerOutputs
 from .backbone_base import EncoderBackbone, LayerContext
+from .backbones import backbone_for
 from .exit_utils import kept_columns
 from .forward_checks import forward_settings, raise_for_bad_ids
 
@@ -191,17 +193,12 @@ def embed_and_mask(
     position_ids: torch.Tensor | None,
     inputs_embeds: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings of a `BertModel` and the 2D attention mask (all ones when none is given). Check the inputs first
-    ([`check_token_inputs`])."""
-    try:
-        hidden_states = bert.embeddings(
-            input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds
-        )
-    except (IndexError, RuntimeError) as error:
-        raise_for_bad_ids(bert.config, input_ids, token_type_ids, position_ids, error)
-        raise
-    if attention_mask is None:
-        attention_mask = torch.ones(hidden_states.shape[:2], dtype=torch.long, device=hidden_states.device)
+    """Embeddings of a base model (`BertModel`, or any supported encoder's) and the 2D attention mask (all ones when
+    none is given): [`embed_encoder`] without the [`LayerContext`]. Check the inputs first ([`check_token_inputs`])."""
+    owner = SimpleNamespace(base_model=bert, encoder_backbone=backbone_for(bert.config))
+    hidden_states, attention_mask, _ = embed_encoder(
+        owner, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
+    )
     return hidden_states, attention_mask
 
 
