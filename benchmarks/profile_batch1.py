@@ -78,6 +78,7 @@ def instrumented(family: str, timers: Timers):
 
     from hf_earlyexit.models.bert import (
         active_batch,
+        backbone_base,
         exit_utils,
         modeling_bypass_bert,
         modeling_cascade_bert,
@@ -91,11 +92,12 @@ def instrumented(family: str, timers: Timers):
         (exit_utils.ExitRule, "step", "exit criterion"),
         (token_exit_utils.ActiveWords, "decide", "exit criterion"),
         (torch.Tensor, "__bool__", "host synchronisation"),
-        (modeling_bypass_bert, "drop_padding_columns", "compaction"),
-        (active_batch.ActiveBatch, "drop_padding_columns", "compaction"),
+        (modeling_bypass_bert, "drop_padding_columns_of", "compaction"),
+        (active_batch.ActiveBatch, "padding_columns", "compaction"),
         (active_batch.ActiveBatch, "drop_rows", "compaction"),
+        (backbone_base.EncoderBackbone, "compact", "compaction"),
         (token_exit_utils.ActiveWords, "build", "compaction"),
-        (modeling_token_exit_bert.PackedQueries, "build", "compaction"),
+        (backbone_base.EncoderBackbone, "active_queries", "compaction"),
         (modeling_token_exit_bert, "active_query_layer", "encoder layers"),
     ]
     if family == "bypass":

@@ -11,7 +11,8 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""hf_earlyexit: early-exit inference for BERT-style models in Hugging Face Transformers.
+"""hf_earlyexit: early-exit inference for the encoders fine-tuned in Hugging Face Transformers (BERT, RoBERTa,
+XLM-RoBERTa, ELECTRA, DistilBERT, DeBERTa-v2/-v3, ModernBERT).
 
 Importing the package registers every config and model with the Auto classes and the exit-aware pipelines, and does
 nothing else: the training, calibration, evaluation and Hub modules are imported on first use.
@@ -24,15 +25,22 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0.dev0"
 
 from .models.bert import (
+    SUPPORTED_MODEL_TYPES,
     BertForCascadeClassification,
     BertForTokenEarlyExit,
     BertWithBypassExits,
     BypassBertConfig,
+    BypassExitConfig,
     CascadeBertConfig,
+    CascadeConfig,
+    CascadeForSequenceClassification,
     CascadeSequenceClassifierOutput,
     EarlyExitSequenceClassifierOutput,
     EarlyExitTokenClassifierOutput,
+    EncoderForTokenEarlyExit,
+    EncoderWithBypassExits,
     TokenExitBertConfig,
+    TokenExitConfig,
     TokenExitRule,
     encode_words,
 )
@@ -112,9 +120,12 @@ __all__ = [
     "BertForTokenEarlyExit",
     "BertWithBypassExits",
     "BypassBertConfig",
+    "BypassExitConfig",
     "CalibrationResult",
     "CascadeBertConfig",
+    "CascadeConfig",
     "CascadeExitLoss",
+    "CascadeForSequenceClassification",
     "CascadeSequenceClassifierOutput",
     "DamagedCheckpointError",
     "DifficultyAwareCascadeLoss",
@@ -127,6 +138,8 @@ __all__ = [
     "EarlyExitTokenClassifierOutput",
     "EarlyExitTrainer",
     "EarlyExitTrainingArguments",
+    "EncoderForTokenEarlyExit",
+    "EncoderWithBypassExits",
     "EvaluationRow",
     "ExitLoss",
     "ExitRule",
@@ -135,9 +148,11 @@ __all__ = [
     "JointTokenExitLoss",
     "MissingTokenizerError",
     "ModelCardCallback",
+    "SUPPORTED_MODEL_TYPES",
     "SelfSamplingTokenLoss",
     "TokenCalibrationResult",
     "TokenExitBertConfig",
+    "TokenExitConfig",
     "TokenExitRule",
     "TwoStageExitLoss",
     "__version__",

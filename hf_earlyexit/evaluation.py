@@ -300,6 +300,9 @@ def token_scores(model, batches: Sequence[dict], full_config=None, **settings) -
         depth += int(out.exit_layer[starts].sum())
         flops += int(out.flops.sum())
         lengths = batch["attention_mask"].sum(-1)
+        if full_config is model.config:  # the model's own full depth, priced by its encoder's cost model
+            reference += int(model.reference_flops(lengths).sum())
+            continue
         reference += int(
             (
                 full_layers * encoder_layer_flops(lengths, full_config.hidden_size, full_config.intermediate_size)
@@ -337,9 +340,7 @@ def token_oracle_points(model, batches: Sequence[dict]) -> dict:
         `{"token": {...}, "sentence": {...}}`, each with `metric`, `mean_exit_layer`, `layer_speedup`,
         `flops_speedup` and `exit_fraction` (share of words leaving at each exit).
     """
-    from .models.bert.token_exit_utils import token_exit_flops
 
-    config = model.config
     exit_layers = torch.tensor(model.exit_layers)
     totals = {
         mode: {"flops": 0, "layers": 0, "counts": torch.zeros(len(exit_layers))} for mode in ("token", "sentence")
@@ -366,9 +367,7 @@ def token_oracle_points(model, batches: Sequence[dict]) -> dict:
             else:
                 position_exit = sentence_exit.expand_as(labels)
             exit_layer = torch.where(real, exit_layers[position_exit], 0)
-            flops = token_exit_flops(
-                exit_layer, lengths, model.exit_layers, config.hidden_size, config.intermediate_size, config.num_labels
-            )
+            flops = model.token_flops(exit_layer, lengths)
             totals[mode]["flops"] += int(flops.sum())
             totals[mode]["layers"] += int(exit_layer[starts].sum())
             totals[mode]["counts"] += torch.bincount(position_exit[starts], minlength=len(exit_layers)).float()

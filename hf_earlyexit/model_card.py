@@ -381,12 +381,15 @@ def _setting_text(name: str, value) -> str:
 
 
 def _encoder_text(config: dict) -> str:
-    """The card's encoder line: depth and width, or for a cascade those of each member."""
+    """The card's encoder line: depth and width (and the architecture, when it is not BERT), or for a cascade those of
+    each member."""
     members = config.get("members")
     if not members:
-        return f"{config.get('num_hidden_layers')} layers, hidden size {config.get('hidden_size')}"
-    depths = [member["num_hidden_layers"] for member in members]
-    widths = [member["hidden_size"] for member in members]
+        encoder = (config.get("encoder_config") or {}).get("model_type")
+        architecture = f"{encoder}, " if encoder else ""
+        return f"{architecture}{config.get('num_hidden_layers')} layers, hidden size {config.get('hidden_size')}"
+    depths = [member.get("num_hidden_layers", member.get("n_layers")) for member in members]  # DistilBERT: n_layers
+    widths = [member.get("hidden_size", member.get("dim")) for member in members]
     plural = "s" if depths[-1] != 1 else ""
     if len(set(widths)) == 1:
         sizes = f"{' and '.join(map(str, depths))} layer{plural}, hidden size {widths[0]}"
@@ -394,7 +397,10 @@ def _encoder_text(config: dict) -> str:
         sizes = " and ".join(
             f"{depth} layer{'s' if depth != 1 else ''} of hidden size {width}" for depth, width in zip(depths, widths)
         )
-    return f"a cascade of {len(members)} BERT models, {sizes}"
+    types = [member.get("model_type", "bert") for member in members]
+    kinds = "BERT models" if set(types) == {"bert"} else f"models ({', '.join(types)})"
+    tokenizers = ", each with its own tokenizer" if config.get("separate_tokenizers") else ""
+    return f"a cascade of {len(members)} {kinds}, {sizes}{tokenizers}"
 
 
 def _looks_like_repo_id(name: str | None) -> bool:

@@ -187,6 +187,9 @@ class EarlyExitTextClassificationPipeline(EarlyExitPipelineMixin, TextClassifica
     Each result also holds the per-example exit fields the model returns (`exit_layer`: the number of encoder layers
     computed for that text; `exit_stage` for a cascade), also with `top_k` (on every label's dict).
 
+    A cascade whose members have tokenizers of their own (`config.separate_tokenizers`) gets the text tokenized by
+    every member's tokenizer (`model.tokenize`), each truncated at its own member's positions.
+
     Edge inputs, with an early-exit model:
     - an empty list returns `[]` (the stock pipeline raises an `IndexError`);
     - an empty string is classified like any text (from `[CLS] [SEP]`), as the stock pipeline does;
@@ -210,6 +213,10 @@ class EarlyExitTextClassificationPipeline(EarlyExitPipelineMixin, TextClassifica
     def preprocess(self, inputs, **tokenizer_kwargs):
         if self.is_early_exit_model:
             tokenizer_kwargs.setdefault("truncation", True)
+            if getattr(self.model.config, "separate_tokenizers", False):
+                # a cascade whose members tokenize differently: each member's tokenizer reads the text, truncating at
+                # its own member's limit
+                return self.model.tokenize(*_text_and_pair(inputs), **tokenizer_kwargs)
             truncation = tokenizer_kwargs["truncation"]
             if truncation and truncation != "do_not_truncate" and "max_length" not in tokenizer_kwargs:
                 limit = self._max_input_length()
@@ -221,6 +228,16 @@ class EarlyExitTextClassificationPipeline(EarlyExitPipelineMixin, TextClassifica
         limits = [getattr(self.model.config, "max_position_embeddings", None), self.tokenizer.model_max_length]
         limits = [limit for limit in limits if isinstance(limit, int) and 0 < limit < _NO_LIMIT]
         return min(limits, default=None)
+
+
+def _text_and_pair(inputs) -> tuple:
+    """`(text, text_pair)` of one text-classification input, in the forms the stock pipeline takes: a text, a
+    `{"text": ..., "text_pair": ...}` dict or a `[[text, pair]]` list."""
+    if isinstance(inputs, dict):
+        return inputs["text"], inputs.get("text_pair")
+    if isinstance(inputs, list) and len(inputs) == 1 and isinstance(inputs[0], list) and len(inputs[0]) == 2:
+        return inputs[0][0], inputs[0][1]
+    return inputs, None
 
 
 class EarlyExitTokenClassificationPipeline(EarlyExitPipelineMixin, TokenClassificationPipeline):

@@ -43,6 +43,18 @@ class HubFamily:
     compared_outputs: tuple[str, ...] = ("logits", "exit_layer", "flops")
 
 
+# the backbone layer and the encoder configs: shipped with every family, whichever encoder the model has
+BACKBONE_MODULES = frozenset(
+    {
+        "backbone_base",
+        "backbone_bert_like",
+        "backbone_deberta",
+        "backbone_modernbert",
+        "backbones",
+        "configuration_encoder",
+    }
+)
+
 HUB_FAMILIES = [
     pytest.param(
         HubFamily(
@@ -51,7 +63,8 @@ HUB_FAMILIES = [
             task_auto_class="AutoModelForSequenceClassification",
             call_kwargs=[{}, {"exit_threshold": [0.4, 0.4, 0.4, 0.4]}, {"early_exit": False}],
             pipeline_kwargs={"exit_threshold": 0.4},
-            remote_code_modules=frozenset(
+            remote_code_modules=BACKBONE_MODULES
+            | frozenset(
                 {
                     "active_batch",
                     "checkpoint_utils",
@@ -76,9 +89,11 @@ HUB_FAMILIES = [
             call_kwargs=[{}, {"exit_threshold": [0.4, 0.4]}, {"early_exit": False}],
             compared_outputs=("logits", "exit_stage", "exit_layer", "flops"),
             pipeline_kwargs={"exit_threshold": 0.4},
-            remote_code_modules=frozenset(
+            remote_code_modules=BACKBONE_MODULES
+            | frozenset(
                 {
                     "active_batch",
+                    "cascade_inputs",
                     "cascade_members",
                     "checkpoint_utils",
                     "configuration_early_exit_bert",
@@ -103,7 +118,8 @@ HUB_FAMILIES = [
             remote_pipeline_task="early-exit-token-classification",
             call_kwargs=[{}, {"exit_threshold": 0.45, "window_size": 3}, {"early_exit": False}],
             pipeline_kwargs={"exit_threshold": 0.45, "window_size": 3, "ignore_labels": []},
-            remote_code_modules=frozenset(
+            remote_code_modules=BACKBONE_MODULES
+            | frozenset(
                 {
                     "active_batch",
                     "checkpoint_utils",

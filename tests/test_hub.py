@@ -231,6 +231,40 @@ def _python_path_without_package() -> str:
     return os.pathsep.join(p for p in paths if os.path.isdir(p))
 
 
+def run_without_package(tmp_path, job: dict, timeout: int = 300, **env) -> dict:
+    """Runs tests/remote_code_runner.py on `job` in a fresh `python -S` whose path has site-packages only (not the
+    package), offline, from a folder outside the repository, with `env` on top (e.g. `HF_HUB_CACHE`). Returns the
+    runner's report (the outputs it computed are in `job["output"]`)."""
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    shutil.copy(Path(__file__).parent / "remote_code_runner.py", workdir)
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "HF_", "TRANSFORMERS_"))
+    }
+    environment.update(
+        PYTHONPATH=_python_path_without_package(),
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf-home"),
+        HF_MODULES_CACHE=str(tmp_path / "modules"),
+        **env,
+    )
+    result = subprocess.run(
+        [sys.executable, "-S", "remote_code_runner.py", str(tmp_path / "job.json")],
+        cwd=workdir,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    (report_line,) = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
+    report = json.loads(report_line.removeprefix("REPORT "))
+    assert report["hf_earlyexit_importable"] is False
+    assert report["loaded_hf_earlyexit_modules"] == []
+    return report
+
+
 @pytest.mark.parametrize("family", HUB_FAMILIES)
 def test_remote_code_loads_without_hf_earlyexit(family, tmp_path):
     model = family.build()
@@ -253,31 +287,7 @@ def test_remote_code_loads_without_hf_earlyexit(family, tmp_path):
         if family.remote_pipeline_task
         else None,
     }
-    (tmp_path / "job.json").write_text(json.dumps(job))
-    workdir = tmp_path / "elsewhere"
-    workdir.mkdir()
-    shutil.copy(Path(__file__).parent / "remote_code_runner.py", workdir)
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "HF_", "TRANSFORMERS_"))}
-    env.update(
-        PYTHONPATH=_python_path_without_package(),
-        HF_HUB_OFFLINE="1",
-        HF_HOME=str(tmp_path / "hf-home"),
-        HF_HUB_CACHE=str(cache),
-        HF_MODULES_CACHE=str(tmp_path / "modules"),
-    )
-    result = subprocess.run(
-        [sys.executable, "-S", "remote_code_runner.py", str(tmp_path / "job.json")],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    (report_line,) = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
-    report = json.loads(report_line.removeprefix("REPORT "))
-    assert report["hf_earlyexit_importable"] is False
-    assert report["loaded_hf_earlyexit_modules"] == []
+    report = run_without_package(tmp_path, job, HF_HUB_CACHE=str(cache))
     for entry in report["models"]:
         assert entry["module"].startswith("transformers_modules."), entry
         assert entry.get("class", type(model).__name__) in (type(model).__name__, type(model.config).__name__)

@@ -150,20 +150,12 @@ class _TokenScorer:
         }
 
     def replay(self, rule) -> dict:
-        from ..models.bert.token_exit_utils import token_exit_flops
 
-        rec, config = self.rec, self.model.config
+        rec = self.rec
         index = rule.simulate(rec.all_logits, rec.attention_mask, rec.word_ids)
         logits = rec.all_logits.gather(0, index.clamp_min(0)[None, ..., None].expand_as(rec.all_logits[:1]))[0]
         exit_layer = torch.where(index >= 0, self.exit_layers[index.clamp_min(0)], 0)
-        flops = token_exit_flops(
-            exit_layer,
-            self.lengths,
-            self.model.exit_layers,
-            config.hidden_size,
-            config.intermediate_size,
-            config.num_labels,
-        )
+        flops = self.model.token_flops(exit_layer, self.lengths)
         return self.summary(logits, exit_layer, flops)
 
     @torch.inference_mode()

@@ -76,6 +76,7 @@ from hf_earlyexit.data import DataCollatorForTokenEarlyExit, label_names_of, loa
 from hf_earlyexit.families import families
 from hf_earlyexit.families import family as family_named
 from hf_earlyexit.losses import registered_recipes
+from hf_earlyexit.models.backbones import SUPPORTED_MODEL_TYPES
 from hf_earlyexit.utils import default_backbone
 
 
@@ -101,7 +102,8 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "A BERT checkpoint (local path or Hub id) to start from, or a checkpoint of the family to continue "
+            "help": "A plain checkpoint (local path or Hub id) of a supported encoder (BERT, RoBERTa, XLM-R, ELECTRA, "
+            "DistilBERT, DeBERTa-v2/-v3, ModernBERT) to start from, or a checkpoint of the family to continue "
             "(e.g. stage 1's output for stage 2). Defaults to the embedded all-MiniLM-L6-v2 (or a tiny random BERT "
             "with --tiny_model)."
         },
@@ -349,10 +351,11 @@ def main(argv: list[str] | None = None, prog: str | None = None, datasets: Datas
         source = default_backbone()
     if source is not None:
         source_type = AutoConfig.from_pretrained(source).model_type
-        if source_type not in ("bert", chosen.model_type):
+        if source_type not in (*SUPPORTED_MODEL_TYPES, chosen.model_type):
             raise ValueError(
                 f"`--model_name_or_path` {source} holds a {source_type!r} model; `--family {model_args.family}` "
-                f"starts from a BERT checkpoint or continues a {chosen.model_type!r} one."
+                f"starts from a checkpoint of a supported encoder ({', '.join(SUPPORTED_MODEL_TYPES)}) or continues "
+                f"a {chosen.model_type!r} one."
             )
     tokenizer = AutoTokenizer.from_pretrained(source) if source is not None and datasets is None else None
     if datasets is None:

@@ -11,9 +11,16 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Early-exit BERT families. This folder is self-contained (torch and transformers only) so that it can be shipped
-with a checkpoint as `trust_remote_code` code."""
+"""The early-exit families (and the backbone layer under them). This folder is self-contained (torch and transformers
+only) so that it can be shipped with a checkpoint as `trust_remote_code` code.
 
+Each family is one class that takes any supported encoder, read from the checkpoint's config (see
+`configuration_encoder`); the classes keep their BERT names, which every checkpoint records, and are also exported
+under architecture-neutral names: `EncoderWithBypassExits`, `EncoderForTokenEarlyExit` and
+`CascadeForSequenceClassification` (with `BypassExitConfig`, `TokenExitConfig`, `CascadeConfig`).
+"""
+
+from .backbones import SUPPORTED_MODEL_TYPES
 from .configuration_early_exit_bert import BypassBertConfig, CascadeBertConfig, TokenExitBertConfig
 from .modeling_bypass_bert import BertWithBypassExits, EarlyExitSequenceClassifierOutput
 from .modeling_cascade_bert import BertForCascadeClassification, CascadeSequenceClassifierOutput
@@ -21,16 +28,32 @@ from .modeling_token_exit_bert import BertForTokenEarlyExit, EarlyExitTokenClass
 from .token_exit_utils import TokenExitRule, encode_words
 
 
+# the architecture-neutral names of the families: the same classes
+EncoderWithBypassExits = BertWithBypassExits
+EncoderForTokenEarlyExit = BertForTokenEarlyExit
+CascadeForSequenceClassification = BertForCascadeClassification
+BypassExitConfig = BypassBertConfig
+TokenExitConfig = TokenExitBertConfig
+CascadeConfig = CascadeBertConfig
+
+
 __all__ = [
     "BertForCascadeClassification",
     "BertForTokenEarlyExit",
     "BertWithBypassExits",
     "BypassBertConfig",
+    "BypassExitConfig",
     "CascadeBertConfig",
+    "CascadeConfig",
+    "CascadeForSequenceClassification",
     "CascadeSequenceClassifierOutput",
     "EarlyExitSequenceClassifierOutput",
     "EarlyExitTokenClassifierOutput",
+    "EncoderForTokenEarlyExit",
+    "EncoderWithBypassExits",
+    "SUPPORTED_MODEL_TYPES",
     "TokenExitBertConfig",
+    "TokenExitConfig",
     "TokenExitRule",
     "encode_words",
 ]

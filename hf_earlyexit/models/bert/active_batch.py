@@ -90,9 +90,10 @@ class LayerOutputs:
         return self._captured.pop() if self._captured else None
 
     @contextmanager
-    def capture(self, layers: nn.ModuleList):
-        """Keeps the attention probabilities each `BertLayer` of `layers` computes (they are not part of its
-        output), for this thread's calls only, while the block runs."""
+    def capture(self, attention_modules: list[nn.Module]):
+        """Keeps the attention probabilities that the self-attention modules of the layers (`attention_modules`, one
+        per layer, each returning `(context, probabilities)`) compute, which are not part of a layer's output, for this
+        thread's calls only, while the block runs."""
         if self.attentions is None:
             yield
             return
@@ -102,7 +103,7 @@ class LayerOutputs:
             if threading.get_ident() == owner and isinstance(output, tuple) and output[1] is not None:
                 self._captured.append(output[1])
 
-        handles = [layer.attention.self.register_forward_hook(hook) for layer in layers]
+        handles = [module.register_forward_hook(hook) for module in attention_modules]
         try:
             yield
         finally:
@@ -242,16 +243,24 @@ class ActiveBatch:
             return None
         return tuple(None if tensor is None else tensor[stay] for tensor in tensors)
 
+    def padding_columns(self, attention_mask: torch.Tensor) -> torch.Tensor | None:
+        """The current columns that are a real token in some row of `attention_mask` (the current rows), as an index
+        tensor, when some are padding in every row, and `columns` follows; `None` when there is nothing to drop or
+        while recording. The caller slices its tensors (and its layer context) with it."""
+        if self.outputs is not None:
+            return None
+        kept = kept_columns(attention_mask)
+        if kept is not None:
+            self._columns = kept if self._columns is None else self._columns.index_select(0, kept)
+        return kept
+
     def drop_padding_columns(self, attention_mask: torch.Tensor, *tensors: torch.Tensor | None) -> tuple:
         """`(attention_mask, *tensors)` without the columns that are padding in every current row (dimension 1 of each
         tensor is the sequence; `None` passes through), and `columns` follows. Attention masks those positions out, so
         dropping them changes no real position's output. Unchanged while recording."""
-        if self.outputs is not None:
-            return (attention_mask, *tensors)
-        kept = kept_columns(attention_mask)
+        kept = self.padding_columns(attention_mask)
         if kept is None:
             return (attention_mask, *tensors)
-        self._columns = kept if self._columns is None else self._columns.index_select(0, kept)
         return (attention_mask[:, kept], *(None if tensor is None else tensor[:, kept] for tensor in tensors))
 
     def position_ids(self, position_ids: torch.Tensor | None) -> torch.Tensor | None:
@@ -272,18 +281,19 @@ class ActiveBatch:
         rows = self.rows.index_select(0, position_rows) if self._shrunk else position_rows
         return rows * self.seq_len + columns
 
-    def recording(self, layers: nn.ModuleList, hidden_states: torch.Tensor):
+    def recording(self, attention_modules: list[nn.Module], hidden_states: torch.Tensor):
         """A context manager that wraps the layer loop when `outputs` records: records the embeddings `hidden_states`,
-        captures each layer's attention probabilities while the loop runs, and at its end adds zeros for the layers
-        that no row ran. Nothing otherwise."""
-        return _NOT_RECORDING if self.outputs is None else self._recording(layers, hidden_states)
+        captures each layer's attention probabilities (from its self-attention module, one per layer in
+        `attention_modules`) while the loop runs, and at its end adds zeros for the layers that no row ran. Nothing
+        otherwise."""
+        return _NOT_RECORDING if self.outputs is None else self._recording(attention_modules, hidden_states)
 
     @contextmanager
-    def _recording(self, layers: nn.ModuleList, hidden_states: torch.Tensor):
+    def _recording(self, attention_modules: list[nn.Module], hidden_states: torch.Tensor):
         self.outputs.add_hidden_states(hidden_states)
-        with self.outputs.capture(layers):
+        with self.outputs.capture(attention_modules):
             yield
-        self.outputs.add_skipped_layers(len(layers) - self._layers_recorded)
+        self.outputs.add_skipped_layers(len(attention_modules) - self._layers_recorded)
 
     def record_layer(self, hidden_states: torch.Tensor, captured_attentions: bool = True) -> None:
         """Records a layer's output `hidden_states` (the current rows and columns) and, with `captured_attentions`, the

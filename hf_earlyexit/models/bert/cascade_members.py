@@ -11,8 +11,9 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""The members of a cascade: one complete BERT classifier ([`CascadeMember`]), and what a cascade is assembled from
-(fine-tuned classifiers, plain encoders, members of other cascades, one encoder cut to several depths).
+"""The members of a cascade: one complete classifier ([`CascadeMember`]) of any supported encoder, and what a cascade
+is assembled from (fine-tuned classifiers, plain encoders, members of other cascades, one encoder cut to several
+depths).
 
 Shipped with `trust_remote_code` checkpoints: imports only torch, transformers and single-dot siblings.
 """
@@ -20,28 +21,42 @@ Shipped with `trust_remote_code` checkpoints: imports only torch, transformers a
 import copy
 import os
 import re
+from contextlib import nullcontext
 
 import torch
-from transformers import AutoConfig, BertConfig, BertForSequenceClassification, BertModel, BertPreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    BertForSequenceClassification,
+    BertModel,
+    BertPreTrainedModel,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
 
 from .active_batch import LayerOutputs
+from .backbones import BACKBONES, SUPPORTED_MODEL_TYPES, backbone_for
 from .checkpoint_utils import check_local_path
-from .exit_utils import encoder_layer_flops
-from .forward_checks import raise_for_bad_ids
-from .modeling_exit_heads import ClassificationHead
+from .exit_forward import drop_padding_columns_of, embed_encoder
+from .modeling_exit_heads import ClassificationHead, attach_encoder, encoder_flops, stock_head_modules
 
 
 class CascadeMember(BertPreTrainedModel):
-    """One member of a cascade: a complete BERT encoder with its own classification head.
+    """One member of a cascade: a complete encoder (BERT or another supported architecture, under the attribute its
+    architecture's task models use: `bert`, `roberta`, ...) with its own classification head.
 
     It is a `PreTrainedModel` of its own so that its weights are initialised with its own config and attention
     implementation changes reach it.
     """
 
-    def __init__(self, config: BertConfig, pooling: str):
+    def __init__(self, config: PreTrainedConfig, pooling: str):
+        attn_implementation = config._attn_implementation  # as asked for, before the model resolves its own
         super().__init__(config)
-        self.bert = BertModel(config, add_pooling_layer=False)
-        self.head = ClassificationHead(config, pooling)
+        attach_encoder(self, config, attn_implementation)
+        backbone = self.encoder_backbone
+        style = backbone.sequence_head_style(self.base_model.config)
+        self.head = ClassificationHead(config, pooling, style, dropout=backbone.classifier_dropout(config))
         self.post_init()
 
     def forward(
@@ -53,27 +68,39 @@ class CascadeMember(BertPreTrainedModel):
         layer_outputs: LayerOutputs | None = None,
         rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`(batch, num_labels)` logits of this member. With `layer_outputs`, also records this member's hidden states
-        and attention maps there, for the examples `rows` of the caller's batch (`None`: all of them)."""
+        """`(batch, num_labels)` logits of this member. The positions that are padding in every row are dropped after
+        the embeddings (every token keeps its position). With `layer_outputs`, also records this member's hidden states
+        and attention maps there (every position kept), for the examples `rows` of the caller's batch (`None`: all of
+        them)."""
+        backbone, encoder = self.encoder_backbone, self.base_model
+        if not backbone.takes_token_type_ids:  # a member without token types in a cascade of members with them
+            token_type_ids = None
+        hidden_states, attention_mask, context = embed_encoder(
+            self, input_ids, attention_mask, token_type_ids, position_ids, None
+        )
         recording = layer_outputs is not None and layer_outputs.active
-        try:
-            encoded = self.bert(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                token_type_ids=token_type_ids,
-                position_ids=position_ids,
-                output_hidden_states=recording and layer_outputs.hidden_states is not None,
-                output_attentions=recording and layer_outputs.attentions is not None,
-            )
-        except (IndexError, RuntimeError) as error:
-            raise_for_bad_ids(self.config, input_ids, token_type_ids, position_ids, error)
-            raise
         if recording:
-            for states in encoded.hidden_states or ():
-                layer_outputs.add_hidden_states(states, rows)
-            for weights in encoded.attentions or ():
-                layer_outputs.add_attentions(weights, rows)
-        return self.head(encoded.last_hidden_state, attention_mask)
+            context.output_attentions = layer_outputs.attentions is not None
+            layer_outputs.add_hidden_states(hidden_states, rows)
+        else:
+            hidden_states, context = drop_padding_columns_of(backbone, hidden_states, context)
+        layers = backbone.layers(encoder)
+        with (
+            layer_outputs.capture([backbone.attention_module(layer) for layer in layers])
+            if recording
+            else nullcontext()
+        ):
+            for index in range(len(layers)):
+                hidden_states = backbone.run_layer(encoder, index, hidden_states, context)
+                if recording:
+                    layer_outputs.add_hidden_states(hidden_states, rows)
+                    layer_outputs.add_attentions(layer_outputs.take_captured(), rows)
+        return self.head(backbone.finalize(encoder, hidden_states), context.attention_mask)
+
+    @property
+    def max_positions(self) -> int:
+        """The most tokens this member takes."""
+        return self.encoder_backbone.max_positions(self.base_model.config)
 
     def record_skipped(self, layer_outputs: LayerOutputs, batch_size: int, seq_len: int, like: torch.Tensor) -> None:
         """Zeros in `layer_outputs` for a member that ran on no example."""
@@ -81,14 +108,14 @@ class CascadeMember(BertPreTrainedModel):
         if layer_outputs.hidden_states is not None:
             shape = (batch_size, seq_len, config.hidden_size)
             layer_outputs.hidden_states.extend(like.new_zeros(shape) for _ in range(config.num_hidden_layers + 1))
-        if layer_outputs.attentions is not None and config._attn_implementation == "eager":
+        if layer_outputs.attentions is not None and self.base_model.config._attn_implementation == "eager":
             shape = (batch_size, config.num_attention_heads, seq_len, seq_len)
             layer_outputs.attentions.extend(like.new_zeros(shape) for _ in range(config.num_hidden_layers))
 
     def flops(self, lengths: torch.Tensor) -> torch.Tensor:
         """FLOPs of this member, encoder and head, on examples of the given real lengths. Shape of `lengths`."""
-        layer = encoder_layer_flops(lengths.long(), self.config.hidden_size, self.config.intermediate_size)
-        return self.config.num_hidden_layers * layer + self.head.flops()
+        config = self.base_model.config
+        return encoder_flops(self.encoder_backbone, config, lengths, config.num_hidden_layers) + self.head.flops()
 
 
 _DEFAULT_LABEL = re.compile(r"LABEL_\d+")
@@ -128,54 +155,89 @@ def resolve_labels(trained: list[tuple[int, dict]], num_labels: int | None, id2l
 
 
 def member_source(index: int, member, load_kwargs: dict) -> dict:
-    """What a cascade member is made of: its BERT config, encoder weights, pooler and classifier weights if any, and the
-    pooling its classifier was trained on."""
+    """What a cascade member is made of: its encoder config, encoder weights, the head weights it comes with (by head
+    module: `classifier`, `pooler`, `pooler_norm`; a plain encoder has none, a plain BERT keeps its pretrained pooler),
+    and the pooling its classifier was trained on (`None` without a classifier)."""
     if isinstance(member, (str, os.PathLike)):
-        check_local_path(member)
-        member_config = AutoConfig.from_pretrained(member, **load_kwargs)
-        if member_config.model_type != "bert":
-            raise ValueError(
-                f"`members[{index}]` ({str(member)!r}) has model_type {member_config.model_type!r}; cascade members "
-                "are BERT checkpoints."
-            )
-        if "BertForSequenceClassification" in (member_config.architectures or []):
-            member = BertForSequenceClassification.from_pretrained(member, **load_kwargs)
-        else:
-            member = BertModel.from_pretrained(member, **load_kwargs)
+        member = _load_member(index, member, load_kwargs)
     if isinstance(member, CascadeMember):
-        head = member.head
-        return {
-            "config": member.bert.config,
-            "encoder": member.bert.state_dict(),
-            "pooler": head.pooler.state_dict() if head.pooler is not None else None,
-            "classifier": head.classifier.state_dict(),
-            "pooling": head.pooling,
-        }
-    if isinstance(member, BertForSequenceClassification):
-        encoder, classifier = member.bert, member.classifier.state_dict()
-    elif isinstance(member, BertModel):
-        encoder, classifier = member, None
-    else:
+        return _source(member.base_model, _head_states(member.head), member.head.pooling)
+    if isinstance(member, BertForSequenceClassification):  # BERT's pooler sits in its base model
+        pooler = member.bert.pooler
+        head = {"classifier": member.classifier.state_dict()}
+        if pooler is not None:
+            head["pooler"] = pooler.dense.state_dict()
+        return _source(member.bert, head, "pooler")
+    if isinstance(member, BertModel):
+        head = {"pooler": member.pooler.dense.state_dict()} if member.pooler is not None else {}
+        return _source(member, head, None)
+    if not isinstance(member, PreTrainedModel) or getattr(member.config, "model_type", None) not in BACKBONES:
         raise TypeError(
-            f"`members[{index}]` must be a checkpoint path or Hub id, a BertForSequenceClassification, a BertModel or "
-            f"a CascadeMember, got {type(member).__name__}."
+            f"`members[{index}]` must be a checkpoint path or Hub id, a sequence classifier or a base model of a "
+            f"supported encoder ({', '.join(SUPPORTED_MODEL_TYPES)}), or a CascadeMember; got {type(member).__name__}."
         )
-    state = encoder.state_dict()
+    backbone = _backbone_of_member(index, member.config)
+    if isinstance(member, backbone.model_class):
+        return _source(member, {}, None)
+    if type(member).__name__ != backbone.task_model_class("sequence").__name__:
+        raise TypeError(
+            f"`members[{index}]` is a {type(member).__name__}; cascade members are sequence classifiers "
+            f"({backbone.task_model_class('sequence').__name__}) or base models ({backbone.model_class_name})."
+        )
+    # the architecture's own head, read into an exit head with the architecture's pooling
+    head = ClassificationHead(member.config, "pooler", backbone.sequence_head_style(member.config), dropout=0.0)
+    for ours, theirs in stock_head_modules(backbone, "sequence", head, member):
+        ours.load_state_dict(theirs.state_dict())
+    return _source(getattr(member, backbone.base_model_prefix), _head_states(head), "pooler")
+
+
+def _backbone_of_member(index: int, config: PreTrainedConfig):
+    try:
+        return backbone_for(config.model_type)
+    except ValueError as error:
+        raise ValueError(f"`members[{index}]`: {error}") from None
+
+
+def _load_member(index: int, member, load_kwargs: dict) -> PreTrainedModel:
+    """A member given as a checkpoint: its sequence classifier when it has one (its `architectures` say so), else its
+    base model."""
+    check_local_path(member)
+    member_config = AutoConfig.from_pretrained(member, **load_kwargs)
+    backbone = _backbone_of_member(index, member_config)
+    if backbone.task_model_class("sequence").__name__ in (member_config.architectures or []):
+        return AutoModelForSequenceClassification.from_pretrained(member, **load_kwargs)
+    return AutoModel.from_pretrained(member, **load_kwargs)
+
+
+def _head_states(head: ClassificationHead) -> dict:
     return {
-        "config": encoder.config,
-        "encoder": {name: t for name, t in state.items() if not name.startswith("pooler.")},
-        "pooler": encoder.pooler.dense.state_dict() if encoder.pooler is not None else None,
-        "classifier": classifier,
-        # the pooling the classifier was trained on (None: no classifier, the head is new)
-        "pooling": "pooler" if classifier is not None else None,
+        name: module.state_dict()
+        for name in ("pooler", "pooler_norm", "classifier")
+        if (module := getattr(head, name, None)) is not None
     }
 
 
-def truncated(backbone: BertModel, num_layers: int) -> BertModel:
-    """A copy of `backbone` keeping its first `num_layers` encoder layers."""
+def _source(encoder: PreTrainedModel, head: dict, pooling: str | None) -> dict:
+    trained = "classifier" in head
+    return {
+        "config": encoder.config,
+        "encoder": {name: t for name, t in encoder.state_dict().items() if not name.startswith("pooler.")},
+        "head": head,
+        "classifier": head.get("classifier") if trained else None,
+        "pooling": pooling if trained else None,
+    }
+
+
+def truncated(backbone: PreTrainedModel, num_layers: int) -> PreTrainedModel:
+    """A copy of a base model `backbone` keeping its first `num_layers` encoder layers."""
     member = copy.deepcopy(backbone)
-    member.encoder.layer = member.encoder.layer[:num_layers]
+    layers_attribute = backbone_for(member.config).layers_attribute
+    owner_path, _, name = layers_attribute.rpartition(".")
+    owner = member.get_submodule(owner_path) if owner_path else member
+    setattr(owner, name, getattr(owner, name)[:num_layers])
     member.config.num_hidden_layers = num_layers
+    if getattr(member.config, "layer_types", None):  # ModernBERT: one attention kind per layer
+        member.config.layer_types = member.config.layer_types[:num_layers]
     return member
 
 

@@ -14,8 +14,8 @@
 """Checkpoints that travel: `trust_remote_code` export, config fields written by a newer version, damaged weights,
 paths that do not exist, checkpoints of another family, saves that replace a checkpoint all at once.
 
-Shipped with `trust_remote_code` checkpoints: imports only the standard library, transformers and huggingface_hub
-(a dependency of transformers).
+Shipped with `trust_remote_code` checkpoints: imports only the standard library, transformers, huggingface_hub (a
+dependency of transformers) and single-dot siblings.
 """
 
 import dataclasses
@@ -29,6 +29,8 @@ from pathlib import Path
 from huggingface_hub import try_to_load_from_cache
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils import CONFIG_NAME, logging
+
+from .backbones import SUPPORTED_MODEL_TYPES
 
 
 logger = logging.get_logger(__name__)
@@ -128,7 +130,7 @@ def raise_if_other_family(config_class: type, config_dict: dict, source) -> None
         )
     raise ValueError(
         f"{str(source)!r} holds a {found!r} model; {loader} loads its own checkpoints (model_type {expected!r}) and "
-        "starts from BERT checkpoints (model_type 'bert')."
+        f"starts from plain checkpoints of the encoders it supports (model_type {', '.join(SUPPORTED_MODEL_TYPES)})."
     )
 
 
@@ -141,9 +143,15 @@ def _transformers_base(config_class: type) -> type:
     return next(k for k in config_class.__mro__ if k.__module__.startswith("transformers."))
 
 
+# fields of the family configs that describe the architecture (which encoder, whose tokenizers), not a setting
+ARCHITECTURE_FIELDS = frozenset({"encoder_config", "separate_tokenizers"})
+
+
 def family_config_fields(config_class: type) -> tuple[str, ...]:
-    """The fields an early-exit family adds to its transformers base config (e.g. `exit_criterion`), in order."""
-    inherited = {f.name for f in dataclasses.fields(_transformers_base(config_class))}
+    """The settings an early-exit family adds to its transformers base config (e.g. `exit_criterion`), in order; the
+    fields that describe the architecture (`ARCHITECTURE_FIELDS`: the encoder, the members' tokenizers) are not
+    settings."""
+    inherited = {f.name for f in dataclasses.fields(_transformers_base(config_class))} | ARCHITECTURE_FIELDS
     return tuple(f.name for f in dataclasses.fields(config_class) if f.name not in inherited)
 
 

@@ -24,6 +24,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import BertConfig, PreTrainedConfig
 from transformers.utils import logging
 
+from .backbones import SUPPORTED_MODEL_TYPES, backbone_for, build_encoder_config, encoder_config_dict
 from .checkpoint_utils import (
     FAMILY_CLASSES,
     check_local_path,
@@ -31,7 +32,8 @@ from .checkpoint_utils import (
     raise_if_other_family,
     warn_unknown_config_fields,
 )
-from .exit_utils import EXIT_CRITERIA, ExitRule, check_patience, encoder_layer_flops
+from .configuration_encoder import EncoderConfigMixin, family_dict_of_encoder, is_other_encoder
+from .exit_utils import EXIT_CRITERIA, ExitRule, check_patience
 from .token_exit_utils import TokenExitRule, cached_token_exit_rule
 
 
@@ -46,6 +48,9 @@ class _CheckpointKindMixin:
     - A plain `bert` checkpoint: the families with `starts_from_plain_bert` (bypass, token) start from one; its
       `model_type` is rewritten to the family's, which keeps transformers from warning that the checkpoint is of another
       type. A cascade does not (cut a BERT checkpoint with `from_backbone` instead).
+    - A plain checkpoint of another supported encoder (RoBERTa, XLM-R, ELECTRA, DistilBERT, DeBERTa-v2, ModernBERT):
+      the same families start from it, its config becoming the family's `encoder_config` (see
+      `configuration_encoder`); an architecture without a backbone is refused with the list of the supported ones.
     - A `bert` checkpoint that holds an early-exit family's settings (its `config.json` edited, or written by another
       tool): loaded by that family's class with a warning, since transformers' Auto classes would load it as a plain
       BERT with new random heads; refused by another family's class.
@@ -57,6 +62,10 @@ class _CheckpointKindMixin:
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
         check_local_path(pretrained_model_name_or_path)
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if is_other_encoder(config_dict.get("model_type")):
+            if cls.starts_from_plain_bert:
+                return family_dict_of_encoder(config_dict, cls.model_type, pretrained_model_name_or_path), kwargs
+            raise ValueError(_not_a_cascade(pretrained_model_name_or_path, config_dict["model_type"]))
         if config_dict.get("model_type") != "bert":
             raise_if_other_family(cls, config_dict, pretrained_model_name_or_path)
             return config_dict, kwargs
@@ -65,11 +74,7 @@ class _CheckpointKindMixin:
         if found is None and cls.starts_from_plain_bert:
             return {**config_dict, "model_type": cls.model_type}, kwargs
         if found is None:
-            raise ValueError(
-                f"{source!r} is a plain BERT checkpoint (model_type 'bert'), not a cascade: cut it into one with "
-                "`BertForCascadeClassification.from_backbone(path, member_layers=[...])`, or assemble fine-tuned "
-                "classifiers with `from_members`."
-            )
+            raise ValueError(_not_a_cascade(source, "bert"))
         if found is not cls:
             raise ValueError(
                 f"{source!r} says model_type 'bert' but holds the settings of a {FAMILY_CLASSES[found.model_type]} "
@@ -82,6 +87,15 @@ class _CheckpointKindMixin:
             "transformers' Auto classes would load it as a plain BERT, with new random heads instead of its exits."
         )
         return {**config_dict, "model_type": cls.model_type}, kwargs
+
+
+def _not_a_cascade(source, model_type: str) -> str:
+    name = "BERT" if model_type == "bert" else model_type
+    return (
+        f"{str(source)!r} is a plain {name} checkpoint (model_type {model_type!r}), not a cascade: cut it into one with "
+        "`BertForCascadeClassification.from_backbone(path, member_layers=[...])`, or assemble fine-tuned "
+        "classifiers with `from_members`."
+    )
 
 
 class _LoadedConfigChecksMixin:
@@ -139,12 +153,19 @@ class _ExitLayersMixin:
 
 
 @strict
-class BypassBertConfig(_LoadedConfigChecksMixin, _ExitLayersMixin, _CheckpointKindMixin, BertConfig):
+class BypassBertConfig(
+    _LoadedConfigChecksMixin, _ExitLayersMixin, _CheckpointKindMixin, EncoderConfigMixin, BertConfig
+):
     r"""
     Configuration of [`BertWithBypassExits`]: a BERT encoder with an exit head after chosen layers, block-wise bypass
     modules (BADGE), and the classic exit criteria. Every [`~transformers.BertConfig`] field keeps its meaning.
 
     Args:
+        encoder_config (`dict` or `PreTrainedConfig`, *optional*):
+            The encoder, when it is not BERT: the config of a RoBERTa, XLM-RoBERTa, ELECTRA, DistilBERT, DeBERTa-v2 or
+            ModernBERT model (stored as a dict with its `model_type`). `None` (the default): a BERT encoder, described
+            by the BERT fields of this config. `from_pretrained` on a plain checkpoint of one of those architectures
+            sets it; the BERT fields the package reads (sizes, depth) then copy the encoder's.
         exit_layers (`list[int]`, *optional*):
             1-based encoder layers that carry an exit head, increasing, ending with the last layer (which answers every
             example that did not leave earlier). Defaults to every layer.
@@ -192,6 +213,7 @@ class BypassBertConfig(_LoadedConfigChecksMixin, _ExitLayersMixin, _CheckpointKi
     model_type = "bypass-bert"
     starts_from_plain_bert = True
 
+    encoder_config: dict | PreTrainedConfig | None = None
     exit_layers: list[int] | None = None
     exit_criterion: Literal["max_prob", "entropy", "normalized_entropy", "patience", "divergence"] = "max_prob"
     exit_threshold: float | int | list[float | int] | None = None
@@ -254,27 +276,26 @@ _MEMBER_LABEL_KEYS = ("id2label", "label2id", "num_labels", "problem_type")
 
 
 def _member_dict(index: int, member, num_labels: int) -> dict:
-    """A member's architecture as the complete, JSON-ready dict that the cascade config stores."""
-    if isinstance(member, PreTrainedConfig):
-        if member.model_type != "bert":
+    """A member's architecture as the complete, JSON-ready dict that the cascade config stores: BERT's fields as they
+    always were, another supported encoder's as its `encoder_config_dict` (with its `model_type`)."""
+    model_type = member.model_type if isinstance(member, PreTrainedConfig) else "bert"
+    if isinstance(member, dict):
+        model_type = member.get("model_type", "bert")
+    if model_type != "bert":
+        if not is_other_encoder(model_type):
             raise ValueError(
-                f"`members[{index}]` is a {type(member).__name__} (model_type {member.model_type!r}); cascade members "
-                "are plain BERT models (model_type 'bert')."
+                f"`members[{index}]` has model_type {model_type!r}; cascade members are plain BERT models or models "
+                f"of another supported encoder (model_type {', '.join(SUPPORTED_MODEL_TYPES)})."
             )
+        values = member.to_diff_dict() if isinstance(member, PreTrainedConfig) else dict(member)
+        _check_member_labels(index, values, num_labels)  # labels other than the defaults must agree
+        return encoder_config_dict(values, f"`members[{index}]`")
+    if isinstance(member, PreTrainedConfig):
         member = member.to_diff_dict()
     elif isinstance(member, dict):
         member = {"model_type": "bert", **member}
-        if member["model_type"] != "bert":
-            raise ValueError(
-                f"`members[{index}]` has model_type {member['model_type']!r}; cascade members are plain BERT models "
-                "(model_type 'bert')."
-            )
     member = {key: value for key, value in member.items() if key not in _MEMBER_BOOKKEEPING_KEYS}
-    if member.get("id2label") is not None and len(member["id2label"]) != num_labels:
-        raise ValueError(
-            f"`members[{index}]` is configured for {len(member['id2label'])} labels but the cascade for {num_labels}; "
-            f"set `num_labels` (or `id2label`) on the cascade config, it applies to every member."
-        )
+    _check_member_labels(index, member, num_labels)
     member = {key: value for key, value in member.items() if key not in _MEMBER_LABEL_KEYS}
     try:
         # every BERT field written out, so a member never depends on the defaults of the installed transformers
@@ -282,6 +303,15 @@ def _member_dict(index: int, member, num_labels: int) -> dict:
     except Exception as err:  # BertConfig's own strict validation, re-raised with the member's position
         raise ValueError(f"`members[{index}]` is not a valid BERT configuration: {err}") from err
     return {key: value for key, value in member.items() if key not in _MEMBER_BOOKKEEPING_KEYS + _MEMBER_LABEL_KEYS}
+
+
+def _check_member_labels(index: int, member: dict, num_labels: int) -> None:
+    id2label = member.get("id2label")
+    if id2label is not None and len(id2label) != num_labels:
+        raise ValueError(
+            f"`members[{index}]` is configured for {len(id2label)} labels but the cascade for {num_labels}; "
+            f"set `num_labels` (or `id2label`) on the cascade config, it applies to every member."
+        )
 
 
 @strict
@@ -294,16 +324,23 @@ class CascadeBertConfig(_LoadedConfigChecksMixin, _CheckpointKindMixin, PreTrain
     The cascade's own `num_labels`, `id2label`, `label2id` and `problem_type` apply to every member.
 
     Args:
-        members (`list[dict | BertConfig]`, *optional*):
-            The members' BERT configurations, from the smallest to the largest; each is a complete BERT with its own
-            depth and width (hidden sizes may differ). Stored as one dict per member holding every BERT field, so the
-            config saves as one `config.json` and reloads exactly. Members must share a tokenizer: `vocab_size` and
-            every `*_token_id` must agree. They must come in order of size, measured by the encoder FLOPs of a one-token
-            input (`num_hidden_layers x (8 d^2 + 4 d f + 4 d)`, the cost per token before attention grows); equal
-            sizes are allowed, a smaller member after a larger one is an error (it would only add cost to the examples
-            that reach it). Label fields of a member are dropped (they must agree with the cascade's). Defaults to
+        members (`list[dict | PreTrainedConfig]`, *optional*):
+            The members' encoder configurations, from the smallest to the largest; each is a complete model with its
+            own depth and width (hidden sizes may differ): BERT, or any supported encoder (RoBERTa, XLM-RoBERTa,
+            ELECTRA, DistilBERT, DeBERTa-v2, ModernBERT; their configs keep their `model_type`), architectures may
+            differ. Stored as one dict per member, so the config saves as one `config.json` and reloads exactly.
+            Unless `separate_tokenizers`, members share a tokenizer: `vocab_size` and every `*_token_id` must agree.
+            They must come in order of size, measured by the encoder FLOPs of a one-token input (for BERT
+            `num_hidden_layers x (8 d^2 + 4 d f + 4 d)`, the cost per token before attention grows); equal sizes are
+            allowed, a smaller member after a larger one is an error (it would only add cost to the examples that
+            reach it). Label fields of a member are dropped (they must agree with the cascade's). Defaults to
             CascadeBERT's own setting: BERT-base cut to its first 2 layers, then BERT-base (12 layers), as
             `BertConfig()` describes BERT-base.
+        separate_tokenizers (`bool`, *optional*, defaults to `False`):
+            Each member has a tokenizer of its own (members of different architectures or vocabularies): the forward
+            takes every member's inputs (`input_ids` for the first, `input_ids_1`, `attention_mask_1`, ... for the
+            others; `model.tokenize(texts)` builds them), the saved cascade carries every member's tokenizer, and the
+            pipelines tokenize each text with each of them.
         exit_criterion (`str`, *optional*, defaults to `"max_prob"`):
             How a member decides to answer: `"max_prob"` (`max_c p(c) > threshold`, CascadeBERT's rule), `"entropy"`
             (`H(p) < threshold`, nats) or `"normalized_entropy"` (`H(p) / log C <= threshold`). `"patience"` and
@@ -332,10 +369,11 @@ class CascadeBertConfig(_LoadedConfigChecksMixin, _CheckpointKindMixin, PreTrain
 
     model_type = "cascade-bert"
 
-    members: list[dict | BertConfig] | None = None
+    members: list[dict | PreTrainedConfig] | None = None
     exit_criterion: Literal["max_prob", "entropy", "normalized_entropy", "patience", "divergence"] = "max_prob"
     exit_threshold: float | int | list[float | int] | None = None
     exit_pooling: Literal["cls", "pooler", "mean"] | list[Literal["cls", "pooler", "mean"]] = "mean"
+    separate_tokenizers: bool = False
 
     def __post_init__(self, **kwargs):
         vocab_size = kwargs.pop("vocab_size", None)
@@ -345,6 +383,15 @@ class CascadeBertConfig(_LoadedConfigChecksMixin, _CheckpointKindMixin, PreTrain
         self.members = [_member_dict(i, member, self.num_labels) for i, member in enumerate(self.members)]
         if vocab_size is not None:
             self.vocab_size = vocab_size
+        types = [member.get("model_type", "bert") for member in self.members]
+        vocabularies = {(member.get("vocab_size"), member.get("pad_token_id")) for member in self.members}
+        if not self.separate_tokenizers and len(set(types)) > 1 and len(vocabularies) > 1:
+            raise ValueError(
+                f"The members are of different architectures ({', '.join(f'model_type {t!r}' for t in types)}) "
+                "with different vocabularies, so they cannot share one tokenizer: set `separate_tokenizers=True` (each "
+                "member then reads its own tokens), or assemble them with `BertForCascadeClassification.from_members`, "
+                "which does."
+            )
 
     @property
     def num_members(self) -> int:
@@ -371,16 +418,22 @@ class CascadeBertConfig(_LoadedConfigChecksMixin, _CheckpointKindMixin, PreTrain
         """Length of a per-stage `exit_threshold` list: one per non-final member."""
         return self.num_members - 1
 
-    def member_config(self, index: int) -> BertConfig:
-        """A new [`~transformers.BertConfig`] of member `index`, with the cascade's labels and attention
-        implementation."""
-        return BertConfig(
-            **self.members[index],
+    def member_config(self, index: int, attn_implementation: str | None = "cascade") -> PreTrainedConfig:
+        """A new config of member `index` ([`~transformers.BertConfig`], or that of the member's architecture), with
+        the cascade's labels and its attention implementation (or `attn_implementation`, `None` for the
+        architecture's default)."""
+        if attn_implementation == "cascade":
+            attn_implementation = self._attn_implementation
+        labels = dict(
             id2label=dict(self.id2label),
             label2id=dict(self.label2id) if self.label2id is not None else None,
             problem_type=self.problem_type,
-            attn_implementation=self._attn_implementation,
+            attn_implementation=attn_implementation,
         )
+        member = self.members[index]
+        if member.get("model_type", "bert") != "bert":
+            return build_encoder_config(member, **labels)
+        return BertConfig(**member, **labels)
 
     @property
     def resolved_exit_pooling(self) -> list[str]:
@@ -430,20 +483,20 @@ class CascadeBertConfig(_LoadedConfigChecksMixin, _CheckpointKindMixin, PreTrain
                 "`members` must list at least one BERT configuration, from the smallest to the largest (to cut one "
                 "BERT checkpoint into members, use `BertForCascadeClassification.from_backbone`)."
             )
-        configs = [self.member_config(i) for i in range(self.num_members)]
+        configs = [self.member_config(i, attn_implementation=None) for i in range(self.num_members)]
         token_fields = ["vocab_size"] + sorted(
             {name for config in configs for name in config.to_dict() if name.endswith("_token_id")}
         )
-        for name in token_fields:
+        for name in token_fields if not self.separate_tokenizers else ():
             values = [getattr(config, name, None) for config in configs]
             if len({repr(value) for value in values}) > 1:
                 raise ValueError(
                     f"Cascade members must share one tokenizer, but their `{name}` differ: {values} (members 0.."
-                    f"{len(values) - 1})."
+                    f"{len(values) - 1}, model_type {', '.join(repr(config.model_type) for config in configs)}). Members with tokenizers of their own need `separate_tokenizers=True` "
+                    "(`BertForCascadeClassification.from_members` sets it when given their tokenizers, `tokenizers=[...]`)."
                 )
         sizes = [
-            config.num_hidden_layers * encoder_layer_flops(1, config.hidden_size, config.intermediate_size)
-            for config in configs
+            config.num_hidden_layers * backbone_for(config).layer_flops(config, 1, layer_index=1) for config in configs
         ]
         for k in range(1, len(sizes)):
             if sizes[k] < sizes[k - 1]:
@@ -466,7 +519,9 @@ class CascadeBertConfig(_LoadedConfigChecksMixin, _CheckpointKindMixin, PreTrain
 
 
 @strict
-class TokenExitBertConfig(_LoadedConfigChecksMixin, _ExitLayersMixin, _CheckpointKindMixin, BertConfig):
+class TokenExitBertConfig(
+    _LoadedConfigChecksMixin, _ExitLayersMixin, _CheckpointKindMixin, EncoderConfigMixin, BertConfig
+):
     r"""
     Configuration of [`BertForTokenEarlyExit`]: a BERT token classifier with a head per exit layer and
     sequence-labelling early exit, SENTEE or TOKEE (Li et al., ACL 2021, https://aclanthology.org/2021.acl-long.16).
@@ -476,6 +531,11 @@ class TokenExitBertConfig(_LoadedConfigChecksMixin, _ExitLayersMixin, _Checkpoin
     word-piece, in `[0, 1]`. Decisions are made per sentence (SENTEE) or per word (TOKEE), never per batch.
 
     Args:
+        encoder_config (`dict` or `PreTrainedConfig`, *optional*):
+            The encoder, when it is not BERT: the config of a RoBERTa, XLM-RoBERTa, ELECTRA, DistilBERT, DeBERTa-v2 or
+            ModernBERT model (stored as a dict with its `model_type`). `None` (the default): a BERT encoder, described
+            by the BERT fields of this config. `from_pretrained` on a plain checkpoint of one of those architectures
+            sets it; the BERT fields the package reads (sizes, depth) then copy the encoder's.
         exit_layers (`list[int]`, *optional*):
             1-based encoder layers that carry a token-classification head, increasing, ending with the last layer
             (which answers every word still active). Defaults to every layer.
@@ -514,6 +574,7 @@ class TokenExitBertConfig(_LoadedConfigChecksMixin, _ExitLayersMixin, _Checkpoin
     model_type = "token-exit-bert"
     starts_from_plain_bert = True
 
+    encoder_config: dict | PreTrainedConfig | None = None
     exit_layers: list[int] | None = None
     exit_mode: Literal["token", "sentence"] = "token"
     exit_threshold: float | int | list[float | int] = 0.1

@@ -34,6 +34,7 @@ Shipped with `trust_remote_code` checkpoints: imports only torch, transformers a
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -42,6 +43,9 @@ from transformers import BertConfig
 from transformers.masking_utils import create_bidirectional_mask
 
 from .active_batch import LayerOutputs
+from .backbone_base import EncoderBackbone, LayerContext
+from .backbones import backbone_for
+from .exit_utils import kept_columns
 from .forward_checks import forward_settings, raise_for_bad_ids
 
 
@@ -189,17 +193,12 @@ def embed_and_mask(
     position_ids: torch.Tensor | None,
     inputs_embeds: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings of a `BertModel` and the 2D attention mask (all ones when none is given). Check the inputs first
-    ([`check_token_inputs`])."""
-    try:
-        hidden_states = bert.embeddings(
-            input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds
-        )
-    except (IndexError, RuntimeError) as error:
-        raise_for_bad_ids(bert.config, input_ids, token_type_ids, position_ids, error)
-        raise
-    if attention_mask is None:
-        attention_mask = torch.ones(hidden_states.shape[:2], dtype=torch.long, device=hidden_states.device)
+    """Embeddings of a base model (`BertModel`, or any supported encoder's) and the 2D attention mask (all ones when
+    none is given): [`embed_encoder`] without the [`LayerContext`]. Check the inputs first ([`check_token_inputs`])."""
+    owner = SimpleNamespace(base_model=bert, encoder_backbone=backbone_for(bert.config))
+    hidden_states, attention_mask, _ = embed_encoder(
+        owner, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
+    )
     return hidden_states, attention_mask
 
 
@@ -210,11 +209,42 @@ def layer_mask(config: BertConfig, hidden_states: torch.Tensor, attention_mask: 
     return create_bidirectional_mask(config=config, inputs_embeds=hidden_states, attention_mask=attention_mask)
 
 
+def embed_encoder(
+    model: nn.Module,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    token_type_ids: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, LayerContext]:
+    """The embeddings of `model`'s encoder (`model.base_model`, run by `model.encoder_backbone`), the 2D attention mask
+    (all ones when none is given) and the batch's [`LayerContext`]. Check the inputs first ([`check_token_inputs`]);
+    ids outside the embeddings are named."""
+    encoder = model.base_model
+    try:
+        return model.encoder_backbone.embed(
+            encoder, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
+        )
+    except (IndexError, RuntimeError) as error:
+        raise_for_bad_ids(encoder.config, input_ids, token_type_ids, position_ids, error)
+        raise
+
+
+def drop_padding_columns_of(
+    backbone: EncoderBackbone, hidden_states: torch.Tensor, context: LayerContext
+) -> tuple[torch.Tensor, LayerContext]:
+    """`hidden_states` and `context` without the positions that are padding in every row (attention masks them out,
+    so no real position's output changes); the remaining tokens keep their positions."""
+    columns = kept_columns(context.attention_mask)
+    if columns is None:
+        return hidden_states, context
+    return hidden_states.index_select(1, columns), backbone.compact(context, None, columns)
+
+
 def full_depth_exit_logits(
-    bert: nn.Module,
-    config: BertConfig,
+    model: nn.Module,
     hidden_states: torch.Tensor,
-    attention_mask: torch.Tensor,
+    context: LayerContext,
     exit_layers: list[int],
     exit_logits: Callable[[int, torch.Tensor], torch.Tensor],
     all_exits: bool,
@@ -225,12 +255,12 @@ def full_depth_exit_logits(
     """Run every encoder layer on every position and stack the exits' logits.
 
     Args:
-        bert: The `BertModel` whose `encoder.layer` runs.
-        config: Its config (attention implementation for the mask).
+        model: The early-exit model, whose encoder (`model.base_model`) runs through `model.encoder_backbone`.
         hidden_states: `(batch, seq, d)` embeddings.
-        attention_mask: `(batch, seq)` 2D mask.
+        context: The batch's [`LayerContext`] (from [`embed_encoder`]).
         exit_layers: 1-based exit layers.
-        exit_logits: `exit_logits(exit_index, hidden_states)`, the logits of one exit.
+        exit_logits: `exit_logits(exit_index, hidden_states)`, the logits of one exit, from the states the
+            architecture's heads read (`backbone.finalize`: ModernBERT's final norm).
         all_exits: Evaluate every exit; otherwise only the last layer's.
         active_depth: Optional `(batch, seq)` number of layers that update each position: from layer
             `active_depth + 1` on, a position's state is copied forward unchanged, `h_i = m_i * Layer_i(h_{i-1}) +
@@ -245,16 +275,18 @@ def full_depth_exit_logits(
     Returns:
         `(num_exits, ...)` logits, or `(1, ...)` with the last exit only.
     """
-    mask = layer_mask(config, hidden_states, attention_mask)
+    backbone, encoder = model.encoder_backbone, model.base_model
+    layers = backbone.layers(encoder)
     exit_position = {layer: k for k, layer in enumerate(exit_layers)}
-    num_layers = len(bert.encoder.layer)
+    num_layers = len(layers)
     logits = []
     recording = outputs is not None and outputs.active
     if recording:
         outputs.add_hidden_states(hidden_states)
-    with outputs.capture(bert.encoder.layer) if recording else nullcontext():
-        for i, layer_module in enumerate(bert.encoder.layer):
-            updated = layer_module(hidden_states, mask)
+    attention_modules = [backbone.attention_module(layer) for layer in layers] if recording else None
+    with outputs.capture(attention_modules) if recording else nullcontext():
+        for i in range(num_layers):
+            updated = backbone.run_layer(encoder, i, hidden_states, context)
             if active_depth is None:
                 hidden_states = updated
             else:
@@ -269,7 +301,7 @@ def full_depth_exit_logits(
                 if gradient_equilibrium and all_exits and remaining > 1:
                     head_input = scale_gradient(hidden_states, 1.0 / remaining)
                     hidden_states = scale_gradient(hidden_states, (remaining - 1) / remaining)
-                logits.append(exit_logits(k, head_input))
+                logits.append(exit_logits(k, backbone.finalize(encoder, head_input)))
     return torch.stack(logits)
 
 
@@ -321,7 +353,9 @@ def exit_loss(
 
 __all__ = [
     "ExitCall",
+    "drop_padding_columns_of",
     "embed_and_mask",
+    "embed_encoder",
     "exit_loss",
     "finish_output",
     "full_depth_exit_logits",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import BertForSequenceClassification, BertModel, BertPreTrainedModel
+from transformers import BertForSequenceClassification, BertPreTrainedModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
@@ -25,13 +25,13 @@ from .active_batch import ActiveBatch, LayerOutputs
 from .configuration_early_exit_bert import BypassBertConfig
 from .exit_forward import (
     ExitCall,
-    embed_and_mask,
+    drop_padding_columns_of,
+    embed_encoder,
     exit_loss,
     full_depth_exit_logits,
-    layer_mask,
     scale_gradient,
 )
-from .exit_utils import drop_padding_columns, encoder_layer_flops, max_prob
+from .exit_utils import max_prob
 from .forward_checks import check_flag, check_forward_kwargs, check_mask, check_sequence_labels, check_token_inputs
 from .modeling_exit_heads import (
     BypassModule,
@@ -39,6 +39,7 @@ from .modeling_exit_heads import (
     EarlyExitModelMixin,
     ZeroInitLinear,
     plain_bert_model,
+    plain_task_model,
 )
 
 
@@ -124,11 +125,13 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
     hub_auto_classes = ("AutoModel", "AutoModelForSequenceClassification")
 
     def __init__(self, config: BypassBertConfig):
+        attn_implementation = config._attn_implementation  # as asked for, before the model resolves its own
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.bert = BertModel(config, add_pooling_layer=False)
+        self._build_encoder(config, attn_implementation)
+        style = self.encoder_backbone.sequence_head_style(self.base_model.config)
         self.exit_heads = nn.ModuleList(
-            ClassificationHead(config, config.exit_pooling) for _ in config.resolved_exit_layers
+            ClassificationHead(config, config.exit_pooling, style) for _ in config.resolved_exit_layers
         )
         if config.use_bypass:
             num_blocks = -(-config.num_hidden_layers // config.bypass_block_size)
@@ -174,9 +177,6 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
                 hidden_states = scale_gradient(hidden_states, float(self.config.bypass_grad_scale))
         return self.exit_heads[exit_index](hidden_states, attention_mask, bypass)
 
-    def _layer_flops(self, lengths: torch.Tensor) -> torch.Tensor:
-        return encoder_layer_flops(lengths.long(), self._sizes[1], self._sizes[2])
-
     def head_flops(self) -> int:
         """FLOPs of one exit head (bypass included) for one example."""
         return self._head_flops
@@ -189,21 +189,25 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
     def reference_flops(self, lengths: torch.Tensor) -> torch.Tensor:
         """FLOPs of the full model (what `early_exit=False` spends: every layer, the last exit only) per example of
         each real length; the numerator of the FLOPs speed-up. Shape `(batch,)`."""
-        return self.full_depth_layers * self._layer_flops(lengths) + self.head_flops()
+        return self.encoder_flops(lengths, self.full_depth_layers) + self.head_flops()
 
     def flops_per_exit(self, lengths: torch.Tensor) -> torch.Tensor:
         """FLOPs an example of each real length spends when it leaves at each exit, with early exit (every earlier head
         evaluated). Shape `(num_exits, batch)`; used by the calibration to price hypothetical exits."""
         layers = torch.tensor(self._exit_layers, device=lengths.device).unsqueeze(-1)
         heads = torch.arange(1, len(self._exit_layers) + 1, device=lengths.device).unsqueeze(-1)
-        return layers * self._layer_flops(lengths) + heads * self.head_flops()
+        return self.encoder_flops(lengths, layers) + heads * self.head_flops()
 
-    def plain_baseline(self) -> BertForSequenceClassification:
-        """The stock `BertForSequenceClassification` of the full model: this encoder and the last exit's classifier
-        (and pooler, when the exit has one). A stock classifier reads [CLS] through a pooler, so with another exit
-        pooling (mean, plain [CLS]) or a bypass its predictions differ from this model's; its cost is the same (give or
-        take a pooler's `2 d^2` per example), which is what it is for."""
+    def plain_baseline(self) -> PreTrainedModel:
+        """The encoder architecture's stock `...ForSequenceClassification` of the full model (`BertForSequenceClassification`
+        for BERT): this encoder and the last exit's classifier (and pooler, when the exit has one). A stock classifier
+        reads the architecture's pooled state (BERT: [CLS] through a pooler), so with another exit pooling (mean,
+        plain [CLS]) or a bypass its predictions differ from this model's; its cost is the same (give or take a
+        pooler's `2 d^2` per example), which is what it is for. With `exit_pooling="pooler"` and no bypass it computes
+        exactly what `early_exit=False` computes."""
         head = self.exit_heads[-1]
+        if self.base_model_prefix != "bert":
+            return plain_task_model(self.encoder_backbone, "sequence", self.base_model, head, self.num_labels)
         return plain_bert_model(
             BertForSequenceClassification,
             self.bert,
@@ -289,8 +293,8 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
             position_ids,
             hidden_size=self._sizes[1],
         )
-        hidden_states, attention_mask = embed_and_mask(
-            self.bert, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
+        hidden_states, attention_mask, context = embed_encoder(
+            self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
         )
         if call.example_thresholds is not None:
             rule = rule.for_examples(call.example_thresholds, hidden_states.shape[0])
@@ -298,24 +302,26 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
         check_mask(attention_mask, lengths)
         layer_outputs = call.record_layers(lengths.shape[0])
         if layer_outputs is None:  # positions that are padding in every row: dropped (recorded outputs keep them all)
-            attention_mask, hidden_states = drop_padding_columns(attention_mask, hidden_states)
-        layer_flops = self._layer_flops(lengths)
+            hidden_states, context = drop_padding_columns_of(self.encoder_backbone, hidden_states, context)
+        else:
+            context.output_attentions = layer_outputs.attentions is not None
 
         num_exits = len(self._exit_layers)
         if call.full_depth:
             stacked = self._forward_full_depth(
-                hidden_states, attention_mask, call.all_exits, layer_outputs, bool(gradient_equilibrium)
+                hidden_states, context, call.all_exits, layer_outputs, bool(gradient_equilibrium)
             )
             logits, exit_index, all_logits = call.pick_exits(stacked, rule, lengths, num_exits)
-            flops = self.full_depth_layers * layer_flops + (num_exits if call.all_exits else 1) * self.head_flops()
+            heads = num_exits if call.all_exits else 1
+            flops = self.encoder_flops(lengths, self.full_depth_layers) + heads * self.head_flops()
         else:
-            logits, exit_index = self._forward_early_exit(hidden_states, attention_mask, rule, layer_outputs)
+            logits, exit_index = self._forward_early_exit(hidden_states, context, rule, layer_outputs)
             flops = None
             all_logits = None
 
         exit_layer = torch.tensor(self._exit_layers, device=exit_index.device)[exit_index]
         if flops is None:  # every head up to the answering one was evaluated
-            flops = exit_layer * layer_flops + (exit_index + 1) * self._head_flops
+            flops = self.encoder_flops(lengths, exit_layer) + (exit_index + 1) * self._head_flops
 
         loss = None
         if labels is not None:
@@ -336,19 +342,19 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
     def _forward_full_depth(
         self,
         hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor,
+        context,
         all_exits: bool,
         layer_outputs: LayerOutputs | None = None,
         gradient_equilibrium: bool = False,
     ) -> torch.Tensor:
         """Every layer on every example; returns `(num_exits, batch, num_labels)` logits, or `(1, batch, num_labels)`
         with the last exit only."""
+        attention_mask = context.attention_mask
         head_mask = None if bool(attention_mask.all()) else attention_mask  # heads pool without a mask when they can
         return full_depth_exit_logits(
-            self.bert,
-            self.config,
+            self,
             hidden_states,
-            attention_mask,
+            context,
             self.exit_layers,
             lambda k, states: self._exit_logits(k, states, head_mask),
             all_exits,
@@ -357,40 +363,47 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
         )
 
     def _forward_early_exit(
-        self, hidden_states, attention_mask, rule, layer_outputs: LayerOutputs | None = None
+        self, hidden_states, context, rule, layer_outputs: LayerOutputs | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The inference path: examples leave the batch as soon as their criterion fires."""
-        batch_size, seq_len = attention_mask.shape
+        backbone, encoder = self.encoder_backbone, self.base_model
+        batch_size, seq_len = context.attention_mask.shape
         num_exits = len(self._exit_layers)
         batch = ActiveBatch(
             batch_size, seq_len, hidden_states.device, layer_outputs, rule.example_thresholds is not None
         )
         out_logits = hidden_states.new_empty(batch_size, self.num_labels)
         exit_index = torch.full((batch_size,), num_exits - 1, dtype=torch.long, device=hidden_states.device)
-        mask = layer_mask(self.config, hidden_states, attention_mask)
+        # no padding left means no mask: the heads can pool without one
+        head_mask = None if bool(context.attention_mask.all()) else context.attention_mask
         prev_logits, counter = None, None
-        layers = self.bert.encoder.layer
-        with batch.recording(layers, hidden_states):
-            for i, layer_module in enumerate(layers):
-                hidden_states = layer_module(hidden_states, mask)
+        layers = backbone.layers(encoder)
+        attention_modules = [backbone.attention_module(layer) for layer in layers] if layer_outputs else None
+        with batch.recording(attention_modules, hidden_states):
+            for i in range(len(layers)):
+                hidden_states = backbone.run_layer(encoder, i, hidden_states, context)
                 batch.record_layer(hidden_states)
                 k = self._exit_position.get(i + 1)
                 if k is None:
                     continue
-                # no layer mask means no padding: the heads can pool without one
-                logits = self._exit_logits(k, hidden_states, None if mask is None else attention_mask)
+                logits = self._exit_logits(k, backbone.finalize(encoder, hidden_states), head_mask)
                 if k == num_exits - 1:
                     batch.scatter(None, (out_logits, logits))
                     break
                 fires, counter = rule.step(k, logits, prev_logits, counter, batch.threshold_rows)
                 if bool(fires.any()):
                     batch.scatter(fires, (out_logits, logits), (exit_index, k))
-                    kept = batch.drop_rows(~fires, hidden_states, attention_mask, logits, counter)
+                    stay = ~fires
+                    kept = batch.drop_rows(stay, hidden_states, logits, counter)
                     if kept is None:
                         break
-                    hidden_states, attention_mask, logits, counter = kept
-                    attention_mask, hidden_states = batch.drop_padding_columns(attention_mask, hidden_states)
-                    mask = layer_mask(self.config, hidden_states, attention_mask)
+                    hidden_states, logits, counter = kept
+                    rows = stay.nonzero().squeeze(-1)
+                    columns = batch.padding_columns(context.attention_mask.index_select(0, rows))
+                    if columns is not None:
+                        hidden_states = hidden_states.index_select(1, columns)
+                    context = backbone.compact(context, rows, columns)
+                    head_mask = None if bool(context.attention_mask.all()) else context.attention_mask
                 prev_logits = logits
         return out_logits, exit_index
 

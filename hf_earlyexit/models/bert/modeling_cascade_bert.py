@@ -19,17 +19,26 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoConfig, BertForSequenceClassification, BertModel, PreTrainedModel
+from transformers import AutoConfig, BertForSequenceClassification, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .active_batch import ActiveBatch, LayerOutputs
+from .backbones import BACKBONES, backbone_for
+from .cascade_inputs import (
+    check_member_inputs,
+    load_tokenizers,
+    member_tokenizers,
+    pop_member_inputs,
+    save_tokenizers,
+    tokenize_for_members,
+)
 from .cascade_members import CascadeMember, member_source, resolve_labels, truncated
 from .checkpoint_utils import check_local_path
 from .configuration_early_exit_bert import CascadeBertConfig
 from .exit_forward import ExitCall, exit_loss
-from .exit_utils import ExitRule, max_prob
-from .forward_checks import check_forward_kwargs, check_mask, check_sequence_labels, check_token_inputs
-from .modeling_exit_heads import EarlyExitModelMixin, plain_bert_model
+from .exit_utils import ExitRule, kept_columns, max_prob
+from .forward_checks import check_forward_kwargs, check_mask, check_sequence_labels
+from .modeling_exit_heads import EarlyExitModelMixin, plain_bert_model, plain_task_model
 
 
 @dataclass
@@ -130,11 +139,16 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
     _supports_attention_backend = True
 
     def __init__(self, config: CascadeBertConfig):
+        attn_implementation = config._attn_implementation  # as asked for, before the model resolves its own
         super().__init__(config)
         self.num_labels = config.num_labels
         self.members = nn.ModuleList(
-            CascadeMember(config.member_config(k), pooling) for k, pooling in enumerate(config.resolved_exit_pooling)
+            CascadeMember(config.member_config(k, attn_implementation), pooling)
+            for k, pooling in enumerate(config.resolved_exit_pooling)
         )
+        # each member's tokenizer when they have their own (`config.separate_tokenizers`): set by `from_members` and
+        # `from_pretrained`, saved by `save_pretrained`, used by `tokenize` and the pipelines
+        self.tokenizers: list | None = None
         self.post_init()
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -150,6 +164,7 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         id2label: dict[int, str] | None = None,
         exit_pooling: str | list[str] | None = None,
         load_kwargs: dict | None = None,
+        tokenizers: list | None = None,
         **config_kwargs,
     ) -> "BertForCascadeClassification":
         r"""
@@ -157,12 +172,14 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
 
         Args:
             members (`list`):
-                Each a checkpoint path or Hub id, a [`~transformers.BertForSequenceClassification`], a
-                [`~transformers.BertModel`] or a [`CascadeMember`] (a member of another cascade, e.g. of a one-member
-                cascade fine-tuned on its own). A sequence classifier (a model object, or a checkpoint whose
-                `architectures` name `BertForSequenceClassification`) or a cascade member keeps its encoder, pooler
-                and classifier weights exactly, so the member alone gives that model's logits. A plain BERT gets a
-                fresh classifier (and keeps its pretrained pooler when its head uses `"pooler"`).
+                Each a checkpoint path or Hub id, a sequence classifier or a base model of a supported encoder (BERT,
+                RoBERTa, XLM-RoBERTa, ELECTRA, DistilBERT, DeBERTa-v2, ModernBERT: `AutoModelForSequenceClassification`
+                / `AutoModel` of them), or a [`CascadeMember`] (a member of another cascade, e.g. of a one-member
+                cascade fine-tuned on its own). Members may be of different architectures, sizes and vocabularies. A
+                sequence classifier (a model object, or a checkpoint whose `architectures` name its
+                `...ForSequenceClassification`) or a cascade member keeps its encoder and head weights exactly, so the
+                member alone gives that model's logits. A plain encoder gets a fresh classifier (a plain BERT keeps its
+                pretrained pooler when its head uses `"pooler"`).
             num_labels (`int`, *optional*):
                 Defaults to the members' classifiers' (which must agree), else to `len(id2label)`, else 2.
             id2label (`dict[int, str]`, *optional*):
@@ -173,6 +190,11 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
                 an error) and the others the config's default (`"mean"`).
             load_kwargs (`dict`, *optional*):
                 Passed to `from_pretrained` for the members given as paths or ids (e.g. `revision`, `cache_dir`).
+            tokenizers (`list`, *optional*):
+                One tokenizer per member (`None` where unknown). Members given as checkpoints bring their own. When
+                the members' tokenizers differ (or their configs show different vocabularies), the cascade gets
+                `separate_tokenizers=True`: every member tokenizes the texts itself (`model.tokenize`, the pipelines,
+                the server), and the saved cascade carries every tokenizer.
             config_kwargs:
                 Further [`CascadeBertConfig`] fields, e.g. `exit_criterion`, `exit_threshold`.
 
@@ -180,8 +202,10 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
             [`BertForCascadeClassification`] in evaluation mode.
 
         Raises:
-            ValueError: no members, members that do not share a tokenizer, disagree on `num_labels` or label names,
-                come in decreasing size, or a trained classifier asked to read anything but the pooler.
+            ValueError: no members, members with different vocabularies whose tokenizers are not all known, members
+                that disagree on `num_labels` or on the label names and their order, come in decreasing size, or a
+                trained classifier asked to read anything but the pooled state it was trained on; an architecture
+                without a backbone (the message lists the supported ones).
             TypeError: a member of another kind.
 
         Example:
@@ -199,6 +223,7 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         trained = [(i, source) for i, source in enumerate(sources) if source["classifier"] is not None]
 
         labels = resolve_labels(trained, num_labels, id2label)
+        tokenizers, separate = member_tokenizers(members, sources, tokenizers, load_kwargs or {})
 
         if exit_pooling is None:
             default = CascadeBertConfig.__dataclass_fields__["exit_pooling"].default
@@ -213,26 +238,29 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
                 raise ValueError(
                     f"Member {i} comes with a classifier trained on {trained_on}, so its `exit_pooling` must be "
                     f"{source['pooling']!r}, got {exit_pooling[i]!r}; to train a new head on another pooling, pass its "
-                    "`.bert`."
+                    "base model (`.bert`, `.roberta`, ...)."
                 )
 
+        if separate:
+            config_kwargs = {"separate_tokenizers": True, **config_kwargs}
         config = CascadeBertConfig(
             members=[source["config"] for source in sources], exit_pooling=exit_pooling, **labels, **config_kwargs
         )
         model = cls(config)
         with torch.no_grad():
             for member, source in zip(model.members, sources):
-                member.bert.load_state_dict(source["encoder"])
-                if member.head.pooler is not None and source["pooler"] is not None:
-                    member.head.pooler.load_state_dict(source["pooler"])
-                if source["classifier"] is not None:
-                    member.head.classifier.load_state_dict(source["classifier"])
+                member.base_model.load_state_dict(source["encoder"])
+                for name, state in source["head"].items():
+                    module = getattr(member.head, name, None)
+                    if module is not None:  # a plain BERT's pretrained pooler, kept only for a `"pooler"` head
+                        module.load_state_dict(state)
+        model.tokenizers = tokenizers if config.separate_tokenizers else None
         return model.eval()
 
     @classmethod
     def from_backbone(
         cls,
-        backbone: str | os.PathLike | BertModel,
+        backbone: str | os.PathLike | PreTrainedModel,
         member_layers: list[int],
         *,
         num_labels: int | None = None,
@@ -240,22 +268,24 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         **kwargs,
     ) -> "BertForCascadeClassification":
         r"""
-        Build a cascade by cutting one pretrained BERT to its first `k` layers for each `k` in `member_layers`.
+        Build a cascade by cutting one pretrained encoder (BERT or another supported architecture) to its first `k`
+        layers for each `k` in `member_layers`.
 
         Every member is a complete model (its own copy of the embeddings and of the first `k` layers, its own head),
         so the members can be fine-tuned apart from each other. Heads are new; pretrained pooler weights are kept for
         members whose head uses `"pooler"`.
 
         Args:
-            backbone (`str`, `os.PathLike` or [`~transformers.BertModel`]):
-                A BERT checkpoint path or Hub id, or a loaded `BertModel`.
+            backbone (`str`, `os.PathLike` or `PreTrainedModel`):
+                A checkpoint path or Hub id of a supported encoder, or its loaded base model (`BertModel`,
+                `RobertaModel`, ...).
             member_layers (`list[int]`):
                 Depth of each member, strictly increasing, each within `1..num_hidden_layers` of the backbone, e.g.
                 `[1, 2, 6]` for all-MiniLM-L6-v2.
             num_labels (`int`, *optional*):
                 Number of classes; defaults to `len(id2label)` when `id2label` is given, else 2.
             load_kwargs (`dict`, *optional*):
-                Passed to `BertModel.from_pretrained` when `backbone` is a path or id.
+                Passed to `AutoModel.from_pretrained` when `backbone` is a path or id.
             kwargs:
                 As for [`~BertForCascadeClassification.from_members`]: `exit_pooling`, `id2label`, and
                 [`CascadeBertConfig`] fields such as `exit_criterion`, `exit_threshold`.
@@ -274,14 +304,18 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         if isinstance(backbone, (str, os.PathLike)):
             check_local_path(backbone)
             backbone_type = AutoConfig.from_pretrained(backbone, **(load_kwargs or {})).model_type
-            if backbone_type != "bert":
-                raise ValueError(
-                    f"`backbone` must be a BERT checkpoint, {str(backbone)!r} has model_type {backbone_type!r}."
-                )
-            backbone = BertModel.from_pretrained(backbone, **(load_kwargs or {}))
-        elif not isinstance(backbone, BertModel):
+            try:
+                encoder_class = backbone_for(backbone_type).model_class
+            except ValueError as error:
+                raise ValueError(f"`backbone` ({str(backbone)!r}): {error}") from None
+            backbone = encoder_class.from_pretrained(backbone, **(load_kwargs or {}))
+        elif not isinstance(backbone, PreTrainedModel) or not any(
+            isinstance(backbone, encoder.model_class) for encoder in BACKBONES.values()
+        ):
             raise TypeError(
-                f"`backbone` must be a BERT checkpoint path or id or a BertModel, got {type(backbone).__name__}."
+                "`backbone` must be a BERT checkpoint path or id or a BertModel, or those of another supported encoder "
+                f"({', '.join(encoder.model_class_name for encoder in BACKBONES.values())}), got "
+                f"{type(backbone).__name__}."
             )
         depth = backbone.config.num_hidden_layers
         if (
@@ -317,19 +351,31 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
 
     def reference_flops(self, lengths: torch.Tensor) -> torch.Tensor:
         """FLOPs of the full model (the last member alone, what `early_exit=False` runs) per example of each real
-        length; the numerator of the FLOPs speed-up. Shape `(batch,)`."""
+        length; the numerator of the FLOPs speed-up. Shape `(batch,)`. With `separate_tokenizers`, `lengths` are the
+        first member's tokens and every member is priced at them (the forward's `flops` counts each member at its own
+        tokens)."""
         return self.members[-1].flops(lengths)
 
     def flops_per_exit(self, lengths: torch.Tensor) -> torch.Tensor:
         """FLOPs an example of each real length spends when member `k` answers it, with routing (every earlier member
-        ran on it too). Shape `(num_members, batch)`; used by the calibration to price hypothetical exits."""
-        return torch.stack([member.flops(lengths) for member in self.members]).cumsum(dim=0)
+        ran on it too). Shape `(num_members, batch)`; used by the calibration to price hypothetical exits (with
+        `separate_tokenizers`, priced at the given lengths, see [`reference_flops`])."""
+        return self._member_flops([lengths] * len(self.members)).cumsum(dim=0)
 
-    def plain_baseline(self) -> BertForSequenceClassification:
-        """The stock `BertForSequenceClassification` of the full model, the last member: its encoder and classifier
-        (and pooler, when its head has one). A stock classifier reads [CLS] through a pooler, so with another pooling
-        its predictions differ from the member's; its cost is the same (give or take a pooler's `2 d^2`)."""
+    def _member_flops(self, lengths: list[torch.Tensor]) -> torch.Tensor:
+        """`(num_members, batch)`: what each member costs on each example, at its own real lengths."""
+        return torch.stack([member.flops(length) for member, length in zip(self.members, lengths)])
+
+    def plain_baseline(self) -> PreTrainedModel:
+        """The stock `...ForSequenceClassification` of the full model, the last member (`BertForSequenceClassification`
+        for BERT): its encoder and classifier (and pooler, when its head has one). A stock classifier reads the
+        architecture's pooled state (BERT: [CLS] through a pooler), so with another pooling its predictions differ
+        from the member's; its cost is the same (give or take a pooler's `2 d^2`)."""
         member = self.members[-1]
+        if member.base_model_prefix != "bert":
+            return plain_task_model(
+                member.encoder_backbone, "sequence", member.base_model, member.head, self.num_labels
+            )
         return plain_bert_model(
             BertForSequenceClassification,
             member.bert,
@@ -362,8 +408,12 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
     ) -> CascadeSequenceClassifierOutput | tuple:
         r"""
         input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
-            Token ids from the members' shared tokenizer. `inputs_embeds` is not supported: every member embeds the
-            tokens with its own embeddings (possibly of another width).
+            Token ids from the members' shared tokenizer (with `separate_tokenizers`: the first member's).
+            `inputs_embeds` is not supported: every member embeds the tokens with its own embeddings (possibly of
+            another width).
+        input_ids_k, attention_mask_k, token_type_ids_k (`torch.LongTensor`, *optional*):
+            With `config.separate_tokenizers`, the same texts tokenized by member `k`'s tokenizer (`k >= 1`; one row
+            per example, in the same order; `model.tokenize(texts)` builds them all).
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             As for `BertForSequenceClassification`.
         early_exit (`bool`, *optional*):
@@ -383,6 +433,7 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         Any other keyword argument is an error (transformers' `num_items_in_batch` is accepted and unused: the loss is
         a per-batch mean).
         """
+        others = pop_member_inputs(kwargs, len(self.members), self.config.separate_tokenizers)
         check_forward_kwargs(self, kwargs)
         call = ExitCall.start(
             self, early_exit, output_all_exits, exit_threshold, output_attentions, output_hidden_states, return_dict
@@ -393,35 +444,48 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
                 "embeds the tokens with its own embeddings."
             )
         rule = self.config.exit_rule(exit_criterion=exit_criterion, exit_threshold=call.exit_threshold)
-        inputs = self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids)
+        member_inputs = self._member_inputs(input_ids, attention_mask, token_type_ids, position_ids, others)
         if call.example_thresholds is not None:
-            rule = rule.for_examples(self._stage_thresholds(call.example_thresholds), inputs["input_ids"].shape[0])
-        lengths = inputs["attention_mask"].sum(dim=-1)
-        check_mask(inputs["attention_mask"], lengths)
+            rule = rule.for_examples(self._stage_thresholds(call.example_thresholds), input_ids.shape[0])
+        member_lengths = []
+        for inputs in member_inputs:
+            if member_lengths and inputs is member_inputs[0]:  # one shared tokenizer
+                member_lengths.append(member_lengths[0])
+                continue
+            member_lengths.append(inputs["attention_mask"].sum(dim=-1))
+            check_mask(inputs["attention_mask"], member_lengths[-1])
+        lengths = member_lengths[0]
+        member_flops = self._member_flops(member_lengths)
         last = len(self.members) - 1
         # while recording, every sequence position is kept, so that the recorded states need no mapping
         layer_outputs = call.record_layers(lengths.shape[0])
 
         all_logits = None
         if call.all_exits:
-            inputs = _drop_padding(ActiveBatch(*input_ids.shape, input_ids.device, layer_outputs), inputs)
-            stacked = torch.stack([member(**inputs, layer_outputs=layer_outputs) for member in self.members])
+            stacked = torch.stack(
+                [
+                    member(**_drop_padding(inputs, None, member, layer_outputs), layer_outputs=layer_outputs)
+                    for member, inputs in zip(self.members, member_inputs)
+                ]
+            )
             logits, exit_stage, all_logits = call.pick_exits(stacked, rule, lengths, len(self.members))
-            flops = self.flops_per_exit(lengths)[-1]
+            flops = member_flops.sum(dim=0)
         elif not call.early_exit:
             if layer_outputs is not None:
-                for member in self.members[:-1]:
+                for member, inputs in zip(self.members[:-1], member_inputs):
                     member.record_skipped(
-                        layer_outputs, *input_ids.shape, like=self.members[-1].head.classifier.weight
+                        layer_outputs, *inputs["input_ids"].shape, like=self.members[-1].head.classifier.weight
                     )
-            inputs = _drop_padding(ActiveBatch(*input_ids.shape, input_ids.device, layer_outputs), inputs)
-            logits = self.members[-1](**inputs, layer_outputs=layer_outputs)
+            last_member = self.members[-1]
+            logits = last_member(
+                **_drop_padding(member_inputs[-1], None, last_member, layer_outputs), layer_outputs=layer_outputs
+            )
             exit_stage = torch.full_like(lengths, last)
-            flops = self.reference_flops(lengths)
+            flops = member_flops[-1]
         else:
-            logits, exit_stage = self._route(inputs, rule, layer_outputs)
+            logits, exit_stage = self._route(member_inputs, rule, layer_outputs)
             examples = torch.arange(lengths.shape[0], device=lengths.device)
-            flops = self.flops_per_exit(lengths)[exit_stage, examples]
+            flops = member_flops.cumsum(dim=0)[exit_stage, examples]
 
         if call.early_exit:
             exit_layer = torch.tensor(self.exit_layers, device=lengths.device)[exit_stage]
@@ -447,46 +511,37 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
             all_logits=all_logits,
         )
 
-    def _check_inputs(self, input_ids, attention_mask, token_type_ids, position_ids) -> dict:
-        """The member inputs as a dict of `(batch, seq)` tensors (`attention_mask` filled in), with clear errors."""
-        check_token_inputs(self, input_ids, None, attention_mask, None, token_type_ids, position_ids)
-        batch_size, seq_len = input_ids.shape
-        limit = min(member.config.max_position_embeddings for member in self.members)
-        if seq_len > limit:
-            raise ValueError(
-                f"The inputs have {seq_len} positions but the cascade's smallest `max_position_embeddings` is "
-                f"{limit}; truncate them to {limit} tokens."
-            )
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if position_ids is not None:
-            position_ids = position_ids.reshape(-1, seq_len).expand(batch_size, -1)
-        inputs = dict(
+    def _member_inputs(self, input_ids, attention_mask, token_type_ids, position_ids, others: list[dict]) -> list:
+        """Each member's inputs, a dict of `(batch, seq)` tensors (one shared dict when the members share a tokenizer),
+        with clear errors."""
+        first = dict(
             input_ids=input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
             position_ids=position_ids,
         )
-        for name, tensor in inputs.items():
-            if tensor is not None and tensor.shape != input_ids.shape:
-                raise ValueError(f"`{name}` has shape {tuple(tensor.shape)} but `input_ids` {tuple(input_ids.shape)}.")
-        return inputs
+        if not self.config.separate_tokenizers:
+            return [check_member_inputs(self, None, first)] * len(self.members)
+        batch_size = input_ids.shape[0] if isinstance(input_ids, torch.Tensor) else None
+        return [check_member_inputs(self, k, inputs, batch_size) for k, inputs in enumerate([first, *others])]
 
     def _route(
-        self, inputs: dict, rule: ExitRule, layer_outputs: LayerOutputs | None = None
+        self, member_inputs: list[dict], rule: ExitRule, layer_outputs: LayerOutputs | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The inference path: each member runs on the examples that the members before it passed on."""
-        batch_size, seq_len = inputs["input_ids"].shape
-        device = inputs["input_ids"].device
+        batch_size, seq_len = member_inputs[0]["input_ids"].shape
+        device = member_inputs[0]["input_ids"].device
         batch = ActiveBatch(batch_size, seq_len, device, layer_outputs, rule.example_thresholds is not None)
         exit_stage = torch.full((batch_size,), len(self.members) - 1, dtype=torch.long, device=device)
         out_logits = None
-        for k, member in enumerate(self.members):
+        for k, (member, inputs) in enumerate(zip(self.members, member_inputs)):
             if batch.rows.numel() == 0:  # every example answered (while recording): the rest ran on nothing
-                member.record_skipped(layer_outputs, batch_size, seq_len, like=out_logits)
+                member.record_skipped(layer_outputs, batch_size, inputs["input_ids"].shape[1], like=out_logits)
                 continue
-            inputs = _drop_padding(batch, inputs)
-            logits = member(**inputs, layer_outputs=layer_outputs, rows=batch.recorded_rows)
+            rows = batch.recorded_rows
+            logits = member(
+                **_drop_padding(inputs, rows, member, layer_outputs), layer_outputs=layer_outputs, rows=rows
+            )
             if out_logits is None:
                 out_logits = logits.new_empty(batch_size, logits.shape[-1])
             if k == len(self.members) - 1:
@@ -495,12 +550,8 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
             fires, _ = rule.step(k, logits, None, None, batch.threshold_rows)
             if bool(fires.any()):
                 batch.scatter(fires, (out_logits, logits), (exit_stage, k))
-                kept = batch.drop_rows(~fires, *inputs.values())
-                if kept is None:  # every example answered
-                    if layer_outputs is None:
-                        break
-                    continue
-                inputs = dict(zip(inputs, kept))
+                if batch.drop_rows(~fires) is None and layer_outputs is None:  # every example answered
+                    break
         return out_logits, exit_stage
 
     def _stage_thresholds(self, thresholds: torch.Tensor) -> torch.Tensor:
@@ -515,6 +566,32 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
                 f"member), got {tuple(thresholds.shape)}."
             )
         return thresholds
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Tokenizers (members with tokenizers of their own)
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def tokenize(self, text, text_pair=None, **tokenizer_kwargs) -> dict:
+        """`text` (one text or a list; with `text_pair` for pairs) tokenized for every member by its own tokenizer
+        (`config.separate_tokenizers`), each padded and truncated at its own member's limit: the forward's inputs,
+        `input_ids`, `attention_mask` of the first member and `input_ids_k`, `attention_mask_k` of member `k`.
+
+        Example:
+
+        ```python
+        >>> model = BertForCascadeClassification.from_members(["path/to/small-roberta", "path/to/large-deberta"])
+        >>> out = model(**model.tokenize(["a gem", "a slow, muddled and ultimately forgettable film"]))
+        ```
+        """
+        return tokenize_for_members(self, text, text_pair, **tokenizer_kwargs)
+
+    def _save_extra_files(self, save_directory) -> None:
+        if self.config.separate_tokenizers:
+            save_tokenizers(self.tokenizers, save_directory)
+
+    def _load_extra_files(self, pretrained_model_name_or_path, hub_kwargs: dict) -> None:
+        if self.config.separate_tokenizers and pretrained_model_name_or_path is not None:
+            self.tokenizers = load_tokenizers(pretrained_model_name_or_path, len(self.members), hub_kwargs)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Embeddings
@@ -535,6 +612,12 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         """Resizes the word embeddings of every member (they share one tokenizer) and records the new vocabulary size
         in each member's config; as transformers' `resize_token_embeddings` otherwise. Returns the first member's
         embeddings."""
+        if self.config.separate_tokenizers:
+            raise ValueError(
+                "The members of this cascade have tokenizers of their own, of different sizes: resize the member whose "
+                "tokenizer grew, `model.members[k].resize_token_embeddings(len(model.tokenizers[k]))`, and set "
+                "`model.config.members[k]['vocab_size']` to its new size."
+            )
         for k, member in enumerate(self.members):
             member.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
             self.config.members[k]["vocab_size"] = member.config.vocab_size
@@ -543,24 +626,27 @@ class BertForCascadeClassification(EarlyExitModelMixin, PreTrainedModel):
         return self.get_input_embeddings()
 
 
-def _drop_padding(batch: ActiveBatch, inputs: dict) -> dict:
-    """The members' `inputs` (tensors of the current rows of `batch`) without the sequence positions that are padding
-    in every row, unless `batch` records layer outputs.
+def _drop_padding(inputs: dict, rows: torch.Tensor | None, member: CascadeMember, layer_outputs) -> dict:
+    """A member's `inputs` (tensors of the caller's batch) for the examples `rows` still running (`None`: all), without
+    the sequence positions that are padding in every one of them, unless layer outputs are recorded.
 
-    Every token keeps the position id it has in the caller's batch (BERT's: its column; see
-    [`ActiveBatch.position_ids`]), as in the other families, which drop such columns after the embeddings: with left
-    padding, dropping the columns first would shift the positions of every token, and a row's answer would depend on
-    its batch-mates.
+    Every token keeps the position it has in the caller's batch: a member that numbers positions by column (BERT,
+    ELECTRA, DistilBERT, DeBERTa-v2, ModernBERT) is given the caller's columns as `position_ids` (with left padding,
+    positions counted in the compacted batch would shift every token and make a row's answer depend on its
+    batch-mates); RoBERTa and XLM-R number them from the padding, which dropping columns does not change.
     """
-    attention_mask, input_ids, token_type_ids, position_ids = batch.drop_padding_columns(
-        inputs["attention_mask"], inputs["input_ids"], inputs["token_type_ids"], inputs["position_ids"]
-    )
-    return dict(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        token_type_ids=token_type_ids,
-        position_ids=batch.position_ids(position_ids),
-    )
+    if rows is not None:
+        inputs = {name: None if t is None else t.index_select(0, rows) for name, t in inputs.items()}
+    if layer_outputs is not None:
+        return inputs
+    columns = kept_columns(inputs["attention_mask"])
+    if columns is None:
+        return inputs
+    position_ids = inputs["position_ids"]
+    inputs = {name: None if t is None else t.index_select(1, columns) for name, t in inputs.items()}
+    if position_ids is None and not member.encoder_backbone.positions_after_padding:
+        inputs["position_ids"] = columns.expand(inputs["input_ids"].shape[0], -1)
+    return inputs
 
 
 __all__ = ["BertForCascadeClassification", "CascadeMember", "CascadeSequenceClassifierOutput"]

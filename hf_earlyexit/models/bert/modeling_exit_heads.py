@@ -21,6 +21,7 @@ names this module defined before they moved there are still importable from here
 Shipped with `trust_remote_code` checkpoints: imports only torch, transformers and single-dot siblings.
 """
 
+import copy
 import os
 import shutil
 import tempfile
@@ -34,6 +35,8 @@ from transformers.activations import ACT2FN
 
 # the imports marked F401 re-export what this module defined before its siblings took it over
 from .active_batch import LayerOutputs, logger  # noqa: F401
+from .backbone_base import EncoderBackbone, HeadStyle
+from .backbones import backbone_for
 from .checkpoint_utils import (
     check_local_path,
     move_saved_files,
@@ -100,23 +103,35 @@ class BypassModule(nn.Module):
 class ClassificationHead(nn.Module):
     """One exit: pool the layer's states, optionally pass them through a bypass, classify.
 
-    `pooling` is `"cls"` (the [CLS] state), `"pooler"` ([CLS] through dense + tanh, as BERT's pooler) or `"mean"` (mean
-    over real tokens).
+    `pooling` is `"cls"` (the [CLS] state), `"pooler"` (what the encoder architecture's own sequence-classification head
+    does before its classifier, `style`: BERT's pooler, dense + tanh on [CLS]; ELECTRA's dense + GELU; ModernBERT's
+    dense, activation and LayerNorm on its `classifier_pooling`; see [`HeadStyle`]) or `"mean"` (mean over real
+    tokens).
     """
 
-    def __init__(self, config: BertConfig, pooling: str):
+    def __init__(self, config: BertConfig, pooling: str, style: HeadStyle | None = None, dropout: float | None = None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"Unknown exit pooling {pooling!r}; expected one of {POOLINGS}.")
+        style = style if style is not None else HeadStyle()
         self.pooling = pooling
-        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if pooling == "pooler" else None
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        # the states it reads: the first token's or the mean over real tokens
+        self.reads = style.pooling if pooling == "pooler" else pooling
+        self.pooler = None
+        if pooling == "pooler":
+            self.pooler = nn.Linear(config.hidden_size, config.hidden_size, bias=style.dense_bias)
+            self.pooler_activation = ACT2FN[style.activation]
+            if style.norm_eps is not None:
+                self.pooler_norm = nn.LayerNorm(config.hidden_size, eps=style.norm_eps, bias=style.norm_bias)
+        if dropout is None:
+            dropout = config.classifier_dropout
+            dropout = config.hidden_dropout_prob if dropout is None else dropout
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
     def pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """`attention_mask=None` means no position is padding."""
-        if self.pooling == "mean":
+        if self.reads == "mean":
             return hidden_states.mean(dim=1) if attention_mask is None else masked_mean(hidden_states, attention_mask)
         return hidden_states[:, 0]
 
@@ -130,7 +145,10 @@ class ClassificationHead(nn.Module):
         if bypass is not None:
             pooled = bypass(pooled)
         if self.pooler is not None:
-            pooled = torch.tanh(self.pooler(pooled))
+            pooled = self.pooler_activation(self.pooler(pooled))
+            norm = getattr(self, "pooler_norm", None)
+            if norm is not None:
+                pooled = norm(pooled)
         if self.training:  # a head runs after every exit layer at inference: skip even the no-op module call there
             pooled = self.dropout(pooled)
         return self.classifier(pooled)
@@ -140,6 +158,32 @@ class ClassificationHead(nn.Module):
         bypass of width `r`."""
         hidden_size = self.classifier.in_features
         return classifier_head_flops(hidden_size, self.classifier.out_features, self.pooler is not None, bypass_dim)
+
+
+class TokenHead(nn.Module):
+    """A token-classification exit that transforms each state before its classifier, as the encoder architecture's
+    own token classifier does (ModernBERT: dense, activation, LayerNorm; see [`HeadStyle`]). The other architectures'
+    token exits are a plain `nn.Linear`."""
+
+    def __init__(self, hidden_size: int, num_labels: int, style: HeadStyle):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size, bias=style.dense_bias)
+        self.act = ACT2FN[style.activation]
+        self.norm = nn.LayerNorm(hidden_size, eps=style.norm_eps, bias=style.norm_bias)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.norm(self.act(self.dense(hidden_states))))
+
+    def flops(self) -> int:
+        """FLOPs at one position: dense `2 d^2` and classifier `2 d C`."""
+        return classifier_head_flops(self.classifier.in_features, self.classifier.out_features, pooler=True)
+
+
+def token_head(hidden_size: int, num_labels: int, style: HeadStyle | None) -> nn.Module:
+    """A token exit: a [`TokenHead`] for an architecture whose token classifier has one (`style`), else a linear
+    classifier."""
+    return nn.Linear(hidden_size, num_labels) if style is None else TokenHead(hidden_size, num_labels, style)
 
 
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
@@ -194,11 +238,20 @@ class EarlyExitModelMixin:
                         f"saved, or start from the plain backbone to train new heads."
                     )
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         except Exception as error:
             if pretrained_model_name_or_path is not None:
                 raise_if_damaged_weights(pretrained_model_name_or_path, hub_kwargs, error)
             raise
+        # `output_loading_info=True` returns `(model, loading_info)`
+        (model[0] if isinstance(model, tuple) else model)._load_extra_files(pretrained_model_name_or_path, hub_kwargs)
+        return model
+
+    def _load_extra_files(self, pretrained_model_name_or_path, hub_kwargs: dict) -> None:
+        """Reads what a family saves beside the weights (a cascade: its members' tokenizers); nothing by default."""
+
+    def _save_extra_files(self, save_directory) -> None:
+        """Writes what a family saves beside the weights (see [`_load_extra_files`]); nothing by default."""
 
     def save_pretrained(self, save_directory, *args, remote_code: bool | None = None, **kwargs):
         """transformers' `save_pretrained`, plus:
@@ -230,6 +283,7 @@ class EarlyExitModelMixin:
             move_saved_files(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        self._save_extra_files(target)
         if remote_code is False or (remote_code is None and not getattr(self.config, "auto_map", None)):
             if (
                 self.is_remote_code()
@@ -271,6 +325,18 @@ class EarlyExitModelMixin:
             passed = ("commit_message", "private", "token", "revision", "create_pr")
             tokenizer.push_to_hub(repo_id, **{key: kwargs[key] for key in passed if key in kwargs})
         return commit
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # The encoder
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def _build_encoder(self, config: PreTrainedConfig, attn_implementation: str | None = None) -> None:
+        """See [`attach_encoder`]."""
+        attach_encoder(self, config, attn_implementation)
+
+    def encoder_flops(self, lengths: torch.Tensor, layers: torch.Tensor | int) -> torch.Tensor:
+        """See [`encoder_flops`]."""
+        return encoder_flops(self.encoder_backbone, self.base_model.config, lengths, layers)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Cost interface: what evaluation, calibration and the benchmarks read from every family
@@ -329,12 +395,90 @@ def plain_bert_model(
     return baseline.eval()
 
 
+def attach_encoder(model: PreTrainedModel, config: PreTrainedConfig, attn_implementation: str | None = None) -> None:
+    """Builds the encoder of `config` without a pooler and sets it on `model` under the attribute that the encoder
+    architecture's own task models use (`bert`, `roberta`, `deberta`, `model`, ...; `model.base_model_prefix` follows):
+    the prefix of its weights in checkpoints, so a plain checkpoint of that architecture loads into it. Also sets
+    `model.encoder_backbone`.
+
+    `config` is a family config (BERT in its own fields, another architecture in its `encoder_config`) or the config of
+    the architecture itself (a cascade member). A BERT encoder shares `config`; another one gets a config of its own,
+    with `attn_implementation`, the one the caller asked for (`None`: the architecture's default, so an architecture
+    without sdpa, DeBERTa-v2, is not handed the family's).
+    """
+    backbone = backbone_for(config)
+    encoder_config = config
+    if getattr(config, "encoder_config", None) is not None:
+        encoder_config = config.get_encoder_config(attn_implementation=attn_implementation)
+    elif "bert" not in backbone.model_types:
+        encoder_config = copy.deepcopy(config)
+        encoder_config._attn_implementation = attn_implementation
+    if backbone.base_model_prefix != model.base_model_prefix:
+        model.base_model_prefix = backbone.base_model_prefix
+    setattr(model, model.base_model_prefix, backbone.build_base_model(encoder_config))
+    model.encoder_backbone = backbone
+
+
+def encoder_flops(
+    backbone: EncoderBackbone, config: PreTrainedConfig, lengths: torch.Tensor, layers: torch.Tensor | int
+) -> torch.Tensor:
+    """FLOPs of the first `layers` encoder layers (a number, or a tensor of one per example) on sequences of `lengths`
+    real tokens, each priced as if it ran alone (`backbone.layer_flops` plus the work a layer does once per call,
+    DeBERTa-v2's relative position projections): what an example leaving after `layers` layers paid. Layers after the
+    first all cost the same (DeBERTa-v2's convolution follows the first only)."""
+    lengths = lengths.long()
+    first = backbone.layer_flops(config, lengths, layer_index=0) + backbone.batch_layer_flops(config, 0)
+    rest = backbone.layer_flops(config, lengths, layer_index=1) + backbone.batch_layer_flops(config, 1)
+    return layers * rest + (layers > 0) * (first - rest)
+
+
+def _submodule(module: nn.Module, path: str) -> nn.Module | None:
+    for name in filter(None, path.split(".")):
+        module = getattr(module, name, None)
+    return module
+
+
+def stock_head_modules(backbone: EncoderBackbone, task: str, head: nn.Module, stock: nn.Module):
+    """`(ours, theirs)` pairs of the modules of an exit `head` and of the architecture's task model `stock` that hold
+    the same weights (`task`: `"sequence"` or `"token"`); a module the head does not have (no pooler) is left out."""
+    mapping = backbone.stock_sequence_head if task == "sequence" else backbone.stock_token_head
+    pairs = [(_submodule(head, ours), _submodule(stock, theirs)) for ours, theirs in mapping.items()]
+    return [(ours, theirs) for ours, theirs in pairs if ours is not None]
+
+
+def plain_task_model(
+    backbone: EncoderBackbone, task: str, encoder: PreTrainedModel, head: nn.Module, num_labels: int
+) -> PreTrainedModel:
+    """The architecture's own task model (`...ForSequenceClassification` for `task="sequence"`,
+    `...ForTokenClassification` for `"token"`) with the weights of `encoder` (a base model without pooler) and of the
+    exit `head` where the stock head has them (a module it lacks stays freshly initialised); in evaluation mode, with
+    the encoder's attention implementation."""
+    config = copy.deepcopy(encoder.config)
+    config.num_labels = num_labels
+    stock = backbone.task_model_class(task)(config)
+    missing, unexpected = getattr(stock, backbone.base_model_prefix).load_state_dict(
+        encoder.state_dict(), strict=False
+    )
+    if unexpected or any(not name.startswith("pooler.") for name in missing):
+        raise RuntimeError(f"The encoder's weights do not fit {type(stock).__name__}: {missing} {unexpected}.")
+    for ours, theirs in stock_head_modules(backbone, task, head, stock):
+        theirs.load_state_dict(ours.state_dict())
+    stock.set_attn_implementation(encoder.config._attn_implementation or "eager")
+    return stock.eval()
+
+
 __all__ = [
     "BypassModule",
+    "attach_encoder",
+    "encoder_flops",
     "ClassificationHead",
     "EarlyExitModelMixin",
     "POOLINGS",
+    "TokenHead",
     "ZeroInitLinear",
     "masked_mean",
     "plain_bert_model",
+    "plain_task_model",
+    "stock_head_modules",
+    "token_head",
 ]

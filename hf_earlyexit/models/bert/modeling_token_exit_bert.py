@@ -20,22 +20,21 @@ included), and scatters the results back; frozen positions keep their hidden sta
 """
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 from torch import nn
-from transformers import BertForTokenClassification, BertModel, BertPreTrainedModel
-from transformers.masking_utils import create_bidirectional_mask
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.bert.modeling_bert import BertLayer, eager_attention_forward
-from transformers.pytorch_utils import apply_chunking_to_forward
+from transformers import BertForTokenClassification, BertPreTrainedModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .active_batch import ActiveBatch, LayerOutputs
+from .backbone_base import ActiveQueries, EncoderBackbone, LayerContext
+from .backbones import backbone_for
 from .configuration_early_exit_bert import TokenExitBertConfig
-from .exit_forward import ExitCall, embed_and_mask, exit_loss, full_depth_exit_logits, layer_mask
-from .exit_utils import classifier_head_flops, encoder_layer_flops
+from .exit_forward import ExitCall, embed_encoder, exit_loss, full_depth_exit_logits
+from .exit_utils import classifier_head_flops
 from .forward_checks import check_forward_kwargs, check_mask, check_token_inputs
-from .modeling_exit_heads import EarlyExitModelMixin, plain_bert_model
+from .modeling_exit_heads import EarlyExitModelMixin, plain_bert_model, plain_task_model, token_head
 from .token_exit_utils import IGNORE_INDEX, ActiveWords, TokenExitRule, token_exit_flops, word_layout
 
 
@@ -90,120 +89,63 @@ class EarlyExitTokenClassifierOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-@dataclass
-class PackedQueries:
-    """Where the active positions of a batch are, and where they go when packed per sentence.
-
-    Built once per change of the active set and reused by every layer until the next exit decision.
-
-    Attributes:
-        positions: `(N,)` flat index `row * seq + column` of each active position, in reading order.
-        packed: `(N,)` flat index `row * num_queries + rank` of each in the packed `(batch, num_queries)` layout.
-        num_queries: Largest number of active positions in a row.
-        mask: The attention mask between packed queries and all keys, `(batch, 1, num_queries, seq)` in the form the
-            attention implementation expects, or `None` where nothing is masked.
-    """
-
-    positions: torch.Tensor
-    packed: torch.Tensor
-    num_queries: int
-    mask: torch.Tensor | None
-
-    @classmethod
-    def build(
-        cls,
-        active: torch.Tensor,
-        attention_mask: torch.Tensor,
-        hidden_states: torch.Tensor,
-        config,
-        positions: torch.Tensor | None = None,
-    ) -> "PackedQueries":
-        seq_len = active.shape[1]
-        if positions is None:
-            positions = active.reshape(-1).nonzero().squeeze(-1)
-        rows = torch.div(positions, seq_len, rounding_mode="floor")
-        ranks = active.long().cumsum(dim=1).reshape(-1).index_select(0, positions) - 1
-        num_queries = int(active.sum(dim=1).max()) if positions.numel() else 0
-        # a rectangular (queries x keys) padding mask, as for cross-attention; `inputs_embeds` only gives the query
-        # shape (num_queries <= seq)
-        mask = create_bidirectional_mask(
-            config=config,
-            inputs_embeds=hidden_states[:, :num_queries],
-            attention_mask=attention_mask,
-            encoder_hidden_states=hidden_states,
-        )
-        return cls(positions=positions, packed=rows * num_queries + ranks, num_queries=num_queries, mask=mask)
-
-
 def active_query_layer(
-    layer: BertLayer,
+    layer: nn.Module,
     hidden_states: torch.Tensor,
     attention_mask: torch.Tensor,
     active: torch.Tensor,
     config,
-    queries: PackedQueries | None = None,
+    queries: ActiveQueries | None = None,
     layer_outputs: LayerOutputs | None = None,
     rows: torch.Tensor | None = None,
+    backbone: EncoderBackbone | None = None,
+    encoder: nn.Module | None = None,
+    index: int = 0,
+    context: LayerContext | None = None,
 ) -> torch.Tensor:
-    """One `BertLayer` in which only the `active` positions are queries; the others are copied forward unchanged.
+    """One encoder layer in which only the `active` positions are queries; the others are copied forward unchanged.
 
-    Built from the layer's own submodules (`attention.self.query/key/value`, `attention.output`, `intermediate`,
-    `output`), so the checkpoint's weights drive it. The query projection, the attention-output projection and the
-    feed-forward block run on the active positions only (gathered, no padding); keys and values run on every position;
-    the attention itself runs per sentence on its active queries, padded to the largest active count in the batch.
-    With every real position active it equals `layer(hidden_states, mask)` at the real positions.
+    Built from the layer's own submodules, so the checkpoint's weights drive it (see
+    [`EncoderBackbone.run_layer_active`]). The query projection, the attention-output projection and the feed-forward
+    block run on the active positions only (gathered, no padding); keys and values run on every position; the
+    attention itself runs per sentence on its active queries, padded to the largest active count in the batch. With
+    every real position active it equals the full layer at the real positions.
 
     Args:
-        layer: The encoder layer.
+        layer: The encoder layer (a `BertLayer` when no `backbone` is given).
         hidden_states: `(batch, seq, d)`.
         attention_mask: `(batch, seq)` 2D mask, 1 for real positions (the keys).
         active: `(batch, seq)` bool, the positions to update (a subset of the real ones).
-        config: The model config (attention implementation, `eager` or `sdpa`).
-        queries: The [`PackedQueries`] of `active`, when the caller already has them.
+        config: The encoder's config (attention implementation, `eager` or `sdpa`).
+        queries: The [`ActiveQueries`] of `active`, when the caller already has them.
         layer_outputs: Where to record this layer's attention probabilities (at the rows and columns of the queries),
             for the examples `rows` of the caller's batch (`None`: all of them), if asked for.
+        backbone, encoder, index, context: The early-exit loop's backbone, encoder, 0-based layer index and
+            [`LayerContext`]; without them, `layer` is a BERT layer run on a fresh context of `attention_mask`.
 
     Returns:
         `(batch, seq, d)`: new states at active positions, the input states (the same values) elsewhere.
     """
+    if backbone is None:
+        backbone = backbone_for("bert")
+        context = backbone.plain_context(config, attention_mask, hidden_states.dtype)
+        encoder = SimpleNamespace(encoder=SimpleNamespace(layer=[layer]))
     if queries is None:
-        queries = PackedQueries.build(active, attention_mask, hidden_states, config)
-    self_attention = layer.attention.self
-    batch_size, seq_len, hidden_size = hidden_states.shape
-    head_dim = self_attention.attention_head_size
-    num_queries = queries.num_queries
-
-    key = self_attention.key(hidden_states).view(batch_size, seq_len, -1, head_dim).transpose(1, 2)
-    value = self_attention.value(hidden_states).view(batch_size, seq_len, -1, head_dim).transpose(1, 2)
-    flat_states = hidden_states.reshape(batch_size * seq_len, hidden_size)
-    queries_in = flat_states.index_select(0, queries.positions)
-    query_flat = self_attention.query(queries_in)
-    query = query_flat.new_zeros(batch_size * num_queries, query_flat.shape[-1])
-    query = query.index_copy_(0, queries.packed, query_flat)
-    query = query.view(batch_size, num_queries, -1, head_dim).transpose(1, 2)
-
-    attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)
-    context, weights = attention_interface(
-        self_attention,
-        query,
-        key,
-        value,
-        queries.mask,
-        dropout=self_attention.dropout.p if self_attention.training else 0.0,
-        scaling=self_attention.scaling,
-    )
-    context = context.reshape(batch_size * num_queries, -1).index_select(0, queries.packed)
-    if layer_outputs is not None and layer_outputs.attentions is not None and weights is not None:
+        queries = backbone.active_queries(context, active)
+    recording = layer_outputs is not None and layer_outputs.attentions is not None
+    queries.keep_attentions = recording
+    updated = backbone.run_layer_active(encoder, index, hidden_states, context, queries)
+    weights = queries.attention_probs
+    if recording and weights is not None:
         # (batch, heads, queries, keys) -> the rows of the queries' positions in (batch, heads, seq, seq)
+        batch_size, seq_len = active.shape
         heads = weights.shape[1]
-        per_query = weights.transpose(1, 2).reshape(batch_size * num_queries, heads, seq_len)
+        per_query = weights.transpose(1, 2).reshape(batch_size * queries.num_queries, heads, seq_len)
         placed = per_query.new_zeros(batch_size * seq_len, heads, seq_len)
         placed = placed.index_copy(0, queries.positions, per_query.index_select(0, queries.packed))
         layer_outputs.add_attentions(placed.view(batch_size, seq_len, heads, seq_len).transpose(1, 2), rows)
-
-    attention_output = layer.attention.output(context, queries_in)
-    updated = apply_chunking_to_forward(layer.feed_forward_chunk, layer.chunk_size_feed_forward, 0, attention_output)
-    return flat_states.index_copy(0, queries.positions, updated).view(batch_size, seq_len, hidden_size)
+        queries.attention_probs = None
+    return updated
 
 
 class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
@@ -263,13 +205,15 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
     _keys_to_ignore_on_load_unexpected = [r"pooler\."]
 
     def __init__(self, config: TokenExitBertConfig):
+        attn_implementation = config._attn_implementation  # as asked for, before the model resolves its own
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.bert = BertModel(config, add_pooling_layer=False)
+        self._build_encoder(config, attn_implementation)
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(dropout)
+        style = self.encoder_backbone.token_head_style(self.base_model.config)
         self.exit_heads = nn.ModuleList(
-            nn.Linear(config.hidden_size, config.num_labels) for _ in config.resolved_exit_layers
+            token_head(config.hidden_size, config.num_labels, style) for _ in config.resolved_exit_layers
         )
         self.post_init()
 
@@ -279,20 +223,37 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
 
     def head_flops(self) -> int:
         """FLOPs of one exit head at one position."""
-        return classifier_head_flops(self.config.hidden_size, self.config.num_labels)
+        head = self.exit_heads[0]
+        if isinstance(head, nn.Linear):
+            return classifier_head_flops(self.config.hidden_size, self.config.num_labels)
+        return head.flops()
 
     @property
     def full_depth_layers(self) -> int:
         """Depth of the full model: the `L` of the layer speed-up `L * words / sum(exit layers)`."""
         return self.config.num_hidden_layers
 
-    def _layer_flops(self, lengths: torch.Tensor) -> torch.Tensor:
-        return encoder_layer_flops(lengths.long(), self.config.hidden_size, self.config.intermediate_size)
-
     def reference_flops(self, lengths: torch.Tensor) -> torch.Tensor:
         """FLOPs of the full model (what `early_exit=False` spends: every layer, the last exit's head at every
         position) per sentence of each real length; the numerator of the FLOPs speed-up. Shape `(batch,)`."""
-        return self.full_depth_layers * self._layer_flops(lengths) + lengths.long() * self.head_flops()
+        return self.encoder_flops(lengths, self.full_depth_layers) + lengths.long() * self.head_flops()
+
+    def token_flops(self, exit_layer: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """FLOPs of each sentence of an early-exit run from the layer at which each of its positions stopped
+        (`exit_layer` `(batch, seq)`, 0 at padding), as the forward's `flops` counts them (see `token_exit_flops`);
+        what calibration prices replayed exits with. Shape `(batch,)`."""
+        backbone, config = self.encoder_backbone, self.base_model.config
+        return token_exit_flops(
+            exit_layer,
+            lengths,
+            self.exit_layers,
+            self.config.hidden_size,
+            self.config.intermediate_size,
+            self.num_labels,
+            layer_flops=lambda n, q, layer_index: backbone.layer_flops(config, n, q, layer_index),
+            head_flops=self.head_flops(),
+            call_flops=backbone.batch_layer_flops(config, 1),
+        )
 
     def flops_per_exit(self, lengths: torch.Tensor) -> torch.Tensor:
         """FLOPs a sentence of each real length spends when it leaves entirely at each exit with early exit: every
@@ -302,11 +263,15 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         lengths = lengths.long()
         layers = torch.tensor(self.exit_layers, device=lengths.device).unsqueeze(-1)
         heads = torch.arange(1, len(self.exit_layers) + 1, device=lengths.device).unsqueeze(-1)
-        return layers * self._layer_flops(lengths) + heads * lengths * self.head_flops()
+        return self.encoder_flops(lengths, layers) + heads * lengths * self.head_flops()
 
-    def plain_baseline(self) -> BertForTokenClassification:
-        """The stock `BertForTokenClassification` of the full model: this encoder and the last exit's head, which
-        computes what `early_exit=False` computes."""
+    def plain_baseline(self) -> PreTrainedModel:
+        """The encoder architecture's stock `...ForTokenClassification` of the full model (`BertForTokenClassification`
+        for BERT): this encoder and the last exit's head, which computes what `early_exit=False` computes."""
+        if self.base_model_prefix != "bert":
+            return plain_task_model(
+                self.encoder_backbone, "token", self.base_model, self.exit_heads[-1], self.num_labels
+            )
         return plain_bert_model(
             BertForTokenClassification,
             self.bert,
@@ -402,8 +367,15 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
                 "position embeddings. Truncate when building inputs (`encode_words` truncates to the tokenizer's "
                 "`model_max_length`, or to `max_length`)."
             )
-        hidden_states, attention_mask = embed_and_mask(
-            self.bert, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
+        attn_implementation = self.base_model.config._attn_implementation
+        if not call.full_depth and active_depth is None and attn_implementation not in PACKED_ATTENTION:
+            raise ValueError(
+                f"Early exit runs the packed-query layer step, which supports the {PACKED_ATTENTION} attention "
+                f"implementations; this model uses {attn_implementation!r}. Call "
+                "`model.set_attn_implementation('sdpa')`, or pass `early_exit=False` for full depth."
+            )
+        hidden_states, attention_mask, context = embed_encoder(
+            self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
         )
         if call.example_thresholds is not None:  # one threshold per sentence, spread over the exits by the schedule
             rule = rule.for_examples(
@@ -421,14 +393,13 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         lengths = attention_mask.sum(dim=-1)
         check_mask(attention_mask, lengths)
         layer_outputs = call.record_layers(lengths.shape[0])
+        context.output_attentions = layer_outputs is not None and layer_outputs.attentions is not None
 
         if active_depth is not None:
             active_depth = self._check_active_depth(active_depth, real)
             call.all_exits = True
         if call.full_depth:
-            stacked = self._forward_full_depth(
-                hidden_states, attention_mask, call.all_exits, active_depth, layer_outputs
-            )
+            stacked = self._forward_full_depth(hidden_states, context, call.all_exits, active_depth, layer_outputs)
             stacked = stacked.masked_fill(~real[..., None], 0.0)
             num_exits = len(self.exit_layers)
             if active_depth is not None:
@@ -454,7 +425,7 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
             all_logits = stacked if call.all_exits else None
         else:
             logits, exit_layer, flops = self._forward_early_exit(
-                hidden_states, attention_mask, word_index, word_start, rule, layer_outputs
+                hidden_states, context, word_index, word_start, rule, layer_outputs
             )
             all_logits = None
 
@@ -509,17 +480,16 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
     def _forward_full_depth(
         self,
         hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor,
+        context: LayerContext,
         all_exits: bool,
         active_depth: torch.Tensor | None = None,
         layer_outputs: LayerOutputs | None = None,
     ) -> torch.Tensor:
         """Every layer at every position; `(num_exits, batch, seq, num_labels)` logits, or only the last exit's."""
         return full_depth_exit_logits(
-            self.bert,
-            self.config,
+            self,
             hidden_states,
-            attention_mask,
+            context,
             self.exit_layers,
             self._head,
             all_exits,
@@ -530,7 +500,7 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
     def _forward_early_exit(
         self,
         hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor,
+        context: LayerContext,
         word_index: torch.Tensor,
         word_start: torch.Tensor,
         rule: TokenExitRule,
@@ -542,13 +512,8 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         (columns, except while recording `layer_outputs`); an [`ActiveBatch`] maps the compacted batch back to the
         caller's positions.
         """
-        config = self.config
-        if config._attn_implementation not in PACKED_ATTENTION:
-            raise ValueError(
-                f"Early exit runs the packed-query layer step, which supports the {PACKED_ATTENTION} attention "
-                f"implementations; this model uses {config._attn_implementation!r}. Call "
-                "`model.set_attn_implementation('sdpa')`, or pass `early_exit=False` for full depth."
-            )
+        backbone, encoder = self.encoder_backbone, self.base_model
+        attention_mask = context.attention_mask
         batch_size, seq_len = attention_mask.shape
         device = hidden_states.device
         out_logits = hidden_states.new_zeros(batch_size, seq_len, self.num_labels)
@@ -558,15 +523,19 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
 
         batch = ActiveBatch(batch_size, seq_len, device, layer_outputs, rule.example_thresholds is not None)
         lengths = attention_mask.sum(dim=-1)
-        attention_mask, hidden_states, word_index, word_start = batch.drop_padding_columns(
-            attention_mask, hidden_states, word_index, word_start
-        )
-        active = attention_mask.bool()
+        columns = batch.padding_columns(attention_mask)
+        if columns is not None:
+            hidden_states, word_index, word_start = (
+                t.index_select(1, columns) for t in (hidden_states, word_index, word_start)
+            )
+            context = backbone.compact(context, None, columns)
+        active = context.attention_mask.bool()
         flat_logits, flat_exit_layer = out_logits.view(-1, self.num_labels), exit_layer.view(-1)
         changed = True  # the active set (or the batch) changed since the last layer
 
-        layers = self.bert.encoder.layer
-        with batch.recording(layers, hidden_states):
+        layers = backbone.layers(encoder)
+        attention_modules = [backbone.attention_module(layer) for layer in layers] if layer_outputs else None
+        with batch.recording(attention_modules, hidden_states):
             for i, layer_module in enumerate(layers):
                 layer_number = i + 1
                 if changed:
@@ -576,23 +545,25 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
                     # the plain layer only when it wastes nothing: no frozen position and no padding; otherwise the
                     # packed step, which also skips the padding of shorter sentences for everything but keys and values
                     all_active = words.positions.numel() == active.numel()
-                    if all_active:
-                        mask = layer_mask(config, hidden_states, attention_mask)
-                    else:
-                        queries = PackedQueries.build(active, attention_mask, hidden_states, config, words.positions)
+                    if not all_active:
+                        queries = backbone.active_queries(context, active)
                     changed = False
                 if all_active:
-                    hidden_states = layer_module(hidden_states, mask)
+                    hidden_states = backbone.run_layer(encoder, i, hidden_states, context)
                 else:
                     hidden_states = active_query_layer(
                         layer_module,
                         hidden_states,
-                        attention_mask,
+                        context.attention_mask,
                         active,
-                        config,
+                        encoder.config,
                         queries=queries,
                         layer_outputs=layer_outputs,
                         rows=batch.recorded_rows,
+                        backbone=backbone,
+                        encoder=encoder,
+                        index=i,
+                        context=context,
                     )
                 # the plain layer's attention probabilities were captured; the packed step recorded its own
                 batch.record_layer(hidden_states, captured_attentions=all_active)
@@ -601,7 +572,9 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
                     continue
 
                 flat_states = hidden_states.reshape(-1, hidden_states.shape[-1])
-                logits = self._head(k, flat_states if all_active else flat_states.index_select(0, words.positions))
+                if not all_active:
+                    flat_states = flat_states.index_select(0, words.positions)
+                logits = self._head(k, backbone.finalize(encoder, flat_states))
                 flat_logits.index_copy_(0, out_positions, logits.to(flat_logits.dtype))  # bf16 under autocast
                 flat_exit_layer.index_fill_(0, out_positions, layer_number)
                 if k == num_exits - 1:
@@ -615,16 +588,18 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
                     active = active.reshape(-1).index_put((words.positions,), ~freeze).view_as(active)
                     changed = True
                 if not bool(remaining.all()):
-                    kept = batch.drop_rows(remaining, attention_mask, hidden_states, active, word_index, word_start)
+                    kept = batch.drop_rows(remaining, hidden_states, active, word_index, word_start)
                     if kept is None:
                         break
-                    attention_mask, hidden_states, active, word_index, word_start = batch.drop_padding_columns(*kept)
+                    rows = remaining.nonzero().squeeze(-1)
+                    columns = batch.padding_columns(context.attention_mask.index_select(0, rows))
+                    if columns is not None:
+                        kept = tuple(t.index_select(1, columns) for t in kept)
+                    hidden_states, active, word_index, word_start = kept
+                    context = backbone.compact(context, rows, columns)
                     changed = True
 
-        flops = token_exit_flops(
-            exit_layer, lengths, self.exit_layers, config.hidden_size, config.intermediate_size, self.num_labels
-        )
-        return out_logits, exit_layer, flops
+        return out_logits, exit_layer, self.token_flops(exit_layer, lengths)
 
 
-__all__ = ["BertForTokenEarlyExit", "EarlyExitTokenClassifierOutput", "PackedQueries", "active_query_layer"]
+__all__ = ["BertForTokenEarlyExit", "EarlyExitTokenClassifierOutput", "active_query_layer"]

@@ -25,6 +25,7 @@ Shipped with `trust_remote_code` checkpoints: imports only torch (a tokenizer is
 """
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -400,6 +401,9 @@ def token_exit_flops(
     hidden_size: int,
     intermediate_size: int,
     num_labels: int,
+    layer_flops: Callable | None = None,
+    head_flops: int | None = None,
+    call_flops: int = 0,
 ) -> torch.Tensor:
     """FLOPs of each sentence of an early-exit run, from the layer at which each of its positions stopped.
 
@@ -413,6 +417,10 @@ def token_exit_flops(
         lengths: `(batch,)` real lengths.
         exit_layers: The model's 1-based exit layers.
         hidden_size, intermediate_size, num_labels: `d`, `f`, `C`.
+        layer_flops: `layer_flops(n, q, layer_index)`, the cost of a layer of another architecture than BERT (its
+            backbone's `layer_flops`, linear in `q`; layers after the first all cost the same). Default: BERT's.
+        head_flops: The cost of one head at one position (default `2dC`).
+        call_flops: What each layer a sentence runs costs it besides (DeBERTa-v2's relative position projections).
 
     Returns:
         `(batch,)` long.
@@ -420,12 +428,19 @@ def token_exit_flops(
     lengths = lengths.long()
     depth = exit_layer.amax(dim=-1)
     query_layers = exit_layer.sum(dim=-1)
-    keys_and_values = encoder_layer_flops(lengths, hidden_size, intermediate_size, num_queries=0)
-    per_query = encoder_layer_flops(lengths, hidden_size, intermediate_size, num_queries=1) - keys_and_values
+    if layer_flops is None:
+
+        def layer_flops(n, q, layer_index=0):
+            return encoder_layer_flops(n, hidden_size, intermediate_size, num_queries=q)
+
+    keys_and_values = layer_flops(lengths, 0, 1)
+    per_query = layer_flops(lengths, 1, 1) - keys_and_values
+    first_layer_extra = layer_flops(lengths, 0, 0) - keys_and_values  # DeBERTa-v2's convolution after layer 0
     layers = torch.tensor(exit_layers, device=exit_layer.device)
     head_evaluations = (exit_layer.unsqueeze(-1) >= layers).sum(dim=(1, 2))
-    head = classifier_head_flops(hidden_size, num_labels)
-    return depth * keys_and_values + query_layers * per_query + head_evaluations * head
+    head = classifier_head_flops(hidden_size, num_labels) if head_flops is None else head_flops
+    flops = depth * (keys_and_values + call_flops) + query_layers * per_query + head_evaluations * head
+    return flops + (depth > 0) * first_layer_extra
 
 
 # --------------------------------------------------------------------------------------------------------------------

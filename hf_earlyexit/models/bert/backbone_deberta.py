@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers.models.deberta_v2.modeling_deberta_v2 import make_log_bucket_position, scaled_size_sqrt
 
-from .base import FULL_ATTENTION, ActiveQueries, EncoderBackbone, is_contiguous, split_heads
+from .backbone_base import FULL_ATTENTION, ActiveQueries, EncoderBackbone, HeadStyle, is_contiguous, split_heads
 
 
 class DebertaV2Backbone(EncoderBackbone):
@@ -38,6 +38,20 @@ class DebertaV2Backbone(EncoderBackbone):
 
     model_types = ("deberta-v2",)
     model_class_name = "DebertaV2Model"
+    stock_sequence_head = {"pooler": "pooler.dense", "classifier": "classifier"}
+
+    def sequence_head_style(self, config):
+        """`ContextPooler`: dense (`pooler_hidden_size`, which must be the hidden size) and `pooler_hidden_act`."""
+        if getattr(config, "pooler_hidden_size", config.hidden_size) != config.hidden_size:
+            raise ValueError(
+                f"DeBERTa's `pooler_hidden_size` ({config.pooler_hidden_size}) differs from its `hidden_size` "
+                f"({config.hidden_size}); the exit heads pool at the hidden size."
+            )
+        return HeadStyle(activation=config.pooler_hidden_act)
+
+    def classifier_dropout(self, config):
+        dropout = getattr(config, "cls_dropout", None)  # DebertaV2ForSequenceClassification's own rule
+        return config.hidden_dropout_prob if dropout is None else dropout
 
     def _embeddings(self, base_model, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
         return base_model.embeddings(
@@ -101,6 +115,7 @@ class DebertaV2Backbone(EncoderBackbone):
             context.masks[FULL_ATTENTION],
             relative_pos=context.relative_pos,
             rel_embeddings=context.rel_embeddings,
+            output_attentions=context.output_attentions,
         )
         if index == 0 and base_model.encoder.conv is not None:
             output = self._conv(base_model, context, hidden_states, output)
@@ -138,6 +153,8 @@ class DebertaV2Backbone(EncoderBackbone):
 
         scores = scores.masked_fill(~queries.masks[FULL_ATTENTION], torch.finfo(query.dtype).min)
         probs = attention.dropout(nn.functional.softmax(scores, dim=-1))
+        if queries.keep_attentions:
+            queries.attention_probs = probs
         attention_context = torch.matmul(probs, value).transpose(1, 2).reshape(query.shape[0], query.shape[2], -1)
         attention_output = layer.attention.output(queries.unpack(attention_context), queries_in)
         return layer.output(layer.intermediate(attention_output), attention_output)

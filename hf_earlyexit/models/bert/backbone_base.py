@@ -54,6 +54,8 @@ class LayerContext:
             head_dim)`, computed from the original positions.
         relative_pos: DeBERTa-v2 only: `(seq, seq)` bucketed relative positions of the original columns.
         rel_embeddings: DeBERTa-v2 only: the (normalised) relative position embeddings, `(2 * span, hidden)`.
+        output_attentions: The layers compute their attention probabilities (for an output that records them; only
+            DeBERTa-v2 needs to be told).
     """
 
     config: PreTrainedConfig
@@ -64,6 +66,7 @@ class LayerContext:
     position_embeddings: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
     relative_pos: torch.Tensor | None = None
     rel_embeddings: torch.Tensor | None = None
+    output_attentions: bool = False
 
 
 @dataclass
@@ -83,6 +86,8 @@ class ActiveQueries:
         masks: Attention mask between packed queries and all keys, per attention kind, `(batch, 1, num_queries, seq)`
             in the form the attention implementation expects, or `None` where nothing is masked.
         relative_pos: DeBERTa-v2 only: `(batch, num_queries, seq)` bucketed relative positions query -> key.
+        keep_attentions: Set it to have [`EncoderBackbone.run_layer_active`] leave the attention probabilities of the
+            packed queries, `(batch, heads, num_queries, seq)`, in `attention_probs` (eager attention only).
     """
 
     active: torch.Tensor
@@ -92,6 +97,8 @@ class ActiveQueries:
     query_columns: torch.Tensor
     masks: dict[str, Any]
     relative_pos: torch.Tensor | None = None
+    keep_attentions: bool = False
+    attention_probs: torch.Tensor | None = None
 
     def pack(self, values: torch.Tensor) -> torch.Tensor:
         """`(N, x)` values of the active positions -> `(batch, num_queries, x)`, zeros in the empty slots."""
@@ -108,6 +115,28 @@ def shape_only(attention_mask: torch.Tensor, length: int, dtype: torch.dtype) ->
     """An empty `(batch, length, 0)` tensor: transformers' mask builders read only the shape, dtype and device of
     their `inputs_embeds`, and a compacted context has no hidden states at hand."""
     return torch.empty(attention_mask.shape[0], length, 0, dtype=dtype, device=attention_mask.device)
+
+
+@dataclass(frozen=True)
+class HeadStyle:
+    """What an architecture's own classification head does between the pooled (or per-token) state and the classifier:
+    a dense layer, an activation, optionally a LayerNorm. The exit heads with `"pooler"` pooling follow it, so that the
+    last exit of a full-depth run computes exactly what the architecture's `...ForSequenceClassification` computes.
+
+    Attributes:
+        activation: Name in transformers' `ACT2FN` (`"tanh"` for BERT's pooler, `"gelu"` for ELECTRA, ...).
+        pooling: Which state the sequence head reads: `"cls"` (the first token) or `"mean"` (over real tokens;
+            ModernBERT's `classifier_pooling="mean"`).
+        dense_bias: Whether the dense layer has a bias (ModernBERT's `classifier_bias`).
+        norm_eps: A LayerNorm after the activation with this epsilon (ModernBERT), or `None`.
+        norm_bias: Whether that LayerNorm has a bias (ModernBERT's `norm_bias`).
+    """
+
+    activation: str = "tanh"
+    pooling: str = "cls"
+    dense_bias: bool = True
+    norm_eps: float | None = None
+    norm_bias: bool = True
 
 
 def _index(keep: torch.Tensor | None) -> torch.Tensor | None:
@@ -166,6 +195,15 @@ class EncoderBackbone:
     def num_layers(self, base_model: nn.Module) -> int:
         return len(self.layers(base_model))
 
+    # whether the embeddings take `token_type_ids` (DistilBERT's and ModernBERT's do not)
+    takes_token_type_ids: bool = True
+    # whether position ids count from the padding (RoBERTa, XLM-R) rather than by column
+    positions_after_padding: bool = False
+
+    def max_positions(self, config: PreTrainedConfig) -> int:
+        """The most tokens a sequence may have."""
+        return config.max_position_embeddings
+
     def dims(self, config: PreTrainedConfig) -> tuple[int, int]:
         """`(hidden_size, intermediate_size)` of the layers."""
         return config.hidden_size, config.intermediate_size
@@ -196,16 +234,24 @@ class EncoderBackbone:
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
         device = input_ids.device if input_ids is not None else inputs_embeds.device
-        if attention_mask is None:
-            self._check_not_packed(position_ids, shape[0])
-            attention_mask = torch.ones(shape, dtype=torch.long, device=device)
-        elif attention_mask.shape != shape:
+        if attention_mask is not None and attention_mask.shape != shape:
             raise ValueError(
                 f"`attention_mask` has shape {tuple(attention_mask.shape)} but the inputs have shape {tuple(shape)}."
             )
+        given_mask = attention_mask is not None
+        if not given_mask:
+            attention_mask = torch.ones(shape, dtype=torch.long, device=device)
+        if token_type_ids is not None and not self.takes_token_type_ids:
+            raise ValueError(
+                f"{self.model_class_name.removesuffix('Model')} has no token type embeddings: pass "
+                "`token_type_ids=None`."
+            )
+        # embedding first: ids outside the embeddings fail there, before what the ids mean is looked at
         hidden_states = self._embeddings(
             base_model, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
         )
+        if not given_mask:
+            self._check_not_packed(position_ids, shape[0])
         columns = torch.arange(shape[1], device=device)
         context = LayerContext(
             config=base_model.config,
@@ -216,6 +262,15 @@ class EncoderBackbone:
             **self._positional(base_model, hidden_states, position_ids),
         )
         return hidden_states, attention_mask, self._derive(context)
+
+    def plain_context(
+        self, config: PreTrainedConfig, attention_mask: torch.Tensor, dtype: torch.dtype
+    ) -> LayerContext:
+        """The context of a batch of given states with `attention_mask` `(batch, seq)`, for running one layer on them
+        outside a forward: for architectures whose layers need no positional state (BERT-like ones)."""
+        columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        context = LayerContext(config=config, attention_mask=attention_mask, columns=columns, masks={}, dtype=dtype)
+        return self._derive(context)
 
     def finalize(self, base_model: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
         """The states the architecture's heads read, from a layer's output (identity except for ModernBERT, whose
@@ -324,6 +379,41 @@ class EncoderBackbone:
             )
         )
 
+    # --- the architecture's task models and heads ------------------------------------------------------------------
+
+    # where the architecture's `...ForSequenceClassification` keeps what an exit head with `"pooler"` pooling holds:
+    # head submodule -> submodule of the stock model (BERT's pooler sits in the base model)
+    stock_sequence_head: dict[str, str] = {"pooler": "bert.pooler.dense", "classifier": "classifier"}
+    # the same for the token head of `...ForTokenClassification` (`""`: the head is the classifier itself)
+    stock_token_head: dict[str, str] = {"": "classifier"}
+
+    def task_model_class(self, task: str) -> type[PreTrainedModel]:
+        """The architecture's own task model: `task` is `"sequence"` (`...ForSequenceClassification`) or `"token"`
+        (`...ForTokenClassification`)."""
+        suffix = {"sequence": "ForSequenceClassification", "token": "ForTokenClassification"}[task]
+        return getattr(transformers, self.model_class_name.removesuffix("Model") + suffix)
+
+    def sequence_head_style(self, config: PreTrainedConfig) -> HeadStyle:
+        """What the architecture's sequence-classification head does to the pooled state (BERT: dense + tanh)."""
+        return HeadStyle()
+
+    def token_head_style(self, config: PreTrainedConfig) -> HeadStyle | None:
+        """What the architecture's token-classification head does to each state before the classifier; `None` for a
+        classifier alone (every architecture here but ModernBERT)."""
+        return None
+
+    def classifier_dropout(self, config: PreTrainedConfig) -> float:
+        """The dropout the architecture's classification heads apply."""
+        for name in ("classifier_dropout", "hidden_dropout_prob"):
+            value = getattr(config, name, None)
+            if value is not None:
+                return value
+        return 0.1
+
+    def attention_module(self, layer: nn.Module) -> nn.Module:
+        """The self-attention module of a layer, whose forward returns `(context, attention probabilities)`."""
+        return layer.attention.self
+
     # --- cost model -----------------------------------------------------------------------------------------------
 
     def layer_flops(
@@ -414,10 +504,13 @@ class EncoderBackbone:
         """The new `(N, d)` states of the active positions."""
         raise NotImplementedError
 
-    def _packed_attention(self, module, query, key, value, mask, scaling, dropout, **kwargs) -> torch.Tensor:
-        """The architecture's attention function on packed queries; returns `(batch, num_queries, heads * head_dim)`."""
+    def _packed_attention(
+        self, module, query, key, value, mask, scaling, dropout, queries: ActiveQueries | None = None, **kwargs
+    ) -> torch.Tensor:
+        """The architecture's attention function on packed queries; returns `(batch, num_queries, heads * head_dim)`
+        (and leaves the probabilities in `queries` when it keeps them)."""
         interface = ALL_ATTENTION_FUNCTIONS.get_interface(module.config._attn_implementation, self.eager_attention)
-        context, _ = interface(
+        context, weights = interface(
             module,
             query,
             key,
@@ -427,6 +520,8 @@ class EncoderBackbone:
             scaling=scaling,
             **kwargs,
         )
+        if queries is not None and queries.keep_attentions:
+            queries.attention_probs = weights
         return context.reshape(query.shape[0], query.shape[2], -1)
 
 
@@ -441,6 +536,7 @@ __all__ = [
     "SLIDING_ATTENTION",
     "ActiveQueries",
     "EncoderBackbone",
+    "HeadStyle",
     "LayerContext",
     "is_contiguous",
     "shape_only",

@@ -25,11 +25,12 @@ from transformers.masking_utils import create_bidirectional_mask, create_bidirec
 from transformers.models.modernbert.modeling_modernbert import eager_attention_forward as modernbert_eager_attention
 from transformers.models.modernbert.modeling_modernbert import rotate_half
 
-from .base import (
+from .backbone_base import (
     FULL_ATTENTION,
     PACKED_ATTENTION,
     SLIDING_ATTENTION,
     EncoderBackbone,
+    HeadStyle,
     is_contiguous,
     shape_only,
     split_heads,
@@ -51,11 +52,31 @@ class ModernBertBackbone(EncoderBackbone):
     model_types = ("modernbert",)
     model_class_name = "ModernBertModel"
     layers_attribute = "layers"
+    takes_token_type_ids = False
     eager_attention = staticmethod(modernbert_eager_attention)
+    # `ModernBertPredictionHead` (dense, activation, LayerNorm) then the classifier, in both task models
+    stock_sequence_head = {"pooler": "head.dense", "pooler_norm": "head.norm", "classifier": "classifier"}
+    stock_token_head = {"dense": "head.dense", "norm": "head.norm", "classifier": "classifier"}
+
+    def sequence_head_style(self, config):
+        return HeadStyle(
+            activation=config.classifier_activation,
+            pooling=config.classifier_pooling,
+            dense_bias=config.classifier_bias,
+            norm_eps=config.norm_eps,
+            norm_bias=config.norm_bias,
+        )
+
+    def token_head_style(self, config):
+        return self.sequence_head_style(config)
+
+    def classifier_dropout(self, config):
+        return config.classifier_dropout
+
+    def attention_module(self, layer):
+        return layer.attn
 
     def _embeddings(self, base_model, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
-        if token_type_ids is not None:
-            raise ValueError("ModernBERT has no token type embeddings: pass `token_type_ids=None`.")
         return base_model.embeddings(input_ids=input_ids, inputs_embeds=inputs_embeds)
 
     def _positional(self, base_model, hidden_states, position_ids):
@@ -162,6 +183,7 @@ class ModernBertBackbone(EncoderBackbone):
             dropout=attention.attention_dropout,
             sliding_window=attention.sliding_window,
             deterministic=attention.deterministic_flash_attn,
+            queries=queries,
         )
         states = flat_states.index_select(0, queries.positions)
         states = states + attention.out_drop(attention.Wo(queries.unpack(attention_context)))

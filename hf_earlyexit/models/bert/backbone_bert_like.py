@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import apply_chunking_to_forward
 
-from .base import FULL_ATTENTION, EncoderBackbone, split_heads
+from .backbone_base import FULL_ATTENTION, EncoderBackbone, HeadStyle, split_heads
 
 
 class BertBackbone(EncoderBackbone):
@@ -32,10 +32,38 @@ class BertBackbone(EncoderBackbone):
 
     _detects_packing = True
 
-    def __init__(self, model_type: str, model_class_name: str, base_model_kwargs: dict[str, Any]):
+    def __init__(
+        self,
+        model_type: str,
+        model_class_name: str,
+        base_model_kwargs: dict[str, Any],
+        head_activation: str = "tanh",
+        stock_sequence_head: dict[str, str] | None = None,
+        positions_after_padding: bool = False,
+    ):
+        """
+        Args:
+            positions_after_padding: Position ids count from `pad_token_id + 1` (RoBERTa, XLM-R), so a sequence takes
+                `max_position_embeddings - pad_token_id - 1` tokens.
+            head_activation: The activation of the architecture's sequence-classification head (BERT's pooler and
+                RoBERTa's head: tanh; ELECTRA's: GELU).
+            stock_sequence_head: Where its `...ForSequenceClassification` keeps the head (default: BERT's layout).
+        """
         self.model_types = (model_type,)
         self.model_class_name = model_class_name
         self.base_model_kwargs = base_model_kwargs
+        self.head_activation = head_activation
+        self.positions_after_padding = positions_after_padding
+        if stock_sequence_head is not None:
+            self.stock_sequence_head = stock_sequence_head
+
+    def sequence_head_style(self, config):
+        return HeadStyle(activation=self.head_activation)
+
+    def max_positions(self, config):
+        if self.positions_after_padding:
+            return config.max_position_embeddings - config.pad_token_id - 1
+        return config.max_position_embeddings
 
     def _embeddings(self, base_model, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
         hidden_states = base_model.embeddings(
@@ -72,6 +100,7 @@ class BertBackbone(EncoderBackbone):
             queries.masks[FULL_ATTENTION],
             scaling=attention.scaling,
             dropout=attention.dropout.p,
+            queries=queries,
         )
         return self._after_attention(layer, queries.unpack(attention_context), queries_in)
 
@@ -81,17 +110,28 @@ class DistilBertBackbone(BertBackbone):
     token types, no pooler, `dim` / `hidden_dim` for the sizes."""
 
     layers_attribute = "transformer.layer"
+    takes_token_type_ids = False
     _detects_packing = False  # DistilBertModel never passes position ids to its mask
 
     def __init__(self):
-        super().__init__("distilbert", "DistilBertModel", {})
+        super().__init__(
+            "distilbert",
+            "DistilBertModel",
+            {},
+            head_activation="relu",
+            stock_sequence_head={"pooler": "pre_classifier", "classifier": "classifier"},
+        )
 
     def dims(self, config):
         return config.dim, config.hidden_dim
 
+    def classifier_dropout(self, config):
+        return config.seq_classif_dropout
+
+    def attention_module(self, layer):
+        return layer.attention
+
     def _embeddings(self, base_model, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
-        if token_type_ids is not None:
-            raise ValueError("DistilBERT has no token type embeddings: pass `token_type_ids=None`.")
         return base_model.embeddings(input_ids, inputs_embeds, position_ids)
 
     def _projections(self, layer):
