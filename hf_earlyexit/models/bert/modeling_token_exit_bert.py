@@ -34,7 +34,7 @@ from .configuration_early_exit_bert import TokenExitBertConfig
 from .exit_forward import ExitCall, embed_encoder, exit_loss, full_depth_exit_logits
 from .exit_utils import classifier_head_flops
 from .forward_checks import check_forward_kwargs, check_mask, check_token_inputs
-from .modeling_exit_heads import EarlyExitModelMixin, plain_bert_model, plain_task_model, token_head
+from .modeling_exit_heads import EarlyExitModelMixin, TokenHead, plain_bert_model, plain_task_model, token_head
 from .token_exit_utils import IGNORE_INDEX, ActiveWords, TokenExitRule, token_exit_flops, word_layout
 
 
@@ -224,9 +224,10 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
     def head_flops(self) -> int:
         """FLOPs of one exit head at one position."""
         head = self.exit_heads[0]
-        if isinstance(head, nn.Linear):
-            return classifier_head_flops(self.config.hidden_size, self.config.num_labels)
-        return head.flops()
+        if isinstance(head, TokenHead):
+            return head.flops()
+        # a plain classifier (an `nn.Linear`, or what int8 quantization made of it)
+        return classifier_head_flops(self.config.hidden_size, self.config.num_labels)
 
     @property
     def full_depth_layers(self) -> int:
