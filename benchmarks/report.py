@@ -567,6 +567,13 @@ MEASURED_SECTIONS = (
         "side (`benchmarks/compose.py`); in parentheses the early-exit speed-up relative to its fp32 value.",
     ),
     (
+        "profile",
+        "Where the time goes at batch size 1",
+        "*.json",
+        "`benchmarks/profile_batch1.py`: each sentence alone through the plain model and the early-exit model "
+        "(interleaved, medians over rounds), the pieces of the exit loop timed by wrapping them.",
+    ),
+    (
         "divergence",
         "Why the divergence criterion trails max-prob",
         "*.json",
