@@ -229,6 +229,7 @@ def profile(args) -> dict:
     return {
         "family": args.family,
         "checkpoint": args.checkpoint and Path(args.checkpoint).name,
+        "label": args.label,
         "settings": settings,
         "sentences": count,
         "rounds": args.rounds,
@@ -244,7 +245,8 @@ def profile(args) -> dict:
 def markdown(result: dict) -> str:
     per_sentence = result["ms_per_sentence"]["early_exit"]
     lines = [
-        f"{result['family']} ({result['checkpoint'] or 'fresh heads'}), {result['settings']}: "
+        (f"**{result['label']}**: " if result.get("label") else "")
+        + f"{result['family']} ({result['checkpoint'] or 'fresh heads'}), {result['settings']}: "
         f"{result['sentences']} sentences at batch size 1, FLOPs speed-up {result['flops_speedup']:.2f}x, wall-clock "
         f"{result['wallclock_speedup']:.2f}x (plain {result['ms_per_sentence']['plain']:.2f} ms, early exit "
         f"{per_sentence:.2f} ms per sentence)",
@@ -278,6 +280,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=None, help="JSON file to write (a .md beside it)")
+    parser.add_argument("--label", default=None, help="what this run measures (e.g. the code version), shown first")
     args = parser.parse_args(argv)
     if args.data is None:
         args.data = default_data(args.family)

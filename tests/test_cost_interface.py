@@ -96,3 +96,18 @@ def test_the_shipped_model_code_never_names_the_package():
         assert "hf_earlyexit" not in text, path.name
         assert "METHODS.md" not in text, path.name
     assert isinstance(EarlyExitModelMixin.publisher, hf_earlyexit.registration.HubPublisher)
+
+
+@pytest.mark.parametrize("family", ["bypass", "token"])
+def test_tabulated_encoder_flops_equal_the_formula(family):
+    model = FAMILIES[family][0]()
+    config, backbone = model.base_model.config, model.encoder_backbone
+    lengths = torch.tensor([1, 7, 30, config.max_position_embeddings])
+    depths = torch.arange(config.num_hidden_layers + 1).unsqueeze(-1)
+    formula = modeling_exit_heads.encoder_flops(backbone, config, lengths, depths)
+    assert torch.equal(model.encoder_flops(lengths, depths), formula)  # builds the table
+    assert torch.equal(model.encoder_flops(lengths, 2), formula[2])
+    assert torch.equal(model.encoder_flops(lengths, torch.tensor([1, 2, 3, 1])), formula[[1, 2, 3, 1], range(4)])
+    # a length beyond the encoder's positions is priced by the formula, not refused
+    longer = torch.tensor([config.max_position_embeddings + 5])
+    assert torch.equal(model.encoder_flops(longer, 3), modeling_exit_heads.encoder_flops(backbone, config, longer, 3))

@@ -39,7 +39,7 @@ from .active_batch import LayerOutputs
 from .backbones import BACKBONES, SUPPORTED_MODEL_TYPES, backbone_for
 from .checkpoint_utils import check_local_path
 from .exit_forward import drop_padding_columns_of, embed_encoder
-from .modeling_exit_heads import ClassificationHead, attach_encoder, encoder_flops, stock_head_modules
+from .modeling_exit_heads import ClassificationHead, attach_encoder, stock_head_modules, tabulated_encoder_flops
 
 
 class CascadeMember(BertPreTrainedModel):
@@ -115,7 +115,10 @@ class CascadeMember(BertPreTrainedModel):
     def flops(self, lengths: torch.Tensor) -> torch.Tensor:
         """FLOPs of this member, encoder and head, on examples of the given real lengths. Shape of `lengths`."""
         config = self.base_model.config
-        return encoder_flops(self.encoder_backbone, config, lengths, config.num_hidden_layers) + self.head.flops()
+        return (
+            tabulated_encoder_flops(self, self.encoder_backbone, config, lengths, config.num_hidden_layers)
+            + self.head.flops()
+        )
 
 
 _DEFAULT_LABEL = re.compile(r"LABEL_\d+")

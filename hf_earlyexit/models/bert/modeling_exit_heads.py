@@ -335,8 +335,8 @@ class EarlyExitModelMixin:
         attach_encoder(self, config, attn_implementation)
 
     def encoder_flops(self, lengths: torch.Tensor, layers: torch.Tensor | int) -> torch.Tensor:
-        """See [`encoder_flops`]."""
-        return encoder_flops(self.encoder_backbone, self.base_model.config, lengths, layers)
+        """See [`encoder_flops`] (read from a table of every length and depth, see [`tabulated_encoder_flops`])."""
+        return tabulated_encoder_flops(self, self.encoder_backbone, self.base_model.config, lengths, layers)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Cost interface: what evaluation, calibration and the benchmarks read from every family
@@ -432,6 +432,28 @@ def encoder_flops(
     return layers * rest + (layers > 0) * (first - rest)
 
 
+def tabulated_encoder_flops(
+    owner: nn.Module,
+    backbone: EncoderBackbone,
+    config: PreTrainedConfig,
+    lengths: torch.Tensor,
+    layers: torch.Tensor | int,
+) -> torch.Tensor:
+    """[`encoder_flops`], looked up in a table of every length up to the encoder's positions and every depth, built on
+    the first call and kept on `owner`: one indexing instead of a dozen small tensor operations per forward (at batch
+    size 1 they cost more than the exit criterion). Lengths beyond the table fall back to the formula."""
+    table = owner.__dict__.get("_encoder_flops_table")
+    if table is None or table.device != lengths.device:
+        positions = torch.arange(getattr(config, "max_position_embeddings", 512) + 1, device=lengths.device)
+        depths = torch.arange(config.num_hidden_layers + 1, device=lengths.device).unsqueeze(-1)
+        table = encoder_flops(backbone, config, positions, depths)
+        owner.__dict__["_encoder_flops_table"] = table
+    try:
+        return table[layers, lengths.long()]
+    except IndexError:
+        return encoder_flops(backbone, config, lengths, layers)
+
+
 def _submodule(module: nn.Module, path: str) -> nn.Module | None:
     for name in filter(None, path.split(".")):
         module = getattr(module, name, None)
@@ -471,6 +493,7 @@ __all__ = [
     "BypassModule",
     "attach_encoder",
     "encoder_flops",
+    "tabulated_encoder_flops",
     "ClassificationHead",
     "EarlyExitModelMixin",
     "POOLINGS",
