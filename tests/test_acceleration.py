@@ -134,3 +134,23 @@ def test_compile_layers_on_the_other_families(family):
     torch.testing.assert_close(output.logits, reference.logits)
     assert torch.equal(output.exit_layer, reference.exit_layer)
     assert isinstance(model, (BertForCascadeClassification, BertForTokenEarlyExit))
+
+
+def test_an_int8_model_can_be_recalibrated():
+    # fp32 thresholds are only approximate for an int8 model (its confidences move): calibrate the quantized model
+    from hf_earlyexit.calibration import calibrate
+    from tests.test_calibration import calibration_batches, measure
+
+    torch.manual_seed(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = torch.ao.quantization.quantize_dynamic(
+            bypass_tests.tiny_model(num_labels=2), {nn.Linear}, dtype=torch.qint8
+        )
+        batches = calibration_batches()
+        result = calibrate(quantized, batches, target_speedup=2.0)
+        measured = measure(quantized, batches)
+    assert result.reached and measured["flops_speedup"] >= 2.0
+    # what the calibration predicted from its recorded pass is what the quantized model does live
+    assert measured["flops_speedup"] == pytest.approx(result.expected_flops_speedup, rel=1e-12)
+    assert measured["accuracy"] == result.expected_accuracy
