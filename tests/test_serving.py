@@ -178,7 +178,7 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_ray_serve_application_end_to_end(bypass_path):
+def test_ray_serve_application_end_to_end(bypass_path, monkeypatch):
     """The application on Ray Serve, on 127.0.0.1: concurrent requests with different thresholds each get the answer
     of a single pipeline call; bad requests get their 4xx and the server answers afterwards; /metrics counts them."""
     ray = pytest.importorskip("ray")
@@ -186,6 +186,9 @@ def test_ray_serve_application_end_to_end(bypass_path):
 
     requests_module = pytest.importorskip("requests")
     port = free_port()
+    # Serve's controller gives the HTTP proxy 3 readiness checks of 5 s, then kills it; on a busy 2-core machine its
+    # start (importing the web stack) takes longer. The Ray processes read the setting from the environment they inherit.
+    monkeypatch.setenv("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
