@@ -98,7 +98,11 @@ def markdown(result: dict) -> str:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.divergence", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="a trained multi-exit (BertWithBypassExits) checkpoint")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer path or id (default: the checkpoint's)")
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer path or id (default: the checkpoint's, else the embedded backbone's)",
+    )
     parser.add_argument("--data", default=None, help="SST-2 dev TSV (default: data/sst2/dev.tsv)")
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.25, 0.5, 0.75])
     parser.add_argument("--measure", default=None, help="divergence measure (default: the checkpoint's)")
@@ -113,7 +117,12 @@ def main(argv=None) -> dict:
     from hf_earlyexit.data import load_text_classification
 
     model = BertWithBypassExits.from_pretrained(args.checkpoint).eval()
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.checkpoint)
+    tokenizer_source = args.tokenizer or args.checkpoint
+    if args.tokenizer is None and not (Path(args.checkpoint) / "tokenizer_config.json").is_file():
+        from hf_earlyexit.utils import default_backbone
+
+        tokenizer_source = default_backbone()  # benchmark cells save their models without a tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
     data = load_text_classification(args.data or default_data("bypass"))
     measure = args.measure or model.config.divergence
     all_logits = all_exit_logits(model, tokenizer, data["text"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_earlyexit import BertForCascadeClassification, BertForTokenEarlyExit, BertWithBypassExits, compile_layers
+from hf_earlyexit import BertWithBypassExits, compile_layers
 from hf_earlyexit.acceleration import encoder_layers
 from tests import test_modeling_bypass_bert as bypass_tests
 from tests import test_modeling_cascade_bert as cascade_tests
@@ -61,7 +61,7 @@ def test_int8_dynamic_quantization_keeps_the_exit_decisions(case):
         warnings.simplefilter("ignore")
         quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
         output = run(quantized, inputs, settings)
-    assert not any(isinstance(m, nn.Linear) and type(m) is nn.Linear for m in quantized.modules())
+    assert not any(type(m) is nn.Linear for m in quantized.modules())  # every linear layer was replaced
     assert output.logits.dtype == torch.float32
     assert agreement(output, reference) >= 0.75
 
@@ -129,11 +129,13 @@ def test_compile_layers_on_the_other_families(family):
     torch._dynamo.reset()
     model, inputs, settings = CASES[family]()
     reference = run(model, inputs, settings)
+    captured = torch._dynamo.utils.counters["stats"]["calls_captured"]
     compile_layers(model, backend="eager")
     output = run(model, inputs, settings)
     torch.testing.assert_close(output.logits, reference.logits)
     assert torch.equal(output.exit_layer, reference.exit_layer)
-    assert isinstance(model, (BertForCascadeClassification, BertForTokenEarlyExit))
+    if family == "cascade":  # its layers went through dynamo; TOKEE's packed steps call the layers' parts, eager
+        assert torch._dynamo.utils.counters["stats"]["calls_captured"] > captured
 
 
 def test_an_int8_model_can_be_recalibrated():
