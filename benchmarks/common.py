@@ -240,6 +240,8 @@ def train_model(
         "train_seconds": time.perf_counter() - start,
         "train_loss": output.training_loss,
         "steps": trainer.state.global_step,
+        # the loss the trainer built from the recipe and the training options, with its settings
+        "loss": {"class": type(trainer.exit_loss).__name__, **trainer.exit_loss.get_config_dict()},
         # the trainer's evaluations (`eval_*`) and the `EpochEvaluation` callbacks' (`dev`)
         "dev_per_epoch": [
             entry if "dev" in entry else {k: v for k, v in entry.items() if k.startswith("eval_") or k == "epoch"}

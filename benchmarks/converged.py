@@ -105,6 +105,9 @@ def rows_of(cells: list[dict]) -> tuple[dict[str, Row], dict]:
             continue
         if kind == "multi_exit":
             model = "multi-exit " + ("+ bypasses" if settings["use_bypass"] else "no bypass")
+            for option in settings.get("training_options", {}):
+                if not option.endswith("_temperature"):
+                    model += " + " + option.replace("_weight", "").replace("_", " ")
         elif kind == "cascade":
             model = f"cascade {_depths(settings['member_layers'])} ({settings['recipe']})"
         elif kind == "assembled":

@@ -27,6 +27,7 @@ each under `--results_dir` (see `benchmarks/cells.py`; checkpoints under `--runs
 | `cascade` | CascadeBERT cascades cut from the backbone (`--cascades`), `joint` and `dar` | the cascade recipes |
 | `assembled` | cascades assembled from `static` members and `full` (no training) | - |
 | `multi_exit` | BADGE multi-exit model, with and without bypasses, four criteria | `joint` |
+| `multi_exit-bypass-<ablation>` | the same with bypasses and one training option (`--ablations`) | `joint` + option |
 
 Every model with more than one exit is calibrated on the slice for each target FLOPs speed-up (`--targets`) and run
 for real on the 872 dev sentences; the oracle bound (each example leaves at the first exit that agrees with the last)
@@ -72,6 +73,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("curve", "full", "static", "distilled", "cascade", "assembled", "multi_exit")
 CASCADE_RECIPES = {"joint": "joint", "dar": "difficulty_aware"}
 CRITERIA = ("max_prob", "entropy", "patience", "divergence")
+# the multi-exit training options the ablation cells add to the joint recipe (`EarlyExitTrainingArguments` fields)
+ABLATIONS = {
+    "self_distillation": {"self_distillation_weight": 1.0, "self_distillation_temperature": 2.0},
+    "gradient_equilibrium": {"gradient_equilibrium": True},
+}
 DEFAULT_BACKBONE_NAME = "all-MiniLM-L6-v2 (embedded default)"
 
 logger = logging.getLogger("benchmarks.sst2")
@@ -98,6 +104,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     models.add_argument("--cascade_recipes", nargs="+", choices=sorted(CASCADE_RECIPES), default=["dar", "joint"])
     models.add_argument("--assembled", nargs="+", default=["1-6", "2-6", "3-6", "1-3-6"])
     models.add_argument("--bypass", nargs="+", choices=["bypass", "no_bypass"], default=["bypass", "no_bypass"])
+    models.add_argument(
+        "--ablations",
+        nargs="+",
+        choices=sorted(ABLATIONS),
+        default=sorted(ABLATIONS),
+        help="training options tried on the multi-exit model with bypasses, one cell each",
+    )
 
     training = parser.add_argument_group("training")
     training.add_argument("--epochs", type=float, default=2.0, help="the budget of every model")
@@ -362,6 +375,15 @@ def plan(args, depth: int) -> list[Cell]:
         for variant in a.bypass:
             settings = {**common, "use_bypass": variant == "bypass", "lr": a.learning_rate, "recipe": "joint"}
             cells.append(Cell(f"multi_exit-{variant}-seed{seed}", "multi_exit", settings))
+        for ablation in a.ablations:
+            settings = {
+                **common,
+                "use_bypass": True,
+                "lr": a.learning_rate,
+                "recipe": "joint",
+                "training_options": ABLATIONS[ablation],
+            }
+            cells.append(Cell(f"multi_exit-bypass-{ablation}-seed{seed}", "multi_exit", settings))
         for spec in a.assembled:
             layers = [int(d) for d in spec.split("-")]
             members = [f"static-{k}L-seed{seed}" if k < depth else full.name for k in layers]
@@ -456,7 +478,8 @@ class Benchmark(CellBenchmark):
         data = self.data(s["seed"])
         set_seed(s["seed"])
         model = BertWithBypassExits.from_pretrained(self.backbone, num_labels=2, use_bypass=s["use_bypass"])
-        result = train(model, self.args, data, self.tokenizer, s["seed"], run_dir, s["lr"], s["recipe"])
+        options = s.get("training_options", {})
+        result = train(model, self.args, data, self.tokenizer, s["seed"], run_dir, s["lr"], s["recipe"], **options)
         model.save_pretrained(run_dir / "final")
         return self.measure(cell, model, data, list(CRITERIA), {"training": result})
 

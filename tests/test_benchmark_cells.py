@@ -96,7 +96,7 @@ def sst2_args(root, *extra):
         "--model", str(root / "model"), "--train", str(root / "train.tsv"), "--dev", str(root / "dev.tsv"),
         "--calibration_size", "16", "--calibration_min_words", "5", "--max_length", "64", "--epochs", "1",
         "--curve_epochs", "2", "--static_layers", "1", "--cascades", "1-4", "--cascade_recipes", "dar",
-        "--assembled", "1-4", "--bypass", "bypass", "--targets", "1.5", "2", "--timing_sentences", "4",
+        "--assembled", "1-4", "--bypass", "bypass", "--ablations", "self_distillation", "--targets", "1.5", "2", "--timing_sentences", "4",
         "--timing_rounds", "1", "--timing_batch_sizes", "1", "4", "--eval_batch_size", "16",
         "--results_dir", str(root / "results"), "--runs_dir", str(root / "runs"), *extra,
     ]  # fmt: skip
@@ -109,7 +109,7 @@ def test_sst2_benchmark_runs_every_kind_and_resumes_by_cell(tiny_sst2):
     assert set(status.values()) == {"ran"}
     assert set(status) == {
         "curve-seed0", "full-seed0", "static-1L-seed0", "distilled-1L-seed0", "cascade-1-4-dar-seed0",
-        "multi_exit-bypass-seed0", "assembled-1-4-seed0",
+        "multi_exit-bypass-seed0", "multi_exit-bypass-self_distillation-seed0", "assembled-1-4-seed0",
     }  # fmt: skip
     results = tiny_sst2 / "results"
     curve = json.loads((results / "curve-seed0.json").read_text())
@@ -126,6 +126,11 @@ def test_sst2_benchmark_runs_every_kind_and_resumes_by_cell(tiny_sst2):
     assert sum(cascade["oracle"]["exit_fraction"]) == pytest.approx(1.0)
     static = json.loads((results / "static-1L-seed0.json").read_text())["result"]["measured"]
     assert static["flops_speedup"] > 3
+    # the ablation cell's trainer used its option, the plain multi-exit cell's did not
+    ablation = json.loads((results / "multi_exit-bypass-self_distillation-seed0.json").read_text())["result"]
+    assert ablation["training"]["loss"]["self_distillation_weight"] == 1.0
+    plain = json.loads((results / "multi_exit-bypass-seed0.json").read_text())["result"]
+    assert plain["training"]["loss"] == {"class": "JointExitLoss", "weights": "linear"}
 
     # a rerun does nothing; a changed setting redoes exactly the cells it concerns
     before = (results / "static-1L-seed0.json").read_text()
@@ -150,6 +155,7 @@ def test_converged_report_builds_from_the_cells_that_exist(tiny_sst2, tmp_path):
     assert "`static-1L-seed0`" not in missing
     rows, curve = rows_of(load_cells(folder))
     assert curve["cell"] == "curve-seed0"
+    assert "multi-exit + bypasses + self distillation (max_prob)" in rows
     # the best static model at 2x is the most accurate one whose speed-up reaches 2x (within 1 %)
     name, points = best_row(rows, "static", 2.0)
     assert name == "static 1L" and points[0].flops_speedup > 3
