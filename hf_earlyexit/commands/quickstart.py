@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
 
     from ..calibration import apply_calibration, calibrate, record
     from ..evaluation import machine_info, make_batches, measure_points
-    from ..utils import default_backbone
+    from ..utils import DEFAULT_BACKBONE_PACKAGE, default_backbone
     from .calibrate import write_calibration
     from .common import load_checkpoint
 
@@ -227,7 +227,8 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     elapsed = time.perf_counter() - started
     results = {
         "command": "hf-earlyexit quickstart " + " ".join(argv or []),
-        "backbone": args.model,
+        # the embedded backbone by its package, not by this machine's site-packages path
+        "backbone": f"{DEFAULT_BACKBONE_PACKAGE}/model" if embedded else args.model,
         "backbone_name": "all-MiniLM-L6-v2 (embedded)" if embedded else args.model,
         "data": {
             "train": len(Path(train_file).read_text().splitlines()) - 1,
