@@ -468,6 +468,10 @@ class EncoderBackbone:
         return context
 
     def _masks(self, context: LayerContext) -> dict[str, Any]:
+        if bool(context.attention_mask.all()):
+            # no padding: full attention needs no mask under any implementation (and building one through
+            # transformers' mask utilities costs more than a small layer at batch size 1)
+            return {FULL_ATTENTION: None}
         seq_len = context.attention_mask.shape[1]
         mask = create_bidirectional_mask(
             config=context.config,
@@ -490,7 +494,10 @@ class EncoderBackbone:
 
     def _rectangular_mask(self, context: LayerContext, queries: ActiveQueries, and_mask_function=None):
         """The `(batch, 1, num_queries, seq)` padding mask between packed queries and all keys (as for
-        cross-attention), optionally intersected with `and_mask_function`."""
+        cross-attention), optionally intersected with `and_mask_function`; `None` when it would mask nothing (no
+        padding, no `and_mask_function`)."""
+        if and_mask_function is None and bool(context.attention_mask.all()):
+            return None
         seq_len = context.attention_mask.shape[1]
         return create_bidirectional_mask(
             config=context.config,

@@ -392,6 +392,8 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
                     break
                 fires, counter = rule.step(k, logits, prev_logits, counter, batch.threshold_rows)
                 if bool(fires.any()):
+                    if batch_size == 1:  # the only example answers: nothing to write back or to compact
+                        return logits.to(out_logits.dtype), exit_index.fill_(k)
                     batch.scatter(fires, (out_logits, logits), (exit_index, k))
                     stay = ~fires
                     kept = batch.drop_rows(stay, hidden_states, logits, counter)
