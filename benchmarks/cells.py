@@ -93,6 +93,7 @@ class CellStore:
         only: Iterable[str] | None = None,
         log: Callable[[str], None] = print,
         machine: Callable[[], dict] | None = None,
+        remeasure: bool = False,
     ) -> dict[str, str]:
         """Run the selected cells that are not done, in order; returns `{name: "done" | "skipped" | "ran" | "blocked"}`.
 
@@ -101,6 +102,10 @@ class CellStore:
             only: Kinds or names to run (default: all).
             log: Progress lines.
             machine: Describes the machine (stored with each result).
+            remeasure: Run the selected cells that are done again, from their saved checkpoints: a cell's run resumes
+                its finished training (no step), so only the measurement is new (after a speed change of the code).
+                The training record of the earlier result is kept, and the model must answer the dev set exactly
+                as it did then (else `RuntimeError`, and the earlier file stays).
         """
         selected = set(only) if only else None
         by_name = {cell.name: cell for cell in cells}
@@ -109,9 +114,12 @@ class CellStore:
             if selected is not None and cell.kind not in selected and cell.name not in selected:
                 status[cell.name] = "skipped"
                 continue
+            earlier = None
             if self.is_done(cell):
-                status[cell.name] = "done"
-                continue
+                if not remeasure:
+                    status[cell.name] = "done"
+                    continue
+                earlier = self.load(cell.name)
             blocking = [name for name in cell.needs if name in by_name and not self.is_done(by_name[name])]
             if blocking:
                 log(f"{cell.name}: waiting for {', '.join(blocking)}")
@@ -122,8 +130,10 @@ class CellStore:
             run_dir.mkdir(parents=True, exist_ok=True)
             with _TimeSpent(run_dir) as spent:
                 result = cell.run(cell, run_dir)
+            if earlier is not None:
+                result = _remeasured(cell.name, earlier, result)
             self.write(cell, result, spent.seconds, machine() if machine else None, cpu_seconds=spent.cpu_seconds)
-            status[cell.name] = "ran"
+            status[cell.name] = "ran" if earlier is None else "remeasured"
         return status
 
     def write(
@@ -170,6 +180,25 @@ class _TimeSpent:
         self.seconds += time.perf_counter() - self._wall
         self.cpu_seconds += time.process_time() - self._cpu
         self.path.write_text(json.dumps({"seconds": self.seconds, "cpu_seconds": self.cpu_seconds}))
+
+
+# what a cell records about its model's answers on the dev set: a remeasured model must give them again
+_ANSWERS = ("dev_predictions", "exit_accuracy", "exit_f1")
+
+
+def _remeasured(name: str, earlier: dict, result: dict) -> dict:
+    """`result` of a cell run again for its measurement only, with the earlier run's training record."""
+    before = earlier["result"]
+    for key in _ANSWERS:
+        if key in before and before[key] != result.get(key):
+            raise RuntimeError(
+                f"{name}: the remeasured model's `{key}` differs from the earlier result's, so it is not the model "
+                "measured before (was its checkpoint retrained or replaced?); the earlier result file is kept."
+            )
+    if "training" in before:
+        result["training"] = before["training"]
+    result["remeasured"] = {"earlier_command": earlier.get("command"), "earlier_machine": earlier.get("machine")}
+    return result
 
 
 def _jsonable(value: Any) -> Any:

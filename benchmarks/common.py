@@ -41,6 +41,11 @@ def benchmark_parser(name: str, description: str, kinds: tuple[str, ...]) -> arg
     parser.add_argument("--only", nargs="+", default=None, help=f"cell kinds {kinds} or cell names to run")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of the cells (the curve: the first)")
     parser.add_argument("--list", action="store_true", help="list every cell and whether it is done, run nothing")
+    parser.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="measure the selected finished cells again from their checkpoints (needs --only; training kept)",
+    )
     parser.add_argument("--results_dir", default=f"benchmarks/results/{name}")
     parser.add_argument("--runs_dir", default=f"runs/{name}", help="checkpoints (an ignored folder)")
     parser.set_defaults(kinds=kinds)
@@ -60,6 +65,8 @@ def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Names
     unknown = [name for name in args.only or [] if name not in args.kinds and "-" not in name]
     if unknown:
         parser.error(f"--only takes cell kinds {args.kinds} or cell names; got {unknown}")
+    if args.remeasure and not args.only:
+        parser.error("--remeasure needs --only: name the finished cells (or kinds) to measure again")
     if args.timing_sentences < 1 or args.timing_rounds < 1:
         parser.error("--timing_sentences and --timing_rounds must be positive")
 
@@ -121,9 +128,22 @@ def run_benchmark(benchmark, args: argparse.Namespace) -> dict:
             print(f"{cell.name:{width}s} {cell.kind:11s} {'done' if benchmark.store.is_done(cell) else 'missing'}")
         return {cell.name: benchmark.store.is_done(cell) for cell in cells}
     torch.set_num_threads(args.threads)
-    status = benchmark.store.run(cells, only=args.only, log=log, machine=machine_info)
+    status = benchmark.store.run(cells, only=args.only, log=log, machine=machine_info, remeasure=args.remeasure)
     log(json.dumps(status))
     return status
+
+
+def load_tokenizer(checkpoint: str | None, tokenizer: str | None = None, backbone: str | None = None):
+    """The tokenizer of a measuring script: `tokenizer` when given, else the checkpoint's, else (the benchmark cells
+    save their models without one) the backbone's, by default the embedded one."""
+    from transformers import AutoTokenizer
+
+    from hf_earlyexit.utils import default_backbone
+
+    source = tokenizer or checkpoint
+    if source is None or (tokenizer is None and not (Path(checkpoint) / "tokenizer_config.json").is_file()):
+        source = backbone or default_backbone()
+    return AutoTokenizer.from_pretrained(source)
 
 
 def log(text: str) -> None:
@@ -259,6 +279,7 @@ __all__ = [
     "add_timing_arguments",
     "benchmark_parser",
     "check_common_arguments",
+    "load_tokenizer",
     "log",
     "run_benchmark",
     "train_model",

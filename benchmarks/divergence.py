@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import load_tokenizer
 from benchmarks.profile_batch1 import default_data, report
 from hf_earlyexit.models.bert.exit_utils import divergence, entropy, max_prob
 from hf_earlyexit.timing import machine_info
@@ -111,18 +112,11 @@ def main(argv=None) -> dict:
     if not all(0.0 < fraction <= 1.0 for fraction in args.fractions):
         parser.error(f"--fractions: each must be in (0, 1], got {args.fractions}")
 
-    from transformers import AutoTokenizer
-
     from hf_earlyexit import BertWithBypassExits
     from hf_earlyexit.data import load_text_classification
 
     model = BertWithBypassExits.from_pretrained(args.checkpoint).eval()
-    tokenizer_source = args.tokenizer or args.checkpoint
-    if args.tokenizer is None and not (Path(args.checkpoint) / "tokenizer_config.json").is_file():
-        from hf_earlyexit.utils import default_backbone
-
-        tokenizer_source = default_backbone()  # benchmark cells save their models without a tokenizer
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    tokenizer = load_tokenizer(args.checkpoint, args.tokenizer)
     data = load_text_classification(args.data or default_data("bypass"))
     measure = args.measure or model.config.divergence
     all_logits = all_exit_logits(model, tokenizer, data["text"])

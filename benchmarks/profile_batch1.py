@@ -131,15 +131,14 @@ def instrumented(family: str, timers: Timers):
 
 
 def load(args):
-    from transformers import AutoTokenizer
-
+    from benchmarks.common import load_tokenizer
     from hf_earlyexit import BertForCascadeClassification, BertForTokenEarlyExit, BertWithBypassExits
     from hf_earlyexit.evaluation import plain_baseline, plain_token_baseline
     from hf_earlyexit.utils import default_backbone
 
     backbone = args.model or default_backbone()
     source = args.checkpoint or backbone
-    tokenizer = AutoTokenizer.from_pretrained(args.checkpoint or backbone)
+    tokenizer = load_tokenizer(args.checkpoint, args.tokenizer, backbone)
     if args.family == "bypass":
         model = (
             BertWithBypassExits.from_pretrained(source, num_labels=2)
@@ -274,6 +273,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--family", choices=FAMILIES, required=True)
     parser.add_argument("--checkpoint", default=None, help="a trained early-exit checkpoint (default: fresh heads)")
     parser.add_argument("--model", default=None, help="backbone when no checkpoint is given (default: embedded)")
+    parser.add_argument(
+        "--tokenizer", default=None, help="tokenizer path or id (default: the checkpoint's, else the backbone's)"
+    )
     parser.add_argument("--settings", default=None, help="forward exit settings as JSON (default: never exit)")
     parser.add_argument("--data", default=None, help="SST-2 dev TSV or CoNLL validation file")
     parser.add_argument("--sentences", type=int, default=256)

@@ -140,6 +140,28 @@ def test_sst2_benchmark_runs_every_kind_and_resumes_by_cell(tiny_sst2):
     assert (results / "static-1L-seed0.json").read_text() == before
     assert sst2.main(sst2_args(tiny_sst2, "--list")) == dict.fromkeys(status, True) | {"distilled-1L-seed0": False}
 
+    # --remeasure: a finished cell measured again from its checkpoint, its training record kept
+    cell = results / "multi_exit-bypass-seed0.json"
+    earlier = json.loads(cell.read_text())
+    status = sst2.main(sst2_args(tiny_sst2, "--remeasure", "--only", "multi_exit-bypass-seed0"))
+    assert status["multi_exit-bypass-seed0"] == "remeasured" and status["static-1L-seed0"] == "skipped"
+    again = json.loads(cell.read_text())
+    assert again["result"]["training"] == earlier["result"]["training"]
+    assert again["result"]["dev_predictions"] == earlier["result"]["dev_predictions"]
+    assert again["result"]["remeasured"]["earlier_command"] == earlier["command"]
+    assert again["seconds"] > earlier["seconds"]  # the measurement's time is added to the cell's
+    # a model that no longer answers as the measured one did is refused, and the earlier file stays
+    earlier["result"]["dev_predictions"][0] = "".join(
+        "1" if c == "0" else "0" for c in earlier["result"]["dev_predictions"][0]
+    )
+    cell.write_text(json.dumps(earlier))
+    with pytest.raises(RuntimeError, match="`dev_predictions` differs"):
+        sst2.main(sst2_args(tiny_sst2, "--remeasure", "--only", "multi_exit-bypass-seed0"))
+    assert json.loads(cell.read_text()) == earlier
+    with pytest.raises(SystemExit):
+        sst2.main(sst2_args(tiny_sst2, "--remeasure"))  # needs --only
+    cell.write_text(json.dumps(again, indent=1, sort_keys=True) + "\n")
+
 
 def test_converged_report_builds_from_the_cells_that_exist(tiny_sst2, tmp_path):
     from benchmarks import sst2
