@@ -497,6 +497,7 @@ class Benchmark(CellBenchmark):
                 )
             members.append(BertForCascadeClassification.from_pretrained(path).members[0])
         model = BertForCascadeClassification.from_members(members).eval()
+        model.save_pretrained(run_dir / "final")  # for the scripts that measure a checkpoint (e.g. the profile)
         return self.measure(cell, model, data, ["max_prob"], {})
 
     def measure(self, cell: Cell, model, data: Data, criteria: list[str], result: dict) -> dict:

@@ -6,6 +6,7 @@ import pytest
 from transformers import BertConfig, BertModel
 
 from benchmarks.cells import Cell, CellStore
+from hf_earlyexit import BertForCascadeClassification
 from tests.utils import sst2_rows, tiny_config_kwargs, tiny_tokenizer
 
 
@@ -124,6 +125,8 @@ def test_sst2_benchmark_runs_every_kind_and_resumes_by_cell(tiny_sst2):
     # an example the first member gets wrong pays for both)
     assert cascade["oracle"]["metric"] == cascade["exit_accuracy"][-1]
     assert sum(cascade["oracle"]["exit_fraction"]) == pytest.approx(1.0)
+    assembled = next((tiny_sst2 / "runs").glob("assembled-1-4-seed0-*"))
+    assert BertForCascadeClassification.from_pretrained(assembled / "final").exit_layers == [1, 5]
     static = json.loads((results / "static-1L-seed0.json").read_text())["result"]["measured"]
     assert static["flops_speedup"] > 3
     # the ablation cell's trainer used its option, the plain multi-exit cell's did not
