@@ -124,6 +124,7 @@ class Cell:
     wallclock: dict[str, float] = field(default_factory=dict)
     reached: bool = True
     model: str | None = None  # the model a row picked for this target (the best static model)
+    timed_flops: dict[str, float] = field(default_factory=dict)  # FLOPs speed-up of the sentences timed
 
 
 @dataclass
@@ -149,6 +150,7 @@ def _cell(data: dict) -> Cell:
         wallclock={str(k): float(v) for k, v in wallclock.items()},
         reached=bool(data.get("reached", True)),
         model=data.get("model"),
+        timed_flops={str(k): float(v) for k, v in (data.get("timed_flops_speedup") or {}).items()},
     )
 
 
@@ -466,7 +468,7 @@ def _per_size_text(values: list[float | None], unit: str) -> str:
 
 def _ratio(cell: Cell, size: str) -> float | None:
     wallclock = cell.wallclock.get(size)
-    return None if wallclock is None else wallclock / cell.flops_speedup
+    return None if wallclock is None else wallclock / cell.timed_flops.get(size, cell.flops_speedup)
 
 
 def _ratio_summary(cells: list[Cell], size: str) -> str:

@@ -149,6 +149,9 @@ class SweepPoint:
     latency_ms: dict[str, float] = field(default_factory=dict)
     # 90th percentile over the timed batches of the time per example (at batch size 1: per-sentence latency)
     latency_p90_ms: dict[str, float] = field(default_factory=dict)
+    # the FLOPs speed-up over the examples timed at each batch size (often a subset of the evaluation set, whose
+    # `flops_speedup` can differ): what the wall-clock speed-up at that size is to be compared with
+    timed_flops_speedup: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -157,6 +160,20 @@ class SweepPoint:
     def from_dict(cls, data: dict) -> "SweepPoint":
         """The point of a `to_dict()` result that may carry more keys (e.g. [`measure_token_points`]'s)."""
         return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+
+
+def timed_flops_speedup(model, timing_batches: dict[int, Sequence[dict]] | None, **settings) -> dict[str, float]:
+    """The FLOPs speed-up of `model` with forward `settings` over the batches timed at each batch size, keyed as the
+    wall-clock speed-ups are (`"1"`, `"32"`): the full model's FLOPs (`model.reference_flops`) over those the runs
+    count, on the very examples that were timed."""
+    speedups = {}
+    for batch_size, batches in (timing_batches or {}).items():
+        batches = [_without(batch, "labels") for batch in batches]
+        spent = collect(model, batches, fields=("flops",), **settings)["flops"].double().sum()
+        lengths = torch.cat([batch["attention_mask"].sum(-1) for batch in batches])
+        full = model.reference_flops(lengths.to(spent.device)).double().sum()
+        speedups[str(batch_size)] = float(full / spent)
+    return speedups
 
 
 def oracle_exits(all_logits: torch.Tensor) -> torch.Tensor:
@@ -249,6 +266,7 @@ def measure_points(
             wallclock_speedup=speedups,
             latency_ms=latency,
             latency_p90_ms=p90,
+            timed_flops_speedup=timed_flops_speedup(model, timing_batches, **settings),
         )
         results.append(point)
     return results
@@ -441,6 +459,7 @@ def measure_token_points(
             wallclock_speedup=speedups,
             latency_ms=latency,
             latency_p90_ms=p90,
+            timed_flops_speedup=timed_flops_speedup(model, timing_batches, **settings),
         ).to_dict()
         point.update({key: scores[key] for key in ("precision", "recall", "f1_per_type", "token_accuracy")})
         results.append(point)
@@ -499,6 +518,7 @@ __all__ = [
     "measure_points",
     "measure_token_points",
     "oracle_exits",
+    "timed_flops_speedup",
     "oracle_point",
     "plain_baseline",
     "plain_token_baseline",

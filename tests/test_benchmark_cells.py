@@ -237,6 +237,10 @@ def test_conll_benchmark_runs_every_kind(tiny_conll):
     stage2 = json.loads((root / "results" / "stage2-seed0.json").read_text())["result"]
     assert {p["criterion"] for p in stage2["points"]} == {"SENTEE", "TOKEE"} and len(stage2["exit_f1"]) == 4
     assert set(stage2["oracle"]) == {"token", "sentence"}
+    for point in stage2["points"]:  # the FLOPs speed-up of the sentences timed, at each timed batch size
+        measured = point["measured"]
+        assert set(measured["timed_flops_speedup"]) == set(measured["wallclock_speedup"]) == {"1", "4"}
+        assert all(value >= 1.0 - 1e-6 for value in measured["timed_flops_speedup"].values())
     # the teacher logits stay with the checkpoints (derived from research-only data), never in the results
     assert not list((root / "results").glob("*.safetensors"))
     text = "\n".join(render_benchmark("CoNLL (tiny)", root / "results"))

@@ -48,6 +48,12 @@ def test_measure_points_reports_what_the_runs_give():
     assert points[0].flops_speedup == pytest.approx(float(full["flops"].sum() / out["flops"].sum()))
     assert points[1].flops_speedup == pytest.approx(1.0) and points[1].layer_speedup == pytest.approx(1.0)
     assert set(points[0].wallclock_speedup) == {"1", "8"} and all(v > 0 for v in points[0].wallclock_speedup.values())
+    # the FLOPs speed-up the wall-clock is compared with is that of the sentences timed at each size, not the eval set's
+    for size, timed in {"1": [padded_inputs(batch_size=1, seed=9)], "8": batches[:1]}.items():
+        spent = collect(model, timed, exit_threshold=0.52)["flops"].sum()
+        reference = collect(model, timed, early_exit=False)["flops"].sum()
+        assert points[0].timed_flops_speedup[size] == pytest.approx(float(reference / spent))
+    assert points[1].timed_flops_speedup == {"1": pytest.approx(1.0), "8": pytest.approx(1.0)}
     table = markdown_table(points, batch_sizes=[1, 8])
     assert table.count("\n") == 4 and f"{100 * points[0].metric:.2f}" in table
 
