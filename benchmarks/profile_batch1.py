@@ -98,7 +98,7 @@ def instrumented(family: str, timers: Timers):
         (backbone_base.EncoderBackbone, "compact", "compaction"),
         (token_exit_utils.ActiveWords, "build", "compaction"),
         (backbone_base.EncoderBackbone, "active_queries", "compaction"),
-        (modeling_token_exit_bert, "active_query_layer", "encoder layers"),
+        (modeling_token_exit_bert, "active_query_layer", "encoder layers, packed (frozen words skipped)"),
     ]
     if family == "bypass":
         patches.append((modeling_bypass_bert.BertWithBypassExits, "_exit_logits", "exit heads"))
@@ -207,7 +207,7 @@ def profile(args) -> dict:
 
     with torch.inference_mode():
         run_model(), run_reference()  # warm-up
-        plain_times, model_times, breakdowns = [], [], []
+        plain_times, model_times, breakdowns, calls = [], [], [], []
         for _ in range(args.rounds):
             start = time.perf_counter()
             run_reference()
@@ -218,11 +218,13 @@ def profile(args) -> dict:
                 flops, reference_flops = run_model()
                 model_times.append(time.perf_counter() - start)
             breakdowns.append(dict(timers.seconds))
+            calls.append(dict(timers.calls))
     count = len(batches)
     total = statistics.median(model_times)
     components = {}
     for name in sorted({name for b in breakdowns for name in b}):
         components[name] = 1000 * statistics.median(b.get(name, 0.0) for b in breakdowns) / count
+    calls_per_sentence = {name: calls[0].get(name, 0) / count for name in components}  # the same in every round
     components["rest (Python, small ops of the loop)"] = 1000 * total / count - sum(components.values())
     plain = statistics.median(plain_times)
     return {
@@ -234,6 +236,7 @@ def profile(args) -> dict:
         "rounds": args.rounds,
         "ms_per_sentence": {"plain": 1000 * plain / count, "early_exit": 1000 * total / count},
         "components_ms": components,
+        "calls_per_sentence": calls_per_sentence,
         "wallclock_speedup": plain / total,
         "flops_speedup": reference_flops / flops if flops else None,
         "machine": machine_info(),
@@ -250,11 +253,14 @@ def markdown(result: dict) -> str:
         f"{result['wallclock_speedup']:.2f}x (plain {result['ms_per_sentence']['plain']:.2f} ms, early exit "
         f"{per_sentence:.2f} ms per sentence)",
         "",
-        "| component | ms per sentence | share |",
-        "| --- | ---: | ---: |",
+        "| component | ms per sentence | share | calls per sentence | ms per call |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
+    calls = result.get("calls_per_sentence", {})
     for name, ms in sorted(result["components_ms"].items(), key=lambda item: -item[1]):
-        lines.append(f"| {name} | {ms:.3f} | {100 * ms / per_sentence:.1f} % |")
+        count = calls.get(name)
+        per_call = f"{count:.2f} | {ms / count:.3f}" if count else "- | -"
+        lines.append(f"| {name} | {ms:.3f} | {100 * ms / per_sentence:.1f} % | {per_call} |")
     return "\n".join(lines)
 
 

@@ -30,4 +30,34 @@ def test_profile_accounts_for_the_whole_forward(tmp_path, family):
     assert sum(components.values()) == pytest.approx(result["ms_per_sentence"]["early_exit"], rel=1e-9)
     assert components["rest (Python, small ops of the loop)"] >= 0
     assert json.loads((tmp_path / "profile.json").read_text())["sentences"] == 8
-    assert "| component | ms per sentence | share |" in (tmp_path / "profile.md").read_text()
+    assert (
+        "| component | ms per sentence | share | calls per sentence | ms per call |"
+        in (tmp_path / "profile.md").read_text()
+    )
+    # thresholds that never fire: every sentence runs every layer (and every exit head, or both cascade members)
+    calls = result["calls_per_sentence"]
+    if family == "bypass":
+        assert calls["encoder layers"] == 6 and calls["exit heads"] == 6
+    else:
+        assert calls["cascade members"] == 2
+
+
+def test_profile_of_token_exit_counts_packed_layers_apart(tmp_path):
+    from benchmarks import profile_batch1
+
+    tiny_tokenizer(tmp_path).save_pretrained(tmp_path / "model")
+    torch.manual_seed(0)
+    BertModel(BertConfig(**tiny_config_kwargs(num_hidden_layers=6))).save_pretrained(tmp_path / "model")
+    lines = []
+    for sentence, _ in sst2_rows("dev", limit=6):
+        lines += [f"{word} NN O O" for word in sentence.split()[:12]] + [""]
+    (tmp_path / "valid.txt").write_text("\n".join(lines) + "\n")
+    # every word leaves at the first exit whose window is certain enough: with a threshold of 1.0 all do at once
+    result = profile_batch1.main(
+        ["--family", "token", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "valid.txt")]
+        + ["--settings", '{"exit_mode": "token", "exit_threshold": 1.0}', "--sentences", "6", "--rounds", "1"]
+    )
+    components, calls = result["components_ms"], result["calls_per_sentence"]
+    assert sum(components.values()) == pytest.approx(result["ms_per_sentence"]["early_exit"], rel=1e-9)
+    assert calls["encoder layers"] == 1 and calls["exit heads"] == 1  # the first layer, then every word is done
+    assert "encoder layers, packed (frozen words skipped)" not in calls
