@@ -217,6 +217,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--checkpoint", required=True, help="a trained and calibrated early-exit checkpoint")
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
+        "--tokenizer", default=None, help="tokenizer path or id (default: the checkpoint's, else the backbone's)"
+    )
+    parser.add_argument(
         "--data", default=None, help="SST-2 dev TSV or CoNLL validation file (default: the shared data)"
     )
     parser.add_argument("--sentences", type=int, default=256)

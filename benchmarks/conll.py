@@ -27,7 +27,8 @@ and is measured on the validation set (entity F1, seqeval). Cells, one result fi
 `stage1` and `stage2` are calibrated for SENTEE and TOKEE (window among `--windows`) at each target FLOPs speed-up on
 the slice and run for real on the validation set; their oracle bounds (each word, or each sentence, leaves at the first
 exit that agrees with the last) come from a full-depth run. Wall-clock: `--timing_sentences` validation sentences at
-each batch size, interleaved batch by batch with a plain `BertForTokenClassification` of the full size.
+each batch size, timed against a plain `BertForTokenClassification` of the full size, the two taking turns every
+block of 32 sentences.
 
 CoNLL-2003 is for research only: the data is read from `--train` / `--dev` (by default `../shared/data/conll2003/`
 beside the repository) and never copied into it.

@@ -201,6 +201,21 @@ def expected_cells(plan_names: list[str], rows: dict[str, Row], seeds: tuple[int
     return list(dict.fromkeys([*plan_names, *again]))
 
 
+def _timing_turns(cells: list[dict]) -> str:
+    """How the measured cells interleaved the timed batches with the plain model's (recorded with each point since
+    the models take turns by blocks; earlier cells took turns at every batch)."""
+    blocks = set()
+    for cell in cells:
+        result = cell["result"]
+        measured = [result["measured"]] if "measured" in result else []
+        measured += [point["measured"] for point in result.get("points", [])]
+        blocks |= {m.get("timing_block_examples") for m in measured}
+    texts = sorted("at every batch" if block is None else f"every block of {block} sentences" for block in blocks)
+    if len(texts) > 1:
+        return " or ".join(texts) + " (cells differ: see each cell's `timing_block_examples`)"
+    return texts[0] if texts else "at every batch"
+
+
 def _metric_name(cells: list[dict]) -> str:
     for cell in cells:
         measured = cell["result"].get("measured") or next(iter(cell["result"].get("points", [])), {}).get("measured")
@@ -249,8 +264,10 @@ def render_benchmark(title: str, folder: Path, plan_names: list[str] | None = No
         "(training, calibration and measuring), on "
         + "; ".join(machines)
         + f", {first['measuring']['threads']} torch thread(s) while measuring. Timing: "
-        f"{first['measuring']['timing_sentences']} dev sentences per batch size, interleaved batch by batch with the "
-        f"plain transformers model of the full size, median of {first['measuring']['timing_rounds']} rounds.",
+        f"{first['measuring']['timing_sentences']} dev sentences per batch size, timed against the plain "
+        "transformers model of the full size, the two taking turns "
+        + _timing_turns(cells)
+        + f", median of {first['measuring']['timing_rounds']} rounds.",
         "",
     ]
     if curve is not None:

@@ -66,7 +66,14 @@ from benchmarks.common import (
 from hf_earlyexit import BertForCascadeClassification, BertWithBypassExits
 from hf_earlyexit.calibration import calibrate, record
 from hf_earlyexit.data import load_text_classification
-from hf_earlyexit.evaluation import collect, make_batches, measure_points, oracle_point, plain_baseline
+from hf_earlyexit.evaluation import (
+    collect,
+    make_batches,
+    measure_points,
+    oracle_point,
+    plain_baseline,
+    timed_flops_speedup,
+)
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -302,6 +309,9 @@ def measure_static(model, reference_model, data: Data, args, progress) -> dict:
         model.reference_flops(data.dev_lengths).sum()
     )
     point.layer_speedup = reference_model.full_depth_layers / model.full_depth_layers
+    point.timed_flops_speedup = timed_flops_speedup(
+        model, data.timing, reference_model.reference_flops, early_exit=False
+    )
     return point.to_dict()
 
 

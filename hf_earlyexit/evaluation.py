@@ -42,6 +42,7 @@ from .metrics import (
 
 # the timing primitives were defined here before `hf_earlyexit.timing`; importing them from here still works
 from .timing import (
+    TIMING_BLOCK_EXAMPLES,
     forward_all,
     forward_one,
     interleaved_batch_latency,
@@ -152,6 +153,9 @@ class SweepPoint:
     # the FLOPs speed-up over the examples timed at each batch size (often a subset of the evaluation set, whose
     # `flops_speedup` can differ): what the wall-clock speed-up at that size is to be compared with
     timed_flops_speedup: dict[str, float] = field(default_factory=dict)
+    # how the timed batches were interleaved with the reference's: the models took turns every block of this many
+    # examples (`None` in results measured before it was recorded, when they took turns at every batch)
+    timing_block_examples: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -162,16 +166,22 @@ class SweepPoint:
         return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
 
-def timed_flops_speedup(model, timing_batches: dict[int, Sequence[dict]] | None, **settings) -> dict[str, float]:
+def timed_flops_speedup(
+    model,
+    timing_batches: dict[int, Sequence[dict]] | None,
+    reference_flops: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    **settings,
+) -> dict[str, float]:
     """The FLOPs speed-up of `model` with forward `settings` over the batches timed at each batch size, keyed as the
-    wall-clock speed-ups are (`"1"`, `"32"`): the full model's FLOPs (`model.reference_flops`) over those the runs
-    count, on the very examples that were timed."""
+    wall-clock speed-ups are (`"1"`, `"32"`): the full model's FLOPs (`reference_flops(lengths)`, default
+    `model.reference_flops`) over those the runs count, on the very examples that were timed."""
+    reference_flops = reference_flops if reference_flops is not None else model.reference_flops
     speedups = {}
     for batch_size, batches in (timing_batches or {}).items():
         batches = [_without(batch, "labels") for batch in batches]
         spent = collect(model, batches, fields=("flops",), **settings)["flops"].double().sum()
         lengths = torch.cat([batch["attention_mask"].sum(-1) for batch in batches])
-        full = model.reference_flops(lengths.to(spent.device)).double().sum()
+        full = reference_flops(lengths.to(spent.device)).double().sum()
         speedups[str(batch_size)] = float(full / spent)
     return speedups
 
@@ -231,7 +241,7 @@ def measure_points(
     For every `(method, settings)` point: the metric, mean exit layer and layer / FLOPs speed-up come from running the
     model with `settings` over `eval_batches`; the wall-clock speed-up at each batch size of `timing_batches` is the
     time of `reference` (default: [`plain_baseline`]) over the time of the model with `settings`, on the same batches,
-    interleaved batch by batch in this process ([`interleaved_batch_latency`]); `latency_p90_ms` is the 90th percentile
+    the two taking turns every block of 32 examples in this process ([`interleaved_batch_latency`]); `latency_p90_ms` is the 90th percentile
     of the time per example over the timed batches (per sentence at batch size 1).
 
     Args:
@@ -267,6 +277,7 @@ def measure_points(
             latency_ms=latency,
             latency_p90_ms=p90,
             timed_flops_speedup=timed_flops_speedup(model, timing_batches, **settings),
+            timing_block_examples=TIMING_BLOCK_EXAMPLES if timing_batches else None,
         )
         results.append(point)
     return results
@@ -288,6 +299,21 @@ def _without(batch: dict, *names: str) -> dict:
     return {key: value for key, value in batch.items() if key not in names}
 
 
+def token_reference_flops(model, full_config=None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The FLOPs speed-ups' reference of a token model: per sentence of each length, the full-depth model of
+    `full_config` (default: the model's own full depth, priced by its encoder's cost model; another config, e.g. the
+    full size a static tagger is compared with, by BERT's)."""
+    from .models.bert.exit_utils import classifier_head_flops, encoder_layer_flops
+
+    if full_config is None or full_config is model.config:
+        return model.reference_flops
+    return lambda lengths: (
+        full_config.num_hidden_layers
+        * encoder_layer_flops(lengths, full_config.hidden_size, full_config.intermediate_size)
+        + lengths * classifier_head_flops(full_config.hidden_size, full_config.num_labels)
+    )
+
+
 @torch.inference_mode()
 def token_scores(model, batches: Sequence[dict], full_config=None, **settings) -> dict:
     """Entity scores (seqeval, micro), word accuracy and exit statistics of real runs of a [`BertForTokenEarlyExit`]
@@ -300,10 +326,9 @@ def token_scores(model, batches: Sequence[dict], full_config=None, **settings) -
         `dict` with `f1`, `precision`, `recall`, `f1_per_type`, `token_accuracy`, `metric` (F1 for IOB-style tags,
         else word accuracy; see [`token_metric_name`]), `mean_exit_layer`, `layer_speedup` and `flops_speedup`.
     """
-    from .models.bert.exit_utils import classifier_head_flops, encoder_layer_flops
-
     full_config = full_config if full_config is not None else model.config
     full_layers = full_config.num_hidden_layers
+    full_flops = token_reference_flops(model, full_config)
     predictions, references = [], []
     correct = words = depth = flops = reference = 0
     for batch in batches:
@@ -317,16 +342,7 @@ def token_scores(model, batches: Sequence[dict], full_config=None, **settings) -
         words += int(starts.sum())
         depth += int(out.exit_layer[starts].sum())
         flops += int(out.flops.sum())
-        lengths = batch["attention_mask"].sum(-1)
-        if full_config is model.config:  # the model's own full depth, priced by its encoder's cost model
-            reference += int(model.reference_flops(lengths).sum())
-            continue
-        reference += int(
-            (
-                full_layers * encoder_layer_flops(lengths, full_config.hidden_size, full_config.intermediate_size)
-                + lengths * classifier_head_flops(full_config.hidden_size, full_config.num_labels)
-            ).sum()
-        )
+        reference += int(full_flops(batch["attention_mask"].sum(-1)).sum())
     scores = entity_scores(predictions, references) if entity_types(model.config.id2label.values()) else None
     result = {
         "f1": scores["f1"] if scores else None,
@@ -407,7 +423,7 @@ def token_wallclock(
 ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """Wall-clock speed-up of `model` with `settings` over `reference` (e.g. [`plain_token_baseline`]), latency per
     sentence in milliseconds and its 90th percentile over the timed batches, per timed batch size: the same batches,
-    interleaved batch by batch ([`interleaved_batch_latency`]), medians over rounds."""
+    the two models taking turns every block of 32 sentences ([`interleaved_batch_latency`]), medians over rounds."""
     model_batches = {
         size: [_without(batch, "labels") for batch in batches] for size, batches in timing_batches.items()
     }
@@ -459,7 +475,10 @@ def measure_token_points(
             wallclock_speedup=speedups,
             latency_ms=latency,
             latency_p90_ms=p90,
-            timed_flops_speedup=timed_flops_speedup(model, timing_batches, **settings),
+            timed_flops_speedup=timed_flops_speedup(
+                model, timing_batches, token_reference_flops(model, full_config), **settings
+            ),
+            timing_block_examples=TIMING_BLOCK_EXAMPLES if timing_batches else None,
         ).to_dict()
         point.update({key: scores[key] for key in ("precision", "recall", "f1_per_type", "token_accuracy")})
         results.append(point)
@@ -519,6 +538,7 @@ __all__ = [
     "measure_token_points",
     "oracle_exits",
     "timed_flops_speedup",
+    "token_reference_flops",
     "oracle_point",
     "plain_baseline",
     "plain_token_baseline",

@@ -129,6 +129,8 @@ def test_sst2_benchmark_runs_every_kind_and_resumes_by_cell(tiny_sst2):
     assert BertForCascadeClassification.from_pretrained(assembled / "final").exit_layers == [1, 5]
     static = json.loads((results / "static-1L-seed0.json").read_text())["result"]["measured"]
     assert static["flops_speedup"] > 3
+    # priced against the full size on the timed sentences too (not against the static model's own depth)
+    assert set(static["timed_flops_speedup"]) == {"1", "4"} and min(static["timed_flops_speedup"].values()) > 3
     # the ablation cell's trainer used its option, the plain multi-exit cell's did not
     ablation = json.loads((results / "multi_exit-bypass-self_distillation-seed0.json").read_text())["result"]
     assert ablation["training"]["loss"]["self_distillation_weight"] == 1.0

@@ -54,6 +54,7 @@ def test_measure_points_reports_what_the_runs_give():
         reference = collect(model, timed, early_exit=False)["flops"].sum()
         assert points[0].timed_flops_speedup[size] == pytest.approx(float(reference / spent))
     assert points[1].timed_flops_speedup == {"1": pytest.approx(1.0), "8": pytest.approx(1.0)}
+    assert points[0].timing_block_examples == 32
     table = markdown_table(points, batch_sizes=[1, 8])
     assert table.count("\n") == 4 and f"{100 * points[0].metric:.2f}" in table
 
@@ -112,9 +113,38 @@ def test_interleaved_batch_latency_times_every_batch_of_every_model():
         batches,
         rounds=2,
         warmup=1,
+        block_examples=1,
     )
     # warm-up and two rounds, each model once per batch, the order alternating from batch to batch
     assert len(calls) == 3 * 3 * 2
     assert [name for name, _ in calls[6:12]] == ["a", "b", "b", "a", "a", "b"]
     assert len(timed["a"]["rounds"]) == 2 and len(timed["a"]["batch_s"]) == 3
     assert timed["a"]["median_s"] >= 0 and timed["a"]["p90_ms_per_example"] >= 0
+
+
+def test_interleaved_batch_latency_takes_turns_by_blocks_of_examples():
+    from hf_earlyexit.evaluation import interleaved_batch_latency
+
+    calls = []
+    batches = [{"input_ids": torch.zeros(1, 3) + i} for i in range(5)]
+    timed = interleaved_batch_latency(
+        {name: lambda b, name=name: calls.append((name, int(b["input_ids"][0, 0]))) for name in "ab"},
+        batches,
+        rounds=1,
+        warmup=0,
+        block_examples=2,
+    )
+    # blocks of two one-example batches (and the last one alone): a runs a block, then b; the order alternates
+    assert calls == [
+        ("a", 0),
+        ("a", 1),
+        ("b", 0),
+        ("b", 1),
+        ("b", 2),
+        ("b", 3),
+        ("a", 2),
+        ("a", 3),
+        ("a", 4),
+        ("b", 4),
+    ]
+    assert len(timed["b"]["batch_s"]) == 5
