@@ -576,6 +576,15 @@ MEASURED_SECTIONS = (
         "(interleaved, medians over rounds), the pieces of the exit loop timed by wrapping them.",
     ),
     (
+        "timing",
+        "How often the timed models take turns",
+        "*.json",
+        "`benchmarks/timing_turns.py`: the early-exit model against the plain one at batch size 1, the two taking "
+        "turns every N sentences. Turns at every sentence push the plain model's weights through the caches before "
+        "each early-exit call, which a model serving request after request never meets; the benchmarks take turns "
+        "every 32 examples (`hf_earlyexit.timing.interleaved_batch_latency`).",
+    ),
+    (
         "divergence",
         "Why the divergence criterion trails max-prob",
         "*.json",
