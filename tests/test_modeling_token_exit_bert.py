@@ -738,3 +738,27 @@ def test_minilm_tokee_batch_invariance_on_conll(minilm):
         assert torch.equal(single.logits[0].argmax(-1), batched.logits[row, :length].argmax(-1))
         torch.testing.assert_close(single.logits[0], batched.logits[row, :length], rtol=0, atol=1e-5)
         assert int(single.flops) == int(batched.flops[row])
+
+
+def test_token_flops_read_from_the_table_equal_the_formula():
+    from hf_earlyexit.models.bert.token_exit_utils import token_exit_flops
+
+    model = tiny_model()
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([3, 7, 12, 30])
+    exit_layer = torch.randint(1, model.config.num_hidden_layers + 1, (4, 30), generator=generator)
+    exit_layer = torch.where(torch.arange(30) < lengths.unsqueeze(-1), exit_layer, 0)
+    config = model.config
+    formula = token_exit_flops(
+        exit_layer, lengths, model.exit_layers, config.hidden_size, config.intermediate_size, model.num_labels,
+        head_flops=model.head_flops(),
+    )  # fmt: skip
+    assert torch.equal(model.token_flops(exit_layer, lengths), formula)
+    # a length beyond the table (more than the position embeddings) falls back to the formula
+    long = torch.tensor([config.max_position_embeddings + 5])
+    beyond = torch.full((1, int(long)), 2)
+    expected = token_exit_flops(
+        beyond, long, model.exit_layers, config.hidden_size, config.intermediate_size, model.num_labels,
+        head_flops=model.head_flops(),
+    )  # fmt: skip
+    assert torch.equal(model.token_flops(beyond, long), expected)

@@ -35,7 +35,14 @@ from .exit_forward import ExitCall, embed_encoder, exit_loss, full_depth_exit_lo
 from .exit_utils import classifier_head_flops
 from .forward_checks import check_forward_kwargs, check_mask, check_token_inputs
 from .modeling_exit_heads import EarlyExitModelMixin, TokenHead, plain_bert_model, plain_task_model, token_head
-from .token_exit_utils import IGNORE_INDEX, ActiveWords, TokenExitRule, token_exit_flops, word_layout
+from .token_exit_utils import (
+    IGNORE_INDEX,
+    ActiveWords,
+    TokenExitRule,
+    token_exit_flops,
+    token_layer_costs,
+    word_layout,
+)
 
 
 # attention implementations whose masks fit packed queries against all keys (a rectangular padding mask)
@@ -244,6 +251,17 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         (`exit_layer` `(batch, seq)`, 0 at padding), as the forward's `flops` counts them (see `token_exit_flops`);
         what calibration prices replayed exits with. Shape `(batch,)`."""
         backbone, config = self.encoder_backbone, self.base_model.config
+
+        def layer_flops(n, q, layer_index):
+            return backbone.layer_flops(config, n, q, layer_index)
+
+        table = self.__dict__.get("_token_flops_table")  # every length's layer costs, built on the first call
+        if table is None or table.device != lengths.device:
+            every_length = torch.arange(getattr(config, "max_position_embeddings", 512) + 1, device=lengths.device)
+            table = token_layer_costs(
+                every_length, self.config.hidden_size, self.config.intermediate_size, layer_flops
+            )
+            self.__dict__["_token_flops_table"] = table
         return token_exit_flops(
             exit_layer,
             lengths,
@@ -251,9 +269,10 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
             self.config.hidden_size,
             self.config.intermediate_size,
             self.num_labels,
-            layer_flops=lambda n, q, layer_index: backbone.layer_flops(config, n, q, layer_index),
+            layer_flops=layer_flops,
             head_flops=self.head_flops(),
             call_flops=backbone.batch_layer_flops(config, 1),
+            per_length=table,
         )
 
     def flops_per_exit(self, lengths: torch.Tensor) -> torch.Tensor:
@@ -531,6 +550,8 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
             )
             context = backbone.compact(context, None, columns)
         active = context.attention_mask.bool()
+        # word slots per row of every layout the loop builds (rows only leave, so their count never grows)
+        max_words = max(int(word_index.max()) + 1, 1) if word_index.numel() else 1
         flat_logits, flat_exit_layer = out_logits.view(-1, self.num_labels), exit_layer.view(-1)
         changed = True  # the active set (or the batch) changed since the last layer
 
@@ -540,7 +561,7 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
             for i, layer_module in enumerate(layers):
                 layer_number = i + 1
                 if changed:
-                    words = ActiveWords.build(active, word_index, word_start)
+                    words = ActiveWords.build(active, word_index, word_start, max_words)
                     # where each active position's outputs go in the caller's (batch, seq) layout
                     out_positions = batch.caller_positions(words.positions, words.rows, active.shape[1])
                     # the plain layer only when it wastes nothing: no frozen position and no padding; otherwise the

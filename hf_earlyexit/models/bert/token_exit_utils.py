@@ -352,14 +352,19 @@ class ActiveWords:
     active_words: torch.Tensor
 
     @classmethod
-    def build(cls, active: torch.Tensor, word_index: torch.Tensor, word_start: torch.Tensor) -> "ActiveWords":
-        """From the `(batch, seq)` active mask and the [`word_layout`] of the same rows."""
+    def build(
+        cls, active: torch.Tensor, word_index: torch.Tensor, word_start: torch.Tensor, max_words: int | None = None
+    ) -> "ActiveWords":
+        """From the `(batch, seq)` active mask and the [`word_layout`] of the same rows; `max_words`, slots per row, at
+        least the most words of a row (default: counted, a host synchronisation; a loop that rebuilds the layout
+        passes the count of its first batch)."""
         batch_size, seq_len = active.shape
         positions = active.reshape(-1).nonzero().squeeze(-1)
         rows = torch.div(positions, seq_len, rounding_mode="floor")
         words = word_index.reshape(-1).index_select(0, positions)
         # at least one slot per row, so that rows without words (only [CLS] [SEP]) have a layout with nothing active
-        max_words = max(int(word_index.max()) + 1, 1) if word_index.numel() else 1
+        if max_words is None:
+            max_words = max(int(word_index.max()) + 1, 1) if word_index.numel() else 1
         spare = batch_size * max_words
         word_slot = torch.where(words >= 0, rows * max_words + words, spare)
         starts = word_start.reshape(-1).index_select(0, positions).nonzero().squeeze(-1)
@@ -404,6 +409,7 @@ def token_exit_flops(
     layer_flops: Callable | None = None,
     head_flops: int | None = None,
     call_flops: int = 0,
+    per_length: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """FLOPs of each sentence of an early-exit run, from the layer at which each of its positions stopped.
 
@@ -421,6 +427,8 @@ def token_exit_flops(
             backbone's `layer_flops`, linear in `q`; layers after the first all cost the same). Default: BERT's.
         head_flops: The cost of one head at one position (default `2dC`).
         call_flops: What each layer a sentence runs costs it besides (DeBERTa-v2's relative position projections).
+        per_length: Optional `(3, max_length + 1)` table of [`token_layer_costs`] for every length (read instead of
+            computed, for the lengths it covers: at batch size 1 the dozen small operations cost more than a head).
 
     Returns:
         `(batch,)` long.
@@ -428,19 +436,33 @@ def token_exit_flops(
     lengths = lengths.long()
     depth = exit_layer.amax(dim=-1)
     query_layers = exit_layer.sum(dim=-1)
-    if layer_flops is None:
-
-        def layer_flops(n, q, layer_index=0):
-            return encoder_layer_flops(n, hidden_size, intermediate_size, num_queries=q)
-
-    keys_and_values = layer_flops(lengths, 0, 1)
-    per_query = layer_flops(lengths, 1, 1) - keys_and_values
-    first_layer_extra = layer_flops(lengths, 0, 0) - keys_and_values  # DeBERTa-v2's convolution after layer 0
+    if per_length is not None and int(lengths.max()) < per_length.shape[1]:
+        keys_and_values, per_query, first_layer_extra = per_length[:, lengths]
+    else:
+        keys_and_values, per_query, first_layer_extra = token_layer_costs(
+            lengths, hidden_size, intermediate_size, layer_flops
+        )
     layers = torch.tensor(exit_layers, device=exit_layer.device)
     head_evaluations = (exit_layer.unsqueeze(-1) >= layers).sum(dim=(1, 2))
     head = classifier_head_flops(hidden_size, num_labels) if head_flops is None else head_flops
     flops = depth * (keys_and_values + call_flops) + query_layers * per_query + head_evaluations * head
     return flops + (depth > 0) * first_layer_extra
+
+
+def token_layer_costs(
+    lengths: torch.Tensor, hidden_size: int, intermediate_size: int, layer_flops: Callable | None = None
+) -> torch.Tensor:
+    """`(3, batch)` per sentence of each length: what a layer costs it for keys and values, what each query adds, and
+    what the first layer costs beyond that (the terms of [`token_exit_flops`]; `layer_flops` as there)."""
+    if layer_flops is None:
+
+        def layer_flops(n, q, layer_index=0):
+            return encoder_layer_flops(n, hidden_size, intermediate_size, num_queries=q)
+
+    keys_and_values = torch.as_tensor(layer_flops(lengths, 0, 1), device=lengths.device).long()
+    per_query = torch.as_tensor(layer_flops(lengths, 1, 1), device=lengths.device).long() - keys_and_values
+    first_layer_extra = torch.as_tensor(layer_flops(lengths, 0, 0), device=lengths.device).long() - keys_and_values
+    return torch.stack([keys_and_values, per_query, first_layer_extra.expand_as(keys_and_values)])
 
 
 # --------------------------------------------------------------------------------------------------------------------
