@@ -29,6 +29,7 @@ Writes `results.json` and `results.md` to `--output_dir`; `main(argv)` returns t
 import argparse
 import asyncio
 import json
+import os
 import socket
 import statistics
 import sys
@@ -122,6 +123,11 @@ async def load(
     }
 
 
+def sentences_sent(sentences: list[str], requests: int, per_request: int) -> list[str]:
+    """The sentences the clients of one level send (as `load` picks them: in order, cycling), warm-up aside."""
+    return [sentences[k % len(sentences)] for k in range(requests * per_request)]
+
+
 def flops_speedup(model_path: str, sentences: list[str], settings: dict) -> float:
     """The early-exit model's FLOPs speed-up on the sentences, one at a time as the server's clients send them."""
     from transformers import AutoModel, AutoTokenizer
@@ -190,7 +196,7 @@ def main(argv=None) -> dict:
     }
     # the FLOPs speed-up of the sentences the clients send (the first `requests * inputs_per_request`, cycling), which
     # the throughput ratio is compared with: that of the whole file can differ
-    sent = [sentences[k % len(sentences)] for k in range(args.requests * args.inputs_per_request)]
+    sent = sentences_sent(sentences, args.requests, args.inputs_per_request)
     speedup = flops_speedup(args.model, sent, settings)
     costs = in_process_costs(args.model, sentences, args.threads)
     del model
@@ -248,6 +254,9 @@ def main(argv=None) -> dict:
         "results": results,
         "summary": summary,
         "machine": machine_info(),
+        # Ray Serve's own settings from the environment (e.g. RAY_SERVE_THROUGHPUT_OPTIMIZED=1), which the servers
+        # inherit
+        "ray_serve_environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith("RAY_SERVE_")},
     }
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -296,6 +305,9 @@ def render(output: dict) -> str:
         "",
         f"Machine: {m['processor']}, {m['cpu_count']} cores, {output['settings']['threads']} torch thread(s) per replica.",
     ]
+    environment = output.get("ray_serve_environment")
+    if environment:
+        lines[-1] += " Ray Serve settings: " + ", ".join(f"`{k}={v}`" for k, v in environment.items()) + "."
     return "\n".join(lines)
 
 

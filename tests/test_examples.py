@@ -187,3 +187,19 @@ def test_benchmark_token_bad_arguments(tmp_path, extra, message, capsys):
     with pytest.raises(SystemExit):
         module.parse_args(["--train_file", str(train), "--dev_file", str(train), *extra])
     assert message in capsys.readouterr().err
+
+
+def test_serving_benchmark_prices_the_sentences_it_sends_and_names_ray_settings():
+    serving = load_example("benchmark_serving")
+    sentences = [f"s{i}" for i in range(5)]
+    # one per request: the first `requests` sentences, cycling; several: consecutive groups, cycling
+    assert serving.sentences_sent(sentences, 3, 1) == ["s0", "s1", "s2"]
+    assert serving.sentences_sent(sentences, 3, 2) == ["s0", "s1", "s2", "s3", "s4", "s0"]
+    output = {
+        "model": "cascade", "served_settings": {}, "flops_speedup": 2.0, "sentences": 872, "sentences_sent": 256,
+        "settings": {"threads": 1, "inputs_per_request": 1}, "in_process": {"predict_ms_per_sentence": 1.0,
+        "forward_ms_per_sentence": 0.9}, "machine": {"processor": "cpu", "cpu_count": 2}, "summary": {},
+        "results": {"early_exit": {}, "plain": {}}, "ray_serve_environment": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    }  # fmt: skip
+    text = serving.render(output)
+    assert "on the 256 sentences sent" in text and "`RAY_SERVE_THROUGHPUT_OPTIMIZED=1`" in text
