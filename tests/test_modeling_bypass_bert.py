@@ -160,6 +160,29 @@ def test_batch_where_all_exit_early_runs_one_layer():
     assert len(calls) == 1 and out.exit_layer.eq(1).all()
 
 
+@pytest.mark.parametrize("output_hidden_states", [False, True])
+def test_rows_left_answering_together_end_the_loop_with_the_answers_of_single_calls(output_hidden_states):
+    model = tiny_model(num_labels=2)
+    inputs = padded_inputs(batch_size=8, seed=3)
+    # about half leave at the first exit, every remaining example at the second
+    thresholds = [spread_thresholds(model, inputs)[0], 0.0, 1.0, 1.0]
+    rows_seen = []
+    for layer in model.bert.encoder.layer:
+        layer.register_forward_hook(lambda m, args, out: rows_seen.append(args[0].shape[0]))
+    with torch.no_grad():
+        out = model(**inputs, exit_threshold=thresholds, output_hidden_states=output_hidden_states)
+    assert 0 < int(out.exit_layer.eq(1).sum()) < 8 and out.exit_layer.le(2).all()
+    assert rows_seen == [8, int(out.exit_layer.eq(2).sum())]
+    for i in range(8):
+        length = int(inputs["attention_mask"][i].sum())
+        with torch.no_grad():
+            single = model(input_ids=inputs["input_ids"][i : i + 1, :length], exit_threshold=thresholds)
+        assert int(single.exit_layer) == int(out.exit_layer[i])
+        torch.testing.assert_close(single.logits[0], out.logits[i], rtol=0, atol=1e-5)
+    if output_hidden_states:
+        assert len(out.hidden_states) == 5 and out.hidden_states[3].eq(0).all()  # layers no row ran are zeros
+
+
 @pytest.mark.parametrize("use_bypass, pooling", [(True, "mean"), (False, "pooler"), (True, "cls")])
 def test_executed_flops_follow_reported_flops(use_bypass, pooling):
     model = tiny_model(num_labels=3, use_bypass=use_bypass, exit_pooling=pooling)

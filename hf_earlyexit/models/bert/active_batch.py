@@ -205,6 +205,11 @@ class ActiveBatch:
         return self._columns
 
     @property
+    def is_whole(self) -> bool:
+        """No row has left yet: the current rows are the caller's batch, in order."""
+        return not self._shrunk
+
+    @property
     def recorded_rows(self) -> torch.Tensor | None:
         """The rows [`LayerOutputs`] writes the current tensors at: `None` while every row runs (the tensors are the
         whole batch's), else `rows`."""

@@ -392,8 +392,11 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
                     break
                 fires, counter = rule.step(k, logits, prev_logits, counter, batch.threshold_rows)
                 if bool(fires.any()):
-                    if batch_size == 1:  # the only example answers: nothing to write back or to compact
-                        return logits.to(out_logits.dtype), exit_index.fill_(k)
+                    if fires.shape[0] == 1 or bool(fires.all()):  # every current row answers: nothing to compact
+                        if batch.is_whole:  # nor to write back: the current rows are the caller's, in order
+                            return logits.to(out_logits.dtype), exit_index.fill_(k)
+                        batch.scatter(None, (out_logits, logits), (exit_index, k))
+                        break
                     batch.scatter(fires, (out_logits, logits), (exit_index, k))
                     stay = ~fires
                     kept = batch.drop_rows(stay, hidden_states, logits, counter)
