@@ -13,9 +13,10 @@
 # limitations under the License.
 """Does early exit still pay on top of int8, bf16 and torch.compile? Plain vs early exit under each treatment.
 
-Each treatment is applied alike to the early-exit model (with the settings its config was calibrated to) and to the
-plain transformers model of the full size with the same weights, and the two are timed side by side (interleaved,
-medians over rounds) at batch size 1 and 32 on the same real sentences:
+Each treatment is applied alike to the early-exit model (with the exit settings its config was calibrated to, or
+`--settings`, e.g. a converged benchmark's calibrated point) and to the plain transformers model of the full size with
+the same weights, and the two are timed side by side (interleaved, medians over rounds) at batch size 1 and 32 on the
+same real sentences:
 
 - `fp32`: as trained;
 - `int8`: `torch.ao` dynamic quantization of every linear layer (`quantize_dynamic(model, {nn.Linear}, qint8)`);
@@ -78,12 +79,13 @@ def padded_batches(tokenizer, family: str, items, batch_size: int) -> list[dict]
     return batches
 
 
-def decisions(model, batches, family: str) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-    """Exit layers and predictions (flattened over real words for tokens), and the FLOPs spent / of the full model."""
+def decisions(model, batches, family: str, settings: dict) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """Exit layers and predictions (flattened over real words for tokens) under the exit `settings`, and the FLOPs spent
+    / of the full model."""
     exits, predictions, spent, full = [], [], 0.0, 0.0
     with torch.inference_mode():
         for batch in batches:
-            out = model(**batch)
+            out = model(**batch, **settings)
             if family == "token":
                 words = batch["word_ids"] >= 0
                 exits.append(out.exit_layer[words])
@@ -123,6 +125,7 @@ def labels_of(args, family: str, count: int) -> torch.Tensor | None:
 def measure(args) -> dict:
     torch.set_num_threads(args.threads)
     model, reference, tokenizer = load(args)
+    settings = json.loads(args.settings) if args.settings else {}
     items = sentences(args)
     gold = labels_of(args, args.family, len(items))
     timing = {size: padded_batches(tokenizer, args.family, items, size) for size in args.batch_sizes}
@@ -131,7 +134,7 @@ def measure(args) -> dict:
     for treatment in args.treatments:
         early, plain = treat(model, treatment), treat(reference, treatment)
         start = time.perf_counter()
-        exits, predictions, spent, full = decisions(early, scoring, args.family)  # compiles, for `compiled`
+        exits, predictions, spent, full = decisions(early, scoring, args.family, settings)  # compiles, for `compiled`
         full_pred = full_depth_predictions(early, scoring, args.family)
         warmup_s = time.perf_counter() - start
         if base_exits is None:
@@ -150,7 +153,7 @@ def measure(args) -> dict:
         for size, batches in timing.items():
             # the plain model gets the same batch without the token model's word alignment
             plain_inputs = {id(batch): {k: v for k, v in batch.items() if k != "word_ids"} for batch in batches}
-            run_plain, run_early = forward_one(plain), forward_one(early)
+            run_plain, run_early = forward_one(plain), forward_one(early, **settings)
             times = interleaved_batch_latency(
                 {
                     "plain": lambda batch, run=run_plain, inputs=plain_inputs: run(inputs[id(batch)]),
@@ -174,6 +177,7 @@ def measure(args) -> dict:
     return {
         "family": args.family,
         "checkpoint": args.checkpoint and Path(args.checkpoint).name,
+        "settings": settings or "the checkpoint's config",
         "sentences": len(items),
         "rounds": args.rounds,
         "threads": args.threads,
@@ -184,10 +188,11 @@ def measure(args) -> dict:
 
 
 def markdown(result: dict) -> str:
+    settings = result.get("settings", "the checkpoint's config")
     sizes = list(result["rows"][0]["wallclock_speedup"])
     header = " | ".join(f"wall-clock b{size} (vs fp32)" for size in sizes)
     lines = [
-        f"{result['family']} ({result['checkpoint']}): {result['sentences']} sentences, {result['rounds']} rounds, "
+        f"{result['family']} ({result['checkpoint']}, settings: {settings}): {result['sentences']} sentences, {result['rounds']} rounds, "
         f"{result['threads']} threads, {result['machine']['processor']}",
         "",
         f"| treatment | FLOPs speed-up | {header} | ms/example b1 plain → early exit | accuracy full depth → early exit "
@@ -221,6 +226,12 @@ def main(argv=None) -> dict:
     )
     parser.add_argument(
         "--data", default=None, help="SST-2 dev TSV or CoNLL validation file (default: the shared data)"
+    )
+    parser.add_argument(
+        "--settings",
+        default=None,
+        help="exit settings of every forward call, as JSON (e.g. a benchmark's calibrated point; default: the "
+        "checkpoint's config)",
     )
     parser.add_argument("--sentences", type=int, default=256)
     parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 32])

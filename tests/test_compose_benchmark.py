@@ -43,6 +43,19 @@ def test_every_treatment_is_compared_with_fp32(checkpoint):
     assert "| int8 |" in table and "| bf16 |" in table
 
 
+def test_settings_override_the_checkpoints_exit_settings(checkpoint):
+    from benchmarks import compose
+
+    never = '{"exit_criterion": "max_prob", "exit_threshold": 1.0}'
+    result = compose.main(
+        ["--family", "bypass", "--checkpoint", str(checkpoint / "model"), "--data", str(checkpoint / "dev.tsv")]
+        + ["--sentences", "4", "--batch_sizes", "2", "--rounds", "1", "--threads", "1", "--treatments", "fp32"]
+        + ["--settings", never]
+    )
+    assert result["settings"] == {"exit_criterion": "max_prob", "exit_threshold": 1.0}
+    assert result["rows"][0]["flops_speedup"] < 1.0  # nobody leaves early (the checkpoint alone: all leave at once)
+
+
 def test_fp32_must_come_first(checkpoint, capsys):
     from benchmarks import compose
 
