@@ -79,15 +79,22 @@ def padded_batches(tokenizer, family: str, items, batch_size: int) -> list[dict]
     return batches
 
 
+def word_starts(batch: dict) -> torch.Tensor:
+    """`(batch, seq)` True at the first word-piece of each word: one prediction per word, as the gold tags count them."""
+    from hf_earlyexit.models.bert.token_exit_utils import word_layout
+
+    return word_layout(batch["attention_mask"], batch["word_ids"])[1]
+
+
 def decisions(model, batches, family: str, settings: dict) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-    """Exit layers and predictions (flattened over real words for tokens) under the exit `settings`, and the FLOPs spent
+    """Exit layers and predictions (flattened over words, at their first word-piece, for tokens) under the exit `settings`, and the FLOPs spent
     / of the full model."""
     exits, predictions, spent, full = [], [], 0.0, 0.0
     with torch.inference_mode():
         for batch in batches:
             out = model(**batch, **settings)
             if family == "token":
-                words = batch["word_ids"] >= 0
+                words = word_starts(batch)
                 exits.append(out.exit_layer[words])
                 predictions.append(out.logits.argmax(-1)[words])
             else:
@@ -99,12 +106,12 @@ def decisions(model, batches, family: str, settings: dict) -> tuple[torch.Tensor
 
 
 def full_depth_predictions(model, batches, family: str) -> torch.Tensor:
-    """Predictions of the model at full depth (`early_exit=False`), flattened over real words for tokens."""
+    """Predictions of the model at full depth (`early_exit=False`), flattened over words for tokens."""
     predictions = []
     with torch.inference_mode():
         for batch in batches:
             logits = model(**batch, early_exit=False).logits
-            predictions.append(logits.argmax(-1)[batch["word_ids"] >= 0] if family == "token" else logits.argmax(-1))
+            predictions.append(logits.argmax(-1)[word_starts(batch)] if family == "token" else logits.argmax(-1))
     return torch.cat(predictions)
 
 
@@ -137,6 +144,11 @@ def measure(args) -> dict:
         exits, predictions, spent, full = decisions(early, scoring, args.family, settings)  # compiles, for `compiled`
         full_pred = full_depth_predictions(early, scoring, args.family)
         warmup_s = time.perf_counter() - start
+        if gold is not None and gold.numel() != predictions.numel():
+            raise ValueError(
+                f"{predictions.numel()} predictions for {gold.numel()} gold labels: some sentences were truncated "
+                "(the tokenizer's limit); give shorter sentences or fewer (--sentences)"
+            )
         if base_exits is None:
             base_exits, base_predictions = exits, predictions
         row = {
@@ -146,6 +158,7 @@ def measure(args) -> dict:
             "accuracy": None if gold is None else float((predictions == gold).float().mean()),
             "full_depth_accuracy": None if gold is None else float((full_pred == gold).float().mean()),
             "warmup_s": warmup_s,
+            **({"words": predictions.numel()} if args.family == "token" else {}),
             "wallclock_speedup": {},
             "ms_per_example": {},
             "plain_ms_per_example": {},

@@ -62,3 +62,28 @@ def test_fp32_must_come_first(checkpoint, capsys):
     with pytest.raises(SystemExit):
         compose.main(["--family", "bypass", "--checkpoint", str(checkpoint / "model"), "--treatments", "int8"])
     assert "--treatments: the first treatment must be fp32" in capsys.readouterr().err
+
+
+def test_token_model_is_scored_once_per_word(tmp_path):
+    from benchmarks import compose
+    from hf_earlyexit import BertForTokenEarlyExit, TokenExitBertConfig
+    from tests.utils import tiny_config_kwargs
+
+    torch.manual_seed(0)
+    tiny_tokenizer(tmp_path).save_pretrained(tmp_path / "model")
+    config = TokenExitBertConfig(**tiny_config_kwargs(num_hidden_layers=4, num_labels=3))
+    BertForTokenEarlyExit(config).save_pretrained(tmp_path / "model")
+    lines, words = [], 0
+    for sentence, _ in sst2_rows("dev", limit=6):
+        sentence_words = sentence.split()[:12]  # SST-2 words: the tiny vocabulary splits many into several pieces
+        words += len(sentence_words)
+        lines += [f"{word} NN O O" for word in sentence_words] + [""]
+    (tmp_path / "valid.txt").write_text("\n".join(lines) + "\n")
+    result = compose.main(
+        ["--family", "token", "--checkpoint", str(tmp_path / "model"), "--data", str(tmp_path / "valid.txt")]
+        + ["--sentences", "6", "--batch_sizes", "1", "3", "--rounds", "1", "--threads", "1", "--treatments", "fp32"]
+        + ["--settings", '{"exit_mode": "token", "exit_threshold": 0.5, "window_size": 1}']
+    )
+    row = result["rows"][0]
+    assert row["agreement_with_fp32"] == 1.0 and 0.0 <= row["accuracy"] <= 1.0
+    assert row["words"] == words
