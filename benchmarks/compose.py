@@ -189,7 +189,7 @@ def measure(args) -> dict:
         )
     return {
         "family": args.family,
-        "checkpoint": args.checkpoint and Path(args.checkpoint).name,
+        "checkpoint": args.checkpoint and "/".join(Path(args.checkpoint).parts[-2:]),  # e.g. `<run>/final`
         "settings": settings or "the checkpoint's config",
         "sentences": len(items),
         "rounds": args.rounds,

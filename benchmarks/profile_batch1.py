@@ -229,7 +229,7 @@ def profile(args) -> dict:
     plain = statistics.median(plain_times)
     return {
         "family": args.family,
-        "checkpoint": args.checkpoint and Path(args.checkpoint).name,
+        "checkpoint": args.checkpoint and "/".join(Path(args.checkpoint).parts[-2:]),  # e.g. `<run>/final`
         "label": args.label,
         "settings": settings,
         "sentences": count,
