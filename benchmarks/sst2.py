@@ -28,6 +28,7 @@ each under `--results_dir` (see `benchmarks/cells.py`; checkpoints under `--runs
 | `assembled` | cascades assembled from `static` members and `full` (no training) | - |
 | `multi_exit` | BADGE multi-exit model, with and without bypasses, four criteria | `joint` |
 | `multi_exit-bypass-<ablation>` | the same with bypasses and one training option (`--ablations`) | `joint` + option |
+| `multi_exit-frozen-<recipe>` | exits added to `full` of the same seed, its encoder and last exit frozen (`--frozen_recipes`) | stage 2 of `two_stage` / `distillation` |
 
 Every model with more than one exit is calibrated on the slice for each target FLOPs speed-up (`--targets`) and run
 for real on the 872 dev sentences; the oracle bound (each example leaves at the first exit that agrees with the last)
@@ -85,6 +86,8 @@ ABLATIONS = {
     "self_distillation": {"self_distillation_weight": 1.0, "self_distillation_temperature": 2.0},
     "gradient_equilibrium": {"gradient_equilibrium": True},
 }
+# recipes whose second stage trains exits on a frozen fine-tuned model (`full`): the first stage is that model
+FROZEN_RECIPES = ("two_stage", "distillation")
 DEFAULT_BACKBONE_NAME = "all-MiniLM-L6-v2 (embedded default)"
 
 logger = logging.getLogger("benchmarks.sst2")
@@ -112,6 +115,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     models.add_argument("--assembled", nargs="+", default=["1-6", "2-6", "3-6", "1-3-6"])
     models.add_argument("--bypass", nargs="+", choices=["bypass", "no_bypass"], default=["bypass", "no_bypass"])
     models.add_argument(
+        "--frozen_recipes",
+        nargs="+",
+        choices=sorted(FROZEN_RECIPES),
+        default=sorted(FROZEN_RECIPES),
+        help="exits trained on the frozen full model (DeeBERT's second stage), one cell each",
+    )
+    models.add_argument(
         "--ablations",
         nargs="+",
         choices=sorted(ABLATIONS),
@@ -122,6 +132,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     training = parser.add_argument_group("training")
     training.add_argument("--epochs", type=float, default=2.0, help="the budget of every model")
     training.add_argument("--curve_epochs", type=int, default=3)
+    training.add_argument(
+        "--frozen_epochs", type=float, default=1.0, help="the exits' training on the frozen full model (heads only)"
+    )
     training.add_argument("--batch_size", type=int, default=32)
     training.add_argument("--learning_rate", type=float, default=5e-5, help="encoders of full-depth models")
     training.add_argument("--head_learning_rate", type=float, default=2e-4, help="heads, shallow models and members")
@@ -394,6 +407,17 @@ def plan(args, depth: int) -> list[Cell]:
                 "training_options": ABLATIONS[ablation],
             }
             cells.append(Cell(f"multi_exit-bypass-{ablation}-seed{seed}", "multi_exit", settings))
+        for recipe in a.frozen_recipes:
+            settings = {
+                **common,
+                "epochs": a.frozen_epochs,
+                "use_bypass": False,
+                "lr": a.head_learning_rate,
+                "recipe": recipe,
+                "training_options": {"exit_stage": 2},
+                "first_stage": full.key,  # the frozen encoder and last exit come from these settings
+            }
+            cells.append(Cell(f"multi_exit-frozen-{recipe}-seed{seed}", "multi_exit", settings, needs=(full.name,)))
         for spec in a.assembled:
             layers = [int(d) for d in spec.split("-")]
             members = [f"static-{k}L-seed{seed}" if k < depth else full.name for k in layers]
@@ -488,10 +512,30 @@ class Benchmark(CellBenchmark):
         data = self.data(s["seed"])
         set_seed(s["seed"])
         model = BertWithBypassExits.from_pretrained(self.backbone, num_labels=2, use_bypass=s["use_bypass"])
+        if "first_stage" in s:
+            self.load_first_stage(model, cell.needs[0])
         options = s.get("training_options", {})
         result = train(model, self.args, data, self.tokenizer, s["seed"], run_dir, s["lr"], s["recipe"], **options)
         model.save_pretrained(run_dir / "final")
         return self.measure(cell, model, data, list(CRITERIA), {"training": result})
+
+    def load_first_stage(self, model: BertWithBypassExits, name: str) -> None:
+        """Puts the fine-tuned full model of cell `name` into `model`: its encoder, and its classifier as the last exit
+        (both mean-pool the last layer), so that at full depth `model` answers exactly as that model does."""
+        path = self.store.run_dir(self.cell(name)) / "final"
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"the frozen-exit cells need the checkpoint of {name} ({path}): rerun {name} first"
+            )
+        full = BertForCascadeClassification.from_pretrained(path).members[0]
+        if full.head.pooling != model.exit_heads[-1].pooling:
+            raise ValueError(
+                f"{name} pools with {full.head.pooling!r}, the last exit with {model.exit_heads[-1].pooling!r}"
+            )
+        keys = model.bert.load_state_dict(full.bert.state_dict(), strict=False)
+        if keys.unexpected_keys or any(not key.startswith("pooler.") for key in keys.missing_keys):  # no pooler: fine
+            raise ValueError(f"{name}'s encoder does not fit: {keys}")
+        model.exit_heads[-1].classifier.load_state_dict(full.head.classifier.state_dict())
 
     def run_assembled(self, cell: Cell, run_dir: Path) -> dict:
         s = cell.settings

@@ -97,7 +97,7 @@ def sst2_args(root, *extra):
         "--model", str(root / "model"), "--train", str(root / "train.tsv"), "--dev", str(root / "dev.tsv"),
         "--calibration_size", "16", "--calibration_min_words", "5", "--max_length", "64", "--epochs", "1",
         "--curve_epochs", "2", "--static_layers", "1", "--cascades", "1-4", "--cascade_recipes", "dar",
-        "--assembled", "1-4", "--bypass", "bypass", "--ablations", "self_distillation", "--targets", "1.5", "2", "--timing_sentences", "4",
+        "--assembled", "1-4", "--bypass", "bypass", "--ablations", "self_distillation", "--frozen_recipes", "two_stage", "--targets", "1.5", "2", "--timing_sentences", "4",
         "--timing_rounds", "1", "--timing_batch_sizes", "1", "4", "--eval_batch_size", "16",
         "--results_dir", str(root / "results"), "--runs_dir", str(root / "runs"), *extra,
     ]  # fmt: skip
@@ -110,7 +110,8 @@ def test_sst2_benchmark_runs_every_kind_and_resumes_by_cell(tiny_sst2):
     assert set(status.values()) == {"ran"}
     assert set(status) == {
         "curve-seed0", "full-seed0", "static-1L-seed0", "distilled-1L-seed0", "cascade-1-4-dar-seed0",
-        "multi_exit-bypass-seed0", "multi_exit-bypass-self_distillation-seed0", "assembled-1-4-seed0",
+        "multi_exit-bypass-seed0", "multi_exit-bypass-self_distillation-seed0", "multi_exit-frozen-two_stage-seed0",
+        "assembled-1-4-seed0",
     }  # fmt: skip
     results = tiny_sst2 / "results"
     curve = json.loads((results / "curve-seed0.json").read_text())
@@ -136,6 +137,11 @@ def test_sst2_benchmark_runs_every_kind_and_resumes_by_cell(tiny_sst2):
     assert ablation["training"]["loss"]["self_distillation_weight"] == 1.0
     plain = json.loads((results / "multi_exit-bypass-seed0.json").read_text())["result"]
     assert plain["training"]["loss"] == {"class": "JointExitLoss", "weights": "linear"}
+    # exits trained on the frozen full model: its last exit answers every dev sentence as the full model does
+    frozen = json.loads((results / "multi_exit-frozen-two_stage-seed0.json").read_text())["result"]
+    full = json.loads((results / "full-seed0.json").read_text())["result"]
+    assert frozen["training"]["loss"] == {"class": "TwoStageExitLoss", "stage": 2}
+    assert frozen["dev_predictions"][-1] == full["dev_predictions"][-1] and len(frozen["dev_predictions"]) == 4
 
     # a rerun does nothing; a changed setting redoes exactly the cells it concerns
     before = (results / "static-1L-seed0.json").read_text()
