@@ -112,7 +112,9 @@ def rows_of(cells: list[dict]) -> tuple[dict[str, Row], dict]:
             row.cells[seed] = cell["cell"]
         if "points" not in result:
             continue
-        if kind == "multi_exit":
+        if kind == "multi_exit" and "first_stage" in settings:  # exits trained on the frozen full model
+            model = f"frozen full model + exits, {settings['recipe'].replace('_', '-')}"
+        elif kind == "multi_exit":
             model = "multi-exit " + ("+ bypasses" if settings["use_bypass"] else "no bypass")
             for option in settings.get("training_options", {}):
                 if not option.endswith("_temperature"):
