@@ -235,6 +235,35 @@ def _curve_values(curve: dict) -> list[tuple[float, float]]:
     return values
 
 
+def _training_options_table(rows: dict[str, Row], metric: str) -> list[str]:
+    """The multi-exit models side by side (training recipe and options, issue 13's ablation): the last exit's metric
+    and the oracle bound, and at each target the best criterion's calibrated point. Empty with fewer than two."""
+    models = sorted({row.model for row in rows.values() if row.kind == "multi_exit"})
+    if len(models) < 2:
+        return []
+    lines = [
+        "**Multi-exit training options** (the same model trained with each recipe or option; at each target the best "
+        "criterion; last exit and oracle as in the oracle table):",
+        "",
+        f"| model | last exit {metric} (%) | oracle | " + " | ".join(f"{t:g}x" for t in TARGETS) + " |",
+        "| --- | ---: | ---: | " + " | ".join("---:" for _ in TARGETS) + " |",
+    ]
+    for model in models:
+        variant = {name: row for name, row in rows.items() if row.kind == "multi_exit" and row.model == model}
+        oracle = rows.get(f"oracle: {model}")
+        last = oracle_speed = "-"
+        if oracle is not None:
+            last = f"{_mean_std([100 * o['metric'] for o in oracle.oracle.values()])[0]:.2f}"
+            oracle_speed = f"{_mean_std([o['flops_speedup'] for o in oracle.oracle.values()])[0]:.2f}x"
+        texts = []
+        for target in TARGETS:
+            best = best_row(variant, "multi_exit", target)
+            criterion = "" if best is None else best[0][len(model) :].strip(" ()")
+            texts.append("-" if best is None else _cell_text(best[1], f", {criterion}"))
+        lines.append(f"| {model} | {last} | {oracle_speed} | " + " | ".join(texts) + " |")
+    return lines + [""]
+
+
 def _ordered(rows: dict[str, Row]) -> list[Row]:
     return sorted(rows.values(), key=lambda r: (list(KIND_LABELS).index(r.kind), r.name))
 
@@ -316,6 +345,7 @@ def render_benchmark(title: str, folder: Path, plan_names: list[str] | None = No
         lines.append(f"| {row.name} | " + " | ".join(texts) + " |")
     lines.append("")
 
+    lines += _training_options_table(rows, metric)
     oracles = [row for row in _ordered(rows) if row.kind == "oracle"]
     if oracles:
         lines += [

@@ -189,6 +189,14 @@ def test_converged_report_builds_from_the_cells_that_exist(tiny_sst2, tmp_path):
     rows, curve = rows_of(load_cells(folder))
     assert curve["cell"] == "curve-seed0"
     assert "multi-exit + bypasses + self distillation (max_prob)" in rows
+    assert "frozen full model + exits, two-stage (max_prob)" in rows
+    # the multi-exit models side by side, one line each
+    options = text.split("**Multi-exit training options**")[1].split("\n\n")[1].splitlines()[2:]
+    assert [line.split(" | ")[0] for line in options] == [
+        "| frozen full model + exits, two-stage",
+        "| multi-exit + bypasses",
+        "| multi-exit + bypasses + self distillation",
+    ]
     # the best static model at 2x is the most accurate one whose speed-up reaches 2x (within 1 %)
     name, points = best_row(rows, "static", 2.0)
     assert name == "static 1L" and points[0].flops_speedup > 3
