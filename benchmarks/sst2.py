@@ -514,7 +514,7 @@ class Benchmark(CellBenchmark):
         model = BertWithBypassExits.from_pretrained(self.backbone, num_labels=2, use_bypass=s["use_bypass"])
         if "first_stage" in s:
             self.load_first_stage(model, cell.needs[0])
-        options = s.get("training_options", {})
+        options = {"epochs": s["epochs"], **s.get("training_options", {})}
         result = train(model, self.args, data, self.tokenizer, s["seed"], run_dir, s["lr"], s["recipe"], **options)
         model.save_pretrained(run_dir / "final")
         return self.measure(cell, model, data, list(CRITERIA), {"training": result})

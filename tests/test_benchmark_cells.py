@@ -1,6 +1,7 @@
 """The converged benchmarks' cell cache (`benchmarks/cells.py`) and the SST-2 benchmark on a tiny model."""
 
 import json
+import math
 
 import pytest
 from transformers import BertConfig, BertModel
@@ -97,7 +98,7 @@ def sst2_args(root, *extra):
         "--model", str(root / "model"), "--train", str(root / "train.tsv"), "--dev", str(root / "dev.tsv"),
         "--calibration_size", "16", "--calibration_min_words", "5", "--max_length", "64", "--epochs", "1",
         "--curve_epochs", "2", "--static_layers", "1", "--cascades", "1-4", "--cascade_recipes", "dar",
-        "--assembled", "1-4", "--bypass", "bypass", "--ablations", "self_distillation", "--frozen_recipes", "two_stage", "--targets", "1.5", "2", "--timing_sentences", "4",
+        "--assembled", "1-4", "--bypass", "bypass", "--ablations", "self_distillation", "--frozen_recipes", "two_stage", "--frozen_epochs", "0.5", "--targets", "1.5", "2", "--timing_sentences", "4",
         "--timing_rounds", "1", "--timing_batch_sizes", "1", "4", "--eval_batch_size", "16",
         "--results_dir", str(root / "results"), "--runs_dir", str(root / "runs"), *extra,
     ]  # fmt: skip
@@ -141,6 +142,7 @@ def test_sst2_benchmark_runs_every_kind_and_resumes_by_cell(tiny_sst2):
     frozen = json.loads((results / "multi_exit-frozen-two_stage-seed0.json").read_text())["result"]
     full = json.loads((results / "full-seed0.json").read_text())["result"]
     assert frozen["training"]["loss"] == {"class": "TwoStageExitLoss", "stage": 2}
+    assert frozen["training"]["steps"] == math.ceil(plain["training"]["steps"] / 2)  # --frozen_epochs 0.5, --epochs 1
     assert frozen["dev_predictions"][-1] == full["dev_predictions"][-1] and len(frozen["dev_predictions"]) == 4
 
     # a rerun does nothing; a changed setting redoes exactly the cells it concerns
