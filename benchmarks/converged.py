@@ -284,7 +284,17 @@ def render_benchmark(title: str, folder: Path, plan_names: list[str] | None = No
     machines = sorted(
         {f"{c['machine']['processor']}, {c['machine']['cpu_count']} cores" for c in cells if c["machine"]}
     )
-    budgets = sorted({f"{c['settings']['epochs']:g} epoch(s)" for c in cells if c["kind"] != "curve"})
+    # exits trained on a frozen full model add their own (heads-only) epochs to that model's budget
+    frozen = sorted({f"{c['settings']['epochs']:g}" for c in cells if "first_stage" in c["settings"]})
+    budgets = sorted(
+        {
+            f"{c['settings']['epochs']:g} epoch(s)"
+            for c in cells
+            if c["kind"] != "curve" and "first_stage" not in c["settings"]
+        }
+    )
+    if frozen:
+        budgets.append(f"the exits added to a frozen full model: {', '.join(frozen)} more epoch(s) of their heads")
     lines = [
         f"### {title}",
         "",
