@@ -4,7 +4,15 @@ import pytest
 import torch
 from huggingface_hub.errors import StrictDataclassError
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+)
+from transformers.testing_utils import CaptureLogger
+from transformers.utils import logging as bypass_logging
 
 from hf_earlyexit import BertWithBypassExits, BypassBertConfig
 from tests.family_tester import EarlyExitFamilyTesterMixin
@@ -105,6 +113,24 @@ def _assert_bypasses_are_identity(model):
     for bypass in model.bypasses:
         assert torch.count_nonzero(bypass.up.weight) == 0 and torch.count_nonzero(bypass.up.bias) == 0
         torch.testing.assert_close(bypass(z), z, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("use_bypass", [False, True])
+def test_fine_tuned_classifier_head_becomes_the_last_exit(tmp_path, use_bypass):
+    torch.manual_seed(0)
+    classifier = BertForSequenceClassification(BertConfig(**tiny_config_kwargs(num_labels=3))).eval()
+    classifier.save_pretrained(tmp_path)
+    model = BertWithBypassExits.from_pretrained(tmp_path, exit_pooling="pooler", use_bypass=use_bypass).eval()
+    inputs = padded_inputs(batch_size=4)
+    with torch.no_grad():
+        expected = classifier(**inputs).logits
+        torch.testing.assert_close(model(**inputs, early_exit=False).logits, expected, rtol=0, atol=1e-5)
+    # the other exits are new, and an exit pooling the stock head does not read leaves the last one new too (warned)
+    assert not torch.equal(model.exit_heads[0].classifier.weight, model.exit_heads[-1].classifier.weight)
+    with CaptureLogger(bypass_logging.get_logger("hf_earlyexit.models.bert.modeling_bypass_bert")) as captured:
+        mean = BertWithBypassExits.from_pretrained(tmp_path, exit_pooling="mean").eval()
+    assert "exit_pooling='pooler'" in captured.out
+    assert not torch.equal(mean.exit_heads[-1].classifier.weight, classifier.classifier.weight)
 
 
 def test_fresh_bypass_is_the_identity_from_a_config():

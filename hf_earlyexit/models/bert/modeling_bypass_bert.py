@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import BertForSequenceClassification, BertPreTrainedModel, PreTrainedModel
+from transformers import BertForSequenceClassification, BertPreTrainedModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .active_batch import ActiveBatch, LayerOutputs
 from .configuration_early_exit_bert import BypassBertConfig
@@ -34,6 +34,7 @@ from .exit_forward import (
 from .exit_utils import max_prob
 from .forward_checks import check_flag, check_forward_kwargs, check_mask, check_sequence_labels, check_token_inputs
 from .modeling_exit_heads import (
+    _HUB_KWARGS,
     BypassModule,
     ClassificationHead,
     EarlyExitModelMixin,
@@ -41,6 +42,9 @@ from .modeling_exit_heads import (
     plain_bert_model,
     plain_task_model,
 )
+
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -102,6 +106,11 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
     https://huggingface.co/papers/2004.12993), FastBERT (Liu et al., 2020, https://huggingface.co/papers/2004.02178);
     BADGE's block-wise bypasses and divergence-based exit as interpreted in [`BypassBertConfig`].
 
+    From a `BertForSequenceClassification` you have already fine-tuned, `from_pretrained(path, exit_pooling="pooler")`
+    also takes its classification head (pooler and classifier) as the last exit, so that at full depth the model answers
+    exactly as the classifier does (a fresh bypass is the identity); train the other exits with the `two_stage` or
+    `distillation` recipe's `exit_stage=2`, which leaves the encoder and the last exit as they are.
+
     Example:
 
     ```python
@@ -155,6 +164,45 @@ class BertWithBypassExits(EarlyExitModelMixin, BertPreTrainedModel):
         )
         self.post_init()
         self._head_flops = self.exit_heads[0].flops(config.bypass_dim if config.use_bypass else 0)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        output = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if pretrained_model_name_or_path is not None and kwargs.get("state_dict") is None:
+            model = output[0] if isinstance(output, tuple) else output
+            model._take_classifier_head(
+                pretrained_model_name_or_path, {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+            )
+        return output
+
+    @torch.no_grad()
+    def _take_classifier_head(self, pretrained_model_name_or_path, hub_kwargs: dict) -> None:
+        """When the checkpoint is a fine-tuned `BertForSequenceClassification`, copies its pooler and classifier into the
+        last exit (the exit heads of a plain checkpoint are otherwise new): needs `exit_pooling="pooler"`, what that
+        head reads, and the same number of labels."""
+        config, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+        if config.get("model_type") != "bert" or "BertForSequenceClassification" not in (
+            config.get("architectures") or []
+        ):
+            return
+        head = self.exit_heads[-1]
+        if head.pooling != "pooler":
+            logger.warning(
+                f"{pretrained_model_name_or_path} is a fine-tuned BertForSequenceClassification whose head reads BERT's "
+                f"pooler; the last exit pools with {head.pooling!r}, so it starts new. Load with exit_pooling='pooler' "
+                "to keep the classifier's answers at full depth."
+            )
+            return
+        classifier = BertForSequenceClassification.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        if classifier.classifier.out_features != self.num_labels or classifier.bert.pooler is None:
+            logger.warning(
+                f"{pretrained_model_name_or_path}'s classifier has {classifier.classifier.out_features} labels (this "
+                f"model: {self.num_labels}) or no pooler: the last exit starts new."
+            )
+            return
+        head.pooler.load_state_dict(classifier.bert.pooler.dense.state_dict())
+        head.classifier.load_state_dict(classifier.classifier.state_dict())
+        logger.info(f"the last exit is {pretrained_model_name_or_path}'s classification head (pooler and classifier)")
 
     @torch.no_grad()
     def _init_weights(self, module):
