@@ -208,7 +208,7 @@ def markdown(result: dict) -> str:
         f"{result['family']} ({result['checkpoint']}, settings: {settings}): {result['sentences']} sentences, {result['rounds']} rounds, "
         f"{result['threads']} threads, {result['machine']['processor']}",
         "",
-        f"| treatment | FLOPs speed-up | {header} | ms/example b1 plain → early exit | accuracy full depth → early exit "
+        f"| treatment | FLOPs speed-up | {header} | ms/example b{sizes[0]} plain → early exit | accuracy full depth → early exit "
         "| same exit and prediction as fp32 |",
         "| --- | ---: |" + " ---: |" * len(sizes) + " ---: | ---: | ---: |",
     ]
