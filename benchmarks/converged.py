@@ -74,6 +74,8 @@ class Row:
     cells: dict[int, str] = field(default_factory=dict)  # the cell behind the row, per seed
     points: dict[float | None, dict[int, Point]] = field(default_factory=lambda: defaultdict(dict))
     oracle: dict[int, dict] = field(default_factory=dict)
+    # a training option tried on top of a recipe (issue 13's ablation): in its own table, not a headline candidate
+    ablation: bool = False
 
 
 def _point(measured: dict, reached: bool = True) -> Point:
@@ -112,13 +114,13 @@ def rows_of(cells: list[dict]) -> tuple[dict[str, Row], dict]:
             row.cells[seed] = cell["cell"]
         if "points" not in result:
             continue
+        options = []  # training options on top of a recipe (an ablation row)
         if kind == "multi_exit" and "first_stage" in settings:  # exits trained on the frozen full model
             model = f"frozen full model + exits, {settings['recipe'].replace('_', '-')}"
         elif kind == "multi_exit":
             model = "multi-exit " + ("+ bypasses" if settings["use_bypass"] else "no bypass")
-            for option in settings.get("training_options", {}):
-                if not option.endswith("_temperature"):
-                    model += " + " + option.replace("_weight", "").replace("_", " ")
+            options = [o for o in settings.get("training_options", {}) if not o.endswith("_temperature")]
+            model += "".join(" + " + option.replace("_weight", "").replace("_", " ") for option in options)
         elif kind == "cascade":
             model = f"cascade {_depths(settings['member_layers'])} ({settings['recipe']})"
         elif kind == "assembled":
@@ -132,7 +134,7 @@ def rows_of(cells: list[dict]) -> tuple[dict[str, Row], dict]:
             else:
                 name = f"{model} ({criterion})" if kind == "multi_exit" else model
                 row_kind = kind
-            row = rows.setdefault(name, Row(name, row_kind, model))
+            row = rows.setdefault(name, Row(name, row_kind, model, ablation=bool(options)))
             row.points[point["target"]][seed] = _point(point["measured"], point["reached"])
             row.cells[seed] = cell["cell"]
         for mode, oracle in _oracles(result):
@@ -155,20 +157,27 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
-def _cell_text(points: dict[int, Point], label: str = "") -> str:
+def _cell_text(points: dict[int, Point], label: str = "", per_seed: bool = False) -> str:
+    """Mean ± std of the metric over the seeds, and the mean speed-up; `per_seed` adds each seed's metric."""
     accuracy, spread = _mean_std([100 * p.accuracy for p in points.values()])
     speed = statistics.fmean(p.flops_speedup for p in points.values())
     mark = "" if all(p.reached for p in points.values()) else " †"
     seeds = f" ± {spread:.2f} (n={len(points)})" if len(points) > 1 else " (1 seed)"
+    if per_seed and len(points) > 1:
+        each = ", ".join(f"{100 * points[seed].accuracy:.2f}" for seed in sorted(points))
+        seeds = f" ± {spread:.2f} (seeds {', '.join(map(str, sorted(points)))}: {each})"
     return f"{accuracy:.2f}{seeds}, {speed:.2f}x{label}{mark}"
 
 
-def best_row(rows: dict[str, Row], kind: str, target: float, seeds_needed: int = 1):
+def best_row(rows: dict[str, Row], kind: str, target: float, ablations: bool = False):
     """The most accurate row of `kind` (mean over its seeds) that meets `target`: exit methods through their calibrated
-    point for it (reached in every seed), fixed-speed models when their speed-up is within `STATIC_TOLERANCE`."""
+    point for it (reached in every seed), fixed-speed models when their speed-up is within `STATIC_TOLERANCE`.
+
+    Rows of training options tried on top of a recipe count only with `ablations=True`: the headline compares the
+    recipes a user picks from, each run with every seed, not the best of many single-seed variants."""
     candidates = []
     for row in rows.values():
-        if row.kind != kind:
+        if row.kind != kind or (row.ablation and not ablations):
             continue
         if None in row.points:
             points = row.points[None]
@@ -178,8 +187,7 @@ def best_row(rows: dict[str, Row], kind: str, target: float, seeds_needed: int =
             points = row.points.get(target, {})
             if not points or not all(p.reached for p in points.values()):
                 continue
-        if len(points) >= seeds_needed:
-            candidates.append((statistics.fmean(p.accuracy for p in points.values()), row.name, points))
+        candidates.append((statistics.fmean(p.accuracy for p in points.values()), row.name, points))
     if not candidates:
         return None
     _, name, points = max(candidates)
@@ -257,7 +265,7 @@ def _training_options_table(rows: dict[str, Row], metric: str) -> list[str]:
             oracle_speed = f"{_mean_std([o['flops_speedup'] for o in oracle.oracle.values()])[0]:.2f}x"
         texts = []
         for target in TARGETS:
-            best = best_row(variant, "multi_exit", target)
+            best = best_row(variant, "multi_exit", target, ablations=True)
             criterion = "" if best is None else best[0][len(model) :].strip(" ()")
             texts.append("-" if best is None else _cell_text(best[1], f", {criterion}"))
         lines.append(f"| {model} | {last} | {oracle_speed} | " + " | ".join(texts) + " |")
@@ -325,7 +333,8 @@ def render_benchmark(title: str, folder: Path, plan_names: list[str] | None = No
 
     lines += [
         f"**Headline** (each cell: dev {metric} %, mean ± standard deviation over the seeds that ran, and the measured "
-        "FLOPs speed-up; the best row of each kind at each target; † the calibration slice could not reach the target):",
+        "FLOPs speed-up; the best row of each kind at each target, training options tried on top of a recipe left to "
+        "their own table below; † the calibration slice could not reach the target):",
         "",
         "| | " + " | ".join(f"{t:g}x" for t in TARGETS) + " |",
         "| --- | " + " | ".join("---:" for _ in TARGETS) + " |",
@@ -342,16 +351,21 @@ def render_benchmark(title: str, folder: Path, plan_names: list[str] | None = No
             best = best_row(rows, kind, target)
             texts.append("-" if best is None else _cell_text(best[1], f", {best[0]}"))
         lines.append(f"| best {KIND_LABELS[kind]} | " + " | ".join(texts) + " |")
-    lines += ["", "Every row (calibrated on the slice, measured on dev; fixed-depth models in the first column):", ""]
+    lines += [
+        "",
+        "Every row (calibrated on the slice, measured on dev; fixed-depth models in the first column; each seed's value "
+        "where several ran):",
+        "",
+    ]
     lines += ["| method | " + " | ".join(f"{t:g}x" for t in TARGETS) + " |"]
     lines += ["| --- | " + " | ".join("---:" for _ in TARGETS) + " |"]
     for row in _ordered(rows):
         if row.kind == "oracle":
             continue
         if None in row.points:
-            texts = [_cell_text(row.points[None])] + [""] * (len(TARGETS) - 1)
+            texts = [_cell_text(row.points[None], per_seed=True)] + [""] * (len(TARGETS) - 1)
         else:
-            texts = [_cell_text(row.points[t]) if row.points.get(t) else "-" for t in TARGETS]
+            texts = [_cell_text(row.points[t], per_seed=True) if row.points.get(t) else "-" for t in TARGETS]
         lines.append(f"| {row.name} | " + " | ".join(texts) + " |")
     lines.append("")
 

@@ -203,6 +203,21 @@ def test_converged_report_builds_from_the_cells_that_exist(tiny_sst2, tmp_path):
     name, points = best_row(rows, "static", 2.0)
     assert name == "static 1L" and points[0].flops_speedup > 3
     assert best_row(rows, "static", 10.0) is None
+    # a training option on top of a recipe (issue 13's ablation) is not a headline candidate, however accurate
+    ablation = rows["multi-exit + bypasses + self distillation (max_prob)"]
+    assert ablation.ablation and not rows["multi-exit + bypasses (max_prob)"].ablation
+    for point in ablation.points[1.5].values():
+        point.accuracy, point.reached = 1.0, True
+    assert best_row(rows, "multi_exit", 1.5)[0] != ablation.name
+    assert best_row(rows, "multi_exit", 1.5, ablations=True)[0] == ablation.name
+    headline = text.split("**Headline**")[1].split("Every row")[0]
+    assert "self distillation" not in headline
+    # several seeds: mean ± std, and every row lists each seed's value
+    from benchmarks.converged import Point, _cell_text
+
+    two = {0: Point(0.8, 2.0, {}, {}), 1: Point(0.9, 2.0, {}, {})}
+    assert _cell_text(two) == "85.00 ± 5.00 (n=2), 2.00x"
+    assert _cell_text(two, per_seed=True) == "85.00 ± 5.00 (seeds 0, 1: 80.00, 90.00), 2.00x"
     assert plot_benchmark("SST-2 (tiny)", folder, tmp_path / "plot.png").stat().st_size > 10_000
 
 
