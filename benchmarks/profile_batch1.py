@@ -186,6 +186,10 @@ def encode(tokenizer, family: str, items) -> list[dict]:
 def profile(args) -> dict:
     torch.set_num_threads(args.threads)
     model, reference, tokenizer = load(args)
+    if args.treatment != "fp32":
+        from benchmarks.compose import treat
+
+        model, reference = treat(model, args.treatment), treat(reference, args.treatment)
     batches = encode(tokenizer, args.family, sentences(args))
     settings = (
         json.loads(args.settings) if args.settings else {"exit_threshold": 1.0 if args.family != "token" else 0.0}
@@ -232,6 +236,7 @@ def profile(args) -> dict:
         "checkpoint": args.checkpoint and "/".join(Path(args.checkpoint).parts[-2:]),  # e.g. `<run>/final`
         "label": args.label,
         "settings": settings,
+        "treatment": args.treatment,
         "sentences": count,
         "rounds": args.rounds,
         "ms_per_sentence": {"plain": 1000 * plain / count, "early_exit": 1000 * total / count},
@@ -248,7 +253,9 @@ def markdown(result: dict) -> str:
     per_sentence = result["ms_per_sentence"]["early_exit"]
     lines = [
         (f"**{result['label']}**: " if result.get("label") else "")
-        + f"{result['family']} ({result['checkpoint'] or 'fresh heads'}), {result['settings']}: "
+        + f"{result['family']} ({result['checkpoint'] or 'fresh heads'}), {result['settings']}"
+        + (f", {result['treatment']}" if result.get("treatment", "fp32") != "fp32" else "")
+        + ": "
         f"{result['sentences']} sentences at batch size 1, FLOPs speed-up {result['flops_speedup']:.2f}x, wall-clock "
         f"{result['wallclock_speedup']:.2f}x (plain {result['ms_per_sentence']['plain']:.2f} ms, early exit "
         f"{per_sentence:.2f} ms per sentence)",
@@ -287,6 +294,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--sentences", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--treatment",
+        choices=("fp32", "int8", "bf16", "compiled"),
+        default="fp32",
+        help="run both models under it (as benchmarks/compose.py does): where the time goes with int8 weights, ...",
+    )
     parser.add_argument("--output", default=None, help="JSON file to write (a .md beside it)")
     parser.add_argument("--label", default=None, help="what this run measures (e.g. the code version), shown first")
     args = parser.parse_args(argv)

@@ -62,3 +62,25 @@ def test_profile_of_token_exit_counts_calls_per_component(tmp_path):
     assert calls["encoder layers"] == 1 and calls["exit heads"] == 1  # the first layer, then every word is done
     # every word left at the first exit, so no layer ran packed (a packed layer would be counted under its own name)
     assert "encoder layers, packed (frozen words skipped)" not in calls
+
+
+def test_profile_under_int8_quantizes_both_models(tmp_path, monkeypatch):
+    from benchmarks import compose, profile_batch1
+
+    tiny_tokenizer(tmp_path).save_pretrained(tmp_path / "model")
+    torch.manual_seed(0)
+    BertModel(BertConfig(**tiny_config_kwargs(num_hidden_layers=6))).save_pretrained(tmp_path / "model")
+    rows = sst2_rows("dev", limit=4)
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\n" + "".join(f"{s[:60]}\t{label}\n" for s, label in rows))
+    treated = []
+    original = compose.treat
+    monkeypatch.setattr(
+        compose, "treat", lambda model, treatment: treated.append(treatment) or original(model, treatment)
+    )
+    result = profile_batch1.main(
+        ["--family", "bypass", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "dev.tsv")]
+        + ["--sentences", "4", "--rounds", "1", "--treatment", "int8", "--output", str(tmp_path / "profile.json")]
+    )
+    assert treated == ["int8", "int8"]  # the early-exit model and the plain one
+    assert result["treatment"] == "int8" and ", int8:" in (tmp_path / "profile.md").read_text()
+    assert sum(result["components_ms"].values()) == pytest.approx(result["ms_per_sentence"]["early_exit"], rel=1e-9)
