@@ -9,15 +9,23 @@ from transformers import BertConfig, BertModel
 from tests.utils import sst2_rows, tiny_config_kwargs, tiny_tokenizer
 
 
+def tiny_backbone(tmp_path, dev_rows: int = 0) -> None:
+    """A tiny 6-layer BERT and its tokenizer in `tmp_path/model`; with `dev_rows`, that many SST-2 dev sentences in
+    `tmp_path/dev.tsv`."""
+    tiny_tokenizer(tmp_path).save_pretrained(tmp_path / "model")
+    torch.manual_seed(0)
+    BertModel(BertConfig(**tiny_config_kwargs(num_hidden_layers=6))).save_pretrained(tmp_path / "model")
+    if dev_rows:
+        rows = sst2_rows("dev", limit=dev_rows)
+        text = "".join(f"{sentence[:60]}\t{label}\n" for sentence, label in rows)
+        (tmp_path / "dev.tsv").write_text("sentence\tlabel\n" + text)
+
+
 @pytest.mark.parametrize("family", ["bypass", "cascade"])
 def test_profile_accounts_for_the_whole_forward(tmp_path, family):
     from benchmarks import profile_batch1
 
-    tiny_tokenizer(tmp_path).save_pretrained(tmp_path / "model")
-    torch.manual_seed(0)
-    BertModel(BertConfig(**tiny_config_kwargs(num_hidden_layers=6))).save_pretrained(tmp_path / "model")
-    rows = sst2_rows("dev", limit=8)
-    (tmp_path / "dev.tsv").write_text("sentence\tlabel\n" + "".join(f"{s[:60]}\t{label}\n" for s, label in rows))
+    tiny_backbone(tmp_path, dev_rows=8)
     result = profile_batch1.main(
         ["--family", family, "--model", str(tmp_path / "model"), "--data", str(tmp_path / "dev.tsv")]
         + ["--sentences", "8", "--rounds", "1", "--output", str(tmp_path / "profile.json")]
@@ -45,9 +53,7 @@ def test_profile_accounts_for_the_whole_forward(tmp_path, family):
 def test_profile_of_token_exit_counts_calls_per_component(tmp_path):
     from benchmarks import profile_batch1
 
-    tiny_tokenizer(tmp_path).save_pretrained(tmp_path / "model")
-    torch.manual_seed(0)
-    BertModel(BertConfig(**tiny_config_kwargs(num_hidden_layers=6))).save_pretrained(tmp_path / "model")
+    tiny_backbone(tmp_path)
     lines = []
     for sentence, _ in sst2_rows("dev", limit=6):
         lines += [f"{word} NN O O" for word in sentence.split()[:12]] + [""]
@@ -67,11 +73,7 @@ def test_profile_of_token_exit_counts_calls_per_component(tmp_path):
 def test_profile_under_int8_quantizes_both_models(tmp_path, monkeypatch):
     from benchmarks import compose, profile_batch1
 
-    tiny_tokenizer(tmp_path).save_pretrained(tmp_path / "model")
-    torch.manual_seed(0)
-    BertModel(BertConfig(**tiny_config_kwargs(num_hidden_layers=6))).save_pretrained(tmp_path / "model")
-    rows = sst2_rows("dev", limit=4)
-    (tmp_path / "dev.tsv").write_text("sentence\tlabel\n" + "".join(f"{s[:60]}\t{label}\n" for s, label in rows))
+    tiny_backbone(tmp_path, dev_rows=4)
     treated = []
     original = compose.treat
     monkeypatch.setattr(
