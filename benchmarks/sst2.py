@@ -270,17 +270,12 @@ def measure_exits(model, data: Data, args, criteria, progress) -> list[dict]:
     for criterion in criteria:
         for target in args.targets:
             result = calibrate(model, recorded, target_speedup=target, criterion=criterion, apply=False)
-            settings = {"exit_criterion": criterion}
-            if result.exit_threshold is not None:
-                settings["exit_threshold"] = result.exit_threshold
-            if criterion in ("patience", "divergence"):
-                settings["patience"] = result.patience
             points.append(
                 {
                     "criterion": criterion,
                     "target": target,
                     "reached": result.reached,
-                    "settings": settings,
+                    "settings": result.forward_kwargs(),
                     "calibration": {
                         "accuracy": result.expected_accuracy,
                         "flops_speedup": result.expected_flops_speedup,
