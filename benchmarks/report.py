@@ -587,6 +587,13 @@ MEASURED_SECTIONS = (
         "every 32 examples (`hf_earlyexit.timing.interleaved_batch_latency`).",
     ),
     (
+        "calibration",
+        "Is the calibration slice new to the models?",
+        "*.json",
+        "`benchmarks/calibration_overlap.py`: the converged SST-2 benchmark's calibration sentences against its "
+        "training set and its dev set, and the calibrated settings' FLOPs speed-up on dev against the slice.",
+    ),
+    (
         "divergence",
         "Why the divergence criterion trails max-prob",
         "*.json",

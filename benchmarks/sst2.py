@@ -66,7 +66,7 @@ from benchmarks.common import (
 )
 from hf_earlyexit import BertForCascadeClassification, BertWithBypassExits
 from hf_earlyexit.calibration import calibrate, record
-from hf_earlyexit.data import load_text_classification
+from hf_earlyexit.data import load_text_classification, phrases_within
 from hf_earlyexit.evaluation import (
     collect,
     make_batches,
@@ -102,6 +102,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     data.add_argument("--train_size", type=int, default=0, help="training sentences (0: all but the slice)")
     data.add_argument("--calibration_size", type=int, default=2000)
     data.add_argument("--calibration_min_words", type=int, default=12)
+    data.add_argument(
+        "--calibration_exclusive_words",
+        type=int,
+        default=0,
+        help="drop from training every phrase of at least this many words found in a calibration sentence (0: keep "
+        "them; see benchmarks/calibration_overlap.py)",
+    )
     data.add_argument("--dev_size", type=int, default=0, help="dev sentences (0: all)")
     data.add_argument("--max_length", type=int, default=128)
 
@@ -165,24 +172,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def split(texts: list[str], args, seed: int) -> tuple[list[int], list[int]]:
+    """(calibration slice, training set) as indices of the training file's `texts`: `--calibration_size` sentences of
+    at least `--calibration_min_words` words drawn with `seed`, and the rest (less, with
+    `--calibration_exclusive_words`, the slice's own phrases; `--train_size` of them when set)."""
+    generator = torch.Generator().manual_seed(seed)
+    eligible = [i for i, text in enumerate(texts) if len(text.split()) >= args.calibration_min_words]
+    if len(eligible) < args.calibration_size:
+        raise ValueError(
+            f"--calibration_size {args.calibration_size}: only {len(eligible)} training sentences have "
+            f"--calibration_min_words {args.calibration_min_words} words or more."
+        )
+    picked = [eligible[i] for i in torch.randperm(len(eligible), generator=generator)[: args.calibration_size]]
+    held_out = set(picked)
+    train_indices = [i for i in range(len(texts)) if i not in held_out]
+    if args.calibration_exclusive_words:  # the calibration sentences' own phrases are not trained on either
+        inside = phrases_within(
+            [texts[i] for i in train_indices], [texts[i] for i in picked], args.calibration_exclusive_words
+        )
+        dropped = {train_indices[j] for j in inside}
+        train_indices = [i for i in train_indices if i not in dropped]
+    if args.train_size:
+        order = torch.randperm(len(train_indices), generator=generator)[: args.train_size]
+        train_indices = sorted(train_indices[i] for i in order)
+    return picked, train_indices
+
+
 class Data:
     """The splits of one seed: training set (tokenized), calibration batches (with labels), dev batches, timing."""
 
     def __init__(self, args, tokenizer, seed: int):
         pool = load_text_classification(args.train)
-        generator = torch.Generator().manual_seed(seed)
-        eligible = [i for i, text in enumerate(pool["text"]) if len(text.split()) >= args.calibration_min_words]
-        if len(eligible) < args.calibration_size:
-            raise ValueError(
-                f"--calibration_size {args.calibration_size}: only {len(eligible)} training sentences have "
-                f"--calibration_min_words {args.calibration_min_words} words or more."
-            )
-        picked = [eligible[i] for i in torch.randperm(len(eligible), generator=generator)[: args.calibration_size]]
-        held_out = set(picked)
-        train_indices = [i for i in range(len(pool)) if i not in held_out]
-        if args.train_size:
-            order = torch.randperm(len(train_indices), generator=generator)[: args.train_size]
-            train_indices = sorted(train_indices[i] for i in order)
+        picked, train_indices = split(pool["text"], args, seed)
         self.train_text = pool.select(train_indices)
         calibration = pool.select(sorted(picked))
         dev = load_text_classification(args.dev)
@@ -330,17 +351,20 @@ def measure_static(model, reference_model, data: Data, args, progress) -> dict:
 
 def common_settings(args, seed: int) -> dict:
     """The settings every cell of a seed shares: data, training batch and rates, measuring."""
+    data = {
+        "train": Path(args.train).name,
+        "train_size": args.train_size,
+        "calibration_size": args.calibration_size,
+        "calibration_min_words": args.calibration_min_words,
+        "dev_size": args.dev_size,
+        "max_length": args.max_length,
+    }
+    if args.calibration_exclusive_words:  # recorded only when set: the cells run before the option keep their key
+        data["calibration_exclusive_words"] = args.calibration_exclusive_words
     return {
         "backbone": args.model or DEFAULT_BACKBONE_NAME,
         "seed": seed,
-        "data": {
-            "train": Path(args.train).name,
-            "train_size": args.train_size,
-            "calibration_size": args.calibration_size,
-            "calibration_min_words": args.calibration_min_words,
-            "dev_size": args.dev_size,
-            "max_length": args.max_length,
-        },
+        "data": data,
         "training": {
             "batch_size": args.batch_size,
             "warmup_ratio": args.warmup_ratio,

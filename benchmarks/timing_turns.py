@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.profile_batch1 import report
+
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.timing_turns", description=__doc__.split("\n\n")[0])
@@ -74,13 +76,7 @@ def main(argv=None) -> dict:
         "machine": machine_info(),
         "command": "python -m benchmarks.timing_turns " + " ".join(sys.argv[1:] if argv is None else argv),
     }
-    table = markdown(result)
-    print(table)
-    if args.output:
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(result, indent=1) + "\n")
-        output.with_suffix(".md").write_text(table + "\n")
+    report(result, markdown(result), args.output)
     return result
 
 

@@ -171,6 +171,39 @@ def load_text_classification(
     return dataset.cast_column("label", ClassLabel(names=list(label_names)))
 
 
+def phrases_within(texts: list[str], held_out: list[str], min_words: int = 3) -> list[int]:
+    """Indices of the `texts` that are a run of at least `min_words` consecutive words of a `held_out` text.
+
+    Phrase-level datasets hold the phrases of their sentences as examples of their own (GLUE SST-2's training set is
+    mostly the labelled sub-phrases of its sentences). Holding out some sentences for calibration does not hold out
+    their phrases: a model trained on those has read most of each held-out sentence with its labels, is more confident
+    on it than on new text, and thresholds calibrated there leave more examples early than they do on new text. Drop
+    these indices from the training set to make the held-out sentences as new as the dev set (see
+    `benchmarks/calibration_overlap.py`). Words are compared case-insensitively, split on whitespace.
+
+    Args:
+        texts: The candidate training texts.
+        held_out: The held-out texts (e.g. the calibration sentences).
+        min_words: Shortest run that counts (shorter phrases, "the film", are common to any text).
+    """
+    if min_words < 1:
+        raise ValueError(f"`min_words` must be at least 1, got {min_words}.")
+    held = [text.lower().split() for text in held_out]
+    starts: dict[tuple[str, ...], list[tuple[int, int]]] = {}  # first `min_words` words -> (held-out text, position)
+    for h, words in enumerate(held):
+        for position in range(len(words) - min_words + 1):
+            starts.setdefault(tuple(words[position : position + min_words]), []).append((h, position))
+    found = []
+    for i, text in enumerate(texts):
+        words = text.lower().split()
+        if len(words) < min_words:
+            continue
+        candidates = starts.get(tuple(words[:min_words]), ())
+        if any(held[h][position : position + len(words)] == words for h, position in candidates):
+            found.append(i)
+    return found
+
+
 def label_names_of(dataset: Dataset, column: str = "label") -> list[str]:
     """Class names stored in a `ClassLabel` column (as written by the loaders here)."""
     feature = dataset.features[column]

@@ -301,3 +301,40 @@ def test_token_oracle_keeps_the_full_depth_answers():
     # a sentence waits for its slowest word: it leaves no earlier than its words do
     assert oracle["sentence"]["mean_exit_layer"] >= oracle["token"]["mean_exit_layer"]
     assert oracle["token"]["flops_speedup"] >= oracle["sentence"]["flops_speedup"]
+
+
+def test_sst2_calibration_slice_can_leave_out_its_phrases_from_training(tiny_sst2, tmp_path):
+    from transformers import AutoTokenizer
+
+    from benchmarks import sst2
+
+    # SST-2's training set holds its sentences' phrases as examples of their own: add each sentence's middle third
+    sentences = sst2_rows("dev")[:40]
+    rows = list(sentences)
+    for sentence, label in sentences:
+        words = sentence.split()
+        rows.append((" ".join(words[len(words) // 3 : 2 * len(words) // 3 + 1]), label))
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in rows))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_sst2 / "model")
+
+    def data(*extra):
+        args = sst2.parse_args(sst2_args(tiny_sst2, "--train", str(tmp_path / "train.tsv"), *extra))
+        return sst2.Data(args, tokenizer, seed=0), sst2.common_settings(args, 0)["data"]
+
+    def within(text, sentence):  # a run of consecutive words of the sentence
+        return f" {text.lower()} " in f" {sentence.lower()} "
+
+    kept, settings = data()
+    assert "calibration_exclusive_words" not in settings  # the cells run before the option keep their settings
+    held_out = {text for text, _ in rows} - set(kept.train_text["text"])
+    assert len(held_out) == 16 and len(kept.train_text) == len(rows) - 16
+    exclusive, settings = data("--calibration_exclusive_words", "3")
+    assert settings["calibration_exclusive_words"] == 3
+    # the same slice; gone from training: exactly the texts of 3 or more words found in a calibration sentence
+    assert {text for text, _ in rows} - set(exclusive.train_text["text"]) >= held_out
+    expected = [
+        text
+        for text in kept.train_text["text"]
+        if len(text.split()) < 3 or not any(within(text, sentence) for sentence in held_out)
+    ]
+    assert exclusive.train_text["text"] == expected and len(expected) < len(kept.train_text)

@@ -1,6 +1,6 @@
 import pytest
 
-from hf_earlyexit.data import label_names_of, load_text_classification, read_conll
+from hf_earlyexit.data import label_names_of, load_text_classification, phrases_within, read_conll
 from tests.utils import SST2_DIR
 
 
@@ -68,3 +68,22 @@ def test_ragged_tsv(tmp_path):
     (tmp_path / "bad.tsv").write_text("sentence\tlabel\nok\t1\nno label here\n")
     with pytest.raises(ValueError, match="line 3: 1 fields where the header has 2"):
         load_text_classification(tmp_path / "bad.tsv")
+
+
+def test_phrases_within_finds_the_held_out_sentences_phrases():
+    held_out = ["a gripping , beautifully shot film about grief", "The plot never comes together"]
+    texts = [
+        "beautifully shot film",  # 0: a run of 3 words of the first sentence
+        "a gripping , beautifully shot film about grief",  # 1: the whole sentence
+        "shot film",  # 2: too short to count
+        "beautifully film",  # 3: not consecutive
+        "the PLOT never",  # 4: case does not matter
+        "film about grief and loss",  # 5: runs past the end
+        "never comes together the plot",  # 6: the words, in another order
+    ]
+    assert phrases_within(texts, held_out) == [0, 1, 4]
+    assert phrases_within(texts, held_out, min_words=2) == [0, 1, 2, 4]
+    assert phrases_within(texts, held_out, min_words=7) == [1]
+    assert phrases_within(texts, []) == []
+    with pytest.raises(ValueError, match="`min_words` must be at least 1, got 0"):
+        phrases_within(texts, held_out, min_words=0)
