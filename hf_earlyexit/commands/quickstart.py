@@ -14,8 +14,9 @@
 """`hf-earlyexit quickstart`: the main job on the embedded default, end to end, in about 6 minutes on 2 CPU cores.
 
 1. Splits the shipped SST-2 copy (`data/sst2/train.tsv`) into a training set (`--train_size` sentences) and a held-out
-   calibration slice (`--calibration_size` examples of at least `--calibration_min_words` words, never trained on);
-   the splits are written to `<output_dir>/data/`.
+   calibration slice (`--calibration_size` examples of at least `--calibration_min_words` words, never trained on,
+   nor are their phrases of `--calibration_exclusive_words` words or more); the splits are written to
+   `<output_dir>/data/`.
 2. Fine-tunes two early-exit models from the all-MiniLM-L6-v2 backbone with `hf-earlyexit train`: a CascadeBERT
    cascade cut from the backbone (members of `--member_layers` layers, default 1 and 6; joint recipe) and a BADGE
    multi-exit model (`BertWithBypassExits`, an exit after every layer, block-wise bypasses, joint recipe).
@@ -40,7 +41,16 @@ from pathlib import Path
 
 import torch
 
-from .common import UsageError, batches_with_labels, dump_json, input_length, positive_int, size_or_all, without_labels
+from .common import (
+    UsageError,
+    batches_with_labels,
+    dump_json,
+    input_length,
+    int_at_least,
+    positive_int,
+    size_or_all,
+    without_labels,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +72,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Draw the held-out sentences among training examples of at least this many words: SST-2's training "
         "file is mostly short phrases (9 words on average), its dev set full sentences (20), and thresholds "
         "calibrated on phrases exit too early there (0: any example).",
+    )
+    parser.add_argument(
+        "--calibration_exclusive_words",
+        type=int_at_least(0, " (0: keep the phrases)"),
+        default=3,
+        help="Leave out of training every phrase of at least this many words found in a held-out sentence: SST-2's "
+        "training file holds its sentences' phrases as examples of their own, and a model that read most of a "
+        "held-out sentence is surer of it than of new text (0: keep them).",
     )
     parser.add_argument("--dev_size", type=size_or_all, default=0, help="Dev sentences measured (0: all).")
     parser.add_argument("--epochs", type=float, default=1.0, help="Training epochs of each model.")
@@ -92,7 +110,7 @@ def _write_tsv(path: Path, dataset) -> None:
 
 def split_data(args, output_dir: Path):
     """(train TSV, calibration dataset, dev dataset): the splits, the training one written for `train`."""
-    from ..data import load_text_classification
+    from ..data import load_text_classification, phrases_within
     from .train import default_data_dir
 
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
@@ -109,6 +127,12 @@ def split_data(args, output_dir: Path):
     chosen = eligible[: args.calibration_size]
     calibration = pool.select(chosen)
     rest = sorted(set(range(len(pool))) - set(chosen))
+    if args.calibration_exclusive_words:
+        texts = pool["text"]
+        inside = set(
+            phrases_within([texts[i] for i in rest], [texts[i] for i in chosen], args.calibration_exclusive_words)
+        )
+        rest = [i for j, i in enumerate(rest) if j not in inside]
     train = pool.select(rest[: args.train_size] if args.train_size else rest)
     dev = load_text_classification(data_dir / "dev.tsv")
     if args.dev_size:
