@@ -169,6 +169,16 @@ def _cell_text(points: dict[int, Point], label: str = "", per_seed: bool = False
     return f"{accuracy:.2f}{seeds}, {speed:.2f}x{label}{mark}"
 
 
+def _seeds_text(by_seed: dict[int, dict], key: str, scale: float = 1.0, unit: str = "") -> str:
+    """The mean of `key` over the seeds, and each seed's value where several ran."""
+    values = {seed: scale * by_seed[seed][key] for seed in sorted(by_seed)}
+    text = f"{_mean_std(list(values.values()))[0]:.2f}{unit}"
+    if len(values) > 1:
+        each = ", ".join(f"{value:.2f}{unit}" for value in values.values())
+        text += f" (seeds {', '.join(map(str, values))}: {each})"
+    return text
+
+
 def best_row(rows: dict[str, Row], kind: str, target: float, ablations: bool = False):
     """The most accurate row of `kind` (mean over its seeds) that meets `target`: exit methods through their calibrated
     point for it (reached in every seed), fixed-speed models when their speed-up is within `STATIC_TOLERANCE`.
@@ -375,18 +385,19 @@ def render_benchmark(title: str, folder: Path, plan_names: list[str] | None = No
         lines += [
             "**Oracle bound**: each example (for taggers: each word, TOKEE, or each sentence, SENTEE) leaves at the "
             f"first exit whose prediction equals the last one's, so the {metric} is the full depth's and the speed-up "
-            "is the most an exit criterion could reach without changing an answer:",
+            "is the most an exit criterion could reach without changing an answer (mean over the seeds, each seed's "
+            "value where several ran; the shares of the first seed):",
             "",
             f"| model | {metric} (%) | FLOPs speed-up | layer speed-up | share leaving at each exit |",
             "| --- | ---: | ---: | ---: | --- |",
         ]
         for row in oracles:
             by_seed = row.oracle
-            value, _ = _mean_std([100 * o["metric"] for o in by_seed.values()])
-            flops, _ = _mean_std([o["flops_speedup"] for o in by_seed.values()])
-            layers, _ = _mean_std([o["layer_speedup"] for o in by_seed.values()])
             shares = " / ".join(f"{100 * share:.0f}%" for share in by_seed[min(by_seed)]["exit_fraction"])
-            lines.append(f"| {row.model} | {value:.2f} | {flops:.2f}x | {layers:.2f}x | {shares} |")
+            lines.append(
+                f"| {row.model} | {_seeds_text(by_seed, 'metric', 100)} | {_seeds_text(by_seed, 'flops_speedup', unit='x')} "
+                f"| {_seeds_text(by_seed, 'layer_speedup', unit='x')} | {shares} |"
+            )
         lines.append("")
 
     timed = sorted(

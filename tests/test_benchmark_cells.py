@@ -213,11 +213,13 @@ def test_converged_report_builds_from_the_cells_that_exist(tiny_sst2, tmp_path):
     headline = text.split("**Headline**")[1].split("Every row")[0]
     assert "self distillation" not in headline
     # several seeds: mean ± std, and every row lists each seed's value
-    from benchmarks.converged import Point, _cell_text
+    from benchmarks.converged import Point, _cell_text, _seeds_text
 
     two = {0: Point(0.8, 2.0, {}, {}), 1: Point(0.9, 2.0, {}, {})}
     assert _cell_text(two) == "85.00 ± 5.00 (n=2), 2.00x"
     assert _cell_text(two, per_seed=True) == "85.00 ± 5.00 (seeds 0, 1: 80.00, 90.00), 2.00x"
+    assert _seeds_text({1: {"s": 4.7}, 0: {"s": 4.5}}, "s", unit="x") == "4.60x (seeds 0, 1: 4.50x, 4.70x)"
+    assert _seeds_text({0: {"m": 0.9}}, "m", 100) == "90.00"
     assert plot_benchmark("SST-2 (tiny)", folder, tmp_path / "plot.png").stat().st_size > 10_000
 
 
