@@ -183,8 +183,9 @@ def best_row(rows: dict[str, Row], kind: str, target: float, ablations: bool = F
     """The most accurate row of `kind` (mean over its seeds) that meets `target`: exit methods through their calibrated
     point for it (reached in every seed), fixed-speed models when their speed-up is within `STATIC_TOLERANCE`.
 
-    Rows of training options tried on top of a recipe count only with `ablations=True`: the headline compares the
-    recipes a user picks from, each run with every seed, not the best of many single-seed variants."""
+    Rows are compared on the seeds they all ran (paired: a seed's value against the same seed's), ties going to the
+    row with more seeds, and the chosen row comes with its mean over all its seeds. Rows of training options tried on
+    top of a recipe count only with `ablations=True`: the headline compares the recipes a user picks from."""
     candidates = []
     for row in rows.values():
         if row.kind != kind or (row.ablation and not ablations):
@@ -197,11 +198,17 @@ def best_row(rows: dict[str, Row], kind: str, target: float, ablations: bool = F
             points = row.points.get(target, {})
             if not points or not all(p.reached for p in points.values()):
                 continue
-        candidates.append((statistics.fmean(p.accuracy for p in points.values()), row.name, points))
+        candidates.append((row.name, points))
     if not candidates:
         return None
-    _, name, points = max(candidates)
-    return name, points
+    shared = set.intersection(*(set(points) for _, points in candidates)) or None  # None: no seed in common
+
+    def score(candidate):
+        name, points = candidate
+        seeds = shared or points
+        return statistics.fmean(points[seed].accuracy for seed in seeds), len(points), name
+
+    return max(candidates, key=score)
 
 
 def headline_cells(rows: dict[str, Row], seed: int = 0) -> list[str]:
@@ -343,8 +350,9 @@ def render_benchmark(title: str, folder: Path, plan_names: list[str] | None = No
 
     lines += [
         f"**Headline** (each cell: dev {metric} %, mean ± standard deviation over the seeds that ran, and the measured "
-        "FLOPs speed-up; the best row of each kind at each target, training options tried on top of a recipe left to "
-        "their own table below; † the calibration slice could not reach the target):",
+        "FLOPs speed-up; the best row of each kind at each target, compared on the seeds every candidate ran; training "
+        "options tried on top of a recipe left to their own table below; † the calibration slice could not reach the "
+        "target):",
         "",
         "| | " + " | ".join(f"{t:g}x" for t in TARGETS) + " |",
         "| --- | " + " | ".join("---:" for _ in TARGETS) + " |",

@@ -1,5 +1,6 @@
 """The converged benchmarks' cell cache (`benchmarks/cells.py`) and the SST-2 benchmark on a tiny model."""
 
+import dataclasses
 import json
 import math
 
@@ -210,6 +211,17 @@ def test_converged_report_builds_from_the_cells_that_exist(tiny_sst2, tmp_path):
         point.accuracy, point.reached = 1.0, True
     assert best_row(rows, "multi_exit", 1.5)[0] != ablation.name
     assert best_row(rows, "multi_exit", 1.5, ablations=True)[0] == ablation.name
+    # rows are compared on the seeds they share (paired), ties going to more seeds; the winner keeps all its seeds
+    single, seeded = rows["multi-exit + bypasses (max_prob)"], rows["multi-exit + bypasses (entropy)"]
+    single.points[1.5] = {0: dataclasses.replace(single.points[1.5][0], accuracy=0.8, reached=True)}
+    seeded.points[1.5] = {
+        seed: dataclasses.replace(seeded.points[1.5][0], accuracy=value, reached=True)
+        for seed, value in ((0, 0.9), (1, 0.5))
+    }
+    name, points = best_row(rows, "multi_exit", 1.5)  # 0.9 against 0.8 on seed 0, though its mean is 0.7
+    assert name == seeded.name and set(points) == {0, 1}
+    seeded.points[1.5][0] = dataclasses.replace(seeded.points[1.5][0], accuracy=0.8)
+    assert best_row(rows, "multi_exit", 1.5)[0] == seeded.name  # a tie on seed 0: the row with more seeds
     headline = text.split("**Headline**")[1].split("Every row")[0]
     assert "self distillation" not in headline
     # several seeds: mean ± std, and every row lists each seed's value
