@@ -164,19 +164,21 @@ def _cell_text(points: dict[int, Point], label: str = "", per_seed: bool = False
     mark = "" if all(p.reached for p in points.values()) else " †"
     seeds = f" ± {spread:.2f} (n={len(points)})" if len(points) > 1 else " (1 seed)"
     if per_seed and len(points) > 1:
-        each = ", ".join(f"{100 * points[seed].accuracy:.2f}" for seed in sorted(points))
-        seeds = f" ± {spread:.2f} (seeds {', '.join(map(str, sorted(points)))}: {each})"
+        seeds = f" ± {spread:.2f} ({_each_seed({seed: 100 * p.accuracy for seed, p in points.items()})})"
     return f"{accuracy:.2f}{seeds}, {speed:.2f}x{label}{mark}"
 
 
 def _seeds_text(by_seed: dict[int, dict], key: str, scale: float = 1.0, unit: str = "") -> str:
     """The mean of `key` over the seeds, and each seed's value where several ran."""
-    values = {seed: scale * by_seed[seed][key] for seed in sorted(by_seed)}
+    values = {seed: scale * value[key] for seed, value in by_seed.items()}
     text = f"{_mean_std(list(values.values()))[0]:.2f}{unit}"
-    if len(values) > 1:
-        each = ", ".join(f"{value:.2f}{unit}" for value in values.values())
-        text += f" (seeds {', '.join(map(str, values))}: {each})"
-    return text
+    return text + (f" ({_each_seed(values, unit)})" if len(values) > 1 else "")
+
+
+def _each_seed(values: dict[int, float], unit: str = "") -> str:
+    """`seeds 0, 1: 88.88, 89.45`: each seed's value, in seed order."""
+    seeds = sorted(values)
+    return f"seeds {', '.join(map(str, seeds))}: " + ", ".join(f"{values[seed]:.2f}{unit}" for seed in seeds)
 
 
 def best_row(rows: dict[str, Row], kind: str, target: float, ablations: bool = False):

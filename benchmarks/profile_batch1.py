@@ -294,9 +294,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--sentences", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    from benchmarks.compose import TREATMENTS  # compose builds on this module: imported once both are loaded
+
     parser.add_argument(
         "--treatment",
-        choices=("fp32", "int8", "bf16", "compiled"),
+        choices=TREATMENTS,
         default="fp32",
         help="run both models under it (as benchmarks/compose.py does): where the time goes with int8 weights, ...",
     )
