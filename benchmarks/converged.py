@@ -55,6 +55,8 @@ class Point:
     reached: bool = True
     # the FLOPs speed-up of the sentences timed at each batch size (absent in cells measured before it was recorded)
     timed_flops: dict[str, float] = field(default_factory=dict)
+    # an exit method's FLOPs speed-up on the calibration slice, where its setting was chosen (`None`: a fixed model)
+    calibrated_flops: float | None = None
 
     def fidelity(self, size: str) -> float | None:
         """Wall-clock over FLOPs speed-up at batch size `size`, on the sentences that were timed."""
@@ -78,7 +80,7 @@ class Row:
     ablation: bool = False
 
 
-def _point(measured: dict, reached: bool = True) -> Point:
+def _point(measured: dict, reached: bool = True, calibration: dict | None = None) -> Point:
     return Point(
         accuracy=measured["metric"],
         flops_speedup=measured["flops_speedup"],
@@ -86,6 +88,7 @@ def _point(measured: dict, reached: bool = True) -> Point:
         latency_p90_ms=measured.get("latency_p90_ms", {}),
         reached=reached,
         timed_flops=measured.get("timed_flops_speedup", {}),
+        calibrated_flops=(calibration or {}).get("flops_speedup"),
     )
 
 
@@ -135,7 +138,7 @@ def rows_of(cells: list[dict]) -> tuple[dict[str, Row], dict]:
                 name = f"{model} ({criterion})" if kind == "multi_exit" else model
                 row_kind = kind
             row = rows.setdefault(name, Row(name, row_kind, model, ablation=bool(options)))
-            row.points[point["target"]][seed] = _point(point["measured"], point["reached"])
+            row.points[point["target"]][seed] = _point(point["measured"], point["reached"], point.get("calibration"))
             row.cells[seed] = cell["cell"]
         for mode, oracle in _oracles(result):
             key = f"{model} ({mode})" if mode else model
@@ -450,6 +453,69 @@ def render_benchmark(title: str, folder: Path, plan_names: list[str] | None = No
                 + ".",
                 "",
             ]
+    return lines
+
+
+def _setting_changes(cells: list[dict], earlier: list[dict]) -> list[str]:
+    """The data settings in which a rerun's cells differ from the earlier run's (`key: new (earlier: old)`)."""
+    new = next((cell["settings"]["data"] for cell in cells), {})
+    old = next((cell["settings"]["data"] for cell in earlier), {})
+    return [
+        f"`{key}` {new.get(key, 'absent')} (earlier: {old.get(key, 'absent')})"
+        for key in sorted(set(new) | set(old))
+        if new.get(key) != old.get(key)
+    ]
+
+
+def _landing_text(point: Point | None) -> str:
+    """`90.14 %, 1.83x on dev (slice 2.01x)`: where a calibrated setting landed; a fixed model's speed-up alone."""
+    if point is None:
+        return "-"
+    text = f"{100 * point.accuracy:.2f}, {point.flops_speedup:.2f}x"
+    if point.calibrated_flops is not None:
+        text += f" (slice {point.calibrated_flops:.2f}x)"
+    return text + ("" if point.reached else " †")
+
+
+def render_rerun(title: str, folder: Path, earlier: Path, intro: str = "", plan_names: list[str] = ()) -> list[str]:
+    """A benchmark run again with changed data settings, cell by cell against the same cell of the earlier run: for
+    each row, target and seed the dev metric and FLOPs speed-up, and for calibrated settings the speed-up they were
+    chosen for on the calibration slice. `plan_names`: the seed-0 cells to list as not rerun yet."""
+    cells, earlier_cells = load_cells(folder), load_cells(earlier)
+    rows, old_rows = rows_of(cells)[0], rows_of(earlier_cells)[0]
+    lines = [f"### {title}", ""] + ([intro, ""] if intro else [])
+    changes = _setting_changes(cells, earlier_cells)
+    facts = [f"Changed from the earlier run (`{earlier.as_posix()}`): {'; '.join(changes)}."] if changes else []
+    train = [
+        next((c["result"]["data"]["train"] for c in group if "data" in c["result"]), "?")
+        for group in (cells, earlier_cells)
+    ]
+    if cells:
+        facts.append(f"Training sentences: {train[0]} (earlier {train[1]}).")
+    lines += [" ".join(facts), ""] if facts else []
+    if not cells:
+        return lines + [f"No cell has run yet (`{folder.as_posix()}` holds no result file).", ""]
+    metric = _metric_name(cells)
+    lines += [
+        f"| model | target | seed | this run: dev {metric} (%), speed-up | earlier run, same cell |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in _ordered(rows):
+        if row.kind == "oracle":
+            continue
+        for target, points in sorted(row.points.items(), key=lambda item: item[0] or 0):
+            for seed, point in sorted(points.items()):
+                old = old_rows.get(row.name)
+                old_point = old.points.get(target, {}).get(seed) if old else None
+                target_text = "-" if target is None else f"{target:g}x"
+                lines.append(
+                    f"| {row.name} | {target_text} | {seed} | {_landing_text(point)} | {_landing_text(old_point)} |"
+                )
+    lines += ["", "† the calibrated setting did not reach its target on the calibration slice.", ""]
+    landed = {cell["cell"] for cell in cells}
+    missing = [name for name in plan_names if name not in landed]
+    if missing:
+        lines += [f"Cells of seed 0 not rerun yet: {', '.join(f'`{name}`' for name in missing)}.", ""]
     return lines
 
 

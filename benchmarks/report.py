@@ -49,7 +49,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.converged import load_cells, plot_benchmark, render_benchmark
+from benchmarks.converged import load_cells, plot_benchmark, render_benchmark, render_rerun
 from hf_earlyexit.cli import HelpFormatter, report_errors
 from hf_earlyexit.commands.common import UsageError
 
@@ -90,6 +90,19 @@ QUICKSTART_RESULT = "quickstart/results.json"
 # The converged benchmarks (`python -m benchmarks.sst2`, `python -m benchmarks.conll`): one result file per cell under
 # these folders, rendered by `benchmarks.converged`
 CONVERGED = {"sst2": "SST-2, converged models", "conll": "CoNLL-2003, converged models"}
+# Reruns of a converged benchmark with changed data settings, each cell against the same cell of the earlier run:
+# folder -> (earlier run's folder, title, introduction)
+RERUNS = {
+    "sst2_clean": (
+        "sst2",
+        "SST-2 again, with a calibration slice new to the models (in progress)",
+        "`python -m benchmarks.sst2 --calibration_exclusive_words 3 --results_dir benchmarks/results/sst2_clean "
+        "--runs_dir runs/sst2_clean`: the same cells with the calibration sentences' phrases (3 words or more) left "
+        'out of training (see "Is the calibration slice new to the models?" below), so that a setting calibrated '
+        "for a target lands near it on dev. Each row: dev accuracy and FLOPs speed-up on dev, and for calibrated "
+        "settings the speed-up they were chosen for on the slice; beside it, the same cell of the run above.",
+    ),
+}
 
 # What the original papers and their released code published (their setups, not ours: other backbones, other data)
 PUBLISHED = [
@@ -513,6 +526,15 @@ def plot_dataset(group: list[Benchmark], path: Path, dataset: str) -> Path:
     return plot_rows(rows, path, title=dataset, ylabel=f"{group[0].metric_name} (%)", marks=TARGETS)
 
 
+def plan_names(benchmark: str, folder: Path) -> list[str]:
+    """The seed-0 cells `python -m benchmarks.<benchmark>` plans with its default arguments, for the backbone's depth
+    as the full-depth cells in `folder` record it (6 for the embedded MiniLM-L6 before any ran)."""
+    script = importlib.import_module(f"benchmarks.{benchmark}")
+    full = (c for c in load_cells(folder) if c["kind"] in ("curve", "full", "stage1"))
+    depth = next((cell["settings"]["layers"] for cell in full), 6)
+    return [cell.name for cell in script.plan(script.parse_args(["--list"]), depth)]
+
+
 def converged_sections(results_dir: Path, plots_dir: Path, output: Path) -> list[str]:
     """The converged benchmarks' section (tables and plot), when any of their result folders exists."""
     folders = {name: results_dir / name for name in CONVERGED if (results_dir / name).is_dir()}
@@ -529,16 +551,15 @@ def converged_sections(results_dir: Path, plots_dir: Path, output: Path) -> list
         "",
     ]
     for name, folder in folders.items():
-        script = importlib.import_module(f"benchmarks.{name}")
-        # the backbone's depth, as the full-depth cells record it (6 for the embedded MiniLM-L6 before any ran)
-        full = (c for c in load_cells(folder) if c["kind"] in ("curve", "full", "stage1"))
-        depth = next((cell["settings"]["layers"] for cell in full), 6)
-        plan_names = [cell.name for cell in script.plan(script.parse_args(["--list"]), depth)]
-        lines += render_benchmark(CONVERGED[name], folder, plan_names)
+        lines += render_benchmark(CONVERGED[name], folder, plan_names(name, folder))
         plot = plot_benchmark(CONVERGED[name], folder, plots_dir / f"{name}_converged.png")
         if plot is not None:
             relative = Path(os.path.relpath(Path(plot).resolve(), output.parent.resolve())).as_posix()
             lines += [f"![{CONVERGED[name]}: dev accuracy against speed-up]({relative})", ""]
+    for name, (earlier, title, intro) in RERUNS.items():
+        if (results_dir / name).is_dir():
+            folder = results_dir / name
+            lines += render_rerun(title, folder, results_dir / earlier, intro, plan_names(earlier, folder))
     return lines
 
 

@@ -235,6 +235,34 @@ def test_converged_report_builds_from_the_cells_that_exist(tiny_sst2, tmp_path):
     assert plot_benchmark("SST-2 (tiny)", folder, tmp_path / "plot.png").stat().st_size > 10_000
 
 
+def test_a_rerun_is_reported_cell_by_cell_against_the_earlier_run(tiny_sst2):
+    from benchmarks import sst2
+    from benchmarks.converged import render_rerun
+
+    sst2.main(sst2_args(tiny_sst2))  # the earlier run (done already when run with the tests above)
+    rerun = tiny_sst2 / "rerun"
+    only = ["--only", "full-seed0", "multi_exit-bypass-seed0"]
+    changed = ["--calibration_exclusive_words", "3", "--results_dir", str(rerun), "--runs_dir", str(tiny_sst2 / "rr")]
+    status = sst2.main(sst2_args(tiny_sst2, *changed, *only))
+    assert status["full-seed0"] == status["multi_exit-bypass-seed0"] == "ran"
+    plan = ["full-seed0", "static-1L-seed0", "multi_exit-bypass-seed0"]
+    text = "\n".join(render_rerun("SST-2 (tiny), again", rerun, tiny_sst2 / "results", "Why.", plan))
+    assert "Changed from the earlier run" in text and "`calibration_exclusive_words` 3 (earlier: absent)" in text
+    table = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    full = next(line for line in table if line.startswith("| full model |"))
+    earlier = json.loads((tiny_sst2 / "results" / "full-seed0.json").read_text())["result"]["measured"]
+    assert full.endswith(f"| {100 * earlier['metric']:.2f}, {earlier['flops_speedup']:.2f}x |")
+    # a calibrated setting: where it landed on dev and the speed-up it was chosen for on the slice, in both runs
+    point = next(
+        p for p in json.loads((rerun / "multi_exit-bypass-seed0.json").read_text())["result"]["points"]
+        if p["criterion"] == "entropy" and p["target"] == 2.0
+    )  # fmt: skip
+    line = next(line for line in table if line.startswith("| multi-exit + bypasses (entropy) | 2x | 0 |"))
+    assert f"{point['measured']['flops_speedup']:.2f}x (slice {point['calibration']['flops_speedup']:.2f}x)" in line
+    assert line.count("(slice ") == 2
+    assert text.split("not rerun yet: ")[1].startswith("`static-1L-seed0`.")
+
+
 @pytest.fixture(scope="module")
 def tiny_conll(tmp_path_factory, tiny_sst2):
     """CoNLL-style files over the tiny vocabulary (no CoNLL-2003 text), and the tiny backbone."""
