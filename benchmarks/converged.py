@@ -294,6 +294,21 @@ def _training_options_table(rows: dict[str, Row], metric: str) -> list[str]:
     return lines + [""]
 
 
+def target_columns(first: str, targets=TARGETS) -> list[str]:
+    """The header of a table with one column per target speed-up, after a first column named `first`."""
+    head = f"| {first} |" if first else "| |"
+    return [head + "".join(f" {t:g}x |" for t in targets), "| --- |" + " ---: |" * len(targets)]
+
+
+def best_of_kind_line(label: str, rows: dict[str, Row], kind: str, targets=TARGETS, text=_cell_text) -> str:
+    """A table line: at each target the best row of `kind` (`best_row`), as `text(points, ", <row name>")`."""
+    texts = []
+    for target in targets:
+        best = best_row(rows, kind, target)
+        texts.append("-" if best is None else text(best[1], f", {best[0]}"))
+    return f"| {label} | " + " | ".join(texts) + " |"
+
+
 def _ordered(rows: dict[str, Row]) -> list[Row]:
     return sorted(rows.values(), key=lambda r: (list(KIND_LABELS).index(r.kind), r.name))
 
@@ -359,8 +374,7 @@ def render_benchmark(title: str, folder: Path, plan_names: list[str] | None = No
         "options tried on top of a recipe left to their own table below; † the calibration slice could not reach the "
         "target):",
         "",
-        "| | " + " | ".join(f"{t:g}x" for t in TARGETS) + " |",
-        "| --- | " + " | ".join("---:" for _ in TARGETS) + " |",
+        *target_columns(""),
     ]
     if "full model" in rows:
         full = _cell_text(rows["full model"].points[None])
@@ -368,20 +382,14 @@ def render_benchmark(title: str, folder: Path, plan_names: list[str] | None = No
     kinds = [
         kind for kind in KIND_LABELS if kind not in ("full", "oracle") and any(r.kind == kind for r in rows.values())
     ]
-    for kind in kinds:
-        texts = []
-        for target in TARGETS:
-            best = best_row(rows, kind, target)
-            texts.append("-" if best is None else _cell_text(best[1], f", {best[0]}"))
-        lines.append(f"| best {KIND_LABELS[kind]} | " + " | ".join(texts) + " |")
+    lines += [best_of_kind_line(f"best {KIND_LABELS[kind]}", rows, kind) for kind in kinds]
     lines += [
         "",
         "Every row (calibrated on the slice, measured on dev; fixed-depth models in the first column; each seed's value "
         "where several ran):",
         "",
     ]
-    lines += ["| method | " + " | ".join(f"{t:g}x" for t in TARGETS) + " |"]
-    lines += ["| --- | " + " | ".join("---:" for _ in TARGETS) + " |"]
+    lines += target_columns("method")
     for row in _ordered(rows):
         if row.kind == "oracle":
             continue

@@ -5,6 +5,7 @@ import json
 import math
 
 import pytest
+import torch
 from transformers import BertConfig, BertModel
 
 from benchmarks.cells import Cell, CellStore
@@ -261,6 +262,57 @@ def test_a_rerun_is_reported_cell_by_cell_against_the_earlier_run(tiny_sst2):
     assert f"{point['measured']['flops_speedup']:.2f}x (slice {point['calibration']['flops_speedup']:.2f}x)" in line
     assert line.count("(slice ") == 2
     assert text.split("not rerun yet: ")[1].startswith("`static-1L-seed0`.")
+
+
+def test_crossfit_calibrates_on_one_half_of_dev_and_scores_the_other(tiny_sst2, tmp_path):
+    from benchmarks import crossfit, sst2
+    from hf_earlyexit.evaluation import collect, make_batches
+
+    sst2.main(sst2_args(tiny_sst2))  # the benchmark's cells (done already when run with the tests above)
+    paths = ["--results_dir", str(tiny_sst2 / "results"), "--runs_dir", str(tiny_sst2 / "runs")]
+    paths += ["--dev", str(tiny_sst2 / "dev.tsv"), "--model", str(tiny_sst2 / "model"), "--eval_batch_size", "16"]
+    output = tmp_path / "crossfit.json"
+    result = crossfit.main([*paths, "--targets", "1.5", "--repeats", "1", "--output", str(output)])
+    assert set(result["cells"]) == {
+        "cascade-1-4-dar-seed0", "assembled-1-4-seed0", "multi_exit-bypass-seed0",
+        "multi_exit-bypass-self_distillation-seed0", "multi_exit-frozen-two_stage-seed0",
+    }  # fmt: skip
+    assert json.loads(output.read_text()) == json.loads(json.dumps(result))
+    table = output.with_suffix(".md").read_text()
+    assert "| best multi-exit |" in table and "| best static |" in table and "self distillation" in table
+
+    # one criterion by hand: calibrated on one half of dev, the other half answered by a live early-exit run
+    cell = json.loads((tiny_sst2 / "results" / "multi_exit-bypass-seed0.json").read_text())
+    model = crossfit.AutoModelForSequenceClassification.from_pretrained(
+        crossfit.checkpoint_of(cell, tiny_sst2 / "runs")
+    )
+    tokenizer = crossfit.load_tokenizer(None, backbone=str(tiny_sst2 / "model"))
+    dev = crossfit.load_text_classification(tiny_sst2 / "dev.tsv")
+    rec = crossfit.dev_record(model, tokenizer, dev, cell["settings"], 16)
+    halves = torch.randperm(len(dev), generator=torch.Generator().manual_seed(0)).split(len(dev) // 2)
+    correct, flops, full = 0, 0.0, 0.0
+    for calibration, scored in (halves, halves[::-1]):
+        settings = crossfit.calibrate(model, rec.select(calibration), target_speedup=1.5, criterion="entropy",
+                                      apply=False).forward_kwargs()  # fmt: skip
+        part = dev.select(scored.tolist())
+        batches = make_batches(tokenizer, part, 16, cell["settings"]["data"]["max_length"])
+        out, plain = collect(model, batches, **settings), collect(model, batches, early_exit=False)
+        correct += int((out["logits"].argmax(-1) == torch.tensor(part["label"])).sum())
+        flops, full = flops + float(out["flops"].sum()), full + float(plain["flops"].sum())
+    entropy = result["cells"]["multi_exit-bypass-seed0"]["targets"]["1.5"]["entropy"]
+    assert entropy["accuracy"] == pytest.approx(correct / len(dev))
+    assert entropy["flops_speedup"] == pytest.approx(full / flops, rel=1e-9)
+
+    # a checkpoint that does not answer as the measured model did is refused
+    changed = tmp_path / "results"
+    changed.mkdir()
+    cell["result"]["dev_predictions"][0] = cell["result"]["dev_predictions"][0][::-1] + "0"
+    (changed / "multi_exit-bypass-seed0.json").write_text(json.dumps(cell))
+    (changed / "full-seed0.json").write_text((tiny_sst2 / "results" / "full-seed0.json").read_text())
+    with pytest.raises(RuntimeError, match="not the measured model"):
+        crossfit.main([*paths, "--results_dir", str(changed), "--targets", "1.5", "--repeats", "1"])
+    with pytest.raises(SystemExit):
+        crossfit.main([*paths, "--repeats", "0"])
 
 
 @pytest.fixture(scope="module")

@@ -240,3 +240,40 @@ def test_a_cascade_runs_with_the_forward_arguments_of_its_calibration():
 def test_forward_arguments_of_a_patience_calibration_keep_the_patience(model):
     result = calibrate(model, calibration_batches(), target_speedup=1.3, criterion="patience", apply=False)
     assert result.forward_kwargs() == {"exit_criterion": "patience", "patience": result.patience}
+
+
+# --- scoring settings on a record -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "family, criterion",
+    [("bypass", c) for c in ("max_prob", "entropy", "patience", "divergence")] + [("cascade", "max_prob")],
+)
+def test_settings_chosen_on_one_fold_score_on_the_other_as_a_live_run_measures(model, cascade, family, criterion):
+    from hf_earlyexit.calibration import score_settings
+
+    chosen = {"bypass": model, "cascade": cascade}[family]
+    batches = calibration_batches()
+    rec = record(chosen, batches)
+    assert len(rec) == 64 and len(rec.select(range(32))) == 32
+    result = calibrate(chosen, rec.select(range(32)), target_speedup=1.5, criterion=criterion, apply=False)
+    # on its own fold the settings give what the calibration expected
+    own = score_settings(chosen, rec.select(range(32)), result.forward_kwargs())
+    assert own["accuracy"] == result.expected_accuracy
+    assert own["flops_speedup"] == pytest.approx(result.expected_flops_speedup, rel=1e-12)
+    # on the other fold, what the live early-exit path measures on those examples
+    other = score_settings(chosen, rec.select(range(32, 64)), result.forward_kwargs())
+    measured = measure(chosen, batches[2:], **result.forward_kwargs())
+    assert other["accuracy"] == measured["accuracy"]
+    assert other["flops_speedup"] == pytest.approx(measured["flops_speedup"], rel=1e-12)
+    assert chosen.config.exit_threshold is None  # nothing written into the model
+
+
+def test_scoring_settings_refuses_what_is_not_an_exit_setting(model):
+    from hf_earlyexit.calibration import score_settings
+
+    rec = record(model, calibration_batches(1))
+    with pytest.raises(ValueError, match=r"`settings` has \['exit_mode'\]; expected exit settings of a classifier"):
+        score_settings(model, rec, {"exit_mode": "token"})
+    with pytest.raises(ValueError, match="max_prob"):  # the family's own check of the values
+        score_settings(model, rec, {"exit_criterion": "max_prob", "exit_threshold": 1.5})

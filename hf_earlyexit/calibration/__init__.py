@@ -39,7 +39,7 @@ from .result import (
     check_calibration_labels,
     check_target,
 )
-from .sequence import THRESHOLD_CRITERIA, CalibrationRecord, calibrate_sequence, record
+from .sequence import THRESHOLD_CRITERIA, CalibrationRecord, calibrate_sequence, record, score_settings
 from .token import TOKEN_METRICS, TokenCalibrationRecord, calibrate_token, record_token, token_frontier
 
 
@@ -129,5 +129,6 @@ __all__ = [
     "check_target",
     "record",
     "record_token",
+    "score_settings",
     "token_frontier",
 ]

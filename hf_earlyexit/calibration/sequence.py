@@ -22,7 +22,7 @@ and `reference_flops(lengths)`.
 """
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -52,6 +52,20 @@ class CalibrationRecord:
     reference_flops: torch.Tensor  # (N,): FLOPs of the full model
     exit_layers: list[int]
     full_layers: int
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+    def select(self, indices) -> "CalibrationRecord":
+        """The record of the examples at `indices` only (e.g. one fold of a cross-validation)."""
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        return replace(
+            self,
+            all_logits=self.all_logits[:, indices],
+            labels=self.labels[indices],
+            exit_flops=self.exit_flops[:, indices],
+            reference_flops=self.reference_flops[indices],
+        )
 
 
 @torch.inference_mode()
@@ -136,6 +150,24 @@ class _Scorer:
             "flops_speedup": self.reference / flops,
             "layer_speedup": self.rec.full_layers * index.numel() / float(self.layers[index].sum()),
         }
+
+
+_SETTINGS = ("exit_criterion", "exit_threshold", "patience", "divergence", "regression_tolerance")
+
+
+def score_settings(model, rec: CalibrationRecord, settings: dict) -> dict:
+    """What exit settings give on a recorded set, without running the model again: `accuracy`, `flops_speedup` and
+    `layer_speedup`, exactly what a live run with those settings measures on the same examples.
+
+    Scores settings chosen on another set (thresholds calibrated on one fold, scored on the other), or settings typed
+    by hand. `settings`: forward arguments of the family, as [`CalibrationResult.forward_kwargs`] gives them
+    (`exit_criterion`, `exit_threshold`, `patience`); missing ones are the model config's.
+    """
+    unknown = set(settings) - set(_SETTINGS)
+    if unknown:
+        raise ValueError(f"`settings` has {sorted(unknown)}; expected exit settings of a classifier: {_SETTINGS}.")
+    rule = model.config.exit_rule(**settings)  # the rule a live forward with these settings uses
+    return _Scorer(rec, None).evaluate(rule)
 
 
 def _clip(criterion: str, value: float) -> float:
