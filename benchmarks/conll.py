@@ -390,6 +390,7 @@ class Benchmark(CellBenchmark):
                     window_sizes=args.windows if mode == "token" else None,
                     max_live_checks=args.live_checks,
                     apply=False,
+                    max_overshoot=None,  # the rule the finished cells were calibrated with (TOKEE lands near anyway)
                 )
                 settings = calibration.forward_kwargs()
                 if mode == "sentence":

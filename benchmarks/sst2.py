@@ -66,6 +66,7 @@ from benchmarks.common import (
 )
 from hf_earlyexit import BertForCascadeClassification, BertWithBypassExits
 from hf_earlyexit.calibration import calibrate, record
+from hf_earlyexit.commands.calibrate import overshoot
 from hf_earlyexit.data import load_text_classification, phrases_within
 from hf_earlyexit.evaluation import (
     collect,
@@ -152,6 +153,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     measuring = parser.add_argument_group("measuring")
     measuring.add_argument("--targets", nargs="+", type=float, default=[1.5, 2.0, 3.0, 4.0])
+    measuring.add_argument(
+        "--calibration_max_overshoot",
+        type=overshoot,
+        default=None,
+        help="`calibrate(max_overshoot=...)` for the exit methods' points (default 'none', the rule the finished "
+        "cells were calibrated with: the most accurate setting at any speed-up above the target; the library's "
+        "default is 0.05)",
+    )
     add_timing_arguments(measuring)
     args = parser.parse_args(argv)
     check_common_arguments(parser, args)
@@ -290,7 +299,14 @@ def measure_exits(model, data: Data, args, criteria, progress) -> list[dict]:
     points = []
     for criterion in criteria:
         for target in args.targets:
-            result = calibrate(model, recorded, target_speedup=target, criterion=criterion, apply=False)
+            result = calibrate(
+                model,
+                recorded,
+                target_speedup=target,
+                criterion=criterion,
+                apply=False,
+                max_overshoot=args.calibration_max_overshoot,
+            )
             points.append(
                 {
                     "criterion": criterion,
@@ -392,6 +408,10 @@ def plan(args, depth: int) -> list[Cell]:
     ]
     for seed in a.seeds:
         common = {**common_settings(a, seed), "epochs": a.epochs}
+        # the cells that calibrate exits; the rule is recorded only when set, so the finished cells keep their key
+        calibrated = dict(common)
+        if a.calibration_max_overshoot is not None:
+            calibrated["calibration_max_overshoot"] = a.calibration_max_overshoot
         full = Cell(f"full-seed{seed}", "full", {**common, "layers": depth, "lr": a.learning_rate})
         cells.append(full)
         shallow = [k for k in a.static_layers if k < depth]
@@ -412,14 +432,14 @@ def plan(args, depth: int) -> list[Cell]:
         for spec in a.cascades:
             for recipe in a.cascade_recipes:
                 layers = [int(d) for d in spec.split("-")]
-                settings = {**common, "member_layers": layers, "recipe": recipe, "lr": a.learning_rate}
+                settings = {**calibrated, "member_layers": layers, "recipe": recipe, "lr": a.learning_rate}
                 cells.append(Cell(f"cascade-{spec}-{recipe}-seed{seed}", "cascade", settings))
         for variant in a.bypass:
-            settings = {**common, "use_bypass": variant == "bypass", "lr": a.learning_rate, "recipe": "joint"}
+            settings = {**calibrated, "use_bypass": variant == "bypass", "lr": a.learning_rate, "recipe": "joint"}
             cells.append(Cell(f"multi_exit-{variant}-seed{seed}", "multi_exit", settings))
         for ablation in a.ablations:
             settings = {
-                **common,
+                **calibrated,
                 "use_bypass": True,
                 "lr": a.learning_rate,
                 "recipe": "joint",
@@ -428,7 +448,7 @@ def plan(args, depth: int) -> list[Cell]:
             cells.append(Cell(f"multi_exit-bypass-{ablation}-seed{seed}", "multi_exit", settings))
         for recipe in a.frozen_recipes:
             settings = {
-                **common,
+                **calibrated,
                 "epochs": a.frozen_epochs,
                 "use_bypass": False,
                 "lr": a.head_learning_rate,
@@ -440,7 +460,7 @@ def plan(args, depth: int) -> list[Cell]:
         for spec in a.assembled:
             layers = [int(d) for d in spec.split("-")]
             members = [f"static-{k}L-seed{seed}" if k < depth else full.name for k in layers]
-            settings = {**common, "member_layers": layers, "members": members}
+            settings = {**calibrated, "member_layers": layers, "members": members}
             cells.append(Cell(f"assembled-{spec}-seed{seed}", "assembled", settings, needs=tuple(members)))
     return cells
 

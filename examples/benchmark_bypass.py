@@ -138,7 +138,11 @@ def choose_points(model, calibration_record, criteria, targets):
     for criterion in criteria:
         seen = set()
         for target in targets:
-            result = calibrate(model, calibration_record, target_speedup=target, criterion=criterion, apply=False)
+            # max_overshoot=None: the rule the committed results were calibrated with (the most accurate setting at
+            # any speed-up above the target)
+            result = calibrate(
+                model, calibration_record, target_speedup=target, criterion=criterion, apply=False, max_overshoot=None
+            )
             settings = result.forward_kwargs()
             key = json.dumps(settings, sort_keys=True)
             if key in seen:

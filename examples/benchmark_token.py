@@ -249,6 +249,7 @@ def sweep(model, args, calibration_record, dev_batches, timing, reference) -> tu
                 window_sizes=args.windows if mode == "token" else None,
                 max_live_checks=args.live_checks,
                 apply=False,
+                max_overshoot=None,  # the rule the committed results were calibrated with
             )
             settings = result.forward_kwargs()
             if mode == "sentence":

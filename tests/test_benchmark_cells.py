@@ -154,6 +154,12 @@ def test_sst2_benchmark_runs_every_kind_and_resumes_by_cell(tiny_sst2):
     assert status["distilled-1L-seed0"] == "ran" and status["static-1L-seed0"] == "skipped"
     assert (results / "static-1L-seed0.json").read_text() == before
     assert sst2.main(sst2_args(tiny_sst2, "--list")) == dict.fromkeys(status, True) | {"distilled-1L-seed0": False}
+    # a calibration rule set on the command line concerns the cells that calibrate exits, and only them
+    listed = sst2.main(sst2_args(tiny_sst2, "--calibration_max_overshoot", "0.05", "--list"))
+    assert {name for name, done in listed.items() if not done} == {
+        "distilled-1L-seed0", "cascade-1-4-dar-seed0", "multi_exit-bypass-seed0", "assembled-1-4-seed0",
+        "multi_exit-bypass-self_distillation-seed0", "multi_exit-frozen-two_stage-seed0",
+    }  # fmt: skip
 
     # --remeasure: a finished cell measured again from its checkpoint, its training record kept
     cell = results / "multi_exit-bypass-seed0.json"

@@ -277,3 +277,37 @@ def test_scoring_settings_refuses_what_is_not_an_exit_setting(model):
         score_settings(model, rec, {"exit_mode": "token"})
     with pytest.raises(ValueError, match="max_prob"):  # the family's own check of the values
         score_settings(model, rec, {"exit_criterion": "max_prob", "exit_threshold": 1.5})
+
+
+# --- which setting a speed-up target picks --------------------------------------------------------------------------
+
+
+def test_a_speedup_target_picks_the_most_accurate_setting_that_lands_near_it():
+    from hf_earlyexit.calibration.result import select
+
+    points = [
+        {"flops_speedup": speed, "accuracy": accuracy}
+        for speed, accuracy in ((1.9, 0.90), (2.02, 0.85), (2.08, 0.86), (2.5, 0.88), (3.0, 0.80))
+    ]
+    assert select(points, 0.9, 2.0, None, max_overshoot=0.05) == ({"flops_speedup": 2.08, "accuracy": 0.86}, True)
+    # at any speed-up: the luckier 2.5x setting, which overshoots the target on new examples
+    assert select(points, 0.9, 2.0, None, max_overshoot=None) == ({"flops_speedup": 2.5, "accuracy": 0.88}, True)
+    # nothing lands within 1 % above 2.2x: the slowest setting that reaches it
+    assert select(points, 0.9, 2.2, None, max_overshoot=0.01) == ({"flops_speedup": 2.5, "accuracy": 0.88}, True)
+    assert select(points, 0.9, 4.0, None, max_overshoot=0.05) == ({"flops_speedup": 3.0, "accuracy": 0.80}, False)
+    # an accuracy-drop target is unchanged: the fastest setting within the drop
+    assert select(points, 0.9, None, 0.03, max_overshoot=0.05)[0]["flops_speedup"] == 2.5
+
+
+def test_calibrate_passes_the_overshoot_on_and_checks_it(model):
+    rec = record(model, calibration_batches())
+    anywhere = calibrate(model, rec, target_speedup=1.2, max_overshoot=None, apply=False)
+    feasible = [p["accuracy"] for p in anywhere.frontier if p["flops_speedup"] >= 1.2]
+    assert anywhere.expected_accuracy == max(feasible)
+    near = calibrate(model, rec, target_speedup=1.2, apply=False)  # the default: within 5 % above the target
+    assert near.expected_flops_speedup >= 1.2 and near.expected_accuracy <= anywhere.expected_accuracy
+    exact = calibrate(model, rec, target_speedup=1.2, max_overshoot=0.0, apply=False)
+    assert exact.expected_flops_speedup <= near.expected_flops_speedup
+    for bad in (-0.1, True, "5 %"):
+        with pytest.raises(ValueError, match=r"`max_overshoot` is a fraction of the target speed-up .* got"):
+            calibrate(model, rec, target_speedup=1.2, max_overshoot=bad)

@@ -465,6 +465,21 @@ def test_calibrate_usage_errors_leave_the_checkpoint_alone(
     assert not (checkpoint / "calibration.json").exists()
 
 
+@pytest.mark.parametrize("value", ["-0.1", "fast"])
+def test_calibrate_refuses_a_bad_overshoot_before_loading_anything(workspace, checkpoint_copy, capsys, value):
+    checkpoint = checkpoint_copy("bypass")
+    config = (checkpoint / "config.json").read_bytes()
+    argv = ["calibrate", "--model", checkpoint, "--data", workspace / "data/dev.tsv", "--target_speedup", "2"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in [*argv, "--max_overshoot", value]])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and (checkpoint / "config.json").read_bytes() == config
+    assert (
+        f"argument --max_overshoot: expected a fraction >= 0 (0.05: up to 5 % above the target) or 'none', got '{value}'"
+        in err
+    )
+
+
 def test_calibrate_token_checkpoint(token_workspace, tmp_path, capsys):
     import shutil
 

@@ -33,6 +33,7 @@ import torch
 
 from ..families import family_of
 from .result import (
+    DEFAULT_MAX_OVERSHOOT,
     CalibrationResult,
     TokenCalibrationResult,
     apply_calibration,
@@ -55,6 +56,7 @@ def calibrate(
     metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
     apply: bool = True,
     split_across_processes: bool = False,
+    max_overshoot: float | None = DEFAULT_MAX_OVERSHOOT,
 ) -> CalibrationResult:
     """Choose exit thresholds for a target, from one recorded pass over a calibration set.
 
@@ -63,7 +65,8 @@ def calibrate(
             to [`calibrate_token`] (`criterion` is then its `exit_mode`, `metric` its metric, entity F1 by default).
         batches: Tokenized batches with `labels` (e.g. from `hf_earlyexit.evaluation.make_batches` plus labels), or a
             [`CalibrationRecord`] from [`record`] to reuse one pass for several targets.
-        target_speedup: FLOPs speed-up to reach (>= 1): the most accurate setting that reaches it is chosen.
+        target_speedup: FLOPs speed-up to reach (>= 1): the most accurate setting that reaches it is chosen, among
+            those that land within `max_overshoot` above it.
         max_accuracy_drop: Largest accuracy drop allowed against the full model, as a fraction (0.01 = one point):
             the fastest setting within it is chosen. Give exactly one of the two targets.
         criterion: Exit criterion to calibrate; defaults to the model config's. For `patience` the patience is chosen;
@@ -76,6 +79,12 @@ def calibrate(
         split_across_processes: In a multi-process run, record the calibration set with each process running a share
             of the batches (see [`record`], [`record_token`]; a token model's live TOKEE checks are shared out too);
             every process then searches the same record and chooses the same setting.
+        max_overshoot: With `target_speedup`, how far above the target a setting may land and still compete on
+            accuracy, as a fraction of it (0.05: up to 5 % faster); when no setting lands that close, the slowest
+            that reaches the target is chosen. On a calibration set of hundreds or a few thousand examples, a setting
+            much faster than the target that scores higher is mostly luck: choosing it overshoots the target on new
+            examples and costs accuracy there (`benchmarks/crossfit.py` measures both rules on SST-2). `None`: the
+            most accurate setting at any speed-up above the target.
 
     Returns:
         A [`CalibrationResult`]. A target that cannot be reached is reported (`reached=False`, a warning) with the
@@ -98,6 +107,7 @@ def calibrate(
             max_candidates=max_candidates,
             metric=metric,
             apply=apply,
+            max_overshoot=max_overshoot,
         )
     result = calibrate_sequence(
         model,
@@ -109,6 +119,7 @@ def calibrate(
         max_candidates=max_candidates,
         metric=metric,
         split_across_processes=split_across_processes,
+        max_overshoot=max_overshoot,
     )
     if apply:
         apply_calibration(model, result)

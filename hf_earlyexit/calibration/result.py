@@ -120,8 +120,21 @@ class CalibrationResult:
 TokenCalibrationResult = CalibrationResult
 
 
-def check_target(target_speedup: float | None, max_accuracy_drop: float | None) -> dict:
-    """Exactly one valid target, as the result's `target` dict."""
+# How far above a target speed-up a setting may land and still compete on accuracy (`calibrate(max_overshoot=...)`)
+DEFAULT_MAX_OVERSHOOT = 0.05
+
+
+def check_target(
+    target_speedup: float | None, max_accuracy_drop: float | None, max_overshoot: float | None = None
+) -> dict:
+    """Exactly one valid target, as the result's `target` dict (and a valid `max_overshoot`)."""
+    if max_overshoot is not None and (
+        isinstance(max_overshoot, bool) or not isinstance(max_overshoot, (int, float)) or not max_overshoot >= 0
+    ):
+        raise ValueError(
+            f"`max_overshoot` is a fraction of the target speed-up (0.05: up to 5 % above it), >= 0 or None, got "
+            f"{max_overshoot!r}."
+        )
     if (target_speedup is None) == (max_accuracy_drop is None):
         raise ValueError("Give exactly one calibration target: `target_speedup` or `max_accuracy_drop`.")
     if target_speedup is not None and not (target_speedup >= 1.0 and math.isfinite(target_speedup)):
@@ -149,9 +162,18 @@ def midpoints(values: torch.Tensor, max_candidates: int) -> list[float]:
     return sorted({*(float(m) for m in mids), *ends})
 
 
-def select(points: list[dict], full_accuracy: float, target_speedup, max_accuracy_drop) -> tuple[dict, bool]:
+def select(
+    points: list[dict], full_accuracy: float, target_speedup, max_accuracy_drop, max_overshoot: float | None = None
+) -> tuple[dict, bool]:
+    """The chosen point and whether it meets the target. For a speed-up target: the most accurate setting that reaches
+    it, among those within `max_overshoot` above it (when none is, the slowest that reaches it); `None`: among all."""
     if target_speedup is not None:
         feasible = [p for p in points if p["flops_speedup"] >= target_speedup]
+        if feasible and max_overshoot is not None:
+            near = [p for p in feasible if p["flops_speedup"] <= target_speedup * (1 + max_overshoot)]
+            if not near:
+                return min(feasible, key=lambda p: (p["flops_speedup"], -p["accuracy"])), True
+            feasible = near
         if feasible:
             return max(feasible, key=lambda p: (p["accuracy"], p["flops_speedup"])), True
         return max(points, key=lambda p: (p["flops_speedup"], p["accuracy"])), False

@@ -29,6 +29,7 @@ import torch
 from ..evaluation import map_batches
 from ..models.bert.exit_utils import ExitRule, first_exit
 from .result import (
+    DEFAULT_MAX_OVERSHOOT,
     CalibrationResult,
     check_calibration_labels,
     check_target,
@@ -187,9 +188,10 @@ def calibrate_sequence(
     max_candidates: int,
     metric: Callable[[torch.Tensor, torch.Tensor], float] | None,
     split_across_processes: bool,
+    max_overshoot: float | None = DEFAULT_MAX_OVERSHOOT,
 ) -> CalibrationResult:
     """The classification part of [`~hf_earlyexit.calibration.calibrate`] (see there for the arguments)."""
-    target = check_target(target_speedup, max_accuracy_drop)
+    target = check_target(target_speedup, max_accuracy_drop, max_overshoot)
     criterion = criterion or model.config.exit_criterion
     model.config.exit_rule(exit_criterion=criterion)  # the family refuses criteria it cannot use, with its own message
     rec = batches if isinstance(batches, CalibrationRecord) else record(model, batches, split_across_processes)
@@ -203,7 +205,7 @@ def calibrate_sequence(
     full_accuracy = scorer.metric(rec.all_logits[-1], rec.labels)
 
     points = _search(scorer, build, criterion, per_exit, max_candidates)
-    choice, reached = select(points, full_accuracy, target_speedup, max_accuracy_drop)
+    choice, reached = select(points, full_accuracy, target_speedup, max_accuracy_drop, max_overshoot)
     message = outcome_message(
         description=f"criterion {criterion}",
         reached=reached,

@@ -23,6 +23,7 @@ import torch
 
 from ..evaluation import map_batches
 from .result import (
+    DEFAULT_MAX_OVERSHOOT,
     CalibrationResult,
     apply_calibration,
     check_calibration_labels,
@@ -189,6 +190,7 @@ def calibrate_token(
     max_live_checks: int = 12,
     metric: str | Callable | None = None,
     apply: bool = True,
+    max_overshoot: float | None = DEFAULT_MAX_OVERSHOOT,
 ) -> CalibrationResult:
     """Choose the threshold (and, for TOKEE, the window) of a [`BertForTokenEarlyExit`] for a target.
 
@@ -202,7 +204,8 @@ def calibrate_token(
     Args:
         model: A [`BertForTokenEarlyExit`].
         batches: Batches from [`encode_words`] with `labels` (and `word_ids`), or a [`TokenCalibrationRecord`].
-        target_speedup: FLOPs speed-up to reach (>= 1); the best-scoring setting that reaches it is chosen.
+        target_speedup: FLOPs speed-up to reach (>= 1); the best-scoring setting that reaches it is chosen, among
+            those within `max_overshoot` above it (see [`~hf_earlyexit.calibration.calibrate`]).
         max_accuracy_drop: Largest drop of the metric against the full model, as a fraction (0.01 = one point of
             F1); the fastest setting within it is chosen. Give exactly one of the two targets.
         exit_mode: `"token"` (TOKEE) or `"sentence"` (SENTEE); defaults to the config's.
@@ -213,8 +216,9 @@ def calibrate_token(
             `"token_accuracy"` (accuracy over words, the default otherwise), or `metric(logits, labels) -> float` on the
             padded `(N, seq, num_labels)` logits and `(N, seq)` labels (higher is better).
         apply: Write the chosen `exit_mode`, `exit_threshold` and `window_size` into `model.config`.
+        max_overshoot: See [`~hf_earlyexit.calibration.calibrate`].
     """
-    target = check_target(target_speedup, max_accuracy_drop)
+    target = check_target(target_speedup, max_accuracy_drop, max_overshoot)
     exit_mode, windows = _token_search_space(model, exit_mode, window_sizes, max_candidates)
     if isinstance(max_live_checks, bool) or not isinstance(max_live_checks, int) or max_live_checks < 1:
         raise ValueError(f"`max_live_checks` must be an integer >= 1, got {max_live_checks!r}.")
@@ -245,7 +249,7 @@ def calibrate_token(
         points.append({**full, "threshold": 0.0, "window_size": windows[0]})
 
     renamed = [{**p, "accuracy": p["metric"]} for p in points]
-    choice, reached = select(renamed, full["metric"], target_speedup, max_accuracy_drop)
+    choice, reached = select(renamed, full["metric"], target_speedup, max_accuracy_drop, max_overshoot)
     description = f"{exit_mode} exit, threshold {choice['threshold']:.4g}"
     if exit_mode == "token":
         description += f", window {choice['window_size']}"

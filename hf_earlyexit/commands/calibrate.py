@@ -14,7 +14,8 @@
 """`hf-earlyexit calibrate`: choose exit thresholds on held-out labelled data and write them into the checkpoint.
 
 One recorded pass over `--data` scores every candidate setting (`hf_earlyexit.calibration.calibrate`); the most
-accurate setting that reaches `--target_speedup` (a FLOPs speed-up >= 1), or the fastest within `--max_accuracy_drop`
+accurate setting that reaches `--target_speedup` (a FLOPs speed-up >= 1; among the settings within `--max_overshoot`
+above it, 5 % by default), or the fastest within `--max_accuracy_drop`
 (a fraction: 0.01 is one point), goes into the checkpoint's `config.json` (only the exit settings change; the file is
 written to a temporary file and then moved over the old one) and its model card (`README.md`) is rendered again with
 the calibration's frontier (and the training hyperparameters `train` kept in `model_card_data.json`). `calibration.json` beside them keeps the whole result.
@@ -40,6 +41,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..calibration.result import DEFAULT_MAX_OVERSHOOT
 from .common import (
     UsageError,
     add_data_arguments,
@@ -55,6 +57,21 @@ from .common import (
 EXIT_SETTINGS = ("exit_criterion", "exit_threshold", "patience", "exit_mode", "window_size")
 
 
+def overshoot(text: str) -> float | None:
+    """`--max_overshoot`: a fraction >= 0, or `none`."""
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction >= 0 (0.05: up to 5 % above the target) or 'none', got {text!r}"
+        )
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="An early-exit checkpoint folder; it is updated in place.")
     add_data_arguments(parser)
@@ -68,6 +85,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Exit criterion to calibrate (default: the checkpoint's); for a token model its exit mode, token or "
         "sentence.",
+    )
+    parser.add_argument(
+        "--max_overshoot",
+        type=overshoot,
+        default=DEFAULT_MAX_OVERSHOOT,
+        help="With --target_speedup: how far above it a setting may land and still compete on accuracy, a fraction "
+        f"of it (default {DEFAULT_MAX_OVERSHOOT}: up to 5 %% faster; 'none': the most accurate at any speed-up).",
     )
     parser.add_argument("--per_exit", action="store_true", help="One threshold per exit instead of a shared one.")
     parser.add_argument(
@@ -164,6 +188,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
             exit_mode=criterion,
             window_sizes=args.window_sizes,
             apply=False,
+            max_overshoot=args.max_overshoot,
         )
     else:
         result = calibrate(
@@ -174,6 +199,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
             criterion=criterion,
             per_exit=args.per_exit or None,
             apply=False,
+            max_overshoot=args.max_overshoot,
         )
     write = not args.dry_run and (result.reached or args.accept_nearest)
     if write:
