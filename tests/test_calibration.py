@@ -277,6 +277,10 @@ def test_scoring_settings_refuses_what_is_not_an_exit_setting(model):
         score_settings(model, rec, {"exit_mode": "token"})
     with pytest.raises(ValueError, match="max_prob"):  # the family's own check of the values
         score_settings(model, rec, {"exit_criterion": "max_prob", "exit_threshold": 1.5})
+    from tests.test_modeling_token_exit_bert import tiny_model as tiny_token_model
+
+    with pytest.raises(ValueError, match="scores a classifier's exit settings"):
+        score_settings(tiny_token_model(), rec, {})
 
 
 # --- which setting a speed-up target picks --------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..evaluation import map_batches
+from ..families import family_of
 from ..models.bert.exit_utils import ExitRule, first_exit
 from .result import (
     DEFAULT_MAX_OVERSHOOT,
@@ -164,6 +165,11 @@ def score_settings(model, rec: CalibrationRecord, settings: dict) -> dict:
     by hand. `settings`: forward arguments of the family, as [`CalibrationResult.forward_kwargs`] gives them
     (`exit_criterion`, `exit_threshold`, `patience`); missing ones are the model config's.
     """
+    if family_of(model).is_token:
+        raise ValueError(
+            "`score_settings` scores a classifier's exit settings; a tagger's are scored by `calibrate_token`'s "
+            "replay (`token_frontier`)."
+        )
     unknown = set(settings) - set(_SETTINGS)
     if unknown:
         raise ValueError(f"`settings` has {sorted(unknown)}; expected exit settings of a classifier: {_SETTINGS}.")
