@@ -122,6 +122,8 @@ def rows_of(cells: list[dict]) -> tuple[dict[str, Row], dict]:
             model = f"frozen full model + exits, {settings['recipe'].replace('_', '-')}"
         elif kind == "multi_exit":
             model = "multi-exit " + ("+ bypasses" if settings["use_bypass"] else "no bypass")
+            if settings.get("recipe") == "teacher_distillation":
+                model += ", exits distilled from the full model"
             options = [o for o in settings.get("training_options", {}) if not o.endswith("_temperature")]
             model += "".join(" + " + option.replace("_weight", "").replace("_", " ") for option in options)
         elif kind == "cascade":

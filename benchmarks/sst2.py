@@ -28,6 +28,7 @@ each under `--results_dir` (see `benchmarks/cells.py`; checkpoints under `--runs
 | `assembled` | cascades assembled from `static` members and `full` (no training) | - |
 | `multi_exit` | BADGE multi-exit model, with and without bypasses, four criteria | `joint` |
 | `multi_exit-bypass-<ablation>` | the same with bypasses and one training option (`--ablations`) | `joint` + option |
+| `multi_exit-bypass-teacher` | the same with bypasses, every exit also learning `full`'s answers (`--teacher_exits`) | `teacher_distillation` |
 | `multi_exit-frozen-<recipe>` | exits added to `full` of the same seed, its encoder and last exit frozen (`--frozen_recipes`) | stage 2 of `two_stage` / `distillation` |
 
 Every model with more than one exit is calibrated on the slice for each target FLOPs speed-up (`--targets`) and run
@@ -128,6 +129,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=sorted(FROZEN_RECIPES),
         default=sorted(FROZEN_RECIPES),
         help="exits trained on the frozen full model (DeeBERT's second stage), one cell each",
+    )
+    models.add_argument(
+        "--teacher_exits",
+        nargs="*",
+        choices=["bypass"],
+        default=["bypass"],
+        help="the multi-exit model trained jointly with every exit distilled from the full model (the "
+        "teacher_distillation recipe), one cell each; none: leave it out",
     )
     models.add_argument(
         "--ablations",
@@ -437,6 +446,17 @@ def plan(args, depth: int) -> list[Cell]:
         for variant in a.bypass:
             settings = {**calibrated, "use_bypass": variant == "bypass", "lr": a.learning_rate, "recipe": "joint"}
             cells.append(Cell(f"multi_exit-{variant}-seed{seed}", "multi_exit", settings))
+        for variant in a.teacher_exits:
+            settings = {
+                **calibrated,
+                "use_bypass": variant == "bypass",
+                "lr": a.learning_rate,
+                "recipe": "teacher_distillation",
+                "temperature": a.distillation_temperature,
+                "alpha": a.distillation_alpha,
+                "teacher": full.key,
+            }
+            cells.append(Cell(f"multi_exit-{variant}-teacher-seed{seed}", "multi_exit", settings, needs=(full.name,)))
         for ablation in a.ablations:
             settings = {
                 **calibrated,
@@ -500,14 +520,7 @@ class Benchmark(CellBenchmark):
         extra = {"epochs": epochs or s["epochs"]}
         recipe = "joint"
         if cell.kind == "distilled":
-            teacher_name = cell.needs[0]
-            logits = load_file(self.store.results_dir / f"{teacher_name}.teacher.safetensors")["logits"]
-            if len(logits) != len(data.train):
-                raise ValueError(
-                    f"{teacher_name}'s teacher logits cover {len(logits)} sentences, not {len(data.train)}"
-                )
-            extra["train_set"] = data.train.add_column("teacher_logits", logits.tolist())
-            extra.update(distillation_temperature=s["temperature"], distillation_alpha=s["alpha"])
+            extra.update(self.teacher_options(cell, data))
             recipe = "teacher_distillation"
         result = train(model, self.args, data, self.tokenizer, seed, run_dir, s["lr"], recipe, **extra)
         model.save_pretrained(run_dir / "final")
@@ -546,6 +559,19 @@ class Benchmark(CellBenchmark):
         model.save_pretrained(run_dir / "final")
         return self.measure(cell, model, data, ["max_prob"], {"training": result})
 
+    def teacher_options(self, cell: Cell, data: Data) -> dict:
+        """The training options of a cell distilled from the full model `cell.needs[0]`: the training set with that
+        model's logits (saved when it ran) and the distillation settings."""
+        teacher_name = cell.needs[0]
+        logits = load_file(self.store.results_dir / f"{teacher_name}.teacher.safetensors")["logits"]
+        if len(logits) != len(data.train):
+            raise ValueError(f"{teacher_name}'s teacher logits cover {len(logits)} sentences, not {len(data.train)}")
+        return {
+            "train_set": data.train.add_column("teacher_logits", logits.tolist()),
+            "distillation_temperature": cell.settings["temperature"],
+            "distillation_alpha": cell.settings["alpha"],
+        }
+
     def run_multi_exit(self, cell: Cell, run_dir: Path) -> dict:
         s = cell.settings
         data = self.data(s["seed"])
@@ -554,6 +580,8 @@ class Benchmark(CellBenchmark):
         if "first_stage" in s:
             self.load_first_stage(model, cell.needs[0])
         options = {"epochs": s["epochs"], **s.get("training_options", {})}
+        if s["recipe"] == "teacher_distillation":
+            options.update(self.teacher_options(cell, data))
         result = train(model, self.args, data, self.tokenizer, s["seed"], run_dir, s["lr"], s["recipe"], **options)
         model.save_pretrained(run_dir / "final")
         return self.measure(cell, model, data, list(CRITERIA), {"training": result})

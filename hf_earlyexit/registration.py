@@ -101,6 +101,7 @@ BYPASS = Family(
         "two_stage": "hf_earlyexit.losses:TwoStageExitLoss.from_args",
         "alternating": "hf_earlyexit.losses:AlternatingExitLoss.from_args",
         "distillation": "hf_earlyexit.losses:DistillationExitLoss.from_args",
+        "teacher_distillation": "hf_earlyexit.losses:MultiExitTeacherDistillationLoss.from_args",
     },
     staged_recipes=("two_stage", "distillation"),
     card=FamilyCard(

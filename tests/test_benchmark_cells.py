@@ -114,7 +114,7 @@ def test_sst2_benchmark_runs_every_kind_and_resumes_by_cell(tiny_sst2):
     assert set(status) == {
         "curve-seed0", "full-seed0", "static-1L-seed0", "distilled-1L-seed0", "cascade-1-4-dar-seed0",
         "multi_exit-bypass-seed0", "multi_exit-bypass-self_distillation-seed0", "multi_exit-frozen-two_stage-seed0",
-        "assembled-1-4-seed0",
+        "assembled-1-4-seed0", "multi_exit-bypass-teacher-seed0",
     }  # fmt: skip
     results = tiny_sst2 / "results"
     curve = json.loads((results / "curve-seed0.json").read_text())
@@ -140,6 +140,12 @@ def test_sst2_benchmark_runs_every_kind_and_resumes_by_cell(tiny_sst2):
     assert ablation["training"]["loss"]["self_distillation_weight"] == 1.0
     plain = json.loads((results / "multi_exit-bypass-seed0.json").read_text())["result"]
     assert plain["training"]["loss"] == {"class": "JointExitLoss", "weights": "linear"}
+    # every exit learning the full model's answers too, from the logits the full cell saved
+    taught = json.loads((results / "multi_exit-bypass-teacher-seed0.json").read_text())["result"]
+    assert taught["training"]["loss"] == {
+        "class": "MultiExitTeacherDistillationLoss", "weights": "linear", "distillation_temperature": 2.0,
+        "distillation_alpha": 0.5,
+    }  # fmt: skip
     # exits trained on the frozen full model: its last exit answers every dev sentence as the full model does
     frozen = json.loads((results / "multi_exit-frozen-two_stage-seed0.json").read_text())["result"]
     full = json.loads((results / "full-seed0.json").read_text())["result"]
@@ -158,7 +164,7 @@ def test_sst2_benchmark_runs_every_kind_and_resumes_by_cell(tiny_sst2):
     listed = sst2.main(sst2_args(tiny_sst2, "--calibration_max_overshoot", "0.05", "--list"))
     assert {name for name, done in listed.items() if not done} == {
         "distilled-1L-seed0", "cascade-1-4-dar-seed0", "multi_exit-bypass-seed0", "assembled-1-4-seed0",
-        "multi_exit-bypass-self_distillation-seed0", "multi_exit-frozen-two_stage-seed0",
+        "multi_exit-bypass-self_distillation-seed0", "multi_exit-frozen-two_stage-seed0", "multi_exit-bypass-teacher-seed0",
     }  # fmt: skip
 
     # --remeasure: a finished cell measured again from its checkpoint, its training record kept
@@ -206,6 +212,7 @@ def test_converged_report_builds_from_the_cells_that_exist(tiny_sst2, tmp_path):
         "| frozen full model + exits, two-stage",
         "| multi-exit + bypasses",
         "| multi-exit + bypasses + self distillation",
+        "| multi-exit + bypasses, exits distilled from the full model",
     ]
     # the best static model at 2x is the most accurate one whose speed-up reaches 2x (within 1 %)
     name, points = best_row(rows, "static", 2.0)
@@ -281,7 +288,7 @@ def test_crossfit_calibrates_on_one_half_of_dev_and_scores_the_other(tiny_sst2, 
     result = crossfit.main([*paths, "--targets", "1.5", "--repeats", "1", "--output", str(output)])
     assert set(result["cells"]) == {
         "cascade-1-4-dar-seed0", "assembled-1-4-seed0", "multi_exit-bypass-seed0",
-        "multi_exit-bypass-self_distillation-seed0", "multi_exit-frozen-two_stage-seed0",
+        "multi_exit-bypass-self_distillation-seed0", "multi_exit-frozen-two_stage-seed0", "multi_exit-bypass-teacher-seed0",
     }  # fmt: skip
     assert json.loads(output.read_text()) == json.loads(json.dumps(result))
     table = output.with_suffix(".md").read_text()

@@ -46,14 +46,19 @@ def teacher_model(tmp_path):
     return teacher
 
 
-def test_teacher_column_and_teacher_model_train_the_same_student(tmp_path):
+def training_sets(tmp_path):
+    """A training set, and the same with the saved teacher's logits as a `teacher_logits` column."""
     teacher = teacher_model(tmp_path)
     train = separable_dataset(64, seed=0)
     with torch.no_grad():
         logits = teacher(
             input_ids=torch.tensor(train["input_ids"]), attention_mask=torch.tensor(train["attention_mask"])
-        )
-    with_column = train.add_column("teacher_logits", logits.logits.tolist())
+        ).logits
+    return train, train.add_column("teacher_logits", logits.tolist())
+
+
+def test_teacher_column_and_teacher_model_train_the_same_student(tmp_path):
+    train, with_column = training_sets(tmp_path)
 
     def trained(dataset, **args):
         model = tiny_cascade(member_layers=(2,))
@@ -96,6 +101,55 @@ def test_a_teacher_with_other_labels_is_refused(tmp_path):
     args = make_args(tmp_path, exit_recipe="teacher_distillation", distillation_teacher=str(tmp_path / "t3"))
     with pytest.raises(ValueError, match="has 3 labels, the student 2"):
         EarlyExitTrainer(tiny_cascade(member_layers=(2,)), args, train_dataset=separable_dataset(8, seed=0))
+
+
+# --- multi-exit models ---------------------------------------------------------------------------------------------
+
+
+def test_multi_exit_distillation_by_hand():
+    from types import SimpleNamespace
+
+    from hf_earlyexit.losses import MultiExitTeacherDistillationLoss
+    from tests.test_modeling_bypass_bert import tiny_model
+
+    config = tiny_model(num_labels=2).config  # exits after layers 1-4: linear weights 1, 2, 3, 4
+    loss = MultiExitTeacherDistillationLoss(config, temperature=2.0, alpha=0.5)
+    exits = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]], [[1.0, 0.0]], [[0.0, 1.0]]])  # (exits, batch 1, labels)
+    teacher = torch.tensor([[0.0, 1.0]])
+    out = loss(SimpleNamespace(all_logits=exits), {"labels": torch.tensor([0]), "teacher_logits": teacher}, step=0)
+    # exits 1 and 3 disagree with the teacher (the by-hand case above), exits 2 and 4 agree with it (KL 0)
+    kl, ce_right, ce_wrong = math.tanh(0.25) / 2, math.log(1 + math.exp(-1.0)), math.log(1 + math.exp(1.0))
+    disagree, agree = 0.5 * 4 * kl + 0.5 * ce_right, 0.5 * ce_wrong
+    expected = (1 * disagree + 2 * agree + 3 * disagree + 4 * agree) / 10
+    assert float(out["loss"]) == pytest.approx(expected, abs=1e-6)
+    assert float(out["loss_exit_2"]) == pytest.approx(agree, abs=1e-6) and float(out["kl_exit_1"]) == pytest.approx(kl)
+    # evaluation data without teacher logits: the joint recipe's loss on the labels
+    joint = loss(SimpleNamespace(all_logits=exits), {"labels": torch.tensor([0])}, step=None)
+    assert float(joint["loss"]) == pytest.approx((1 * ce_right + 2 * ce_wrong + 3 * ce_right + 4 * ce_wrong) / 10)
+
+
+def test_multi_exit_distillation_trains_from_a_column_as_from_the_teacher(tmp_path):
+    from hf_earlyexit.losses import MultiExitTeacherDistillationLoss
+    from tests.test_modeling_bypass_bert import tiny_model
+
+    train, with_column = training_sets(tmp_path)
+
+    def trained(dataset, **args):
+        torch.manual_seed(0)
+        model = tiny_model(num_labels=2).train()
+        arguments = make_args(tmp_path / "out", exit_recipe="teacher_distillation", max_steps=4, **args)
+        trainer = EarlyExitTrainer(model, arguments, train_dataset=dataset)
+        assert isinstance(trainer.exit_loss, MultiExitTeacherDistillationLoss)
+        trainer.train()
+        return model, [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+    by_column, column_losses = trained(with_column, gradient_equilibrium=True)
+    by_model, model_losses = trained(train, distillation_teacher=str(tmp_path / "teacher"), gradient_equilibrium=True)
+    assert column_losses == pytest.approx(model_losses, rel=1e-5)
+    for (name, a), b in zip(by_column.named_parameters(), by_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="self_distillation_weight"):
+        trained(with_column, self_distillation_weight=1.0)
 
 
 # --- sequence labelling -----------------------------------------------------------------------------------------------

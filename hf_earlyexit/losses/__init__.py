@@ -24,7 +24,7 @@ takes one given explicitly (`EarlyExitTrainer(..., loss=...)`).
 | [`~hf_earlyexit.losses.multi_exit`] | multi-exit recipes: `joint`, `two_stage`, `alternating`, `distillation` (`docs/methods.md` section 1) |
 | [`~hf_earlyexit.losses.cascade`] | cascade recipes: `joint`, `difficulty_aware` (`docs/methods.md` section 2) |
 | [`~hf_earlyexit.losses.token`] | sequence-labelling recipes: `joint`, `self_sampling` (`docs/methods.md` section 3) |
-| [`~hf_earlyexit.losses.distillation`] | `teacher_distillation` for cascades and for sequence labelling |
+| [`~hf_earlyexit.losses.distillation`] | `teacher_distillation` for cascades, multi-exit models and sequence labelling |
 
 What evaluation reports is in [`~hf_earlyexit.metrics`]; the passes over the training set that two recipes need
 (CascadeBERT's warm-up labelling, self-sampling's stage-1 logits) are in [`~hf_earlyexit.callbacks`].
@@ -60,6 +60,7 @@ from .cascade import (
 from .distillation import (
     TEACHER_DISTILLATION_RECIPE,
     TEACHER_LOGITS_COLUMN,
+    MultiExitTeacherDistillationLoss,
     TeacherDistillationLoss,
     TokenTeacherDistillationLoss,
     load_teacher,
@@ -104,6 +105,7 @@ __all__ = [
     "JointExitLoss",
     "JointTokenExitLoss",
     "MultiExitLoss",
+    "MultiExitTeacherDistillationLoss",
     "OPTIONAL_TRAINING_ARGUMENTS",
     "SANDWICH_AGGRESSIVE",
     "SANDWICH_NO_EXIT",

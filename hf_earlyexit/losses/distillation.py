@@ -13,11 +13,13 @@
 # limitations under the License.
 """Knowledge distillation from a fine-tuned teacher: the smaller-model baseline a user would train instead of an
 early-exit model, for cascades ([`TeacherDistillationLoss`]) and sequence labelling
-([`TokenTeacherDistillationLoss`]), both the `teacher_distillation` recipe of their family.
+([`TokenTeacherDistillationLoss`]), and every exit of a multi-exit model learning from the full model
+([`MultiExitTeacherDistillationLoss`]); each the `teacher_distillation` recipe of its family.
 
 | recipe | class | objective |
 | --- | --- | --- |
 | `teacher_distillation` (cascades) | [`TeacherDistillationLoss`] | `sum_k alpha T^2 KL_T(teacher, member k) + (1 - alpha) CE_k` (Hinton et al.) |
+| `teacher_distillation` (multi-exit) | [`MultiExitTeacherDistillationLoss`] | `sum_i w_i [alpha T^2 KL_T(teacher, exit i) + (1 - alpha) CE_i] / sum_i w_i` |
 | `teacher_distillation` (tokens) | [`TokenTeacherDistillationLoss`] | every exit: `alpha T^2 KL_T(teacher, exit) + (1 - alpha) CE` per word |
 """
 
@@ -27,8 +29,9 @@ from torch import nn
 from ..citations import CITATIONS
 from ..distributed import sum_across_processes
 from ..models.bert.exit_utils import kl_divergence
-from .base import require_softmax_classification
+from .base import ExitLoss, require_softmax_classification
 from .cascade import CascadeExitLoss
+from .multi_exit import JointExitLoss
 from .token import TokenExitLoss
 
 
@@ -91,12 +94,18 @@ def load_teacher(args, model, auto_class) -> nn.Module | None:
 
 
 class _FromTeacher:
-    """What both distillation losses do with their teacher: keep it out of the student's modules, check that the
-    training set or the teacher gives its logits, and put it on the training device."""
+    """What the distillation losses do with their teacher: keep it out of the student's modules, keep the
+    temperature and weight of the soft term, check that the training set or the teacher gives its logits, and put it
+    on the training device."""
 
-    def set_teacher(self, teacher: nn.Module | None) -> None:
+    def set_teacher(self, teacher: nn.Module | None, temperature: float, alpha: float) -> None:
         # not a submodule: the teacher is neither trained nor saved with the student
         self.__dict__["teacher"] = teacher.eval().requires_grad_(False) if teacher is not None else None
+        self.temperature = temperature
+        self.alpha = alpha
+
+    def distillation_config(self) -> dict:
+        return {"distillation_temperature": self.temperature, "distillation_alpha": self.alpha}
 
     def setup(self, trainer) -> None:
         columns = getattr(trainer.train_dataset, "column_names", None) or []
@@ -107,6 +116,14 @@ class _FromTeacher:
             )
         if self.teacher is not None:
             self.teacher.to(trainer.args.device)
+
+    def teacher_logits(self, inputs) -> torch.Tensor:
+        """A sequence classifier's `(batch, num_labels)` logits of the batch: its `teacher_logits` column, else the
+        teacher run on the batch's model inputs."""
+        if TEACHER_LOGITS_COLUMN in inputs:
+            return inputs[TEACHER_LOGITS_COLUMN]
+        with torch.no_grad():
+            return self.teacher(**ExitLoss.model_inputs(self, inputs)).logits
 
 
 class TeacherDistillationLoss(_FromTeacher, CascadeExitLoss):
@@ -131,9 +148,7 @@ class TeacherDistillationLoss(_FromTeacher, CascadeExitLoss):
     def __init__(self, config, temperature: float = 2.0, alpha: float = 0.5, teacher: nn.Module | None = None):
         super().__init__(config)
         require_softmax_classification(config, "Logit distillation")
-        self.temperature = temperature
-        self.alpha = alpha
-        self.set_teacher(teacher)
+        self.set_teacher(teacher, temperature, alpha)
 
     @classmethod
     def from_args(cls, model, args):
@@ -142,12 +157,6 @@ class TeacherDistillationLoss(_FromTeacher, CascadeExitLoss):
         cls.check_args(args)
         teacher = load_teacher(args, model, AutoModelForSequenceClassification)
         return cls(model.config, args.distillation_temperature, args.distillation_alpha, teacher)
-
-    def teacher_logits(self, inputs) -> torch.Tensor:
-        if TEACHER_LOGITS_COLUMN in inputs:
-            return inputs[TEACHER_LOGITS_COLUMN]
-        with torch.no_grad():
-            return self.teacher(**self.model_inputs(inputs)).logits
 
     def forward(self, outputs, inputs, step=None):
         if step is None and self.teacher is None and TEACHER_LOGITS_COLUMN not in inputs:
@@ -165,7 +174,78 @@ class TeacherDistillationLoss(_FromTeacher, CascadeExitLoss):
         return components
 
     def get_config_dict(self):
-        return {"distillation_temperature": self.temperature, "distillation_alpha": self.alpha}
+        return self.distillation_config()
+
+
+class MultiExitTeacherDistillationLoss(_FromTeacher, JointExitLoss):
+    r"""Every exit of a multi-exit model learns from a fine-tuned teacher (typically the full model, fine-tuned on its
+    own) as well as from the labels, the exits weighted as the `joint` recipe weights them:
+    `sum_i w_i [alpha T^2 KL(p_teacher^T || p_i^T) + (1 - alpha) CE_i] / sum_i w_i` (see [`logit_distillation_loss`]).
+
+    Joint training costs the last exit accuracy against a model fine-tuned for full depth alone; learning the
+    teacher's answers, as the distilled smaller models do, is meant to win it back and to strengthen the shallow exits.
+    The teacher's logits come from a `teacher_logits` column or from `teacher`, as for [`TeacherDistillationLoss`].
+    In evaluation without teacher logits the loss is the joint recipe's.
+
+    Args:
+        config ([`BypassBertConfig`]): The model's config (single-label classification).
+        temperature (`float`): `T`.
+        alpha (`float`): Weight of the soft term.
+        weights: As for [`JointExitLoss`].
+        gradient_equilibrium (`bool`): As for [`JointExitLoss`].
+        teacher (`nn.Module`, *optional*): Used when the batch has no `teacher_logits`.
+    """
+
+    input_columns = ("labels", TEACHER_LOGITS_COLUMN)
+    citation = CITATIONS["distillation"]
+    training_options = frozenset({"gradient_equilibrium"})
+
+    def __init__(
+        self,
+        config,
+        temperature: float = 2.0,
+        alpha: float = 0.5,
+        weights: str | list[float] = "linear",
+        gradient_equilibrium: bool = False,
+        teacher: nn.Module | None = None,
+    ):
+        super().__init__(config, weights, gradient_equilibrium=gradient_equilibrium)
+        require_softmax_classification(config, "Logit distillation")
+        self.set_teacher(teacher, temperature, alpha)
+
+    @classmethod
+    def from_args(cls, model, args):
+        from transformers import AutoModelForSequenceClassification
+
+        teacher = load_teacher(args, model, AutoModelForSequenceClassification)
+        return cls(
+            model.config,
+            args.distillation_temperature,
+            args.distillation_alpha,
+            args.exit_loss_weights,
+            gradient_equilibrium=args.gradient_equilibrium,
+            teacher=teacher,
+        )
+
+    def forward(self, outputs, inputs, step=None):
+        if step is None and self.teacher is None and TEACHER_LOGITS_COLUMN not in inputs:
+            return super().forward(outputs, inputs, step)  # evaluation data without teacher logits: the labels' loss
+        teacher = self.teacher_logits(inputs)
+        terms = [
+            logit_distillation_terms(logits, teacher, inputs["labels"], self.temperature)
+            for logits in outputs.all_logits
+        ]
+        kl = torch.stack([term[0].mean() for term in terms])
+        ce = torch.stack([term[1].mean() for term in terms])
+        losses = mix_distillation(kl, ce, self.temperature, self.alpha)
+        weights = torch.as_tensor(self.weights, dtype=losses.dtype, device=losses.device)
+        components = {"loss": (weights * losses).sum() / weights.sum()}
+        components.update({f"loss_exit_{layer}": value.detach() for layer, value in zip(self.exit_layers, losses)})
+        components.update({f"kl_exit_{layer}": value.detach() for layer, value in zip(self.exit_layers, kl)})
+        return components
+
+    def get_config_dict(self):
+        return {**super().get_config_dict(), **self.distillation_config()}
 
 
 class TokenTeacherDistillationLoss(_FromTeacher, TokenExitLoss):
@@ -190,9 +270,7 @@ class TokenTeacherDistillationLoss(_FromTeacher, TokenExitLoss):
 
     def __init__(self, config, temperature=2.0, alpha=0.5, weights="linear", teacher: nn.Module | None = None):
         super().__init__(config, weights)
-        self.temperature = temperature
-        self.alpha = alpha
-        self.set_teacher(teacher)
+        self.set_teacher(teacher, temperature, alpha)
 
     @classmethod
     def from_args(cls, model, args):
@@ -239,14 +317,11 @@ class TokenTeacherDistillationLoss(_FromTeacher, TokenExitLoss):
         return components
 
     def get_config_dict(self):
-        return {
-            **super().get_config_dict(),
-            "distillation_temperature": self.temperature,
-            "distillation_alpha": self.alpha,
-        }
+        return {**super().get_config_dict(), **self.distillation_config()}
 
 
 __all__ = [
+    "MultiExitTeacherDistillationLoss",
     "TeacherDistillationLoss",
     "TokenTeacherDistillationLoss",
     "load_teacher",
