@@ -19,7 +19,9 @@ Two of them need nothing from this package, since the exit loop runs whatever li
   `model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)` (torch 2.13 warns
   that `torch.ao`'s quantized tensors are deprecated in favour of `torchao`; they still work). Quantizing moves the
   exits' confidences: calibrate the quantized model (`hf_earlyexit.calibrate(model, batches, ...)`) rather than reuse
-  thresholds calibrated in fp32;
+  thresholds calibrated in fp32. Its live runs then match the calibration up to the few examples near a threshold
+  (activations are quantized per batch, so a sub-batch left after some examples exit gets slightly other logits
+  than the full batch the calibration recorded), where fp32 matches it exactly;
 - bf16: `AutoModel...from_pretrained(path, dtype=torch.bfloat16)` (bf16 weights), or running the model under
   `torch.autocast("cpu", dtype=torch.bfloat16)` (fp32 weights, bf16 matrix products; the outputs stay fp32).
 

@@ -153,6 +153,8 @@ def test_an_int8_model_can_be_recalibrated():
         result = calibrate(quantized, batches, target_speedup=2.0)
         measured = measure(quantized, batches)
     assert result.reached and measured["flops_speedup"] >= 2.0
-    # what the calibration predicted from its recorded pass is what the quantized model does live
-    assert measured["flops_speedup"] == pytest.approx(result.expected_flops_speedup, rel=1e-12)
-    assert measured["accuracy"] == result.expected_accuracy
+    # what the calibration predicted from its recorded pass is what the quantized model does live, up to the few
+    # examples near a threshold: int8 quantizes activations per batch, so a compacted sub-batch computes slightly other
+    # logits than the full batch it was recorded in (in fp32 the match is exact, see test_calibration.py)
+    assert measured["flops_speedup"] == pytest.approx(result.expected_flops_speedup, rel=0.03)
+    assert abs(measured["accuracy"] - result.expected_accuracy) <= 2 / 64
