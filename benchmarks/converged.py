@@ -466,10 +466,18 @@ def render_benchmark(title: str, folder: Path, plan_names: list[str] | None = No
     return lines
 
 
+def _data_and_calibration(cells: list[dict]) -> dict:
+    """The data settings of a run's cells, with the calibration settings its exit cells record."""
+    settings = next((dict(cell["settings"]["data"]) for cell in cells), {})
+    for cell in cells:
+        settings.update({key: value for key, value in cell["settings"].items() if key.startswith("calibration_")})
+    return settings
+
+
 def _setting_changes(cells: list[dict], earlier: list[dict]) -> list[str]:
-    """The data settings in which a rerun's cells differ from the earlier run's (`key: new (earlier: old)`)."""
-    new = next((cell["settings"]["data"] for cell in cells), {})
-    old = next((cell["settings"]["data"] for cell in earlier), {})
+    """The data and calibration settings in which a rerun's cells differ from the earlier run's (`key new (earlier:
+    old)`)."""
+    new, old = _data_and_calibration(cells), _data_and_calibration(earlier)
     return [
         f"`{key}` {new.get(key, 'absent')} (earlier: {old.get(key, 'absent')})"
         for key in sorted(set(new) | set(old))
@@ -521,7 +529,9 @@ def render_rerun(title: str, folder: Path, earlier: Path, intro: str = "", plan_
                 lines.append(
                     f"| {row.name} | {target_text} | {seed} | {_landing_text(point)} | {_landing_text(old_point)} |"
                 )
-    lines += ["", "† the calibrated setting did not reach its target on the calibration slice.", ""]
+    lines.append("")
+    if any("†" in line for line in lines):
+        lines += ["† the calibrated setting did not reach its target on the calibration slice.", ""]
     landed = {cell["cell"] for cell in cells}
     missing = [name for name in plan_names if name not in landed]
     if missing:
