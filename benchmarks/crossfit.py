@@ -77,7 +77,9 @@ def dev_record(model, tokenizer, dev, settings: dict, batch_size: int):
     return record(model, sst2.Data._labelled(tokenizer, dev, args))
 
 
-def crossfit_cell(model, rec, criteria: list[str], targets: list[float], repeats: int, max_overshoot=None) -> dict:
+def crossfit_cell(
+    model, rec, criteria: list[str], targets: list[float], repeats: int, max_overshoot=DEFAULT_MAX_OVERSHOOT
+) -> dict:
     """`{target: {criterion or "best": {accuracy, flops_speedup, calibrated_flops_speedup, reached}}}`, each the mean
     over `repeats` random halvings of the record (both halves answered by settings calibrated on the other)."""
     n = len(rec)
