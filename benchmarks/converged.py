@@ -486,7 +486,8 @@ def _setting_changes(cells: list[dict], earlier: list[dict]) -> list[str]:
 
 
 def _landing_text(point: Point | None) -> str:
-    """`90.14 %, 1.83x on dev (slice 2.01x)`: where a calibrated setting landed; a fixed model's speed-up alone."""
+    """`90.14, 1.83x (slice 2.01x)`: a point's dev metric and speed-up, and for a calibrated setting the speed-up it
+    was chosen for on the slice."""
     if point is None:
         return "-"
     text = f"{100 * point.accuracy:.2f}, {point.flops_speedup:.2f}x"

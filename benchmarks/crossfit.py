@@ -58,6 +58,7 @@ from benchmarks.profile_batch1 import report
 from hf_earlyexit.calibration import calibrate, record, score_settings
 from hf_earlyexit.calibration.result import DEFAULT_MAX_OVERSHOOT
 from hf_earlyexit.commands.calibrate import overshoot
+from hf_earlyexit.commands.common import batches_with_labels
 from hf_earlyexit.data import load_text_classification
 from hf_earlyexit.evaluation import machine_info
 
@@ -73,8 +74,7 @@ def checkpoint_of(cell: dict, runs_dir: Path) -> Path:
 
 def dev_record(model, tokenizer, dev, settings: dict, batch_size: int):
     """The model's record of the dev set, every exit evaluated, in the benchmark's batches."""
-    args = argparse.Namespace(eval_batch_size=batch_size, max_length=settings["data"]["max_length"])
-    return record(model, sst2.Data._labelled(tokenizer, dev, args))
+    return record(model, batches_with_labels(tokenizer, dev, batch_size, settings["data"]["max_length"]))
 
 
 def crossfit_cell(

@@ -100,8 +100,9 @@ RERUNS = {
         "benchmarks/results/sst2_clean --runs_dir runs/sst2_clean`: the same cells with the calibration sentences' "
         'phrases (3 words or more) left out of training (see "Is the calibration slice new to the models?" below), so '
         "that a setting calibrated for a target lands near it on dev, and calibrated with `calibrate`'s default rule "
-        "(the most accurate setting within 5 % above the target). Each row: dev accuracy and FLOPs speed-up on dev, and for calibrated "
-        "settings the speed-up they were chosen for on the slice; beside it, the same cell of the run above.",
+        "(the most accurate setting within 5 % above the target). Each row: dev accuracy and FLOPs speed-up on dev, "
+        "and for calibrated settings the speed-up they were chosen for on the slice; beside it, the same cell of the "
+        "run above.",
     ),
 }
 
