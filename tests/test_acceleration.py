@@ -158,3 +158,22 @@ def test_an_int8_model_can_be_recalibrated():
     # logits than the full batch it was recorded in (in fp32 the match is exact, see test_calibration.py)
     assert measured["flops_speedup"] == pytest.approx(result.expected_flops_speedup, rel=0.03)
     assert abs(measured["accuracy"] - result.expected_accuracy) <= 2 / 64
+    # and the examples that leave elsewhere live are exactly those whose confidence sits at the threshold
+    from hf_earlyexit.calibration import record
+    from hf_earlyexit.evaluation import collect
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rec = record(quantized, batches)
+        inputs = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
+        live = collect(quantized, inputs, **result.forward_kwargs())["exit_layer"]
+    assert result.criterion == "max_prob" and isinstance(result.exit_threshold, float)
+    confidence = rec.all_logits.softmax(-1).amax(-1)  # (exits, examples), as recorded in the full batches
+    fires = torch.cat([confidence[:-1] >= result.exit_threshold, torch.ones_like(confidence[:1], dtype=torch.bool)])
+    replayed = fires.int().argmax(0)  # the first exit that fires
+    live_index = torch.searchsorted(torch.tensor(rec.exit_layers), live)
+    moved = (live_index != replayed).nonzero().flatten()
+    assert 0 < len(moved) <= 3  # this seed has one or more (the point of the test)
+    earlier = torch.minimum(live_index, replayed)[moved]
+    # within 1e-3 of it (int8's per-batch noise), where the recorded confidences sit a median 5e-3 away
+    assert (confidence[earlier, moved] - result.exit_threshold).abs().max() < 1e-3
