@@ -25,13 +25,14 @@ over dev with every exit evaluated (checked against the predictions its result f
 was measured); each criterion is calibrated on the calibration half and scored there by replay
 (`hf_earlyexit.calibration.score_settings`, exactly what a live run measures); the row's "best criterion" is the one
 most accurate on the calibration half among those that reach the target there. No timing: the benchmark's cells
-measure the clock against the FLOPs.
+measure the clock against the FLOPs. A cell whose checkpoint is not here keeps its entry from the earlier run of this
+script with the same `--output` (same split count and rule) when its settings have not changed since (each entry
+records its cell's settings hash); otherwise it is listed as without a checkpoint.
 
     python -m benchmarks.crossfit --output benchmarks/results/crossfit/sst2.json
 """
 
 import argparse
-import hashlib
 import json
 import logging
 import statistics
@@ -43,6 +44,7 @@ from transformers import AutoModelForSequenceClassification
 
 import hf_earlyexit  # noqa: F401  (registers the early-exit models with the Auto classes)
 from benchmarks import sst2
+from benchmarks.cells import Cell
 from benchmarks.common import load_tokenizer, log
 from benchmarks.converged import (
     TARGETS,
@@ -66,10 +68,26 @@ from hf_earlyexit.evaluation import machine_info
 EXIT_KINDS = ("multi_exit", "cascade", "assembled")
 
 
+def settings_key(cell: dict) -> str:
+    """The short hash of a finished cell's settings (`benchmarks.cells.Cell.key`)."""
+    return Cell(cell["cell"], cell["kind"], cell["settings"]).key
+
+
 def checkpoint_of(cell: dict, runs_dir: Path) -> Path:
     """A finished cell's final checkpoint: `<runs_dir>/<name>-<settings hash>/final` (`benchmarks/cells.py`)."""
-    key = hashlib.sha256(json.dumps(cell["settings"], sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return runs_dir / f"{cell['cell']}-{key}" / "final"
+    return runs_dir / f"{cell['cell']}-{settings_key(cell)}" / "final"
+
+
+def earlier_entries(args) -> dict[str, dict]:
+    """The cells of an earlier run of this script with the same `--output`, split count and rule: reused for cells
+    whose checkpoint is not on this machine (checkpoints live in an ignored folder; the result files outlive them)."""
+    path = Path(args.output) if args.output else None
+    if path is None or not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    if (earlier["repeats"], earlier["max_overshoot"]) != (args.repeats, args.max_overshoot):
+        return {}
+    return earlier["cells"]
 
 
 def dev_record(model, tokenizer, dev, settings: dict, batch_size: int):
@@ -141,13 +159,24 @@ def run(args) -> dict:
     results_dir, runs_dir = Path(args.results_dir), Path(args.runs_dir)
     dev = load_text_classification(args.dev)
     logging.getLogger("hf_earlyexit.calibration").setLevel(logging.ERROR)  # unreachable targets are recorded
-    cells, skipped = {}, []
+    earlier = earlier_entries(args)
+    cells, carried_over, skipped = {}, [], []
     for cell in load_cells(results_dir):
         if cell["kind"] not in EXIT_KINDS or (args.cells and cell["cell"] not in args.cells):
             continue
         path = checkpoint_of(cell, runs_dir)
         if not path.is_dir():
-            skipped.append(cell["cell"])
+            entry = earlier.get(cell["cell"])
+            # the same trained model (settings unchanged), answered for every target asked now
+            if (
+                entry
+                and entry.get("key") == settings_key(cell)
+                and set(map(str, args.targets)) <= set(entry["targets"])
+            ):
+                cells[cell["cell"]] = entry
+                carried_over.append(cell["cell"])
+            else:
+                skipped.append(cell["cell"])
             continue
         log(f"{cell['cell']}: recording dev")
         model = AutoModelForSequenceClassification.from_pretrained(path).eval()
@@ -165,7 +194,8 @@ def run(args) -> dict:
             "model": row.model,
             "ablation": row.ablation,
             "seed": cell["settings"]["seed"],
-            "full_accuracy": cell["result"]["exit_accuracy"][-1],
+            "key": settings_key(cell),
+            "last_exit_accuracy": cell["result"]["exit_accuracy"][-1],
             "targets": crossfit_cell(model, rec, criteria, args.targets, args.repeats, args.max_overshoot),
         }
         log(f"{cell['cell']}: done")
@@ -174,6 +204,7 @@ def run(args) -> dict:
         "repeats": args.repeats,
         "max_overshoot": args.max_overshoot,
         "cells": cells,
+        "carried_over": carried_over,
         "without_checkpoint": skipped,
         "machine": machine_info(),
         "command": "python -m benchmarks.crossfit " + " ".join(args.argv),
@@ -235,6 +266,13 @@ def markdown(result: dict, benchmark_rows: dict[str, Row]) -> str:
     for name, row in sorted(rows.items()):
         texts = [against_full(row.points[t]) if t in row.points else "-" for t in targets]
         lines.append(f"| {name} | " + " | ".join(texts) + " |")
+    if result["carried_over"]:
+        lines += [
+            "",
+            f"Carried over from the earlier run of this script ({len(result['carried_over'])} cells, settings "
+            "unchanged; their checkpoints are not on the machine of this run): "
+            f"{', '.join(result['carried_over'])}.",
+        ]
     if result["without_checkpoint"]:
         lines += ["", f"Cells without a checkpoint here: {', '.join(result['without_checkpoint'])}."]
     return "\n".join(lines)

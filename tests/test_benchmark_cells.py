@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -293,6 +294,23 @@ def test_crossfit_calibrates_on_one_half_of_dev_and_scores_the_other(tiny_sst2, 
     assert json.loads(output.read_text()) == json.loads(json.dumps(result))
     table = output.with_suffix(".md").read_text()
     assert "| best multi-exit |" in table and "| best static |" in table and "self distillation" in table
+
+    # without the checkpoints, a rerun keeps the earlier run's entries of the cells whose settings did not change
+    no_runs = [*paths, "--runs_dir", str(tmp_path / "no_runs"), "--targets", "1.5", "--repeats", "1"]
+    again = crossfit.main([*no_runs, "--output", str(output)])
+    assert again["cells"] == result["cells"] and again["carried_over"] == list(result["cells"])
+    assert "Carried over from the earlier run" in output.with_suffix(".md").read_text()
+    changed = tmp_path / "changed_settings"
+    shutil.copytree(tiny_sst2 / "results", changed)
+    cell = json.loads((changed / "multi_exit-bypass-seed0.json").read_text())
+    cell["settings"]["lr"] *= 2
+    (changed / "multi_exit-bypass-seed0.json").write_text(json.dumps(cell))
+    again = crossfit.main([*no_runs, "--results_dir", str(changed), "--output", str(output)])
+    assert again["without_checkpoint"] == ["multi_exit-bypass-seed0"]
+    assert again["carried_over"] == [name for name in result["cells"] if name != "multi_exit-bypass-seed0"]
+    output.write_text(json.dumps(result))  # another split count or other targets: nothing is carried over
+    assert crossfit.main([*no_runs, "--repeats", "2", "--output", str(output)])["carried_over"] == []
+    assert crossfit.main([*no_runs, "--targets", "2", "--output", str(output)])["carried_over"] == []
 
     # one criterion by hand: calibrated on one half of dev, the other half answered by a live early-exit run
     cell = json.loads((tiny_sst2 / "results" / "multi_exit-bypass-seed0.json").read_text())
