@@ -68,6 +68,7 @@ from benchmarks.common import (
 from hf_earlyexit import BertForCascadeClassification, BertWithBypassExits
 from hf_earlyexit.calibration import calibrate, record
 from hf_earlyexit.commands.calibrate import overshoot
+from hf_earlyexit.commands.common import batches_with_labels
 from hf_earlyexit.data import load_text_classification, phrases_within
 from hf_earlyexit.evaluation import (
     collect,
@@ -235,24 +236,13 @@ class Data:
             "label", "labels"
         )
         self.dev_set = dev.map(tokenize, batched=True, remove_columns=["text"]).rename_column("label", "labels")
-        self.calibration_batches = self._labelled(tokenizer, calibration, args)
+        self.calibration_batches = batches_with_labels(tokenizer, calibration, args.eval_batch_size, args.max_length)
         self.dev_batches = make_batches(tokenizer, dev, args.eval_batch_size, args.max_length)
         self.dev_labels = torch.tensor(dev["label"])
         self.dev_lengths = torch.cat([batch["attention_mask"].sum(-1) for batch in self.dev_batches])
         timed = dev.select(range(min(args.timing_sentences, len(dev))))
         self.timing = {size: make_batches(tokenizer, timed, size, args.max_length) for size in args.timing_batch_sizes}
         self.sizes = {"train": len(self.train), "calibration": len(calibration), "dev": len(dev), "timed": len(timed)}
-
-    @staticmethod
-    def _labelled(tokenizer, dataset, args) -> list[dict]:
-        batches = make_batches(tokenizer, dataset, args.eval_batch_size, args.max_length)
-        labels = torch.tensor(dataset["label"])
-        start = 0
-        for batch in batches:
-            size = batch["input_ids"].shape[0]
-            batch["labels"] = labels[start : start + size]
-            start += size
-        return batches
 
 
 # --------------------------------------------------------------------------------------------------------------------
