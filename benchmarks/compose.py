@@ -20,6 +20,8 @@ same real sentences:
 
 - `fp32`: as trained;
 - `int8`: `torch.ao` dynamic quantization of every linear layer (`quantize_dynamic(model, {nn.Linear}, qint8)`);
+- `int8_layers`: the same for the linear layers inside the encoder layers only (`hf_earlyexit.quantize_layers`), the
+  exit heads (and the plain model's classifier) left in fp32;
 - `bf16`: bf16 weights (`model.to(torch.bfloat16)`, what `from_pretrained(..., dtype=torch.bfloat16)` loads);
 - `compiled`: `hf_earlyexit.compile_layers` for the early-exit model, the encoder layers of the plain model compiled
   the same way.
@@ -44,11 +46,11 @@ import torch
 from torch import nn
 
 from benchmarks.profile_batch1 import FAMILIES, default_data, load, report, sentences
-from hf_earlyexit.acceleration import compile_layers
+from hf_earlyexit.acceleration import compile_layers, quantize_layers
 from hf_earlyexit.timing import forward_one, interleaved_batch_latency, machine_info
 
 
-TREATMENTS = ("fp32", "int8", "bf16", "compiled")
+TREATMENTS = ("fp32", "int8", "int8_layers", "bf16", "compiled")
 
 
 def treat(model: nn.Module, treatment: str) -> nn.Module:
@@ -58,6 +60,8 @@ def treat(model: nn.Module, treatment: str) -> nn.Module:
             warnings.simplefilter("ignore")
             return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     model = copy.deepcopy(model)
+    if treatment == "int8_layers":
+        return quantize_layers(model)
     if treatment == "bf16":
         return model.to(torch.bfloat16)
     if treatment == "compiled":

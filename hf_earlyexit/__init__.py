@@ -80,11 +80,12 @@ _LAZY = {
     "calibrate": "calibration",
     "calibrate_token": "calibration",
     "compile_layers": "acceleration",
+    "quantize_layers": "acceleration",
     "register_exit_loss": "losses",
 }
 
 if TYPE_CHECKING:
-    from .acceleration import compile_layers
+    from .acceleration import compile_layers, quantize_layers
     from .calibration import CalibrationResult, TokenCalibrationResult, calibrate, calibrate_token
     from .hub import MissingTokenizerError
     from .losses import (
@@ -161,6 +162,7 @@ __all__ = [
     "compile_layers",
     "difficulty_aware_ranking_loss",
     "encode_words",
+    "quantize_layers",
     "register",
     "register_exit_loss",
 ]

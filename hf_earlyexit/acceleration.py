@@ -13,15 +13,18 @@
 # limitations under the License.
 """Early exit on top of the CPU inference tools users already apply to a transformers model.
 
-Two of them need nothing from this package, since the exit loop runs whatever linear layers and dtype the model has:
+The exit loop runs whatever linear layers and dtype the model has:
 
-- int8 dynamic quantization of the linear layers (weights int8, activations quantized per batch; CPU only):
-  `model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)` (torch 2.13 warns
-  that `torch.ao`'s quantized tensors are deprecated in favour of `torchao`; they still work). Quantizing moves the
-  exits' confidences: calibrate the quantized model (`hf_earlyexit.calibrate(model, batches, ...)`) rather than reuse
-  thresholds calibrated in fp32. Its live runs then match the calibration up to the few examples near a threshold
-  (activations are quantized per batch, so a sub-batch left after some examples exit gets slightly other logits
-  than the full batch the calibration recorded), where fp32 matches it exactly;
+- int8 dynamic quantization (weights int8, activations quantized per call; CPU only): [`quantize_layers`] quantizes
+  the linear layers inside the encoder layers and leaves the exit heads (and bypasses, poolers, classifiers) in fp32.
+  `torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)` works too, but quantizes the
+  heads as well: a head's products are too small for int8 to save anything and each call pays for quantizing its
+  input, so at batch size 1 the early-exit model keeps less of its speed-up, and the int8 heads move the exits'
+  confidences more. torch 2.13 warns that `torch.ao`'s quantized tensors are deprecated in favour of `torchao`; they
+  still work. Quantizing moves the confidences: calibrate the quantized model (`hf_earlyexit.calibrate(model,
+  batches, ...)`) rather than reuse thresholds calibrated in fp32. Its live runs then match the calibration up to the
+  few examples near a threshold (activations are quantized per call, so a sub-batch left after some examples exit
+  gets slightly other logits than the full batch the calibration recorded), where fp32 matches it exactly;
 - bf16: `AutoModel...from_pretrained(path, dtype=torch.bfloat16)` (bf16 weights), or running the model under
   `torch.autocast("cpu", dtype=torch.bfloat16)` (fp32 weights, bf16 matrix products; the outputs stay fp32).
 
@@ -31,6 +34,9 @@ dynamo breaks the graph there and recompiles for new batch compositions (a batch
 serves every batch size and length after warm-up, and the exit loop stays Python.
 """
 
+import warnings
+
+import torch
 from torch import nn
 
 
@@ -76,4 +82,40 @@ def compile_layers(model: nn.Module, *, dynamic: bool = True, **compile_kwargs) 
     return model
 
 
-__all__ = ["compile_layers", "encoder_layers"]
+def quantize_layers(model: nn.Module, dtype: torch.dtype = torch.qint8) -> nn.Module:
+    """int8 dynamic quantization (`torch.ao.quantization.quantize_dynamic`) of the linear layers inside the encoder
+    layers of an early-exit model (or of any transformers encoder), in place; returns the model.
+
+    The exit heads, bypasses, poolers and classifiers stay fp32: their products are too small for int8 to pay, while
+    every quantized call adds the quantization of its input. Quantize after loading, for inference on the CPU; the
+    quantized model cannot be saved (`save_pretrained` the fp32 model and quantize again after loading).
+
+    Args:
+        model: A model with encoder layers (see [`encoder_layers`]).
+        dtype: `torch.qint8` (or `torch.float16` for fp16 weights), passed to `quantize_dynamic`.
+
+    Raises:
+        ValueError: `model` has no encoder layers, or it is a ModernBERT TOKEE model, whose packed step slices the
+            fused query/key/value weight (a quantized layer has no weight to slice).
+    """
+    layers = encoder_layers(model)
+    if not layers:
+        raise ValueError(
+            f"quantize_layers: {type(model).__name__} has no encoder layers (no `nn.ModuleList` named "
+            f"{' or '.join(repr(name) for name in LAYER_LIST_NAMES)}); quantize the model itself with "
+            "torch.ao.quantization.quantize_dynamic"
+        )
+    backbone = getattr(model, "encoder_backbone", None)
+    if backbone is not None and backbone.model_class_name == "ModernBertModel" and hasattr(model, "token_flops"):
+        raise ValueError(
+            "quantize_layers: TOKEE on ModernBERT slices the fused Wqkv weight to project only the active queries; "
+            "int8 dynamic quantization of it is not supported (bf16 is)"
+        )
+    with warnings.catch_warnings():  # torch 2.13 announces the deprecation of torch.ao's quantized tensors
+        warnings.simplefilter("ignore")
+        for layer in layers:
+            torch.ao.quantization.quantize_dynamic(layer, {nn.Linear}, dtype=dtype, inplace=True)
+    return model
+
+
+__all__ = ["compile_layers", "encoder_layers", "quantize_layers"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_earlyexit import BertWithBypassExits, compile_layers
+from hf_earlyexit import BertWithBypassExits, compile_layers, quantize_layers
 from hf_earlyexit.acceleration import encoder_layers
 from tests import test_modeling_bypass_bert as bypass_tests
 from tests import test_modeling_cascade_bert as cascade_tests
@@ -64,6 +64,64 @@ def test_int8_dynamic_quantization_keeps_the_exit_decisions(case):
     assert not any(type(m) is nn.Linear for m in quantized.modules())  # every linear layer was replaced
     assert output.logits.dtype == torch.float32
     assert agreement(output, reference) >= 0.75
+
+
+def test_quantize_layers_keeps_the_heads_in_fp32_and_the_exit_decisions(case):
+    model, inputs, settings, reference = case
+    layers = encoder_layers(model)
+    assert quantize_layers(model) is model  # in place
+    quantized = torch.ao.nn.quantized.dynamic.Linear
+    assert not any(type(m) is nn.Linear for layer in layers for m in layer.modules())
+    inside_layers = {id(m) for layer in layers for m in layer.modules()}
+    others = [m for m in model.modules() if isinstance(m, (nn.Linear, quantized)) and id(m) not in inside_layers]
+    assert others and not any(isinstance(m, quantized) for m in others)  # heads, bypasses, poolers: fp32
+    output = run(model, inputs, settings)
+    assert output.logits.dtype == torch.float32
+    assert agreement(output, reference) >= 0.75
+
+
+@pytest.mark.parametrize("quantize", ["layers", "every linear"])
+def test_a_quantized_model_is_not_saved_and_the_checkpoint_stays(quantize, tmp_path):
+    model, inputs, settings = bypass_case()
+    model.save_pretrained(tmp_path)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = (
+            quantize_layers(model)
+            if quantize == "layers"
+            else torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        )
+    with pytest.raises(ValueError, match="int8 dynamically quantized linear layers .* save the fp32 model"):
+        quantized.save_pretrained(tmp_path)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
+def test_quantize_layers_refusals():
+    with pytest.raises(ValueError, match="quantize_layers: Linear has no encoder layers"):
+        quantize_layers(nn.Linear(2, 2))
+    from tests.test_encoders import build
+
+    tagger = build("token", "modernbert")
+    with pytest.raises(ValueError, match="TOKEE on ModernBERT slices the fused Wqkv weight"):
+        quantize_layers(tagger)
+    assert all(type(m) is nn.Linear for m in tagger.modules() if "Linear" in type(m).__name__)  # left as it was
+
+
+@pytest.mark.parametrize("arch", ["roberta", "distilbert", "deberta-v3", "modernbert"])
+@pytest.mark.parametrize("family", ["bypass", "token", "cascade"])
+def test_quantize_layers_on_other_encoders(family, arch):
+    from tests.test_encoders import build, inputs_for, mixed_settings
+
+    if family == "token" and arch == "modernbert":
+        pytest.skip("refused, see test_quantize_layers_refusals")
+    model = build(family, arch)
+    inputs = inputs_for(arch, model)
+    settings = mixed_settings(family, model, inputs)
+    reference = run(model, inputs, settings)
+    output = run(quantize_layers(model), inputs, settings)
+    assert output.exit_layer.shape == reference.exit_layer.shape
+    assert agreement(output, reference) >= 0.5
 
 
 def test_autocast_bf16_keeps_the_exit_decisions(case):

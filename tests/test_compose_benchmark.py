@@ -29,10 +29,10 @@ def test_every_treatment_is_compared_with_fp32(checkpoint):
     result = compose.main(
         ["--family", "bypass", "--checkpoint", str(checkpoint / "model"), "--data", str(checkpoint / "dev.tsv")]
         + ["--sentences", "12", "--batch_sizes", "1", "4", "--rounds", "1", "--threads", "1"]
-        + ["--treatments", "fp32", "int8", "bf16", "--output", str(output)]
+        + ["--treatments", "fp32", "int8", "int8_layers", "bf16", "--output", str(output)]
     )
     rows = {row["treatment"]: row for row in result["rows"]}
-    assert list(rows) == ["fp32", "int8", "bf16"]
+    assert list(rows) == ["fp32", "int8", "int8_layers", "bf16"]
     assert rows["fp32"]["agreement_with_fp32"] == 1.0
     assert rows["fp32"]["speedup_vs_fp32"] == {"1": 1.0, "4": 1.0}
     for row in rows.values():
@@ -40,7 +40,7 @@ def test_every_treatment_is_compared_with_fp32(checkpoint):
         assert 0.0 <= row["agreement_with_fp32"] <= 1.0 and 0.0 <= row["accuracy"] <= 1.0
     assert json.loads(output.read_text())["sentences"] == 12
     table = output.with_suffix(".md").read_text()
-    assert "| int8 |" in table and "| bf16 |" in table
+    assert "| int8 |" in table and "| int8_layers |" in table and "| bf16 |" in table
 
 
 def test_settings_override_the_checkpoints_exit_settings(checkpoint):

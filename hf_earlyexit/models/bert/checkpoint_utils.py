@@ -112,6 +112,19 @@ def check_local_path(pretrained_model_name_or_path) -> None:
         )
 
 
+def raise_if_quantized(model) -> None:
+    """`save_pretrained` of a model with `torch.ao` dynamically quantized linear layers: a clear error instead of
+    transformers' failure deep inside the safetensors writer."""
+    import torch
+
+    if any(isinstance(module, torch.ao.nn.quantized.dynamic.Linear) for module in model.modules()):
+        raise ValueError(
+            f"save_pretrained: {type(model).__name__} has int8 dynamically quantized linear layers "
+            "(`hf_earlyexit.quantize_layers` or `torch.ao.quantization.quantize_dynamic`), which a checkpoint cannot "
+            "hold; save the fp32 model and quantize it again after loading"
+        )
+
+
 def raise_if_other_family(config_class: type, config_dict: dict, source) -> None:
     """Raises `ValueError` naming the family (or model type) of a checkpoint that `config_class` does not load.
 
@@ -333,6 +346,7 @@ __all__ = [
     "move_saved_files",
     "raise_if_damaged_weights",
     "raise_if_other_family",
+    "raise_if_quantized",
     "remote_code_auto_map",
     "remote_code_files",
     "safetensors_problem",

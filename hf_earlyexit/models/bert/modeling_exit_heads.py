@@ -41,6 +41,7 @@ from .checkpoint_utils import (
     check_local_path,
     move_saved_files,
     raise_if_damaged_weights,
+    raise_if_quantized,
     remote_code_auto_map,
     remote_code_files,
     write_sharing_fields,
@@ -256,6 +257,7 @@ class EarlyExitModelMixin:
     def save_pretrained(self, save_directory, *args, remote_code: bool | None = None, **kwargs):
         """transformers' `save_pretrained`, plus:
 
+        - A model with int8 dynamically quantized layers is refused with a clear error (a checkpoint cannot hold them).
         - Saving over a checkpoint replaces it as a whole or not at all: everything is first written into a temporary
           folder inside `save_directory`, and only a complete save is moved into place (a rename per file, the config
           last; weights files of the previous save that the new one does not have are then removed). A failure while
@@ -268,6 +270,7 @@ class EarlyExitModelMixin:
                 the checkpoint loads with `trust_remote_code=True`. `False`: a plain checkpoint. `None` (default): keep
                 what the model came with (remote code when its config has an `auto_map`).
         """
+        raise_if_quantized(self)
         is_main_process = kwargs.get("is_main_process", args[0] if args else True)
         if not is_main_process or os.path.isfile(save_directory):
             # other processes write nothing; transformers refuses (and logs) a path that is a file
