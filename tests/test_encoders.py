@@ -221,7 +221,11 @@ def test_save_and_reload_through_the_auto_classes(family, arch, tmp_path):
         reloaded = auto_class.from_pretrained(tmp_path).eval()
         assert type(reloaded) is type(model) and type(encoder_of(reloaded)) is type(encoder_of(model))
         out = run(reloaded, inputs, **settings)
-        for name in ("logits", "exit_layer", "flops"):
+        assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in model.state_dict().items())
+        # same weights, but the loaded ones sit unaligned in their file's memory map, and MKL's AVX-512 kernels can
+        # round a product of unaligned operands differently (seen on an AMD EPYC: 4.7e-9 on one logit of RoBERTa)
+        torch.testing.assert_close(out.logits, expected.logits, rtol=1e-6, atol=1e-7)
+        for name in ("exit_layer", "flops"):
             torch.testing.assert_close(getattr(out, name), getattr(expected, name), rtol=0, atol=0)
 
 

@@ -120,8 +120,8 @@ def raise_if_quantized(model) -> None:
     if any(isinstance(module, torch.ao.nn.quantized.dynamic.Linear) for module in model.modules()):
         raise ValueError(
             f"save_pretrained: {type(model).__name__} has int8 dynamically quantized linear layers "
-            "(`hf_earlyexit.quantize_layers` or `torch.ao.quantization.quantize_dynamic`), which a checkpoint cannot "
-            "hold; save the fp32 model and quantize it again after loading"
+            "(`quantize_layers` or `torch.ao.quantization.quantize_dynamic`), which a checkpoint cannot hold; "
+            "save the fp32 model and quantize it again after loading"
         )
 
 
