@@ -27,7 +27,8 @@ was measured); each criterion is calibrated on the calibration half and scored t
 most accurate on the calibration half among those that reach the target there. No timing: the benchmark's cells
 measure the clock against the FLOPs. A cell whose checkpoint is not here keeps its entry from the earlier run of this
 script with the same `--output` (same split count and rule) when its settings have not changed since (each entry
-records its cell's settings hash); otherwise it is listed as without a checkpoint.
+records its cell's settings hash); otherwise it is listed as without a checkpoint. With `--cells`, only those are
+cross-fitted and the others keep their entries of `--output` the same way.
 
     python -m benchmarks.crossfit --output benchmarks/results/crossfit/sst2.json
 """
@@ -162,10 +163,11 @@ def run(args) -> dict:
     earlier = earlier_entries(args)
     cells, carried_over, skipped = {}, [], []
     for cell in load_cells(results_dir):
-        if cell["kind"] not in EXIT_KINDS or (args.cells and cell["cell"] not in args.cells):
+        if cell["kind"] not in EXIT_KINDS:
             continue
+        selected = not args.cells or cell["cell"] in args.cells
         path = checkpoint_of(cell, runs_dir)
-        if not path.is_dir():
+        if not selected or not path.is_dir():
             entry = earlier.get(cell["cell"])
             # the same trained model (settings unchanged), answered for every target asked now
             if (
@@ -175,7 +177,7 @@ def run(args) -> dict:
             ):
                 cells[cell["cell"]] = entry
                 carried_over.append(cell["cell"])
-            else:
+            elif selected:
                 skipped.append(cell["cell"])
             continue
         log(f"{cell['cell']}: recording dev")
@@ -270,7 +272,8 @@ def markdown(result: dict, benchmark_rows: dict[str, Row]) -> str:
         lines += [
             "",
             f"Carried over from the earlier run of this script ({len(result['carried_over'])} cells, settings "
-            "unchanged; their checkpoints are not on the machine of this run): "
+            "unchanged; not cross-fitted again, their checkpoints not being on the machine of this run or the run "
+            "naming other cells): "
             f"{', '.join(result['carried_over'])}.",
         ]
     if result["without_checkpoint"]:
@@ -285,7 +288,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--runs_dir", default="runs/sst2", help="their checkpoints")
     parser.add_argument("--dev", default=defaults.dev)
     parser.add_argument("--model", default=None, help="the backbone, for its tokenizer (default: the embedded one)")
-    parser.add_argument("--cells", nargs="+", default=None, help="cell names (default: every exit-method cell)")
+    parser.add_argument(
+        "--cells",
+        nargs="+",
+        default=None,
+        help="cell names to cross-fit (default: every exit-method cell); the others keep their entries of --output",
+    )
     parser.add_argument("--targets", nargs="+", type=float, default=defaults.targets)
     parser.add_argument("--repeats", type=int, default=5, help="random halvings of dev")
     parser.add_argument(

@@ -308,6 +308,12 @@ def test_crossfit_calibrates_on_one_half_of_dev_and_scores_the_other(tiny_sst2, 
     again = crossfit.main([*no_runs, "--results_dir", str(changed), "--output", str(output)])
     assert again["without_checkpoint"] == ["multi_exit-bypass-seed0"]
     assert again["carried_over"] == [name for name in result["cells"] if name != "multi_exit-bypass-seed0"]
+    # with the checkpoints, --cells cross-fits those cells again and keeps the others' entries
+    output.write_text(json.dumps(result))
+    again = crossfit.main([*paths, "--targets", "1.5", "--repeats", "1", "--cells", "multi_exit-bypass-seed0",
+                           "--output", str(output)])  # fmt: skip
+    assert again["cells"] == result["cells"] and "multi_exit-bypass-seed0" not in again["carried_over"]
+    assert len(again["carried_over"]) == len(result["cells"]) - 1
     output.write_text(json.dumps(result))  # another split count or other targets: nothing is carried over
     assert crossfit.main([*no_runs, "--repeats", "2", "--output", str(output)])["carried_over"] == []
     assert crossfit.main([*no_runs, "--targets", "2", "--output", str(output)])["carried_over"] == []
