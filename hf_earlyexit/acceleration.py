@@ -39,6 +39,8 @@ import warnings
 import torch
 from torch import nn
 
+from .families import family_of
+
 
 LAYER_LIST_NAMES = ("layer", "layers")
 
@@ -106,7 +108,7 @@ def quantize_layers(model: nn.Module, dtype: torch.dtype = torch.qint8) -> nn.Mo
             "torch.ao.quantization.quantize_dynamic"
         )
     backbone = getattr(model, "encoder_backbone", None)
-    if backbone is not None and backbone.model_class_name == "ModernBertModel" and hasattr(model, "token_flops"):
+    if backbone is not None and backbone.model_class_name == "ModernBertModel" and family_of(model).is_token:
         raise ValueError(
             "quantize_layers: TOKEE on ModernBERT slices the fused Wqkv weight to project only the active queries; "
             "int8 dynamic quantization of it is not supported (bf16 is)"
