@@ -84,22 +84,31 @@ def compile_layers(model: nn.Module, *, dynamic: bool = True, **compile_kwargs) 
     return model
 
 
-def quantize_layers(model: nn.Module, dtype: torch.dtype = torch.qint8) -> nn.Module:
-    """int8 dynamic quantization (`torch.ao.quantization.quantize_dynamic`) of the linear layers inside the encoder
-    layers of an early-exit model (or of any transformers encoder), in place; returns the model.
+QUANTIZED_DTYPES = (torch.qint8, torch.float16)
 
-    The exit heads, bypasses, poolers and classifiers stay fp32: their products are too small for int8 to pay, while
-    every quantized call adds the quantization of its input. Quantize after loading, for inference on the CPU; the
+
+def quantize_layers(model: nn.Module, dtype: torch.dtype = torch.qint8) -> nn.Module:
+    """Dynamic quantization (`torch.ao.quantization.quantize_dynamic`; int8 by default) of the linear layers inside
+    the encoder layers of an early-exit model (or of any transformers encoder), in place; returns the model.
+
+    The exit heads, bypasses, poolers and classifiers stay fp32: their products are too small for quantization to
+    pay, while every int8 call adds the quantization of its input. Quantize after loading, for inference on the CPU; the
     quantized model cannot be saved (`save_pretrained` the fp32 model and quantize again after loading).
 
     Args:
         model: A model with encoder layers (see [`encoder_layers`]).
-        dtype: `torch.qint8` (or `torch.float16` for fp16 weights), passed to `quantize_dynamic`.
+        dtype: `torch.qint8` (int8 weights, int8 products) or `torch.float16` (fp16 weights, fp32 products), passed
+            to `quantize_dynamic`.
 
     Raises:
-        ValueError: `model` has no encoder layers, or it is a ModernBERT TOKEE model, whose packed step slices the
-            fused query/key/value weight (a quantized layer has no weight to slice).
+        ValueError: `dtype` is neither of those, `model` has no encoder layers, or it is a ModernBERT TOKEE model,
+            whose packed step slices the fused query/key/value weight (a quantized layer has no weight to slice).
     """
+    if dtype not in QUANTIZED_DTYPES:
+        raise ValueError(
+            f"quantize_layers: dtype must be torch.qint8 or torch.float16 (what quantize_dynamic supports for "
+            f"linear layers), got {dtype!r}"
+        )
     layers = encoder_layers(model)
     if not layers:
         raise ValueError(
@@ -111,7 +120,7 @@ def quantize_layers(model: nn.Module, dtype: torch.dtype = torch.qint8) -> nn.Mo
     if backbone is not None and backbone.model_class_name == "ModernBertModel" and family_of(model).is_token:
         raise ValueError(
             "quantize_layers: TOKEE on ModernBERT slices the fused Wqkv weight to project only the active queries; "
-            "int8 dynamic quantization of it is not supported (bf16 is)"
+            "dynamic quantization of it is not supported (bf16 is)"
         )
     with warnings.catch_warnings():  # torch 2.13 announces the deprecation of torch.ao's quantized tensors
         warnings.simplefilter("ignore")

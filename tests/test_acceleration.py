@@ -92,14 +92,30 @@ def test_a_quantized_model_is_not_saved_and_the_checkpoint_stays(quantize, tmp_p
             if quantize == "layers"
             else torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
         )
-    with pytest.raises(ValueError, match="int8 dynamically quantized linear layers .* save the fp32 model"):
+    with pytest.raises(ValueError, match="has dynamically quantized linear layers .* save the fp32 model"):
         quantized.save_pretrained(tmp_path)
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
+def test_quantize_layers_with_fp16_weights(case):
+    model, inputs, settings, reference = case
+    quantize_layers(model, dtype=torch.float16)
+    quantized = [m for layer in encoder_layers(model) for m in layer.modules() if not isinstance(m, nn.Linear)]
+    assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in quantized)
+    output = run(model, inputs, settings)
+    assert output.logits.dtype == torch.float32
+    assert agreement(output, reference) >= 0.9  # fp16 weights, fp32 products: nearly the fp32 model
 
 
 def test_quantize_layers_refusals():
     with pytest.raises(ValueError, match="quantize_layers: Linear has no encoder layers"):
         quantize_layers(nn.Linear(2, 2))
+    model, _, _ = bypass_case()
+    with pytest.raises(
+        ValueError, match=r"quantize_layers: dtype must be torch.qint8 or torch.float16 .* got torch.bfloat16"
+    ):
+        quantize_layers(model, dtype=torch.bfloat16)
+    assert not any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in model.modules())  # left as it was
     from tests.test_encoders import build
 
     tagger = build("token", "modernbert")
@@ -121,7 +137,7 @@ def test_quantize_layers_on_other_encoders(family, arch):
     reference = run(model, inputs, settings)
     output = run(quantize_layers(model), inputs, settings)
     assert output.exit_layer.shape == reference.exit_layer.shape
-    assert agreement(output, reference) >= 0.5
+    assert agreement(output, reference) >= 0.75  # 1.0 on every pair when written (6 sentences, 54 words)
 
 
 def test_autocast_bf16_keeps_the_exit_decisions(case):

@@ -119,7 +119,7 @@ def raise_if_quantized(model) -> None:
 
     if any(isinstance(module, torch.ao.nn.quantized.dynamic.Linear) for module in model.modules()):
         raise ValueError(
-            f"save_pretrained: {type(model).__name__} has int8 dynamically quantized linear layers "
+            f"save_pretrained: {type(model).__name__} has dynamically quantized linear layers "
             "(`quantize_layers` or `torch.ao.quantization.quantize_dynamic`), which a checkpoint cannot hold; "
             "save the fp32 model and quantize it again after loading"
         )
