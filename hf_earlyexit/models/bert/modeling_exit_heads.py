@@ -257,7 +257,8 @@ class EarlyExitModelMixin:
     def save_pretrained(self, save_directory, *args, remote_code: bool | None = None, **kwargs):
         """transformers' `save_pretrained`, plus:
 
-        - A model with dynamically quantized (int8 or fp16) layers is refused with a clear error (a checkpoint cannot hold them).
+        - A model with dynamically quantized (int8 or fp16) layers is refused with a clear error (a checkpoint cannot
+          hold them).
         - Saving over a checkpoint replaces it as a whole or not at all: everything is first written into a temporary
           folder inside `save_directory`, and only a complete save is moved into place (a rename per file, the config
           last; weights files of the previous save that the new one does not have are then removed). A failure while
