@@ -88,7 +88,11 @@ def earlier_entries(args) -> dict[str, dict]:
     earlier = json.loads(path.read_text())
     if (earlier["repeats"], earlier["max_overshoot"]) != (args.repeats, args.max_overshoot):
         return {}
-    return earlier["cells"]
+    cells = earlier["cells"]
+    for name, entry in cells.items():  # files written before entries recorded their run: the file's is theirs
+        if "computed_by" not in entry and name not in earlier["carried_over"]:
+            entry["computed_by"] = {"command": earlier["command"], "machine": earlier["machine"]}
+    return cells
 
 
 def dev_record(model, tokenizer, dev, settings: dict, batch_size: int):
@@ -161,6 +165,7 @@ def run(args) -> dict:
     dev = load_text_classification(args.dev)
     logging.getLogger("hf_earlyexit.calibration").setLevel(logging.ERROR)  # unreachable targets are recorded
     earlier = earlier_entries(args)
+    computed_by = {"command": "python -m benchmarks.crossfit " + " ".join(args.argv), "machine": machine_info()}
     cells, carried_over, skipped = {}, [], []
     for cell in load_cells(results_dir):
         if cell["kind"] not in EXIT_KINDS:
@@ -199,6 +204,7 @@ def run(args) -> dict:
             "key": settings_key(cell),
             "last_exit_accuracy": cell["result"]["exit_accuracy"][-1],
             "targets": crossfit_cell(model, rec, criteria, args.targets, args.repeats, args.max_overshoot),
+            "computed_by": computed_by,
         }
         log(f"{cell['cell']}: done")
     return {
@@ -208,8 +214,7 @@ def run(args) -> dict:
         "cells": cells,
         "carried_over": carried_over,
         "without_checkpoint": skipped,
-        "machine": machine_info(),
-        "command": "python -m benchmarks.crossfit " + " ".join(args.argv),
+        **computed_by,  # this run's; each entry records the run that computed it
     }
 
 
@@ -273,7 +278,7 @@ def markdown(result: dict, benchmark_rows: dict[str, Row]) -> str:
             "",
             f"Carried over from the earlier run of this script ({len(result['carried_over'])} cells, settings "
             "unchanged; not cross-fitted again, their checkpoints not being on the machine of this run or the run "
-            "naming other cells): "
+            "naming other cells; each entry of the JSON file records the command and machine that computed it): "
             f"{', '.join(result['carried_over'])}.",
         ]
     if result["without_checkpoint"]:

@@ -312,8 +312,20 @@ def test_crossfit_calibrates_on_one_half_of_dev_and_scores_the_other(tiny_sst2, 
     output.write_text(json.dumps(result))
     again = crossfit.main([*paths, "--targets", "1.5", "--repeats", "1", "--cells", "multi_exit-bypass-seed0",
                            "--output", str(output)])  # fmt: skip
-    assert again["cells"] == result["cells"] and "multi_exit-bypass-seed0" not in again["carried_over"]
+    assert "multi_exit-bypass-seed0" not in again["carried_over"]
     assert len(again["carried_over"]) == len(result["cells"]) - 1
+    recomputed = again["cells"]["multi_exit-bypass-seed0"].pop("computed_by")
+    assert "--cells multi_exit-bypass-seed0" in recomputed["command"]  # each entry names the run that computed it
+    assert result["cells"]["multi_exit-bypass-seed0"].pop("computed_by")["command"] == result["command"]
+    assert again["cells"] == result["cells"]
+    legacy = json.loads(json.dumps(result))  # a file written before entries recorded the run that computed them
+    for entry in legacy["cells"].values():
+        entry.pop("computed_by", None)
+    output.write_text(json.dumps({**legacy, "command": "python -m benchmarks.crossfit --earlier"}))
+    again = crossfit.main([*no_runs, "--output", str(output)])
+    assert {entry["computed_by"]["command"] for entry in again["cells"].values()} == {
+        "python -m benchmarks.crossfit --earlier"
+    }
     output.write_text(json.dumps(result))  # another split count or other targets: nothing is carried over
     assert crossfit.main([*no_runs, "--repeats", "2", "--output", str(output)])["carried_over"] == []
     assert crossfit.main([*no_runs, "--targets", "2", "--output", str(output)])["carried_over"] == []
