@@ -19,9 +19,9 @@ The exit loop runs whatever linear layers and dtype the model has:
   the linear layers inside the encoder layers and leaves the exit heads (and bypasses, poolers, classifiers) in fp32.
   `torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)` works too, but quantizes the
   heads as well: a head's products are too small for int8 to save anything and each call pays for quantizing its
-  input, so at batch size 1 the early-exit model keeps less of its speed-up (converged SST-2 multi-exit model at
-  2.45x: 0.85 of its fp32 speed-up against 0.98 with `quantize_layers`; a TOKEE tagger, whose time goes to its
-  packed layers, 0.71 against 0.72; `benchmarks/results/compose`). Both change the exits of about the same share of
+  input, so at batch size 1 the early-exit model keeps less of its speed-up (converged SST-2 multi-exit model, no
+  bypasses, at 2.48x: 0.85 of its fp32 speed-up against 0.98 with `quantize_layers`; a TOKEE tagger, whose time goes
+  to its packed layers, 0.71 against 0.72; `benchmarks/results/compose`). Both change the exits of about the same share of
   the examples. torch 2.13 warns that `torch.ao`'s quantized tensors are deprecated in favour of `torchao`; they
   still work. Quantizing moves the confidences: calibrate the quantized model (`hf_earlyexit.calibrate(model,
   batches, ...)`) rather than reuse thresholds calibrated in fp32. Its live runs then match the calibration up to the
