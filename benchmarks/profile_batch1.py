@@ -99,6 +99,13 @@ def instrumented(family: str, timers: Timers):
         (token_exit_utils.ActiveWords, "build", "compaction"),
         (backbone_base.EncoderBackbone, "active_queries", "compaction"),
         (modeling_token_exit_bert, "active_query_layer", "encoder layers, packed (frozen words skipped)"),
+        # TOKEE's path for a batch of one sentence
+        (backbone_base.EncoderBackbone, "run_layer_active", "encoder layers, packed (frozen words skipped)"),
+        (modeling_token_exit_bert, "normalized_entropy", "exit criterion"),
+        (token_exit_utils.SentenceWords, "decide", "exit criterion"),
+        (token_exit_utils.SentenceWords, "build", "compaction"),
+        (token_exit_utils.SentenceWords, "start_rows", "compaction"),
+        (modeling_token_exit_bert, "drop_padding_columns_of", "compaction"),
     ]
     if family == "bypass":
         patches.append((modeling_bypass_bert.BertWithBypassExits, "_exit_logits", "exit heads"))

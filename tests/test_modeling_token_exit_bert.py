@@ -13,7 +13,6 @@ from transformers import (
 )
 
 from hf_earlyexit import BertForTokenEarlyExit, TokenExitBertConfig, TokenExitRule, encode_words
-from hf_earlyexit.models.bert import modeling_token_exit_bert
 from hf_earlyexit.models.bert.modeling_exit_heads import layer_mask
 from hf_earlyexit.models.bert.modeling_token_exit_bert import active_query_layer
 from hf_earlyexit.models.bert.token_exit_utils import uncertainty_of, window_max, word_layout
@@ -224,12 +223,15 @@ def record_layer_states(model, monkeypatch):
     for layer in model.bert.encoder.layer:
         layer.register_forward_hook(lambda module, args, output: states.append(output.clone()))
 
+    backbone = model.encoder_backbone
+    packed_step = backbone.run_layer_active
+
     def recording_step(*args, **kwargs):
-        output = active_query_layer(*args, **kwargs)
+        output = packed_step(*args, **kwargs)
         states.append(output.clone())
         return output
 
-    monkeypatch.setattr(modeling_token_exit_bert, "active_query_layer", recording_step)
+    monkeypatch.setattr(backbone, "run_layer_active", recording_step)
     return states
 
 
@@ -762,3 +764,89 @@ def test_token_flops_read_from_the_table_equal_the_formula():
         head_flops=model.head_flops(),
     )  # fmt: skip
     assert torch.equal(model.token_flops(beyond, long), expected)
+
+
+def one_sentence_and_batched_loop(model, inputs, monkeypatch, **kwargs):
+    """The outputs of a batch of one sentence through `_forward_one_sentence` and through the batched loop."""
+    calls = []
+    original = BertForTokenEarlyExit._forward_one_sentence
+
+    def counted(self, *args):
+        calls.append(1)
+        return original(self, *args)
+
+    monkeypatch.setattr(BertForTokenEarlyExit, "_forward_one_sentence", counted)
+    fast = run(model, inputs, **kwargs)
+    assert calls, "a batch of one sentence under TOKEE should take the one-sentence path"
+    monkeypatch.setattr(BertForTokenEarlyExit, "_one_sentence_path", False)
+    slow = run(model, inputs, **kwargs)
+    monkeypatch.setattr(BertForTokenEarlyExit, "_one_sentence_path", True)
+    assert len(calls) == 1
+    return fast, slow
+
+
+@pytest.mark.parametrize("window_size", [1, 3, 5])
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
+def test_one_sentence_path_answers_as_the_batched_loop(monkeypatch, window_size, padded):
+    model = tiny_model()
+    inputs = token_inputs(batch_size=6, seed=21)
+    mixed = 0
+    for row in range(6):
+        end = inputs["input_ids"].shape[1] if padded else int(inputs["attention_mask"][row].sum())
+        single = {name: values[row : row + 1, :end] for name, values in inputs.items()}
+        first_exit = word_uncertainties(model, single)[0]
+        # thresholds that free some words, none, all; and one a hair above a word's float32 uncertainty, which the
+        # batched rule compares at float32 (equal: the word stays)
+        thresholds = [split_threshold(first_exit, 0.3), split_threshold(first_exit, 0.7), 0.0, 1.0]
+        thresholds.append(float(first_exit[0]) + 1e-12)
+        for threshold in thresholds:
+            fast, slow = one_sentence_and_batched_loop(
+                model, single, monkeypatch, exit_threshold=threshold, window_size=window_size
+            )
+            assert torch.equal(fast.exit_layer, slow.exit_layer)
+            assert torch.equal(fast.logits, slow.logits)
+            assert torch.equal(fast.flops, slow.flops)
+            exits = fast.exit_layer[real_positions(single)]
+            mixed += int(exits.min() != exits.max())
+    assert mixed, "no sentence had words leaving at different exits: the packed layers went untested"
+
+
+def test_one_sentence_path_with_its_own_threshold_and_the_paper_schedule(monkeypatch):
+    model = tiny_model()
+    single = {name: values[:1] for name, values in token_inputs(batch_size=1, seed=22).items()}
+    threshold = split_threshold(word_uncertainties(model, single)[0], 0.5)
+    for kwargs in (
+        {"exit_threshold": torch.tensor([threshold])},
+        {"exit_threshold": torch.tensor([[threshold, 0.9 * threshold, 0.0, 0.0]])},
+        {"exit_threshold": threshold / 2, "threshold_schedule": "paper"},
+        {"exit_threshold": [0.0, threshold, threshold, threshold]},
+    ):
+        fast, slow = one_sentence_and_batched_loop(model, single, monkeypatch, **kwargs)
+        assert torch.equal(fast.exit_layer, slow.exit_layer), kwargs
+        assert torch.equal(fast.logits, slow.logits), kwargs
+        assert torch.equal(fast.flops, slow.flops), kwargs
+
+
+def test_sentence_words_decide_as_the_rule():
+    from hf_earlyexit.models.bert.token_exit_utils import SentenceWords
+
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        num_words = int(torch.randint(1, 12, (1,), generator=generator))
+        window_size = [1, 3, 5, 7][trial % 4]
+        word_index = [-1] + [w for w in range(num_words) for _ in range(1 + trial % 2)] + [-1]
+        sentence = SentenceWords.build(word_index)
+        active = torch.rand(num_words, generator=generator) < 0.7
+        sentence.words = active.nonzero().squeeze(-1).tolist()  # some words exited at earlier exits
+        sentence.positions = [p for p, w in enumerate(word_index) if w < 0 or bool(active[w])]
+        uncertainty = torch.rand(num_words, generator=generator)
+        uncertainty[torch.rand(num_words, generator=generator) < 0.1] = float("nan")
+        threshold = float(torch.rand((), generator=generator))
+        rule = TokenExitRule(mode="token", thresholds=(threshold,), window_size=window_size)
+        fires = rule.word_fires(0, uncertainty.unsqueeze(0), active.unsqueeze(0))[0]
+        left = sentence.decide(uncertainty[active].tolist(), threshold, window_size)
+        expected = (active & ~fires).nonzero().squeeze(-1).tolist()
+        assert sentence.words == expected and left == bool(fires.any())
+        pieces = [p for p, w in enumerate(word_index) if w in expected or w < 0]
+        assert sentence.positions == pieces
+        assert sentence.start_rows() == [pieces.index(word_index.index(w)) for w in expected]

@@ -103,11 +103,15 @@ class ActiveQueries:
     def pack(self, values: torch.Tensor) -> torch.Tensor:
         """`(N, x)` values of the active positions -> `(batch, num_queries, x)`, zeros in the empty slots."""
         batch_size = self.active.shape[0]
+        if batch_size == 1:  # one row: the active positions fill its slots in order
+            return values.unsqueeze(0)
         out = values.new_zeros(batch_size * self.num_queries, values.shape[-1])
         return out.index_copy_(0, self.packed, values).view(batch_size, self.num_queries, -1)
 
     def unpack(self, packed: torch.Tensor) -> torch.Tensor:
         """`(batch, num_queries, ...)` -> `(N, x)`, the values of the active positions in reading order."""
+        if self.active.shape[0] == 1:
+            return packed.reshape(self.num_queries, -1)
         return packed.reshape(self.active.shape[0] * self.num_queries, -1).index_select(0, self.packed)
 
 

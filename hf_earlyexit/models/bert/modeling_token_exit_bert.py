@@ -31,13 +31,14 @@ from .active_batch import ActiveBatch, LayerOutputs
 from .backbone_base import ActiveQueries, EncoderBackbone, LayerContext
 from .backbones import backbone_for
 from .configuration_early_exit_bert import TokenExitBertConfig
-from .exit_forward import ExitCall, embed_encoder, exit_loss, full_depth_exit_logits
-from .exit_utils import classifier_head_flops
+from .exit_forward import ExitCall, drop_padding_columns_of, embed_encoder, exit_loss, full_depth_exit_logits
+from .exit_utils import classifier_head_flops, normalized_entropy
 from .forward_checks import check_forward_kwargs, check_mask, check_token_inputs
 from .modeling_exit_heads import EarlyExitModelMixin, TokenHead, plain_bert_model, plain_task_model, token_head
 from .token_exit_utils import (
     IGNORE_INDEX,
     ActiveWords,
+    SentenceWords,
     TokenExitRule,
     token_exit_flops,
     token_layer_costs,
@@ -205,6 +206,8 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
 
     config: TokenExitBertConfig
     config_class = TokenExitBertConfig
+    # a batch of one sentence under TOKEE takes `_forward_one_sentence` (False: the batched loop, for comparisons)
+    _one_sentence_path = True
     hub_auto_classes = ("AutoModel", "AutoModelForTokenClassification")
     # the loss is a per-batch mean that ignores `num_items_in_batch` (see `BertWithBypassExits`)
     accepts_loss_kwargs = False
@@ -535,6 +538,8 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
         backbone, encoder = self.encoder_backbone, self.base_model
         attention_mask = context.attention_mask
         batch_size, seq_len = attention_mask.shape
+        if batch_size == 1 and rule.mode == "token" and layer_outputs is None and self._one_sentence_path:
+            return self._forward_one_sentence(hidden_states, context, word_index, rule)
         device = hidden_states.device
         out_logits = hidden_states.new_zeros(batch_size, seq_len, self.num_labels)
         exit_layer = torch.zeros(batch_size, seq_len, dtype=torch.long, device=device)
@@ -620,6 +625,65 @@ class BertForTokenEarlyExit(EarlyExitModelMixin, BertPreTrainedModel):
                     hidden_states, active, word_index, word_start = kept
                     context = backbone.compact(context, rows, columns)
                     changed = True
+
+        return out_logits, exit_layer, self.token_flops(exit_layer, lengths)
+
+    def _forward_one_sentence(
+        self, hidden_states: torch.Tensor, context: LayerContext, word_index: torch.Tensor, rule: TokenExitRule
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[`_forward_early_exit`] for a batch of one sentence under TOKEE (the latency case of a service).
+
+        The same layers and heads on the same positions, so the same outputs, with the bookkeeping of the words in
+        Python lists ([`SentenceWords`]): no rows to drop, the padding columns dropped once, and per exit one head, one
+        entropy and one host transfer of the words' uncertainties.
+        """
+        backbone, encoder = self.encoder_backbone, self.base_model
+        seq_len = hidden_states.shape[1]
+        out_logits = hidden_states.new_zeros(1, seq_len, self.num_labels)
+        exit_layer = torch.zeros(1, seq_len, dtype=torch.long, device=hidden_states.device)
+        lengths = context.attention_mask.sum(dim=-1)
+        hidden_states, context = drop_padding_columns_of(backbone, hidden_states, context)
+        columns = context.columns  # the caller's column of each column left
+        if columns.shape[0] != seq_len:
+            word_index = word_index.index_select(1, columns)
+        sentence = SentenceWords.build(word_index[0].tolist())
+        # float32, the precision at which the batched rule compares
+        if rule.example_thresholds is None:
+            thresholds = torch.tensor(rule.thresholds, dtype=torch.float32).tolist()
+        else:
+            thresholds = rule.example_thresholds[0].to(torch.float32).tolist()
+        exit_position = {layer: k for k, layer in enumerate(self.exit_layers)}
+        last_exit = len(self.exit_layers) - 1
+        flat_logits, flat_exit_layer = out_logits.view(-1, self.num_labels), exit_layer.view(-1)
+        rows = queries = None  # None: every position is active
+        out_positions = columns
+
+        for i in range(len(backbone.layers(encoder))):
+            if queries is None:
+                hidden_states = backbone.run_layer(encoder, i, hidden_states, context)
+            else:
+                hidden_states = backbone.run_layer_active(encoder, i, hidden_states, context, queries)
+            k = exit_position.get(i + 1)
+            if k is None:
+                continue
+            states = hidden_states[0] if rows is None else hidden_states[0].index_select(0, rows)
+            logits = self._head(k, backbone.finalize(encoder, states))
+            flat_logits.index_copy_(0, out_positions, logits.to(flat_logits.dtype))  # bf16 under autocast
+            flat_exit_layer.index_fill_(0, out_positions, i + 1)
+            if k == last_exit or not sentence.words:  # a sentence without words leaves at the first exit
+                break
+            if thresholds[k] <= 0:  # `u < 0` never holds
+                continue
+            starts = torch.tensor(sentence.start_rows(), device=logits.device)
+            uncertainty = normalized_entropy(logits.index_select(0, starts)).tolist()
+            if not sentence.decide(uncertainty, thresholds[k], rule.window_size):
+                continue
+            if not sentence.words:
+                break
+            rows = torch.tensor(sentence.positions, device=logits.device)
+            out_positions = columns.index_select(0, rows)
+            active = torch.zeros(1, columns.shape[0], dtype=torch.bool, device=logits.device)
+            queries = backbone.active_queries(context, active.index_fill_(1, rows, True))
 
         return out_logits, exit_layer, self.token_flops(exit_layer, lengths)
 

@@ -399,6 +399,68 @@ class ActiveWords:
         return freeze, remaining
 
 
+@dataclass
+class SentenceWords:
+    """[`ActiveWords`] for a batch of one sentence under TOKEE, in Python lists.
+
+    At batch size 1 the fixed dozen tensor operations of [`ActiveWords.decide`] cost more than the exit head that feeds
+    them (a CoNLL sentence has about 15 words); the window over a short list costs microseconds. It decides exactly as
+    [`TokenExitRule.word_fires`] in token mode: a word leaves when every active word within `W // 2` of it (itself
+    included; exited words count as certain) has an uncertainty below the threshold, compared at float32 as there (a
+    NaN uncertainty holds its window back).
+
+    Attributes:
+        pieces: The positions of each word of the sentence (a run of positions of one word id), in reading order.
+        specials: The positions outside every word (special tokens): active until the sentence leaves.
+        words: The words not yet exited, in order.
+        positions: The active positions, in order.
+    """
+
+    pieces: list[list[int]]
+    specials: list[int]
+    words: list[int]
+    positions: list[int]
+
+    @classmethod
+    def build(cls, word_index: list[int]) -> "SentenceWords":
+        """From one row of [`word_layout`]'s `word_index` (every position active)."""
+        pieces: list[list[int]] = [[] for _ in range(max(word_index, default=-1) + 1)]
+        specials = []
+        for position, word in enumerate(word_index):
+            (pieces[word] if word >= 0 else specials).append(position)
+        return cls(pieces, specials, list(range(len(pieces))), list(range(len(word_index))))
+
+    def start_rows(self) -> list[int]:
+        """The row of each active word's first piece among `positions` (the rows of an exit's logits)."""
+        row_of = {position: row for row, position in enumerate(self.positions)}
+        return [row_of[self.pieces[word][0]] for word in self.words]
+
+    def decide(self, uncertainty: list[float], threshold: float, window_size: int) -> bool:
+        """Drops the words that leave at this exit and returns whether any did.
+
+        Args:
+            uncertainty: `u = H(p) / log C` of each active word (at its first piece), in the order of `words`, as
+                float32 values.
+            threshold: The exit's threshold, already rounded to float32 (so that `u < threshold` compares as the
+                batched rule does).
+            window_size: The odd window `W`.
+        """
+        by_word = [0.0] * len(self.pieces)
+        for word, value in zip(self.words, uncertainty):
+            by_word[word] = value
+        half = window_size // 2
+        staying = [
+            word
+            for word in self.words
+            if not all(value < threshold for value in by_word[max(word - half, 0) : word + half + 1])
+        ]
+        if len(staying) == len(self.words):
+            return False
+        self.words = staying
+        self.positions = sorted(self.specials + [position for word in staying for position in self.pieces[word]])
+        return True
+
+
 def token_exit_flops(
     exit_layer: torch.Tensor,
     lengths: torch.Tensor,
@@ -558,6 +620,7 @@ __all__ = [
     "ActiveWords",
     "IGNORE_INDEX",
     "SENTENCE_POOLINGS",
+    "SentenceWords",
     "THRESHOLD_SCHEDULES",
     "TokenExitRule",
     "cached_token_exit_rule",
