@@ -66,15 +66,22 @@ def test_int8_dynamic_quantization_keeps_the_exit_decisions(case):
     assert agreement(output, reference) >= 0.75
 
 
+def assert_only_the_layers_are_quantized(model, layers):
+    """Every linear of the encoder layers is dynamically quantized; the heads, bypasses and poolers stay fp32."""
+    quantized = torch.ao.nn.quantized.dynamic.Linear
+    assert not any(type(m) is nn.Linear for layer in layers for m in layer.modules())
+    assert any(isinstance(m, quantized) for layer in layers for m in layer.modules())
+    inside_layers = {id(m) for layer in layers for m in layer.modules()}
+    others = [m for m in model.modules() if isinstance(m, (nn.Linear, quantized)) and id(m) not in inside_layers]
+    assert others and not any(isinstance(m, quantized) for m in others)
+    assert all(m.weight.dtype == torch.float32 for m in others)
+
+
 def test_quantize_layers_keeps_the_heads_in_fp32_and_the_exit_decisions(case):
     model, inputs, settings, reference = case
     layers = encoder_layers(model)
     assert quantize_layers(model) is model  # in place
-    quantized = torch.ao.nn.quantized.dynamic.Linear
-    assert not any(type(m) is nn.Linear for layer in layers for m in layer.modules())
-    inside_layers = {id(m) for layer in layers for m in layer.modules()}
-    others = [m for m in model.modules() if isinstance(m, (nn.Linear, quantized)) and id(m) not in inside_layers]
-    assert others and not any(isinstance(m, quantized) for m in others)  # heads, bypasses, poolers: fp32
+    assert_only_the_layers_are_quantized(model, layers)
     output = run(model, inputs, settings)
     assert output.logits.dtype == torch.float32
     assert agreement(output, reference) >= 0.75
@@ -99,9 +106,9 @@ def test_a_quantized_model_is_not_saved_and_the_checkpoint_stays(quantize, tmp_p
 
 def test_quantize_layers_with_fp16_weights(case):
     model, inputs, settings, reference = case
+    layers = encoder_layers(model)
     quantize_layers(model, dtype=torch.float16)
-    quantized = [m for layer in encoder_layers(model) for m in layer.modules() if not isinstance(m, nn.Linear)]
-    assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in quantized)
+    assert_only_the_layers_are_quantized(model, layers)
     output = run(model, inputs, settings)
     assert output.logits.dtype == torch.float32
     assert agreement(output, reference) >= 0.9  # fp16 weights, fp32 products: nearly the fp32 model
