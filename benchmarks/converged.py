@@ -267,6 +267,21 @@ def _curve_values(curve: dict) -> list[tuple[float, float]]:
     return values
 
 
+def _budget_against_curve(values: list[tuple[float, float]], cells: list[dict]) -> str:
+    """What the curve says of the models' budget: chosen from it, or (a budget fixed before the curve ran) how far its
+    best epoch lies past the budget."""
+    budgets = {c["settings"]["epochs"] for c in cells if c["kind"] != "curve" and "first_stage" not in c["settings"]}
+    best_epoch, best = max(values, key=lambda item: item[1])
+    at_budget = dict(values).get(max(budgets)) if len(budgets) == 1 else None
+    if at_budget is None or best_epoch <= max(budgets):
+        return "the budget of every model was chosen from it"
+    return (
+        f"the models were trained for {max(budgets):g} epochs, fixed before this curve ran; it still rises past them, "
+        f"to {100 * best:.2f} at epoch {best_epoch:g} ({100 * (best - at_budget):+.2f} over epoch {max(budgets):g} of "
+        "the same schedule)"
+    )
+
+
 def _training_options_table(rows: dict[str, Row], metric: str) -> list[str]:
     """The multi-exit models side by side (training recipe and options, issue 13's ablation): the last exit's metric
     and the oracle bound, and at each target the best criterion's calibrated point. Empty with fewer than two."""
@@ -362,7 +377,7 @@ def render_benchmark(title: str, folder: Path, plan_names: list[str] | None = No
         values = _curve_values(curve)
         lines += [
             f"The full model's dev {metric} after each epoch ({len(values)}-epoch schedule, seed "
-            f"{curve['settings']['seed']}); the budget of every model was chosen from it:",
+            f"{curve['settings']['seed']}); {_budget_against_curve(values, cells)}:",
             "",
             "| epoch | " + " | ".join(f"{epoch:g}" for epoch, _ in values) + " |",
             "| --- | " + " | ".join("---:" for _ in values) + " |",
