@@ -267,18 +267,18 @@ def _curve_values(curve: dict) -> list[tuple[float, float]]:
     return values
 
 
-def _budget_against_curve(values: list[tuple[float, float]], cells: list[dict]) -> str:
-    """What the curve says of the models' budget: chosen from it, or (a budget fixed before the curve ran) how far its
-    best epoch lies past the budget."""
-    budgets = {c["settings"]["epochs"] for c in cells if c["kind"] != "curve" and "first_stage" not in c["settings"]}
+def _budget_against_curve(values: list[tuple[float, float]], epochs: set[float]) -> str:
+    """What the curve says of the models' budget (`epochs`, those of every cell trained from the backbone): chosen from
+    it, or (one budget, fixed before the curve ran) how far the curve rises past it."""
     best_epoch, best = max(values, key=lambda item: item[1])
-    at_budget = dict(values).get(max(budgets)) if len(budgets) == 1 else None
-    if at_budget is None or best_epoch <= max(budgets):
+    budget = next(iter(epochs)) if len(epochs) == 1 else None
+    at_budget = dict(values).get(budget)
+    if at_budget is None or best_epoch <= budget:
         return "the budget of every model was chosen from it"
     return (
-        f"the models were trained for {max(budgets):g} epochs, fixed before this curve ran; it still rises past them, "
-        f"to {100 * best:.2f} at epoch {best_epoch:g} ({100 * (best - at_budget):+.2f} over epoch {max(budgets):g} of "
-        "the same schedule)"
+        f"the models were trained for {budget:g} epochs, fixed before this curve ran; it still rises past them, to "
+        f"{100 * best:.2f} at epoch {best_epoch:g} ({100 * (best - at_budget):+.2f} over epoch {budget:g} of the same "
+        "schedule)"
     )
 
 
@@ -348,13 +348,8 @@ def render_benchmark(title: str, folder: Path, plan_names: list[str] | None = No
     )
     # exits trained on a frozen full model add their own (heads-only) epochs to that model's budget
     frozen = sorted({f"{c['settings']['epochs']:g}" for c in cells if "first_stage" in c["settings"]})
-    budgets = sorted(
-        {
-            f"{c['settings']['epochs']:g} epoch(s)"
-            for c in cells
-            if c["kind"] != "curve" and "first_stage" not in c["settings"]
-        }
-    )
+    epochs = {c["settings"]["epochs"] for c in cells if c["kind"] != "curve" and "first_stage" not in c["settings"]}
+    budgets = [f"{budget:g} epoch(s)" for budget in sorted(epochs)]
     if frozen:
         budgets.append(f"the exits added to a frozen full model: {', '.join(frozen)} more epoch(s) of their heads")
     lines = [
@@ -377,7 +372,7 @@ def render_benchmark(title: str, folder: Path, plan_names: list[str] | None = No
         values = _curve_values(curve)
         lines += [
             f"The full model's dev {metric} after each epoch ({len(values)}-epoch schedule, seed "
-            f"{curve['settings']['seed']}); {_budget_against_curve(values, cells)}:",
+            f"{curve['settings']['seed']}); {_budget_against_curve(values, epochs)}:",
             "",
             "| epoch | " + " | ".join(f"{epoch:g}" for epoch, _ in values) + " |",
             "| --- | " + " | ".join("---:" for _ in values) + " |",

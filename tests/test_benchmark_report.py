@@ -258,16 +258,10 @@ def test_benchmark_runs_each_script_as_its_committed_result_records(tmp_path, mo
 def test_the_curve_sentence_says_when_the_budget_stops_short_of_the_curve():
     from benchmarks.converged import _budget_against_curve
 
-    cells = [
-        {"kind": "full", "settings": {"epochs": 3.0}},
-        {"kind": "curve", "settings": {"epochs": 5}},
-        {"kind": "multi_exit", "settings": {"epochs": 1.0, "first_stage": "abc"}},  # heads on a frozen model
-    ]
     rising = [(1, 0.85), (2, 0.89), (3, 0.90), (4, 0.901), (5, 0.907)]
-    assert _budget_against_curve(rising, cells) == (
+    assert _budget_against_curve(rising, {3.0}) == (
         "the models were trained for 3 epochs, fixed before this curve ran; it still rises past them, to 90.70 at "
         "epoch 5 (+0.70 over epoch 3 of the same schedule)"
     )
     peaked = [(1, 0.87), (2, 0.90), (3, 0.899)]
-    two_epochs = [{"kind": "full", "settings": {"epochs": 2.0}}]
-    assert _budget_against_curve(peaked, two_epochs) == "the budget of every model was chosen from it"
+    assert _budget_against_curve(peaked, {2.0}) == "the budget of every model was chosen from it"
