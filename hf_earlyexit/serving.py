@@ -80,7 +80,7 @@ class EarlyExitPredictor:
 
     Args:
         model: A model path or Hub id, or a loaded early-exit model.
-        tokenizer: Its tokenizer (default: loaded from `model`).
+        tokenizer: Its tokenizer, or a path or Hub id to load it from (default: loaded from `model` when that is a path).
         defaults: Exit settings every request gets unless it gives its own.
         max_inputs: The most inputs one request may carry.
         max_characters: The longest input accepted, in characters (longer ones are refused with 413 rather than
@@ -99,8 +99,11 @@ class EarlyExitPredictor:
 
         from . import registration  # noqa: F401  (the exit-aware pipelines)
 
+        if isinstance(model, str) and tokenizer is None:
+            tokenizer = model
+        if isinstance(tokenizer, str):
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         if isinstance(model, str):
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
             model = _load_task_model(model)
         model.eval()
         self.model = model
@@ -460,6 +463,7 @@ def _require_serve():
 def build_app(
     model: str,
     *,
+    tokenizer: str | None = None,
     max_batch_size: int = 32,
     batch_wait_timeout_ms: float = 10.0,
     replicas: int = 1,
@@ -472,6 +476,7 @@ def build_app(
 
     Args:
         model: The early-exit checkpoint.
+        tokenizer: Its tokenizer (a path or Hub id), for a checkpoint saved without one (default: the checkpoint's).
         max_batch_size: The most inputs... requests batched into one forward pass (`serve.batch`).
         batch_wait_timeout_ms: How long the first request of a batch waits for others.
         replicas: Replicas of the deployment (each loads the model; Ray spreads them over the cluster).
@@ -505,7 +510,7 @@ def build_app(
             if threads:
                 torch.set_num_threads(threads)
             self.predictor = EarlyExitPredictor(
-                model, defaults=defaults, max_inputs=max_inputs, max_characters=max_characters
+                model, tokenizer=tokenizer, defaults=defaults, max_inputs=max_inputs, max_characters=max_characters
             )
 
         @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_ms / 1000)

@@ -589,6 +589,72 @@ def test_predict_usage_errors(workspace, tmp_path, capsys, extra, expected):
         assert text in err
 
 
+@pytest.fixture
+def without_tokenizer(workspace, token_workspace, tmp_path):
+    """Copies of checkpoints with only their weights and config, as a training script's `save_model` without the
+    tokenizer leaves them."""
+    import shutil
+
+    def strip(source):
+        target = tmp_path / f"{source.name}-weights-only"
+        target.mkdir()
+        for name in ("config.json", "model.safetensors"):
+            shutil.copy(source / name, target / name)
+        return target
+
+    return strip
+
+
+def test_a_checkpoint_without_its_tokenizer_names_the_option_that_supplies_it(
+    workspace, token_workspace, without_tokenizer, tmp_path, capsys
+):
+    bypass = without_tokenizer(workspace / "bypass")
+    dev = workspace / "data" / "dev.tsv"
+    config_before = (bypass / "config.json").read_bytes()
+    for argv in (
+        ["predict", "--model", bypass, "a good film"],
+        ["evaluate", "--model", bypass, "--data", dev, "--output_dir", tmp_path / "eval"],
+        ["calibrate", "--model", bypass, "--data", dev, "--target_speedup", 1.5],
+    ):
+        status, stdout, err = run(argv, capsys)
+        assert status == 2 and stdout == "", err
+        message = err.splitlines()[-1]
+        assert message.startswith(f"hf-earlyexit {argv[0]}: error: `--model` {bypass}: the folder holds no tokenizer")
+        assert "`--tokenizer`" in message
+    assert (bypass / "config.json").read_bytes() == config_before  # calibrate wrote nothing
+    assert not (tmp_path / "eval").exists()
+
+    # `--tokenizer` supplies it: the same answers as the checkpoint that kept its own
+    texts = ["a good film", "a dull mess"]
+    expected = _lines(run(["predict", "--model", workspace / "bypass", *texts], capsys)[1])
+    status, stdout, err = run(["predict", "--model", bypass, "--tokenizer", workspace / "bert", *texts], capsys)
+    assert status == 0, err
+    assert _lines(stdout) == expected
+    tagger = without_tokenizer(token_workspace["model"])
+    status, stdout, err = run(["predict", "--model", tagger, "--tokenizer", workspace / "bert", "john lives"], capsys)
+    assert status == 0, err
+    assert _lines(stdout) == _lines(run(["predict", "--model", token_workspace["model"], "john lives"], capsys)[1])
+
+
+def test_a_tokenizer_that_is_not_the_models_is_refused(workspace, tmp_path, capsys):
+    larger = tiny_tokenizer(tmp_path)
+    larger.add_tokens([f"extra{i}" for i in range(5)])  # ids past the model's embedding table
+    larger.save_pretrained(tmp_path / "larger")
+    (tmp_path / "empty").mkdir()
+    for tokenizer, expected in (
+        (tmp_path / "larger", f"has {TINY_BERT['vocab_size'] + 5} tokens but the model's embeddings have"),
+        (tmp_path / "missing", "no such folder"),
+        (tmp_path / "empty", "the folder holds no tokenizer"),
+    ):
+        status, stdout, err = run(
+            ["predict", "--model", workspace / "bypass", "--tokenizer", tokenizer, "a good film"], capsys
+        )
+        assert status == 2 and stdout == ""
+        message = err.splitlines()[-1]
+        assert f"`--tokenizer` {tokenizer}: " in message and expected in message, message
+        assert "Pass the tokenizer" not in message  # the remedy is for a checkpoint without one
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # quickstart
 # --------------------------------------------------------------------------------------------------------------------

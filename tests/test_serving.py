@@ -254,6 +254,7 @@ def test_serve_command_documents_every_option(capsys):
     for option in (
         "--model", "--host", "--port", "--max_batch_size", "--batch_wait_timeout_ms", "--replicas", "--max_inputs",
         "--max_characters", "--threads", "--exit_threshold", "--exit_criterion", "--patience", "--exit_mode",
+        "--tokenizer",
     ):  # fmt: skip
         assert option in text
     assert "default: 127.0.0.1" in text
@@ -280,3 +281,34 @@ def test_serve_refuses_bad_options(capsys, bypass_path, argv, message):
 
     assert main(["serve", "--model", bypass_path, *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def weights_only(source, target):
+    """A copy of the checkpoint `source` without its tokenizer."""
+    import shutil
+
+    target.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(f"{source}/{name}", target / name)
+    return str(target)
+
+
+def test_a_checkpoint_saved_without_its_tokenizer_is_served_with_the_one_given(tmp_path, bypass_path):
+    stripped = weights_only(bypass_path, tmp_path / "weights-only")
+    predictor = EarlyExitPredictor(stripped, tokenizer=bypass_path)
+    (response,) = predictor.predict([predictor.parse({"inputs": TEXTS[0]})])
+    assert_same_answer(response["outputs"], single_call(bypass_path, TEXTS[0]))
+
+
+def test_serve_refuses_a_checkpoint_without_a_tokenizer_before_starting(monkeypatch, capsys, tmp_path, bypass_path):
+    from hf_earlyexit import serving
+    from hf_earlyexit.cli import main
+
+    monkeypatch.setattr(serving, "_require_serve", lambda: None)  # with or without the extra, the check comes first
+    monkeypatch.setattr(serving, "build_app", lambda *args, **kwargs: pytest.fail("the server was built"))
+    stripped = weights_only(bypass_path, tmp_path / "weights-only")
+    assert main(["serve", "--model", stripped]) == 2
+    message = capsys.readouterr().err.splitlines()[-1]
+    assert f"`--model` {stripped}: the folder holds no tokenizer" in message and "`--tokenizer`" in message
+    assert main(["serve", "--model", stripped, "--tokenizer", str(tmp_path / "missing")]) == 2
+    assert f"`--tokenizer` {tmp_path / 'missing'}: no such folder" in capsys.readouterr().err

@@ -45,6 +45,7 @@ from ..calibration.result import DEFAULT_MAX_OVERSHOOT
 from .common import (
     UsageError,
     add_data_arguments,
+    add_tokenizer_argument,
     dump_json,
     load_card_data,
     load_for_sweep,
@@ -74,6 +75,7 @@ def overshoot(text: str) -> float | None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="An early-exit checkpoint folder; it is updated in place.")
+    add_tokenizer_argument(parser)
     add_data_arguments(parser)
     target = parser.add_argument_group("target (give one)")
     target.add_argument("--target_speedup", type=float, default=None, help="FLOPs speed-up to reach (>= 1).")

@@ -134,26 +134,88 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -
     group.add_argument("--batch_size", type=positive_int, default=32, help="Batch size of the accuracy runs.")
 
 
-def load_checkpoint(path: str, token_models: bool = False):
-    """An early-exit sequence classifier (bypass or cascade family), or with `token_models` also a token classifier
-    (token family), and its tokenizer."""
-    from transformers import (
-        AutoConfig,
-        AutoModelForSequenceClassification,
-        AutoModelForTokenClassification,
-        AutoTokenizer,
+def add_tokenizer_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help="The model's tokenizer (a folder or Hub id), for a checkpoint saved without one (default: the checkpoint's).",
     )
 
-    import hf_earlyexit  # noqa: F401  (registers the families with the Auto classes)
 
-    from ..families import families, family_of
+# what `AutoTokenizer.from_pretrained` reads from a folder: a checkpoint with none of them was saved without its tokenizer
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "spm.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
+
+
+def load_tokenizer(config, path: str, tokenizer: str | None = None):
+    """The tokenizer of the checkpoint `path` (`--model`, whose config is `config`), or `tokenizer` (`--tokenizer`)
+    when given; a usage error naming the option when none loads (a checkpoint saved without its tokenizer) or when it
+    has more tokens than the model's embeddings (not the model's tokenizer)."""
+    from transformers import AutoTokenizer
+
+    source, option = (tokenizer, "--tokenizer") if tokenizer is not None else (path, "--model")
+    remedy = (
+        ""
+        if tokenizer is not None
+        else " Pass the tokenizer it was trained with as `--tokenizer` (a folder or Hub id), or save it beside the "
+        "model (`tokenizer.save_pretrained(<checkpoint>)`)."
+    )
+    if not Path(source).exists() and os.sep in source:
+        raise UsageError(f"`{option}` {source}: no such folder.")
+    if Path(source).is_dir() and not any(Path(source, name).is_file() for name in TOKENIZER_FILES):
+        raise UsageError(
+            f"`{option}` {source}: the folder holds no tokenizer ({', '.join(TOKENIZER_FILES[:3])}, ...).{remedy}"
+        )
+    try:
+        loaded = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise UsageError(f"`{option}` {source}: no tokenizer could be loaded ({reason}).{remedy}") from None
+    vocab_size = getattr(config, "vocab_size", None)
+    if isinstance(vocab_size, int) and len(loaded) > vocab_size:
+        raise UsageError(
+            f"`{option}` {source}: its tokenizer has {len(loaded)} tokens but the model's embeddings have {vocab_size}, "
+            "so it is not the model's tokenizer (its ids would fall outside the embedding table)."
+        )
+    return loaded
+
+
+def check_checkpoint_tokenizer(path: str, tokenizer: str | None = None) -> None:
+    """That the checkpoint `path` (`--model`) has a config and a tokenizer (its own or `tokenizer`) that load: a usage
+    error naming the option otherwise (see [`load_tokenizer`])."""
+    load_tokenizer(load_config(path), path, tokenizer)
+
+
+def load_config(path: str):
+    """The config of the checkpoint `path` (`--model`), or a usage error."""
+    from transformers import AutoConfig
+
+    import hf_earlyexit  # noqa: F401  (registers the families with the Auto classes)
 
     if not Path(path).exists() and os.sep in path:
         raise UsageError(f"`--model` {path}: no such checkpoint folder.")
     try:
-        config = AutoConfig.from_pretrained(path)
+        return AutoConfig.from_pretrained(path)
     except OSError as error:
         raise UsageError(f"`--model` {path}: not a checkpoint folder or a reachable Hub id ({error}).") from None
+
+
+def load_checkpoint(path: str, token_models: bool = False, tokenizer: str | None = None):
+    """An early-exit sequence classifier (bypass or cascade family), or with `token_models` also a token classifier
+    (token family), and its tokenizer (the checkpoint's, or `tokenizer`: see [`load_tokenizer`])."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    from ..families import families, family_of
+
+    config = load_config(path)
     accepted = [f.model_type for f in families() if token_models or not f.is_token]
     if config.model_type not in accepted:
         kind = "early-exit classifier" if token_models else "early-exit text classifier"
@@ -163,8 +225,7 @@ def load_checkpoint(path: str, token_models: bool = False):
         )
     auto = AutoModelForTokenClassification if family_of(config).is_token else AutoModelForSequenceClassification
     model = auto.from_pretrained(path).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return model, tokenizer
+    return model, load_tokenizer(model.config, path, tokenizer)
 
 
 def label_names(model) -> list[str]:
@@ -250,7 +311,7 @@ def load_for_sweep(args) -> SweepInputs:
     labels)."""
     from ..families import family_of
 
-    model, tokenizer = load_checkpoint(args.model, token_models=True)
+    model, tokenizer = load_checkpoint(args.model, token_models=True, tokenizer=getattr(args, "tokenizer", None))
     if family_of(model).is_token:
         return _load_token_sweep(args, model, tokenizer)
     if getattr(args, "window_sizes", None):

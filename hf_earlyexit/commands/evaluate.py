@@ -37,11 +37,12 @@ from pathlib import Path
 
 import torch
 
-from .common import UsageError, add_data_arguments, dump_json, load_for_sweep, positive_int
+from .common import UsageError, add_data_arguments, add_tokenizer_argument, dump_json, load_for_sweep, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="An early-exit checkpoint (any family).")
+    add_tokenizer_argument(parser)
     add_data_arguments(parser)
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument(

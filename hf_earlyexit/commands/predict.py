@@ -33,6 +33,7 @@ from ..families import family_of
 from .common import (
     DEFAULT_MAX_SEQ_LENGTH,
     UsageError,
+    add_tokenizer_argument,
     decode_text,
     input_length,
     label_names,
@@ -45,6 +46,7 @@ from .common import (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("texts", nargs="*", help="Texts to classify (default: --file, else standard input).")
     parser.add_argument("--model", required=True, help="An early-exit checkpoint (any family).")
+    add_tokenizer_argument(parser)
     parser.add_argument("--file", default=None, help="A text file with one text per line.")
     parser.add_argument(
         "--exit_threshold",
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
         add_arguments(parser)
         args = parser.parse_args(argv)
     texts = read_texts(args)
-    model, tokenizer = load_checkpoint(args.model, token_models=True)
+    model, tokenizer = load_checkpoint(args.model, token_models=True, tokenizer=args.tokenizer)
     tagging = family_of(model).is_token
     settings = {}
     if args.exit_criterion is not None and tagging:

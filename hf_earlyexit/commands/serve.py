@@ -27,11 +27,12 @@ On a Ray cluster, deploy the same application with a Serve config file instead (
 import argparse
 import time
 
-from .common import UsageError
+from .common import UsageError, add_tokenizer_argument, check_checkpoint_tokenizer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="Early-exit checkpoint: a local folder or a Hub id.")
+    add_tokenizer_argument(parser)
     parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: every interface).")
     parser.add_argument("--port", type=int, default=8000, help="Port to listen on.")
     parser.add_argument("--max_batch_size", type=int, default=32, help="Most requests batched into one forward pass.")
@@ -83,11 +84,13 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None, 
         serving._require_serve()
     except ImportError as error:
         raise UsageError(str(error)) from None
+    check_checkpoint_tokenizer(args.model, args.tokenizer)  # here, rather than in every replica that loads it
     import ray
     from ray import serve
 
     app = serving.build_app(
         args.model,
+        tokenizer=args.tokenizer,
         max_batch_size=args.max_batch_size,
         batch_wait_timeout_ms=args.batch_wait_timeout_ms,
         replicas=args.replicas,
