@@ -282,6 +282,29 @@ def _budget_against_curve(values: list[tuple[float, float]], epochs: set[float])
     )
 
 
+def _curve_model_text(curve: dict) -> str | None:
+    """The curve's own model (the end of its schedule), calibrated and measured as the stage-1 cells are, when its
+    cell measured it (the token benchmark's curve does): each criterion's points in order of speed-up, a setting
+    reached by several targets once."""
+    points = [p for p in curve["result"].get("points", []) if p.get("measured")]
+    if not points:
+        return None
+    by_criterion: dict[str, dict[tuple[float, float], None]] = {}
+    for point in sorted(points, key=lambda p: p["measured"]["flops_speedup"]):
+        measured = point["measured"]
+        landing = (round(100 * measured["metric"], 2), round(measured["flops_speedup"], 2))
+        by_criterion.setdefault(point["criterion"], {})[landing] = None
+    values = _curve_values(curve)
+    parts = [
+        f"{criterion} " + ", ".join(f"{metric:.2f} at {speedup:.2f}x" for metric, speedup in landings)
+        for criterion, landings in by_criterion.items()
+    ]
+    return (
+        f"The curve's model after epoch {values[-1][0]:g}, calibrated on the slice and measured on dev as the stage-1 "
+        f"cells are (seed {curve['settings']['seed']}, `{curve['cell']}`): " + "; ".join(parts) + "."
+    )
+
+
 def _training_options_table(rows: dict[str, Row], metric: str) -> list[str]:
     """The multi-exit models side by side (training recipe and options, issue 13's ablation): the last exit's metric
     and the oracle bound, and at each target the best criterion's calibrated point. Empty with fewer than two."""
@@ -379,6 +402,8 @@ def render_benchmark(title: str, folder: Path, plan_names: list[str] | None = No
             f"| dev {metric} (%) | " + " | ".join(f"{100 * value:.2f}" for _, value in values) + " |",
             "",
         ]
+        measured = _curve_model_text(curve)
+        lines += [measured, ""] if measured else []
 
     lines += [
         f"**Headline** (each cell: dev {metric} %, mean ± standard deviation over the seeds that ran, and the measured "

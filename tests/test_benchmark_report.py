@@ -265,3 +265,30 @@ def test_the_curve_sentence_says_when_the_budget_stops_short_of_the_curve():
     )
     peaked = [(1, 0.87), (2, 0.90), (3, 0.899)]
     assert _budget_against_curve(peaked, {2.0}) == "the budget of every model was chosen from it"
+
+
+def test_the_token_curve_model_is_reported_with_its_calibrated_points():
+    from benchmarks.converged import _curve_model_text
+
+    def point(criterion, target, metric, speedup):
+        return {"criterion": criterion, "target": target, "measured": {"metric": metric, "flops_speedup": speedup}}
+
+    curve = {
+        "cell": "curve-seed0",
+        "settings": {"seed": 0},
+        "result": {
+            "training": {"dev_per_epoch": [{"epoch": e, "dev": {"f1": f}} for e, f in [(1, 0.85), (2, 0.89)]]},
+            "points": [
+                point("TOKEE", 3.0, 0.8977, 3.04),
+                point("SENTEE", 1.5, 0.9043, 2.05),
+                point("SENTEE", 2.0, 0.9043, 2.05),  # the same setting reached by two targets: listed once
+                point("TOKEE", 2.0, 0.9068, 2.01),
+            ],
+        },
+    }
+    assert _curve_model_text(curve) == (
+        "The curve's model after epoch 2, calibrated on the slice and measured on dev as the stage-1 cells are "
+        "(seed 0, `curve-seed0`): TOKEE 90.68 at 2.01x, 89.77 at 3.04x; SENTEE 90.43 at 2.05x."
+    )
+    curve["result"]["points"] = []  # a curve of the full model only (SST-2's)
+    assert _curve_model_text(curve) is None
