@@ -223,9 +223,9 @@ def load_checkpoint(path: str, token_models: bool = False, tokenizer: str | None
             f"`--model` {path} holds a {config.model_type!r} model; this command takes an {kind} "
             f"({', '.join(repr(t) for t in accepted)}, e.g. the output of `hf-earlyexit train`)."
         )
+    loaded_tokenizer = load_tokenizer(config, path, tokenizer)  # before the weights: the cheaper check first
     auto = AutoModelForTokenClassification if family_of(config).is_token else AutoModelForSequenceClassification
-    model = auto.from_pretrained(path).eval()
-    return model, load_tokenizer(model.config, path, tokenizer)
+    return auto.from_pretrained(path).eval(), loaded_tokenizer
 
 
 def label_names(model) -> list[str]:
