@@ -502,16 +502,22 @@ def render_benchmark(title: str, folder: Path, plan_names: list[str] | None = No
 
 
 def _data_and_calibration(cells: list[dict]) -> dict:
-    """The data settings of a run's cells, with the calibration settings its exit cells record."""
+    """The data settings of a run's cells, with the calibration settings its exit cells record and the training budget
+    of the cells trained from the backbone (`epochs`)."""
     settings = next((dict(cell["settings"]["data"]) for cell in cells), {})
     for cell in cells:
         settings.update({key: value for key, value in cell["settings"].items() if key.startswith("calibration_")})
+    budgets = sorted(
+        {c["settings"]["epochs"] for c in cells if c["kind"] != "curve" and "first_stage" not in c["settings"]}
+    )
+    if budgets:
+        settings["epochs"] = ", ".join(f"{budget:g}" for budget in budgets)
     return settings
 
 
 def _setting_changes(cells: list[dict], earlier: list[dict]) -> list[str]:
-    """The data and calibration settings in which a rerun's cells differ from the earlier run's (`key new (earlier:
-    old)`)."""
+    """The data and calibration settings and the training budget in which a rerun's cells differ from the earlier
+    run's (`key new (earlier: old)`)."""
     new, old = _data_and_calibration(cells), _data_and_calibration(earlier)
     return [
         f"`{key}` {new.get(key, 'absent')} (earlier: {old.get(key, 'absent')})"

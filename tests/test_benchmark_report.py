@@ -292,3 +292,18 @@ def test_the_token_curve_model_is_reported_with_its_calibrated_points():
     )
     curve["result"]["points"] = []  # a curve of the full model only (SST-2's)
     assert _curve_model_text(curve) is None
+
+
+def test_a_rerun_names_the_settings_it_changed_the_training_budget_included():
+    from benchmarks.converged import _setting_changes
+
+    def cell(kind, epochs, **extra):
+        return {"kind": kind, "settings": {"data": {"train": "train.txt"}, "epochs": epochs, **extra}}
+
+    earlier = [cell("curve", 5), cell("stage1", 3.0), cell("static", 3.0)]
+    assert _setting_changes([cell("static", 5.0)], earlier) == ["`epochs` 5 (earlier: 3)"]
+    assert _setting_changes([cell("static", 3.0), cell("curve", 5)], earlier) == []  # the curve's length is no budget
+    frozen = cell("multi_exit", 1.0, first_stage="full-seed0")  # heads on a frozen model: their own epochs
+    assert _setting_changes([cell("static", 3.0, calibration_exclusive_words=3), frozen], earlier) == [
+        "`calibration_exclusive_words` 3 (earlier: absent)"
+    ]
