@@ -267,6 +267,12 @@ def _curve_values(curve: dict) -> list[tuple[float, float]]:
     return values
 
 
+def _training_budgets(cells: list[dict]) -> set[float]:
+    """The epochs of the cells trained from the backbone: not the curve (its length is no budget), not the exits
+    trained on a frozen full model (their heads' own epochs)."""
+    return {c["settings"]["epochs"] for c in cells if c["kind"] != "curve" and "first_stage" not in c["settings"]}
+
+
 def _budget_against_curve(values: list[tuple[float, float]], epochs: set[float]) -> str:
     """What the curve says of the models' budget (`epochs`, those of every cell trained from the backbone): chosen from
     it, or (one budget, fixed before the curve ran) how far the curve rises past it."""
@@ -282,7 +288,7 @@ def _budget_against_curve(values: list[tuple[float, float]], epochs: set[float])
     )
 
 
-def _curve_model_text(curve: dict) -> str | None:
+def _curve_model_text(curve: dict, last_epoch: float) -> str | None:
     """The curve's own model (the end of its schedule), calibrated and measured as the stage-1 cells are, when its
     cell measured it (the token benchmark's curve does): each criterion's points in order of speed-up, a setting
     reached by several targets once."""
@@ -294,13 +300,12 @@ def _curve_model_text(curve: dict) -> str | None:
         measured = point["measured"]
         landing = (round(100 * measured["metric"], 2), round(measured["flops_speedup"], 2))
         by_criterion.setdefault(point["criterion"], {})[landing] = None
-    values = _curve_values(curve)
     parts = [
         f"{criterion} " + ", ".join(f"{metric:.2f} at {speedup:.2f}x" for metric, speedup in landings)
         for criterion, landings in by_criterion.items()
     ]
     return (
-        f"The curve's model after epoch {values[-1][0]:g}, calibrated on the slice and measured on dev as the stage-1 "
+        f"The curve's model after epoch {last_epoch:g}, calibrated on the slice and measured on dev as the stage-1 "
         f"cells are (seed {curve['settings']['seed']}, `{curve['cell']}`): " + "; ".join(parts) + "."
     )
 
@@ -371,7 +376,7 @@ def render_benchmark(title: str, folder: Path, plan_names: list[str] | None = No
     )
     # exits trained on a frozen full model add their own (heads-only) epochs to that model's budget
     frozen = sorted({f"{c['settings']['epochs']:g}" for c in cells if "first_stage" in c["settings"]})
-    epochs = {c["settings"]["epochs"] for c in cells if c["kind"] != "curve" and "first_stage" not in c["settings"]}
+    epochs = _training_budgets(cells)
     budgets = [f"{budget:g} epoch(s)" for budget in sorted(epochs)]
     if frozen:
         budgets.append(f"the exits added to a frozen full model: {', '.join(frozen)} more epoch(s) of their heads")
@@ -402,7 +407,7 @@ def render_benchmark(title: str, folder: Path, plan_names: list[str] | None = No
             f"| dev {metric} (%) | " + " | ".join(f"{100 * value:.2f}" for _, value in values) + " |",
             "",
         ]
-        measured = _curve_model_text(curve)
+        measured = _curve_model_text(curve, values[-1][0])
         lines += [measured, ""] if measured else []
 
     lines += [
@@ -507,9 +512,7 @@ def _data_and_calibration(cells: list[dict]) -> dict:
     settings = next((dict(cell["settings"]["data"]) for cell in cells), {})
     for cell in cells:
         settings.update({key: value for key, value in cell["settings"].items() if key.startswith("calibration_")})
-    budgets = sorted(
-        {c["settings"]["epochs"] for c in cells if c["kind"] != "curve" and "first_stage" not in c["settings"]}
-    )
+    budgets = sorted(_training_budgets(cells))
     if budgets:
         settings["epochs"] = ", ".join(f"{budget:g}" for budget in budgets)
     return settings

@@ -277,7 +277,6 @@ def test_the_token_curve_model_is_reported_with_its_calibrated_points():
         "cell": "curve-seed0",
         "settings": {"seed": 0},
         "result": {
-            "training": {"dev_per_epoch": [{"epoch": e, "dev": {"f1": f}} for e, f in [(1, 0.85), (2, 0.89)]]},
             "points": [
                 point("TOKEE", 3.0, 0.8977, 3.04),
                 point("SENTEE", 1.5, 0.9043, 2.05),
@@ -286,12 +285,12 @@ def test_the_token_curve_model_is_reported_with_its_calibrated_points():
             ],
         },
     }
-    assert _curve_model_text(curve) == (
+    assert _curve_model_text(curve, 2) == (
         "The curve's model after epoch 2, calibrated on the slice and measured on dev as the stage-1 cells are "
         "(seed 0, `curve-seed0`): TOKEE 90.68 at 2.01x, 89.77 at 3.04x; SENTEE 90.43 at 2.05x."
     )
     curve["result"]["points"] = []  # a curve of the full model only (SST-2's)
-    assert _curve_model_text(curve) is None
+    assert _curve_model_text(curve, 2) is None
 
 
 def test_a_rerun_names_the_settings_it_changed_the_training_budget_included():

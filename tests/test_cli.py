@@ -18,7 +18,7 @@ from transformers import (
 
 from hf_earlyexit.cli import main
 from hf_earlyexit.evaluation import collect, make_batches
-from tests.utils import TINY_BERT, sst2_rows, tiny_tokenizer
+from tests.utils import TINY_BERT, sst2_rows, tiny_tokenizer, weights_only
 
 
 TRAIN_QUICK = [
@@ -589,26 +589,10 @@ def test_predict_usage_errors(workspace, tmp_path, capsys, extra, expected):
         assert text in err
 
 
-@pytest.fixture
-def without_tokenizer(workspace, token_workspace, tmp_path):
-    """Copies of checkpoints with only their weights and config, as a training script's `save_model` without the
-    tokenizer leaves them."""
-    import shutil
-
-    def strip(source):
-        target = tmp_path / f"{source.name}-weights-only"
-        target.mkdir()
-        for name in ("config.json", "model.safetensors"):
-            shutil.copy(source / name, target / name)
-        return target
-
-    return strip
-
-
 def test_a_checkpoint_without_its_tokenizer_names_the_option_that_supplies_it(
-    workspace, token_workspace, without_tokenizer, tmp_path, capsys
+    workspace, token_workspace, tmp_path, capsys
 ):
-    bypass = without_tokenizer(workspace / "bypass")
+    bypass = weights_only(workspace / "bypass", tmp_path / "bypass-weights-only")
     dev = workspace / "data" / "dev.tsv"
     config_before = (bypass / "config.json").read_bytes()
     for argv in (
@@ -630,7 +614,7 @@ def test_a_checkpoint_without_its_tokenizer_names_the_option_that_supplies_it(
     status, stdout, err = run(["predict", "--model", bypass, "--tokenizer", workspace / "bert", *texts], capsys)
     assert status == 0, err
     assert _lines(stdout) == expected
-    tagger = without_tokenizer(token_workspace["model"])
+    tagger = weights_only(token_workspace["model"], tmp_path / "token-weights-only")
     status, stdout, err = run(["predict", "--model", tagger, "--tokenizer", workspace / "bert", "john lives"], capsys)
     assert status == 0, err
     assert _lines(stdout) == _lines(run(["predict", "--model", token_workspace["model"], "john lives"], capsys)[1])

@@ -11,7 +11,7 @@ from transformers import pipeline
 
 from hf_earlyexit import BertWithBypassExits, BypassBertConfig
 from hf_earlyexit.serving import EarlyExitPredictor, RequestError, app_builder
-from tests.utils import sst2_rows, tiny_config_kwargs, tiny_tokenizer
+from tests.utils import sst2_rows, tiny_config_kwargs, tiny_tokenizer, weights_only
 
 
 TEXTS = [sentence[:50] for sentence, _ in sst2_rows("dev", limit=12)]
@@ -283,18 +283,8 @@ def test_serve_refuses_bad_options(capsys, bypass_path, argv, message):
     assert message in capsys.readouterr().err
 
 
-def weights_only(source, target):
-    """A copy of the checkpoint `source` without its tokenizer."""
-    import shutil
-
-    target.mkdir()
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy(f"{source}/{name}", target / name)
-    return str(target)
-
-
 def test_a_checkpoint_saved_without_its_tokenizer_is_served_with_the_one_given(tmp_path, bypass_path):
-    stripped = weights_only(bypass_path, tmp_path / "weights-only")
+    stripped = str(weights_only(bypass_path, tmp_path / "weights-only"))
     predictor = EarlyExitPredictor(stripped, tokenizer=bypass_path)
     (response,) = predictor.predict([predictor.parse({"inputs": TEXTS[0]})])
     assert_same_answer(response["outputs"], single_call(bypass_path, TEXTS[0]))
@@ -304,9 +294,9 @@ def test_serve_refuses_a_checkpoint_without_a_tokenizer_before_starting(monkeypa
     from hf_earlyexit import serving
     from hf_earlyexit.cli import main
 
-    monkeypatch.setattr(serving, "_require_serve", lambda: None)  # with or without the extra, the check comes first
+    monkeypatch.setattr(serving, "_require_serve", lambda: None)  # as if the serve extra were installed
     monkeypatch.setattr(serving, "build_app", lambda *args, **kwargs: pytest.fail("the server was built"))
-    stripped = weights_only(bypass_path, tmp_path / "weights-only")
+    stripped = str(weights_only(bypass_path, tmp_path / "weights-only"))
     assert main(["serve", "--model", stripped]) == 2
     message = capsys.readouterr().err.splitlines()[-1]
     assert f"`--model` {stripped}: the folder holds no tokenizer" in message and "`--tokenizer`" in message

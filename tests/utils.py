@@ -45,3 +45,15 @@ def sst2_rows(split: str = "dev", limit: int | None = None) -> list[tuple[str, i
         next(reader)
         rows = [(sentence, int(label)) for sentence, label in reader]
     return rows[:limit] if limit else rows
+
+
+def weights_only(checkpoint, target) -> Path:
+    """A copy of `checkpoint` with only its config and weights, as a training script's `save_model` leaves a model
+    saved without its tokenizer."""
+    import shutil
+
+    target = Path(target)
+    target.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(Path(checkpoint, name), target / name)
+    return target
